@@ -1,0 +1,724 @@
+"""DepthART in one file: monocular depth as autoregressive refinement on a VAR transformer.
+
+DepthART (Gabdullin et al., arXiv 2409.15010) predicts a depth map the way VAR (Tian et al., 2024)
+generates an image: as a sequence of token maps from coarse (1x1) to fine (16x16), each scale a
+*residual* on top of the sum of the coarser ones. The RGB image enters as a prefix of tokens, and
+training uses the model's own predictions as inputs with targets recomputed on the fly
+("dynamic targets") instead of the usual teacher forcing. Read this file top to bottom:
+
+  1. Config                      presets `d16` (the paper) and `tiny` (a 2-core CPU)
+  2. Fixed resampling matrices   bicubic / area resizes as constant matrices, M @ x @ M.T
+  3. Multi-scale residual VQ-VAE paper Sec. 3.1 and Fig. 2 (left); VAR's Algorithm 1 and 2
+  4. VAR transformer             paper Sec. 3.2: AdaLN blocks, block-causal attention, KV cache
+  5. DepthART                    paper Fig. 2 (right) and Eq. 3-5: image prefix, cached greedy
+                                 rollout, the two objectives (`var` = teacher forcing, Eq. 3;
+                                 `depthart` = dynamic targets, Eq. 4-5), inference (Fig. 7)
+  6. Depth normalization and checkpoints
+
+The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
+S_k: area resize to scale k, eta_i: Phi_i after bicubic upsampling of token map i):
+  var:       inputs and targets from the VQ-VAE's own decomposition x_k = Q(S_k(f_D - sum_{i<k} eta_i(x_i)))
+  depthart:  inputs from the model's greedy rollout z_k; targets t_k = Q(S_k(f_D - sum_{i<k} eta_i(z_i)))
+When the model walks exactly the VQ-VAE's path (z = x), the two coincide: they differ only in who walks.
+
+Tensor names carry their shape: B batch, C transformer width, Cv VQ-VAE latent channels (32),
+h w a token map's size, H W the image size, L all tokens of one modality (680 in d16), l one scale's,
+V vocabulary. `idx_Bl` holds token indices, `f_BCvhw` latent maps, `x_BLC` transformer activations.
+
+Extensions beyond the paper are config switches, all off in `d16`:
+  image_shortcut  adds, at every depth position, a linear projection of the image token at the same
+                  scale and position. A from-scratch tiny model otherwise learns the first token and then
+                  predicts each scale from coarser depth alone, ignoring the image for thousands of steps
+                  (REFERENCE.md Sec. 7); the shortcut makes the image matter ~15x sooner.
+
+This module imports torch and nothing else of ours; the data, training and export scripts import it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Config
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Config:
+    image_size: int = 256
+    patch_nums: tuple = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # token map sizes, coarse to fine
+    vocab_size: int = 4096
+    z_channels: int = 32           # Cv: latent channels of the VQ-VAE
+    vae_ch: int = 160
+    vae_ch_mult: tuple = (1, 1, 2, 2, 4)  # one level per entry; len-1 stride-2 downsamplings
+    vae_res_blocks: int = 2        # per encoder level; the decoder has one more
+    phi_count: int = 4             # four partially shared Phi convolutions
+    phi_ratio: float = 0.5         # Phi(h) = (1 - r) h + r conv3x3(h)
+    depth: int = 16                # transformer blocks
+    width: int = 1024              # C
+    heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
+    norm_eps: float = 1e-6
+    image_shortcut: bool = False   # extension (see module docstring); off for the paper
+
+    def __post_init__(self):
+        self.patch_nums = tuple(self.patch_nums)
+        self.vae_ch_mult = tuple(self.vae_ch_mult)
+        down = 2 ** (len(self.vae_ch_mult) - 1)
+        if self.image_size != self.patch_nums[-1] * down:
+            raise ValueError(f"image_size {self.image_size} must equal last patch_num {self.patch_nums[-1]} "
+                             f"x VQ-VAE downsampling {down}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+
+    @property
+    def tokens_per_modality(self) -> int:  # L
+        return sum(pn * pn for pn in self.patch_nums)
+
+    @classmethod
+    def d16(cls) -> "Config":
+        """The paper: VAR-d16 (310M) on vae_ch160v4096z32, 256x256 input, 680 tokens per modality."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> "Config":
+        """Same structure, sized to train to something useful on a 2-core CPU in about two hours.
+
+        64x64 input and 3 downsamplings give an 8x8 latent; six scales (1,2,3,4,6,8) give 130 tokens
+        per modality, so a training sequence is 260 tokens (d16: 1360), and a batch of 32 runs at tens
+        of samples per second. A 512-code book is enough for 8x8 maps of smooth depth and simple scenes.
+        The transformer (4 blocks, width 128, 0.8M weights in its blocks) trains at tens of samples per
+        second on two cores; `image_shortcut` is on because a tiny transformer trained from scratch otherwise ignores
+        the image (REFERENCE.md Sec. 7).
+        """
+        return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
+                   vae_ch=32, vae_ch_mult=(1, 1, 2, 2), vae_res_blocks=1, depth=4, width=128, heads=4,
+                   num_classes=0, image_shortcut=True)
+
+    @classmethod
+    def preset(cls, name: str) -> "Config":
+        presets = {"d16": cls.d16, "tiny": cls.tiny}
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
+        return presets[name]()
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Fixed resampling matrices
+# ----------------------------------------------------------------------------------------------
+def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
+    """The (dst, src) matrix M with F.interpolate(x, (dst, dst), mode) == M @ x @ M.T.
+
+    PyTorch's bicubic (a = -0.75, align_corners False, clamped borders) and area (adaptive average)
+    resizes are separable and linear, so resizing the rows of an identity matrix reads M off directly.
+    As a constant MatMul the resize exports to ONNX with any exporter and never needs a cubic Resize.
+    """
+    eye_11ss = torch.eye(src, dtype=torch.float64)[None, None]
+    kwargs = {"align_corners": False} if mode == "bicubic" else {}
+    return F.interpolate(eye_11ss, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
+
+
+class Resampler(nn.Module):
+    """Every resize between the scales of a schedule, as non-persistent constant buffers."""
+
+    def __init__(self, patch_nums):
+        super().__init__()
+        last = patch_nums[-1]
+        for pn in patch_nums[:-1]:
+            self.register_buffer(f"area_{last}_{pn}", resize_matrix(last, pn, "area"), persistent=False)
+            self.register_buffer(f"bicubic_{pn}_{last}", resize_matrix(pn, last, "bicubic"), persistent=False)
+            self.register_buffer(f"bicubic_{last}_{pn}", resize_matrix(last, pn, "bicubic"), persistent=False)
+
+    def forward(self, f_BChw: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+        src = f_BChw.shape[-1]
+        if src == size:
+            return f_BChw
+        M = getattr(self, f"{mode}_{src}_{size}")
+        return M @ f_BChw @ M.T
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Multi-scale residual VQ-VAE (VAR's, with the official module names so checkpoints load)
+# ----------------------------------------------------------------------------------------------
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, ch, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all pixels of the lowest-resolution feature map."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = _norm(ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x_BChw):
+        B, C, h, w = x_BChw.shape
+        q, k, v = self.qkv(self.norm(x_BChw)).reshape(B, 3, C, h * w).transpose(2, 3).unbind(1)  # B,hw,C
+        o_BNC = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x_BChw + self.proj_out(o_BNC.transpose(1, 2).reshape(B, C, h, w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as the official VQ-VAE
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _level(blocks, attns, resample=None, resample_name="downsample") -> nn.Module:
+    level = nn.Module()
+    level.block, level.attn = nn.ModuleList(blocks), nn.ModuleList(attns)
+    if resample is not None:
+        setattr(level, resample_name, resample)
+    return level
+
+
+def _mid(ch: int) -> nn.Module:
+    mid = nn.Module()
+    mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(ch, ch), AttnBlock(ch), ResnetBlock(ch, ch)
+    return mid
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        ch, mult, n = cfg.vae_ch, cfg.vae_ch_mult, cfg.vae_res_blocks
+        self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
+        self.down, cin = nn.ModuleList(), ch
+        for i, m in enumerate(mult):
+            last = i == len(mult) - 1
+            blocks = [ResnetBlock(cin if j == 0 else ch * m, ch * m) for j in range(n)]
+            self.down.append(_level(blocks, [AttnBlock(ch * m) for _ in range(n)] if last else [],
+                                    None if last else Downsample(ch * m)))
+            cin = ch * m
+        self.mid = _mid(cin)
+        self.norm_out, self.conv_out = _norm(cin), nn.Conv2d(cin, cfg.z_channels, 3, padding=1)
+
+    def forward(self, x_B3HW):
+        h = self.conv_in(x_B3HW)
+        for level in self.down:
+            for j, block in enumerate(level.block):
+                h = block(h)
+                if len(level.attn):
+                    h = level.attn[j](h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        ch, mult, n = cfg.vae_ch, cfg.vae_ch_mult, cfg.vae_res_blocks + 1
+        cin = ch * mult[-1]
+        self.conv_in = nn.Conv2d(cfg.z_channels, cin, 3, padding=1)
+        self.mid = _mid(cin)
+        levels = []
+        for i in reversed(range(len(mult))):  # built coarse to fine, stored fine to coarse (official order)
+            blocks = [ResnetBlock(cin if j == 0 else ch * mult[i], ch * mult[i]) for j in range(n)]
+            attns = [AttnBlock(ch * mult[i]) for _ in range(n)] if i == len(mult) - 1 else []
+            levels.insert(0, _level(blocks, attns, Upsample(ch * mult[i]) if i else None, "upsample"))
+            cin = ch * mult[i]
+        self.up = nn.ModuleList(levels)
+        self.norm_out, self.conv_out = _norm(cin), nn.Conv2d(cin, 3, 3, padding=1)
+
+    def forward(self, f_BCvhw):
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(f_BCvhw))))
+        for level in reversed(self.up):
+            for j, block in enumerate(level.block):
+                h = block(h)
+                if len(level.attn):
+                    h = level.attn[j](h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Phi(nn.Conv2d):
+    """eta's learnable part: Phi(h) = (1 - r) h + r conv3x3(h), removing upsampling artefacts."""
+
+    def __init__(self, ch: int, ratio: float):
+        super().__init__(ch, ch, 3, padding=1)
+        self.ratio = ratio
+
+    def forward(self, h):
+        return (1 - self.ratio) * h + self.ratio * super().forward(h)
+
+
+def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
+    """Which Phi each scale uses: the tick nearest to the scale's position si/(K-1) in [0, 1].
+
+    VAR places 4 ticks at linspace(1/12, 11/12); this float lookup ties at some scales, and what
+    float64 argmin resolves them to is what the checkpoints were trained with: [0,0,1,1,1,2,2,3,3,3].
+    """
+    edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
+    ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64)
+    return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
+
+
+class PhiList(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
+
+
+class ResidualQuantizer(nn.Module):
+    """VAR's multi-scale residual quantizer: one short loop over scales (VAR Algorithm 1)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.patch_nums = cfg.patch_nums
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.z_channels)
+        self.quant_resi = PhiList(cfg)
+        self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
+        self.resample = Resampler(cfg.patch_nums)
+        # Per-scale codebook hits (exponential moving average): stage-1 training reads it to find dead codes.
+        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
+
+    def nearest(self, f_BCvhw: torch.Tensor) -> torch.Tensor:
+        """Q: index of the nearest code (L2) at every position -> idx_Bl."""
+        B, Cv, h, w = f_BCvhw.shape
+        f_NCv = f_BCvhw.permute(0, 2, 3, 1).reshape(-1, Cv)
+        e_VCv = self.embedding.weight
+        dist_NV = (f_NCv.square().sum(1, keepdim=True) + e_VCv.square().sum(1)) - 2 * f_NCv @ e_VCv.T
+        return dist_NV.argmin(1).view(B, h * w)
+
+    def eta(self, idx_Bl: torch.Tensor, si: int) -> torch.Tensor:
+        """eta_si: code vectors of scale si, bicubic-upsampled to the full latent, then Phi -> f_BCvhw."""
+        B, l = idx_Bl.shape
+        pn, last = self.patch_nums[si], self.patch_nums[-1]
+        h_BCvhw = self.embedding(idx_Bl).transpose(1, 2).reshape(B, -1, pn, pn)
+        return self.quant_resi.qresi_ls[self.phi_of_scale[si]](self.resample(h_BCvhw, last, "bicubic"))
+
+    def forward(self, f_BCvhw: torch.Tensor, walk: list | None = None):
+        """Decompose f into per-scale tokens; returns (idx per scale, cumulative f_hat per scale).
+
+        walk=None is the VQ-VAE's own decomposition. With walk (the model's rollout z), the residual is
+        updated by the walked tokens while the returned indices are the nearest codes of that residual:
+        exactly DepthART's dynamic targets t_k = Q(S_k(f - sum_{i<k} eta_i(z_i))) (paper Eq. 4-5).
+        """
+        with torch.autocast(f_BCvhw.device.type, enabled=False):
+            f_BCvhw = f_BCvhw.float()
+            rest, f_hat = f_BCvhw.detach(), torch.zeros_like(f_BCvhw)
+            idx_list, f_hats = [], []
+            for si, pn in enumerate(self.patch_nums):
+                idx_Bl = self.nearest(self.resample(rest, pn, "area"))
+                h_BCvhw = self.eta(idx_Bl if walk is None else walk[si], si)
+                f_hat, rest = f_hat + h_BCvhw, rest - h_BCvhw.detach()
+                idx_list.append(idx_Bl)
+                f_hats.append(f_hat)
+        return idx_list, f_hats
+
+    def next_inputs(self, f_hats: list) -> list:
+        """Transformer inputs of scales 2..K: the cumulative f_hat area-downsampled to the next size."""
+        return [self.resample(f_hat, pn, "area") for f_hat, pn in zip(f_hats, self.patch_nums[1:])]
+
+
+class VQVAE(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+        self.quantize = ResidualQuantizer(cfg)
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
+        self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
+
+    def encode(self, x_B3HW: torch.Tensor) -> torch.Tensor:
+        """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw (never quantized)."""
+        return self.quant_conv(self.encoder(x_B3HW))
+
+    def decompose(self, f_BCvhw: torch.Tensor) -> list:
+        """Continuous latent -> token indices per scale, [idx_Bl for each scale]."""
+        return self.quantize(f_BCvhw)[0]
+
+    def rebuild(self, idx_list: list) -> torch.Tensor:
+        """Token indices of the first len(idx_list) scales -> their partial sum f_hat."""
+        return sum(self.quantize.eta(idx_Bl, si) for si, idx_Bl in enumerate(idx_list))
+
+    def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(f_hat_BCvhw))
+
+    def forward(self, x_B3HW: torch.Tensor, beta: float = 0.25):
+        """Stage-1 training: reconstruction, VQ loss (codebook + beta * commitment), tokens.
+
+        The decoder sees f_hat with a straight-through gradient to the encoder (VQ-VAE's estimator).
+        """
+        f = self.encode(x_B3HW)
+        idx_list, f_hats = self.quantize(f)
+        vq_loss = sum(F.mse_loss(fh, f.detach()) + beta * F.mse_loss(fh.detach(), f) for fh in f_hats)
+        f_st = f + (f_hats[-1] - f).detach()
+        return self.decode(f_st), vq_loss / len(f_hats), idx_list
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. VAR transformer (VAR's module names, so var_d16.pth loads)
+# ----------------------------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    """Multi-head attention with L2-normalized q, k and a learnable per-head temperature.
+
+    Normalized q.k lies in [-1, 1]; exp(scale_mul) (at most 100) sets each head's sharpness. An
+    optional KV cache (a dict) lets inference feed one scale at a time.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width))  # k needs no bias: softmax ignores it
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x_BLC, attn_bias, cache: dict | None = None):
+        B, L, C = x_BLC.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, C // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B,H,L,c
+        q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
+        k = F.normalize(k, dim=-1)
+        if cache is not None:  # append this step's keys and values to everything seen before
+            if "k" in cache:
+                k, v = torch.cat((cache["k"], k), 2), torch.cat((cache["v"], v), 2)
+            cache["k"], cache["v"] = k, v
+        mask = None if attn_bias is None else attn_bias.to(q.dtype)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        return self.proj(o.transpose(1, 2).reshape(B, L, C))
+
+
+class FFN(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class AdaLNBlock(nn.Module):
+    """x += attn(LN(x)(1+scale1)+shift1) gamma1; x += ffn(LN(x)(1+scale2)+shift2) gamma2."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        C = cfg.width
+        self.attn = SelfAttention(C, cfg.heads)
+        self.ffn = FFN(C, round(C * cfg.mlp_ratio))
+        self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+
+    def forward(self, x_BLC, cond_BC, attn_bias, cache=None):
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond_BC).view(-1, 1, 6, x_BLC.shape[-1]).unbind(2)
+        x_BLC = x_BLC + self.attn(self.ln(x_BLC) * (1 + scale1) + shift1, attn_bias, cache) * gamma1
+        return x_BLC + self.ffn(self.ln(x_BLC) * (1 + scale2) + shift2) * gamma2
+
+
+class AdaLNHead(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.ln = nn.LayerNorm(cfg.width, eps=cfg.norm_eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 2 * cfg.width))
+
+    def forward(self, x_BLC, cond_BC):
+        scale, shift = self.ada_lin(cond_BC).view(-1, 1, 2, x_BLC.shape[-1]).unbind(2)
+        return self.ln(x_BLC) * (1 + scale) + shift
+
+
+def levels_of(patch_nums) -> torch.Tensor:
+    """The scale index of each token of one modality, e.g. [0, 1,1,1,1, 2,...] -> (L,)."""
+    return torch.cat([torch.full((pn * pn,), si) for si, pn in enumerate(patch_nums)])
+
+
+def block_causal_bias(levels_L: torch.Tensor) -> torch.Tensor:
+    """Additive mask: a token sees every token of its own or a coarser level -> (1, 1, L, L)."""
+    return torch.where(levels_L[None, :] <= levels_L[:, None], 0.0, -torch.inf)[None, None]
+
+
+class VAR(nn.Module):
+    """The next-scale transformer: embeddings, AdaLN blocks and the head. It knows nothing of images
+    or depth: DepthART below decides what the tokens are. `forward` is the only code path; training,
+    the rollout and inference all run through it.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg, C, L = cfg, cfg.width, cfg.tokens_per_modality
+        self.word_embed = nn.Linear(cfg.z_channels, C)
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # we only ever use the last, null class
+        self.pos_start = nn.Parameter(torch.empty(1, 1, C))
+        self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
+        self.lvl_embed = nn.Embedding(len(cfg.patch_nums), C)
+        self.blocks = nn.ModuleList(AdaLNBlock(cfg) for _ in range(cfg.depth))
+        self.head_nm = AdaLNHead(cfg)
+        self.head = nn.Linear(C, cfg.vocab_size)
+        if cfg.image_shortcut:  # extension: image token -> same-position depth token
+            self.image_shortcut = nn.Linear(cfg.z_channels, C)
+        # VAR's own (depth-only) block-causal mask and levels, kept in the state dict as the checkpoint has them.
+        self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
+        self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]))
+        # With the image prefix, image tokens and the depth start token form level 0 (they all see each
+        # other); depth scale k is level k. Sequence: [image L tokens | depth start | depth scales 2..K].
+        prefix_levels = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
+        self.register_buffer("prefix_attn_bias", block_causal_bias(prefix_levels), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self, init_std=None, adaln=0.5, adaln_gamma=1e-5, head=0.02):
+        """VAR's initialization: small residual branches (gamma ~ 1e-5) so a deep stack starts as identity."""
+        std = init_std or math.sqrt(1 / self.cfg.width / 3)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.pos_start, std=std)
+        nn.init.trunc_normal_(self.pos_1LC, std=std)
+        with torch.no_grad():
+            self.head.weight.mul_(head)
+            self.head_nm.ada_lin[-1].weight.mul_(adaln)
+            for b in self.blocks:
+                b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
+                b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
+                w = b.ada_lin[-1].weight
+                w[2 * self.cfg.width:].mul_(adaln)
+                w[: 2 * self.cfg.width].mul_(adaln_gamma)
+
+    def cond(self, B: int) -> torch.Tensor:
+        """AdaLN's condition: the learned null-class embedding (constant; no guidance) -> (B, C)."""
+        null = torch.full((B,), self.cfg.num_classes, dtype=torch.long, device=self.pos_start.device)
+        return self.class_emb(null)
+
+    def lvl_pos(self, begin: int, end: int) -> torch.Tensor:
+        """Scale and position embedding of tokens begin..end-1 of a modality -> (1, l, C)."""
+        return self.lvl_embed(self.lvl_1L[:, begin:end]) + self.pos_1LC[:, begin:end]
+
+    def embed(self, f_BlCv: torch.Tensor, begin: int, end: int) -> torch.Tensor:
+        return self.word_embed(f_BlCv) + self.lvl_pos(begin, end)
+
+    def start_token(self, B: int) -> torch.Tensor:
+        return (self.cond(B)[:, None] + self.pos_start + self.lvl_pos(0, 1)).expand(B, -1, -1)
+
+    def forward(self, x_BLC, attn_bias=None, caches=None) -> torch.Tensor:
+        """Blocks then head: embedded tokens -> logits_BLV. One call per training step, or one per scale
+        with `caches` (a list of dicts, one per block) holding the keys and values of earlier calls."""
+        cond_BC = self.cond(x_BLC.shape[0])
+        for i, block in enumerate(self.blocks):
+            x_BLC = block(x_BLC, cond_BC, attn_bias, None if caches is None else caches[i])
+        return self.head(self.head_nm(x_BLC, cond_BC)).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. DepthART: image prefix, cached greedy rollout, the two objectives, inference
+# ----------------------------------------------------------------------------------------------
+def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
+    return image_B3HW * 2 - 1  # [0, 1] -> [-1, 1], the VQ-VAE's input range
+
+
+def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+    """Depth -> the VQ-VAE's 3-channel input: d_n = 2 d / quantile(d, 0.98) - 1, clipped to [-1, 1].
+
+    Scale only (no shift, no log), as the paper; the quantile runs over valid pixels of each image.
+    """
+    if not torch.isfinite(depth_B1HW).all():
+        raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
+    B = depth_B1HW.shape[0]
+    d_BN = depth_B1HW.reshape(B, -1).float()
+    if valid_B1HW is not None:
+        d_BN = d_BN.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))
+    q_B = torch.nanquantile(d_BN, 0.98, dim=1)
+    if not (torch.isfinite(q_B) & (q_B > 0)).all():
+        bad = [i for i in range(B) if not (torch.isfinite(q_B[i]) and q_B[i] > 0)]
+        raise ValueError(f"depth maps {bad} are all zero, negative or have no valid pixel: nothing to normalize")
+    d_n = (2 * depth_B1HW / q_B.view(B, 1, 1, 1) - 1).clamp(-1, 1)
+    return d_n.expand(-1, 3, -1, -1)
+
+
+def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
+    """Decoder output -> relative depth in [0, 1]: clamp to [-1, 1], map to [0, 1], mean over channels."""
+    return ((x_B3HW.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
+
+
+class DepthART(nn.Module):
+    """A frozen VQ-VAE and a VAR transformer that predicts depth tokens after the image's tokens."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.vae, self.var = VQVAE(cfg), VAR(cfg)
+        self.L = cfg.tokens_per_modality
+        self.bounds = [0]
+        for pn in cfg.patch_nums:
+            self.bounds.append(self.bounds[-1] + pn * pn)
+
+    def check_image(self, image_B3HW: torch.Tensor):
+        S = self.cfg.image_size
+        if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, S, S):
+            raise ValueError(f"expected images of shape (B, 3, {S}, {S}) in [0, 1] for this preset, "
+                             f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
+
+    def encode_image(self, image_B3HW: torch.Tensor) -> torch.Tensor:
+        """Image prefix (paper Sec. 3.2): token map k is the image's cumulative quantized reconstruction
+        after k scales, bicubic-resized to scale k -> latents f_BLCv for all L prefix positions."""
+        self.check_image(image_B3HW)
+        _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
+        rs = self.vae.quantize.resample
+        return torch.cat([rs(f, pn, "bicubic").flatten(2).transpose(1, 2)
+                          for f, pn in zip(f_hats, self.cfg.patch_nums)], 1)
+
+    def depth_tokens(self, f_BlCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
+        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token)."""
+        begin, end = self.bounds[si0], self.bounds[si1]
+        parts = []
+        if si0 == 0:
+            parts.append(self.var.start_token(img_BLCv.shape[0]))
+            begin += 1
+        if end > begin:
+            parts.append(self.var.embed(f_BlCv, begin, end))
+        x_BlC = torch.cat(parts, 1)
+        if self.cfg.image_shortcut:
+            x_BlC = x_BlC + self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:end])
+        return x_BlC
+
+    def parallel_logits(self, img_BLCv: torch.Tensor, inputs: list) -> torch.Tensor:
+        """One block-causal forward over [image prefix | depth inputs] -> depth logits_BLV.
+
+        `inputs` are the latents that feed scales 2..K (from the VQ-VAE's path or from the rollout).
+        """
+        f_BlCv = torch.cat([f.flatten(2).transpose(1, 2) for f in inputs], 1)
+        x_BLC = torch.cat((self.var.embed(img_BLCv, 0, self.L),
+                           self.depth_tokens(f_BlCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
+        return self.var(x_BLC, self.var.prefix_attn_bias)[:, self.L:]
+
+    def rollout(self, img_BLCv: torch.Tensor, return_logits: bool = False):
+        """Cached greedy generation, one scale per transformer call (VAR Algorithm 2 with argmax).
+
+        The first call runs the image prefix and the depth start token together (level 0 sees all of
+        level 0, so no mask is needed); every later call feeds one scale against the cache. Returns
+        (z: idx_Bl per scale, f_hats: cumulative latent after each scale[, logits per scale]).
+        """
+        caches = [dict() for _ in self.var.blocks]
+        quant = self.vae.quantize
+        x_BlC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
+        z, f_hats, logits = [], [], []
+        f_hat = 0
+        for si, pn in enumerate(self.cfg.patch_nums):
+            logits_BlV = self.var(x_BlC, None, caches)[:, -pn * pn:]
+            idx_Bl = logits_BlV.argmax(-1)
+            f_hat = f_hat + quant.eta(idx_Bl, si)
+            z.append(idx_Bl), f_hats.append(f_hat), logits.append(logits_BlV)
+            if si + 1 < len(self.cfg.patch_nums):
+                nxt = quant.resample(f_hat, self.cfg.patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
+                x_BlC = self.depth_tokens(nxt, img_BLCv, si + 1, si + 2)
+        return (z, f_hats, logits) if return_logits else (z, f_hats)
+
+    def loss(self, image_B3HW, depth_B1HW, objective: str = "depthart", valid_B1HW=None):
+        """Cross-entropy of the depth tokens under one of the two objectives -> (loss, stats dict).
+
+        var:       teacher forcing (paper Eq. 3): inputs and targets from the VQ-VAE's decomposition of f_D.
+        depthart:  a no-grad cached greedy rollout walks z_1..z_K; targets t_k are the nearest codes of
+                   the residual f_D - sum_{i<k} eta_i(z_i) (Eq. 4-5); inputs are built from z. A single
+                   block-causal forward then gives the same logits as the sequential cached one.
+        """
+        if objective not in ("var", "depthart"):
+            raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
+        with torch.no_grad():
+            img_BLCv = self.encode_image(image_B3HW)
+            f_D = self.vae.encode(normalize_depth(depth_B1HW, valid_B1HW))
+            if objective == "var":
+                targets, f_hats = self.vae.quantize(f_D)
+            else:
+                z, _ = self.rollout(img_BLCv)
+                targets, f_hats = self.vae.quantize(f_D, walk=z)
+            inputs = self.vae.quantize.next_inputs(f_hats)
+        logits_BLV = self.parallel_logits(img_BLCv, inputs)
+        target_BL = torch.cat(targets, 1)
+        loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
+        with torch.no_grad():
+            acc = (logits_BLV.argmax(-1) == target_BL).float().mean()
+        return loss, {"loss": loss.detach(), "token_acc": acc}
+
+    @torch.no_grad()
+    def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False) -> torch.Tensor:
+        """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1].
+
+        all_scales=True returns (B, K, H, W): the depth decoded from the partial sum after every scale
+        (the paper's Fig. 7), the last channel being the final prediction.
+        """
+        _, f_hats = self.rollout(self.encode_image(image_B3HW))
+        if not all_scales:
+            return depth_from_decoder(self.vae.decode(f_hats[-1]))
+        K, B = len(f_hats), image_B3HW.shape[0]
+        depth = depth_from_decoder(self.vae.decode(torch.cat(f_hats, 0)))  # one decoder call for all scales
+        return depth.view(K, B, *depth.shape[-2:]).transpose(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Checkpoints: official .pth (weights only) and our safetensors, with clear errors
+# ----------------------------------------------------------------------------------------------
+def read_state_dict(path) -> dict:
+    """Read a state dict from .safetensors, or from .pth with torch.load(weights_only=True)."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickles with code in them, truncated files, non-checkpoints
+        raise ValueError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a state dict (a dict of tensors), got {type(sd).__name__}")
+    return sd
+
+
+def load_weights(module: nn.Module, state_dict: dict, what: str = "checkpoint"):
+    """load_state_dict(strict=True), but naming every missing and unexpected key and shape mismatch."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    extra = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or extra or shapes:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+        problems = [f"missing keys: {show(missing)}" if missing else "",
+                    f"unexpected keys: {show(extra)}" if extra else "",
+                    f"shape mismatches: {show(shapes)}" if shapes else ""]
+        raise ValueError(f"{what} does not match the model; " + "; ".join(p for p in problems if p))
+    module.load_state_dict(state_dict, strict=True)
