@@ -1,0 +1,872 @@
+"""Evaluate a relative-depth model on the published monocular depth benchmarks.
+
+    python evaluate.py --checkpoint CKPT --dataset nyuv2|ibims1|eth3d|tum|hypersim|synthetic \
+        --data-root DIR [--protocol depthart|marigold] [--out PREFIX] [--limit N]
+
+The file reads top to bottom:
+
+1. metrics on numpy arrays (per image; a dataset figure is the mean over images),
+2. alignment of a relative prediction to metric ground truth,
+3. the two evaluation protocols (DepthART's and Marigold's) and their per-dataset rules,
+4. iBims-1 planarity errors (pe-fla, pe-ori) as the official iBims-1 script defines them,
+5. readers for each dataset in its official published layout,
+6. `evaluate_dataset`: resize in, predict, resize back, align, score, aggregate, with every
+   skipped image counted by reason (never averaged in as a zero),
+7. baseline predictors (`const`, `ramp`) and the command line.
+
+A *predictor* is any callable `predict(images) -> depth` taking float32 images (B, 3, h, w) in
+[0, 1], already resized to the model's input size, and returning relative depth (B, 1, h', w')
+in [0, 1] (larger = farther; a normalized depth, not a disparity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# 1. Metrics. Each takes pred, gt (metres, same shape) and a boolean valid mask, and scores one
+#    image over its valid pixels. Ratios use numpy's inf for a zero prediction, which counts as a
+#    bad pixel rather than crashing.
+# --------------------------------------------------------------------------------------------
+
+DELTA_BASE = 1.25
+
+
+def _valid_pair(pred, gt, valid):
+    valid = np.asarray(valid, dtype=bool)
+    return np.asarray(pred, dtype=np.float64)[valid], np.asarray(gt, dtype=np.float64)[valid]
+
+
+def _max_ratio(p, g):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.maximum(p / g, g / p)
+
+
+def abs_rel(pred, gt, valid):
+    """Absolute relative error: mean over valid pixels of |p - g| / g."""
+    p, g = _valid_pair(pred, gt, valid)
+    return float(np.mean(np.abs(p - g) / g))
+
+
+def rmse(pred, gt, valid):
+    """Root mean squared error in metres: sqrt(mean over valid pixels of (p - g)^2)."""
+    p, g = _valid_pair(pred, gt, valid)
+    return float(np.sqrt(np.mean((p - g) ** 2)))
+
+
+def delta_acc(pred, gt, valid, k=1):
+    """Threshold accuracy delta_k: fraction of valid pixels with max(p/g, g/p) < 1.25**k."""
+    p, g = _valid_pair(pred, gt, valid)
+    return float(np.mean(_max_ratio(p, g) < DELTA_BASE**k))
+
+
+def bad_d1(pred, gt, valid):
+    """DepthART's "d1" column: fraction of valid pixels with max(p/g, g/p) > 1.25.
+
+    This is 1 - delta1 except for ratios of exactly 1.25, which neither counts. Lower is better.
+    """
+    p, g = _valid_pair(pred, gt, valid)
+    return float(np.mean(_max_ratio(p, g) > DELTA_BASE))
+
+
+def image_metrics(pred, gt, valid):
+    """All per-image depth metrics of one aligned prediction, as a dict."""
+    return {
+        "abs_rel": abs_rel(pred, gt, valid),
+        "delta1": delta_acc(pred, gt, valid, 1),
+        "delta2": delta_acc(pred, gt, valid, 2),
+        "delta3": delta_acc(pred, gt, valid, 3),
+        "bad_d1": bad_d1(pred, gt, valid),
+        "rmse": rmse(pred, gt, valid),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Alignment: the model predicts relative depth; the metrics need metres.
+# --------------------------------------------------------------------------------------------
+
+
+def align_median(pred, gt, valid, ratio_of_medians=False):
+    """Scale-only alignment: returns s * pred.
+
+    Default (DepthART's code, `align_si_l1`): s = median over valid pixels of g / p.
+    With ratio_of_medians=True: s = median(g) / median(p) over valid pixels (what the iBims-1
+    planarity error uses inside each plane). Both are exact for a pred that is a pure scale of gt.
+    """
+    p, g = _valid_pair(pred, gt, valid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.median(g) / np.median(p) if ratio_of_medians else np.median(g / p)
+    return (np.asarray(pred, dtype=np.float64) * s).astype(np.float32)
+
+
+def nearest_subsample(array, max_res):
+    """Nearest-neighbour downsample so that neither side exceeds max_res (Marigold fits its
+    least-squares alignment on such a copy for ETH3D); returns the array unchanged if it fits."""
+    h, w = array.shape[-2:]
+    factor = min(max_res / h, max_res / w)
+    if factor >= 1:
+        return array
+    rows = np.minimum((np.arange(int(h * factor)) / factor).astype(int), h - 1)
+    cols = np.minimum((np.arange(int(w * factor)) / factor).astype(int), w - 1)
+    return array[..., rows[:, None], cols[None, :]]
+
+
+def align_least_squares(pred, gt, valid, max_res=None):
+    """Scale-and-shift alignment in depth space: returns s * pred + t, where (s, t) minimise
+    sum over valid pixels of (s p + t - g)^2. Closed form: s = cov(p, g) / var(p),
+    t = mean(g) - s mean(p). A constant prediction (var(p) = 0) gets s = 0, t = mean(g), the
+    same aligned map a least-squares solver returns. max_res: fit on a nearest-neighbour
+    downsampled copy (Marigold's --alignment_max_res)."""
+    fit_p, fit_g, fit_v = pred, gt, valid
+    if max_res is not None:
+        fit_p, fit_g, fit_v = (nearest_subsample(np.asarray(a), max_res) for a in (pred, gt, valid))
+    p, g = _valid_pair(fit_p, fit_g, fit_v)
+    p_mean, g_mean = p.mean(), g.mean()
+    var = np.mean((p - p_mean) ** 2)
+    if var <= 1e-12 * max(p_mean * p_mean, 1e-12):
+        scale, shift = 0.0, g_mean
+    else:
+        scale = np.mean((p - p_mean) * (g - g_mean)) / var
+        shift = g_mean - scale * p_mean
+    return (np.asarray(pred, dtype=np.float64) * scale + shift).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Protocols. A protocol says how the image is resized to the model's input (the model's own
+#    size: 256x256 for DepthART's d16 model), how the prediction is resized back to the ground
+#    truth (bilinear), how it is aligned, and per dataset which pixels count.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetRule:
+    """Which ground-truth pixels one protocol evaluates on one dataset."""
+
+    min_depth: float  # valid: depth > min_depth
+    max_depth: float  # valid: depth <= max_depth (DepthART) or < max_depth (Marigold)
+    max_inclusive: bool
+    border_crop: int = 0  # pixels cut from every side of image AND ground truth before anything
+    eval_crop: tuple | None = None  # (top, bottom, left, right): only this box of the GT counts
+    align_max_res: int | None = None  # least-squares fit on a downsampled copy (Marigold ETH3D)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    alignment: str  # "median" (scale only) | "least_squares" (scale and shift)
+    image_resize: str  # interpolation of the image to the model size (antialiased)
+    pred_align_corners: bool  # bilinear upsampling of the prediction to the GT size
+    clip_to_range: bool  # clip the aligned prediction to [min_depth, max_depth] (Marigold)
+    datasets: dict = field(default_factory=dict)
+
+
+# DepthART (github bulatko/DepthART, mde/datasets/eval/*.py, mde/launchers/eval.py,
+# mde/capsules/aligner): PIL bicubic image resize to 256x256, prediction upsampled with
+# F.interpolate(bilinear, align_corners=True), scale by the median of g/p, metrics averaged per
+# image. Valid = (depth > near) & (depth <= far). NYUv2 is cropped by 8 pixels on every side
+# (image and depth). One deviation: the official loaders also downsample ETH3D/NYUv2/TUM ground
+# truth to 256x256 (nearest) before scoring; here, as in REFERENCE.md, the GT keeps its size.
+DEPTHART = Protocol(
+    name="depthart",
+    alignment="median",
+    image_resize="bicubic",
+    pred_align_corners=True,
+    clip_to_range=False,
+    datasets={
+        "nyuv2": DatasetRule(1e-8, 10.0, True, border_crop=8),
+        "eth3d": DatasetRule(1e-4, 72.0, True),
+        "tum": DatasetRule(1e-2, 10.0, True),
+        "ibims1": DatasetRule(1e-2, 50.0, True, note="plus invalid and transparent masks"),
+        "hypersim": DatasetRule(1e-5, 65.0, True, note="range taken from Marigold"),
+        "synthetic": DatasetRule(1e-5, math.inf, True),
+    },
+)
+
+# Marigold (github prs-eth/Marigold, script/depth/eval.py, src/util/alignment.py,
+# src/dataset/*_dataset.py, config/dataset_depth/*.yaml): bilinear antialiased resizes,
+# least-squares scale and shift in depth space over valid pixels, then clip to the dataset's
+# [min_depth, max_depth] and to >= 1e-6; valid = (depth > min) & (depth < max); metrics
+# averaged per image (MetricTracker over batch-size-1 samples). NYUv2: 1e-3..10 m with the
+# Eigen crop [45:471, 41:601] (eigen_valid_mask: true). ETH3D: 1e-5..inf, LS fitted at max
+# resolution 1024 (32_eval_eth3d.sh). HyperSim: 1e-5..65 m. Marigold has no TUM or iBims-1
+# depth evaluation: those use DepthART's ranges with Marigold's alignment.
+MARIGOLD = Protocol(
+    name="marigold",
+    alignment="least_squares",
+    image_resize="bilinear",
+    pred_align_corners=False,
+    clip_to_range=True,
+    datasets={
+        "nyuv2": DatasetRule(1e-3, 10.0, False, eval_crop=(45, 471, 41, 601)),
+        "eth3d": DatasetRule(1e-5, math.inf, False, align_max_res=1024),
+        "tum": DatasetRule(1e-2, 10.0, False, note="not in Marigold; DepthART's range"),
+        "ibims1": DatasetRule(1e-2, 50.0, False, note="not in Marigold; DepthART's range"),
+        "hypersim": DatasetRule(1e-5, 65.0, False),
+        "synthetic": DatasetRule(1e-5, math.inf, False),
+    },
+)
+
+PROTOCOLS = {"depthart": DEPTHART, "marigold": MARIGOLD}
+
+
+def evaluation_mask(depth, valid, rule):
+    """The pixels a rule scores: the reader's valid mask, a finite depth in range, the eval crop."""
+    depth = np.asarray(depth)
+    with np.errstate(invalid="ignore"):
+        in_range = depth > rule.min_depth
+        in_range &= (depth <= rule.max_depth) if rule.max_inclusive else (depth < rule.max_depth)
+    mask = np.asarray(valid, dtype=bool) & np.isfinite(depth) & in_range
+    if rule.eval_crop is not None:
+        top, bottom, left, right = rule.eval_crop
+        box = np.zeros_like(mask)
+        box[top:bottom, left:right] = True
+        mask &= box
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# 4. iBims-1 planarity errors (Koch et al. 2018; official evaluate_ibims_error_metrics.py,
+#    compute_planarity_error). For each labelled plane (wall, table, floor) whose valid pixels
+#    cover at least 5% of the image: scale the prediction by median(gt)/median(pred) inside the
+#    plane, back-project with the intrinsics, fit a plane by PCA; pe-fla = 100 * std of the
+#    signed point-to-plane distances (cm), pe-ori = angle between the fitted normal (sign
+#    matched) and the ground-truth normal (degrees). The dataset figures average over all planes
+#    of all images. Coordinates here are OpenCV camera coordinates (x right, y down, z forward,
+#    0-based pixel centres); the iBims-1 reader converts the official MATLAB-style conventions
+#    (1-based pixels, x right / y forward / z up) into them, which gives the same numbers.
+# --------------------------------------------------------------------------------------------
+
+MIN_PLANE_FRACTION = 0.05
+
+
+def backproject(depth, K):
+    """Planar depth (H, W) -> camera points (H, W, 3): X = (u - cx) Z / fx, Y = (v - cy) Z / fy,
+    Z = depth, with u the column and v the row index (0-based) and K = [[fx,0,cx],[0,fy,cy],[0,0,1]]."""
+    depth = np.asarray(depth, dtype=np.float64)
+    h, w = depth.shape
+    v, u = np.mgrid[0:h, 0:w]
+    fx, fy, cx, cy = K[0][0], K[1][1], K[0][2], K[1][2]
+    return np.stack([(u - cx) * depth / fx, (v - cy) * depth / fy, depth], axis=-1)
+
+
+def fit_plane_pca(points):
+    """Least-squares plane through points (N, 3): returns (unit normal n, offset d) with
+    n . x + d = 0 on the plane; n is the direction of least variance (PCA), d = -n . centroid."""
+    points = np.asarray(points, dtype=np.float64)
+    centroid = points.mean(axis=0)
+    _, _, vt = np.linalg.svd(points - centroid, full_matrices=False)
+    normal = vt[-1]
+    return normal, float(-normal @ centroid)
+
+
+def angle_between(a, b):
+    """Angle in degrees between two 3-vectors, atan2(|a x b|, a . b) (stable near 0)."""
+    return math.degrees(math.atan2(np.linalg.norm(np.cross(a, b)), float(np.dot(a, b))))
+
+
+def planarity_errors(pred, gt, plane_masks, K, min_fraction=MIN_PLANE_FRACTION):
+    """pe-fla (cm) and pe-ori (degrees) for each plane large enough to count.
+
+    plane_masks: list of (mask, gt_normal) pairs, mask a boolean (H, W) array already restricted
+    to valid pixels, gt_normal a 3-vector in camera coordinates, or None to take the normal of a
+    PCA plane fitted to the ground-truth points. Planes covering less than min_fraction of the
+    image are left out, as the official script leaves them out (NaN) of its average.
+    Returns a list of (pe_fla, pe_ori), one per counted plane.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    errors = []
+    for mask, gt_normal in plane_masks:
+        mask = np.asarray(mask, dtype=bool) & (gt > 0) & (pred > 0)
+        if mask.sum() < min_fraction * mask.size:
+            continue
+        scaled = pred * (np.median(gt[mask]) / np.median(pred[mask]))
+        points = backproject(scaled, K)[mask]
+        normal, offset = fit_plane_pca(points)
+        pe_fla = 100.0 * float(np.std(points @ normal + offset))
+        if gt_normal is None:
+            gt_normal, _ = fit_plane_pca(backproject(gt, K)[mask])
+        gt_normal = np.asarray(gt_normal, dtype=np.float64)
+        if np.dot(normal, gt_normal) < 0:
+            normal = -normal
+        errors.append((pe_fla, angle_between(gt_normal, normal)))
+    return errors
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Readers. Each yields samples {"name", "image": float32 (H, W, 3) in [0, 1],
+#    "depth": float32 (H, W) metres, "valid": bool (H, W), optional "K": 3x3,
+#    optional "planes": list of {"kind", "mask", "normal"}}; or, for an entry whose files cannot
+#    be read, {"name", "skip": reason}. A missing dataset root or index file raises instead.
+# --------------------------------------------------------------------------------------------
+
+SKIP_MISSING = "missing file"
+SKIP_UNREADABLE = "unreadable file"
+SKIP_SIZE = "size mismatch"
+SKIP_EMPTY = "empty valid mask"
+SKIP_NONFINITE = "non-finite prediction"
+
+
+def read_rgb(path):
+    """An 8-bit RGB image file -> float32 (H, W, 3) in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def read_png_array(path):
+    """A PNG as its stored integer values (16-bit depth PNGs stay 16-bit)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _entry(name, load):
+    """Run one entry's loader; turn unreadable input into a counted skip instead of a crash."""
+    try:
+        return load()
+    except FileNotFoundError:
+        return {"name": name, "skip": SKIP_MISSING}
+    except (OSError, ValueError, KeyError):
+        return {"name": name, "skip": SKIP_UNREADABLE}
+
+
+def _require(path, what):
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return Path(path)
+
+
+# NYU Depth V2, labeled subset (nyu_depth_v2_labeled.mat, MATLAB v7.3 = HDF5): `images`
+# (1449, 3, 640, 480) uint8 and `rawDepths`/`depths` (1449, 640, 480) float32 metres, both
+# column-major so transposed here to 480x640. splits.mat (MATLAB v5) holds 1-based testNdxs
+# (654) and trainNdxs (795). Both protocols score the raw sensor depth (`rawDepths`, 0 = no
+# measurement): Marigold's depth_*.png are the raw maps (filled_*.png are `depths`), DepthART
+# reads raw_depth_test.pkl.
+NYU_K = np.array([[518.858, 0.0, 325.582], [0.0, 519.470, 253.736], [0.0, 0.0, 1.0]])
+
+
+def read_split_indices(path, key):
+    """0-based indices from a splits.mat (MATLAB v5 via scipy, or v7.3 via h5py)."""
+    import scipy.io
+
+    try:
+        indices = scipy.io.loadmat(path)[key]
+    except NotImplementedError:  # a v7.3 file
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            indices = f[key][()]
+    return np.asarray(indices).astype(np.int64).ravel() - 1
+
+
+def read_nyuv2(root, split="test", depth_key="rawDepths"):
+    import h5py
+
+    root = Path(root)
+    mat = _require(root / "nyu_depth_v2_labeled.mat", "NYUv2 labeled .mat")
+    indices = read_split_indices(_require(root / "splits.mat", "NYUv2 splits.mat"),
+                                 "testNdxs" if split == "test" else "trainNdxs")
+    with h5py.File(mat, "r") as f:
+        images, depths = f["images"], f[depth_key]
+        for i in indices:
+            name = f"nyu_{i + 1:04d}"
+
+            def load(i=i, name=name):
+                depth = np.asarray(depths[i], dtype=np.float32).T
+                return {"name": name,
+                        "image": np.asarray(images[i]).transpose(2, 1, 0).astype(np.float32) / 255.0,
+                        "depth": depth, "valid": depth > 0, "K": NYU_K.copy()}
+
+            yield _entry(name, load)
+
+
+# iBims-1, the ibims1_core_raw release (chosen over ibims1_core_mat: plain files, no MATLAB
+# structs): imagelist.txt, rgb/NAME.png, depth/NAME.png (uint16, metres = value * 50 / 65535),
+# mask_invalid/NAME.png and mask_transp/NAME.png (nonzero = usable), calib/NAME.txt
+# ("fx,fy,cx,cy", MATLAB 1-based principal point), mask_{wall,table,floor}/NAME.png (plane j is
+# labelled j+1) with NAME.txt (one line per plane, 7 comma-separated numbers, the normal in
+# columns 4..6 in iBims coordinates x right, y forward, z up). Either may be absent.
+IBIMS_DEPTH_SCALE = 50.0 / 65535.0
+IBIMS_PLANE_KINDS = ("wall", "table", "floor")
+
+
+def ibims_normal_to_camera(n):
+    """iBims plane normal (x right, y forward, z up) -> OpenCV camera frame (x right, y down,
+    z forward): (nx, ny, nz) -> (nx, -nz, ny)."""
+    return np.array([n[0], -n[2], n[1]], dtype=np.float64)
+
+
+def _read_ibims_planes(root, name, kind, valid_shape):
+    png, txt = root / f"mask_{kind}" / f"{name}.png", root / f"mask_{kind}" / f"{name}.txt"
+    if not (png.exists() and txt.exists()):
+        return []
+    labels = read_png_array(png)
+    if labels.shape != valid_shape:
+        raise ValueError(f"{png}: plane mask size {labels.shape} != {valid_shape}")
+    rows = [line for line in txt.read_text().splitlines() if line.strip()]
+    planes = []
+    for j, line in enumerate(rows):
+        values = [float(x) for x in line.replace(",", " ").split()]
+        planes.append({"kind": kind, "mask": labels == j + 1,
+                       "normal": ibims_normal_to_camera(values[4:7])})
+    return planes
+
+
+def ibims_image_names(root):
+    for candidate in (root / "imagelist.txt", root.parent / "imagelist.txt"):
+        if candidate.exists():
+            return [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
+    return sorted(p.stem for p in _require(root / "rgb", "iBims-1 rgb/ folder").glob("*.png"))
+
+
+def read_ibims1(root):
+    root = _require(Path(root), "iBims-1 root")
+    for name in ibims_image_names(root):
+
+        def load(name=name):
+            image = read_rgb(root / "rgb" / f"{name}.png")
+            depth = read_png_array(root / "depth" / f"{name}.png").astype(np.float32) * IBIMS_DEPTH_SCALE
+            invalid_ok = read_png_array(root / "mask_invalid" / f"{name}.png") > 0
+            transp_ok = read_png_array(root / "mask_transp" / f"{name}.png") > 0
+            if not (invalid_ok.shape == transp_ok.shape == depth.shape):
+                return {"name": name, "skip": SKIP_SIZE}
+            fx, fy, cx, cy = (float(x) for x in
+                              (root / "calib" / f"{name}.txt").read_text().replace(",", " ").split()[:4])
+            K = np.array([[fx, 0.0, cx - 1.0], [0.0, fy, cy - 1.0], [0.0, 0.0, 1.0]])
+            planes = []
+            for kind in IBIMS_PLANE_KINDS:
+                planes += _read_ibims_planes(root, name, kind, depth.shape)
+            return {"name": name, "image": image, "depth": depth,
+                    "valid": invalid_ok & transp_ok & (depth > 0), "K": K, "planes": planes}
+
+        yield _entry(name, load)
+
+
+# ETH3D high-resolution multi-view training scenes, as published: SCENE_dslr_jpg.7z gives
+# SCENE/images/dslr_images/DSC_*.JPG (the original, distorted DSLR images, which the GT depth
+# matches) and SCENE_dslr_depth.7z gives SCENE/ground_truth_depth/dslr_images/DSC_*.JPG: raw
+# little-endian float32, row-major 4032x6048 despite the suffix, inf = no depth. Extract both
+# into one root. Marigold's eth3d.tar layout (rgb/SCENE/images/dslr_images/...,
+# depth/SCENE_dslr_depth/SCENE/ground_truth_depth/dslr_images/...) is read too.
+ETH3D_SHAPE = (4032, 6048)
+
+
+def eth3d_pairs(root):
+    """(name, image path, depth path) for every ground-truth depth file under root."""
+    pairs = []
+    for depth in sorted(root.glob("*/ground_truth_depth/dslr_images/*")):
+        scene = depth.parts[-4]
+        pairs.append((f"{scene}/{depth.name}", root / scene / "images" / "dslr_images" / depth.name, depth))
+    for depth in sorted(root.glob("depth/*_dslr_depth/*/ground_truth_depth/dslr_images/*")):
+        scene = depth.parts[-4]
+        pairs.append((f"{scene}/{depth.name}",
+                      root / "rgb" / scene / "images" / "dslr_images" / depth.name, depth))
+    return pairs
+
+
+def read_eth3d_depth(path, shape=ETH3D_SHAPE):
+    raw = np.fromfile(path, dtype="<f4")
+    if raw.size != shape[0] * shape[1]:
+        raise ValueError(f"{path}: {raw.size} floats, expected {shape[0]}x{shape[1]}")
+    return raw.reshape(shape).astype(np.float32)
+
+
+def read_eth3d(root, shape=ETH3D_SHAPE):
+    root = _require(Path(root), "ETH3D root")
+    for name, image_path, depth_path in eth3d_pairs(root):
+
+        def load(name=name, image_path=image_path, depth_path=depth_path):
+            image = read_rgb(image_path)
+            try:
+                depth = read_eth3d_depth(depth_path, shape)
+            except ValueError:
+                return {"name": name, "skip": SKIP_SIZE}
+            return {"name": name, "image": image, "depth": depth, "valid": np.isfinite(depth) & (depth > 0)}
+
+        yield _entry(name, load)
+
+
+# TUM RGB-D (a sequence folder rgbd_dataset_freiburg*_*/ with rgb.txt, depth.txt,
+# rgb/*.png, depth/*.png; depth PNG uint16 / 5000 = metres, 0 = missing). Pairing follows the
+# benchmark's associate.py rule: every (rgb, depth) timestamp pair closer than 0.02 s is a
+# candidate; candidates are taken greedily from the smallest difference, each timestamp used
+# once; the pairs are then evaluated in rgb time order. --data-root may be one sequence or a
+# folder of sequences.
+TUM_DEPTH_SCALE = 1.0 / 5000.0
+TUM_MAX_DT = 0.02
+
+
+def read_tum_list(path):
+    """rgb.txt / depth.txt -> {timestamp: relative path}; '#' lines are comments."""
+    entries = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            stamp, rel = line.split()[:2]
+            entries[float(stamp)] = rel
+    return entries
+
+
+def associate_timestamps(first, second, max_dt=TUM_MAX_DT):
+    """Greedy one-to-one association of two timestamp lists by smallest |difference| < max_dt;
+    returns (a, b) pairs sorted by a."""
+    candidates = sorted((abs(a - b), a, b) for a in first for b in second if abs(a - b) < max_dt)
+    used_a, used_b, pairs = set(), set(), []
+    for _, a, b in candidates:
+        if a not in used_a and b not in used_b:
+            used_a.add(a)
+            used_b.add(b)
+            pairs.append((a, b))
+    return sorted(pairs)
+
+
+def tum_sequences(root):
+    if (root / "rgb.txt").exists():
+        return [root]
+    sequences = sorted(p.parent for p in root.glob("*/rgb.txt"))
+    if not sequences:
+        raise FileNotFoundError(f"no TUM sequence (rgb.txt) under {root}")
+    return sequences
+
+
+def read_tum(root, max_dt=TUM_MAX_DT):
+    root = _require(Path(root), "TUM root")
+    for sequence in tum_sequences(root):
+        rgb_list = read_tum_list(sequence / "rgb.txt")
+        depth_list = read_tum_list(_require(sequence / "depth.txt", "TUM depth.txt"))
+        for t_rgb, t_depth in associate_timestamps(sorted(rgb_list), sorted(depth_list), max_dt):
+            name = f"{sequence.name}/{t_rgb:.6f}"
+
+            def load(name=name, rgb=sequence / rgb_list[t_rgb], depth=sequence / depth_list[t_depth]):
+                d = read_png_array(depth).astype(np.float32) * TUM_DEPTH_SCALE
+                return {"name": name, "image": read_rgb(rgb), "depth": d, "valid": d > 0}
+
+            yield _entry(name, load)
+
+
+# HyperSim and the procedural synthetic scenes come from data.py's make_dataset, whose items
+# are {"image": (3, H, W) in [0, 1], "depth": (1, H, W) metres, "valid": (1, H, W) bool}.
+def read_data_module(kind, root=None, split="test", size=None):
+    import data  # the project's data module; imported only when these datasets are asked for
+
+    dataset = data.make_dataset(kind, split=split, size=size, root=root)
+    try:
+        items = (dataset[i] for i in range(len(dataset)))
+    except TypeError:
+        items = iter(dataset)
+    for i, item in enumerate(items):
+        image = np.asarray(item["image"], dtype=np.float32)
+        yield {"name": f"{kind}_{split}_{i:05d}", "image": image.transpose(1, 2, 0),
+               "depth": np.asarray(item["depth"], dtype=np.float32).reshape(image.shape[1:]),
+               "valid": np.asarray(item["valid"], dtype=bool).reshape(image.shape[1:])}
+
+
+READERS = {
+    "nyuv2": read_nyuv2,
+    "ibims1": read_ibims1,
+    "eth3d": read_eth3d,
+    "tum": read_tum,
+    "hypersim": lambda root, **kw: read_data_module("hypersim", root, **kw),
+    "synthetic": lambda root, **kw: read_data_module("synthetic", root, **kw),
+}
+
+
+def open_dataset(name, root, **options):
+    """The sample iterator of a dataset by name (see READERS)."""
+    if name not in READERS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(READERS)}")
+    return READERS[name](root, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Running a predictor over a dataset.
+# --------------------------------------------------------------------------------------------
+
+
+def resize_image(image, size, mode):
+    """(H, W, 3) float image -> (3, h, w) float32 at size = (h, w), antialiased, clamped to [0, 1]."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)))
+    if tuple(t.shape[-2:]) != tuple(size):
+        t = F.interpolate(t[None], size=tuple(size), mode=mode, align_corners=False, antialias=True)[0]
+    return t.clamp(0.0, 1.0).numpy()
+
+
+def resize_prediction(pred, size, align_corners):
+    """(h, w) prediction -> (H, W) by bilinear interpolation."""
+    import torch
+    import torch.nn.functional as F
+
+    pred = np.asarray(pred, dtype=np.float32)
+    if pred.shape == tuple(size):
+        return pred
+    t = torch.from_numpy(np.ascontiguousarray(pred))[None, None]
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=align_corners)[0, 0].numpy()
+
+
+def crop_border(sample, b):
+    """Cut b pixels from every side of the image, depth, valid and plane masks; shift K."""
+    if b <= 0:
+        return sample
+    out = dict(sample)
+    for key in ("image", "depth", "valid"):
+        out[key] = sample[key][b:-b, b:-b]
+    if sample.get("K") is not None:
+        K = np.array(sample["K"], dtype=np.float64)
+        K[0, 2] -= b
+        K[1, 2] -= b
+        out["K"] = K
+    if sample.get("planes"):
+        out["planes"] = [dict(p, mask=p["mask"][b:-b, b:-b]) for p in sample["planes"]]
+    return out
+
+
+def _as_size(size):
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def _get_protocol(protocol):
+    return PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
+
+
+def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size=4, progress=False):
+    """Score predict on samples under protocol's rules for dataset.
+
+    Per sample: drop it (counted by reason) if the reader could not read it, the image and depth
+    sizes differ, or no pixel survives the valid mask, range and crop; else resize the image to
+    input_size, predict in batches, resize the prediction bilinearly to the GT size, align it,
+    clip it (Marigold), and score it; iBims-1 planes add planarity errors. Returns a dict with
+    the per-image means ("metrics"), the counts, the skips by reason and per-image results.
+    """
+    protocol = _get_protocol(protocol)
+    rule = protocol.datasets[dataset]
+    input_size = _as_size(input_size)
+    skipped, per_image, plane_errors = Counter(), [], []
+    pending = []
+
+    def score(entry, pred_small):
+        gt, mask = entry["depth"], entry["mask"]
+        pred = resize_prediction(pred_small, gt.shape, protocol.pred_align_corners)
+        if not np.isfinite(pred[mask]).all():
+            skipped[SKIP_NONFINITE] += 1
+            return
+        if protocol.alignment == "median":
+            aligned = align_median(pred, gt, mask)
+        else:
+            aligned = align_least_squares(pred, gt, mask, max_res=rule.align_max_res)
+        if protocol.clip_to_range:
+            aligned = np.clip(aligned, rule.min_depth, rule.max_depth)
+            aligned = np.clip(aligned, 1e-6, None)
+        if not np.isfinite(aligned[mask]).all():
+            skipped[SKIP_NONFINITE] += 1
+            return
+        result = {"name": entry["name"], **image_metrics(aligned, gt, mask)}
+        if entry.get("planes") and entry.get("K") is not None:
+            planes = [(p["mask"] & mask, p.get("normal")) for p in entry["planes"]]
+            errors = planarity_errors(aligned, gt, planes, entry["K"])
+            plane_errors.extend(errors)
+            result["planes"] = len(errors)
+        per_image.append(result)
+
+    def flush():
+        if not pending:
+            return
+        batch = np.stack([entry.pop("input") for entry in pending]).astype(np.float32)
+        preds = np.asarray(predict(batch), dtype=np.float32)
+        if preds.ndim != 4 or preds.shape[:2] != (len(pending), 1):
+            raise ValueError(f"predictor returned shape {preds.shape}, expected ({len(pending)}, 1, h, w)")
+        for entry, pred in zip(pending, preds):
+            score(entry, pred[0])
+        pending.clear()
+
+    iterator = samples
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(samples, desc=f"{dataset} ({protocol.name})", unit="img", file=sys.stderr)
+    for sample in iterator:
+        if "skip" in sample:
+            skipped[sample["skip"]] += 1
+            continue
+        if sample["image"].shape[:2] != sample["depth"].shape or sample["valid"].shape != sample["depth"].shape:
+            skipped[SKIP_SIZE] += 1
+            continue
+        sample = crop_border(sample, rule.border_crop)
+        mask = evaluation_mask(sample["depth"], sample["valid"], rule)
+        if not mask.any():
+            skipped[SKIP_EMPTY] += 1
+            continue
+        pending.append({"name": sample["name"], "input": resize_image(sample["image"], input_size, protocol.image_resize),
+                        "depth": np.asarray(sample["depth"], dtype=np.float32), "mask": mask,
+                        "planes": sample.get("planes"), "K": sample.get("K")})
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+
+    metrics = {}
+    for key in ("abs_rel", "delta1", "delta2", "delta3", "bad_d1", "rmse"):
+        metrics[key] = float(np.mean([r[key] for r in per_image])) if per_image else float("nan")
+    if plane_errors:
+        metrics["pe_fla"] = float(np.mean([e[0] for e in plane_errors]))
+        metrics["pe_ori"] = float(np.mean([e[1] for e in plane_errors]))
+    return {"dataset": dataset, "protocol": protocol.name, "input_size": list(input_size),
+            "n_images": len(per_image), "n_planes": len(plane_errors), "metrics": metrics,
+            "skipped": dict(skipped), "per_image": per_image}
+
+
+# --------------------------------------------------------------------------------------------
+# 7. Baseline predictors and the command line.
+# --------------------------------------------------------------------------------------------
+
+
+class ConstantPredictor:
+    """Predicts the same relative depth everywhere (the scene's median after alignment)."""
+
+    def __init__(self, image_size=256, value=0.5):
+        self.image_size = image_size
+        self.value = value
+
+    def predict(self, images):
+        b, _, h, w = images.shape
+        return np.full((b, 1, h, w), self.value, dtype=np.float32)
+
+    __call__ = predict
+
+
+class RampPredictor:
+    """Relative depth that grows toward the top of the image: row r of h gets (h - r) / h, so
+    the top row is 1 and the bottom row 1/h (a floor seen from standing height)."""
+
+    def __init__(self, image_size=256):
+        self.image_size = image_size
+
+    def predict(self, images):
+        b, _, h, w = images.shape
+        ramp = (h - np.arange(h, dtype=np.float32)) / h
+        return np.broadcast_to(ramp[None, None, :, None], (b, 1, h, w)).copy()
+
+    __call__ = predict
+
+
+BASELINES = {"const": ConstantPredictor, "ramp": RampPredictor}
+
+METRIC_LABELS = [
+    ("abs_rel", "AbsRel"), ("delta1", "delta1"), ("delta2", "delta2"), ("delta3", "delta3"),
+    ("bad_d1", "bad d1 (>1.25)"), ("rmse", "RMSE (m)"), ("pe_fla", "pe-fla (cm)"), ("pe_ori", "pe-ori (deg)"),
+]
+
+
+def load_predictor(checkpoint, input_size=None):
+    """const / ramp baselines, or infer_trt.load_backend(checkpoint) for a model file.
+    Returns (predict callable, model input size)."""
+    if checkpoint in BASELINES:
+        predictor = BASELINES[checkpoint](image_size=input_size or 256)
+        return predictor.predict, predictor.image_size
+    try:
+        import infer_trt
+    except ImportError as error:
+        raise SystemExit(f"evaluate.py: cannot import infer_trt, which loads {checkpoint!r} ({error}). "
+                         f"Use --checkpoint const or ramp to run the protocol without a model.")
+    backend = infer_trt.load_backend(checkpoint)
+    return backend.predict, input_size or backend.image_size
+
+
+def format_table(result):
+    protocol = result["protocol"]
+    lines = [f"{result['dataset']} / {protocol} protocol / input {result['input_size'][0]}x{result['input_size'][1]}",
+             f"{'metric':<16}{'value':>10}"]
+    for key, label in METRIC_LABELS:
+        if key in result["metrics"]:
+            lines.append(f"{label:<16}{result['metrics'][key]:>10.4f}")
+    lines.append(f"{'images':<16}{result['n_images']:>10d}")
+    if result["n_planes"]:
+        lines.append(f"{'planes':<16}{result['n_planes']:>10d}")
+    total = sum(result["skipped"].values())
+    lines.append(f"skipped: {total}" + "".join(f"\n  {reason}: {n}" for reason, n in sorted(result["skipped"].items())))
+    return "\n".join(lines)
+
+
+def write_outputs(result, prefix):
+    """PREFIX.json (everything, per image included) and PREFIX.csv (metric, value rows + counts)."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = Path(f"{prefix}.json"), Path(f"{prefix}.csv")
+
+    # NaN (e.g. no image survived) becomes null: strict JSON has no NaN.
+    serializable = json.loads(json.dumps(result, default=float), parse_constant=lambda c: None)
+    json_path.write_text(json.dumps(serializable, indent=2))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["metric", "value"])
+        for key, _ in METRIC_LABELS:
+            if key in result["metrics"]:
+                writer.writerow([key, f"{result['metrics'][key]:.6f}"])
+        writer.writerow(["n_images", result["n_images"]])
+        writer.writerow(["n_planes", result["n_planes"]])
+        for reason, n in sorted(result["skipped"].items()):
+            writer.writerow([f"skipped: {reason}", n])
+    return json_path, csv_path
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="model file for infer_trt.load_backend (.safetensors, .onnx, .engine), or const / ramp")
+    parser.add_argument("--dataset", required=True, choices=sorted(READERS))
+    parser.add_argument("--data-root", default=None, help="dataset folder in its published layout")
+    parser.add_argument("--protocol", default="depthart", choices=sorted(PROTOCOLS))
+    parser.add_argument("--out", default=None, help="write PREFIX.json and PREFIX.csv")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N dataset entries")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="model input side (default: the backend's own size; 256 for baselines)")
+    parser.add_argument("--split", default="test", help="split for nyuv2 / hypersim / synthetic")
+    parser.add_argument("--scene-size", type=int, default=None,
+                        help="size passed to data.make_dataset for hypersim / synthetic")
+    parser.add_argument("--eth3d-shape", type=int, nargs=2, default=list(ETH3D_SHAPE), metavar=("H", "W"))
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.data_root is None and args.dataset not in ("synthetic",):
+        raise SystemExit(f"evaluate.py: --data-root is required for {args.dataset}")
+    predict, input_size = load_predictor(args.checkpoint, args.input_size)
+    options = {}
+    if args.dataset == "nyuv2":
+        options["split"] = args.split
+    elif args.dataset == "eth3d":
+        options["shape"] = tuple(args.eth3d_shape)
+    elif args.dataset in ("hypersim", "synthetic"):
+        options.update(split=args.split, size=args.scene_size)
+    samples = open_dataset(args.dataset, args.data_root, **options)
+    if args.limit is not None:
+        samples = itertools.islice(samples, args.limit)
+    result = evaluate_dataset(samples, predict, args.protocol, args.dataset, input_size,
+                              batch_size=args.batch_size, progress=not args.no_progress)
+    result["checkpoint"] = args.checkpoint
+    print(format_table(result))
+    if args.out:
+        for path in write_outputs(result, args.out):
+            print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
