@@ -568,10 +568,11 @@ def read_data_module(kind, root=None, split="test", size=None):
     except TypeError:
         items = iter(dataset)
     for i, item in enumerate(items):
-        image = np.asarray(item["image"], dtype=np.float32)
-        yield {"name": f"{kind}_{split}_{i:05d}", "image": image.transpose(1, 2, 0),
-               "depth": np.asarray(item["depth"], dtype=np.float32).reshape(image.shape[1:]),
-               "valid": np.asarray(item["valid"], dtype=bool).reshape(image.shape[1:])}
+        depth = np.asarray(item["depth"], dtype=np.float32)
+        valid = np.asarray(item["valid"], dtype=bool)
+        yield {"name": f"{kind}_{split}_{i:05d}",
+               "image": np.asarray(item["image"], dtype=np.float32).transpose(1, 2, 0),
+               "depth": depth.reshape(depth.shape[-2:]), "valid": valid.reshape(valid.shape[-2:])}
 
 
 READERS = {
@@ -711,8 +712,10 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
         if not mask.any():
             skipped[SKIP_EMPTY] += 1
             continue
-        pending.append({"name": sample["name"], "input": resize_image(sample["image"], input_size, protocol.image_resize),
-                        "depth": np.asarray(sample["depth"], dtype=np.float32), "mask": mask,
+        # Keep only the resized image: full-size ETH3D images are ~300 MB each.
+        model_input = resize_image(sample["image"], input_size, protocol.image_resize)
+        pending.append({"name": sample["name"], "input": model_input, "mask": mask,
+                        "depth": np.asarray(sample["depth"], dtype=np.float32),
                         "planes": sample.get("planes"), "K": sample.get("K")})
         if len(pending) >= batch_size:
             flush()

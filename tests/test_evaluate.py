@@ -256,7 +256,8 @@ def test_nyuv2_reader(tmp_path):
         f["images"] = images.transpose(0, 3, 2, 1)
         f["rawDepths"] = raw.transpose(0, 2, 1)
         f["depths"] = (raw + 1).transpose(0, 2, 1)
-    scipy.io.savemat(tmp_path / "splits.mat", {"testNdxs": np.array([[2], [5]]), "trainNdxs": np.array([[1], [3], [4]])})
+    splits = {"testNdxs": np.array([[2], [5]]), "trainNdxs": np.array([[1], [3], [4]])}  # 1-based
+    scipy.io.savemat(tmp_path / "splits.mat", splits)  # MATLAB v5, like the real splits.mat
     samples = list(ev.read_nyuv2(tmp_path))
     assert [s["name"] for s in samples] == ["nyu_0002", "nyu_0005"]
     s = samples[0]
@@ -375,7 +376,7 @@ def make_tum(seq):
     (seq / "rgb.txt").write_text(header + "".join(f"{t} rgb/{t}.png\n" for t in rgb_t))
     (seq / "depth.txt").write_text(header.replace("color", "depth") + "".join(f"{t} depth/{t}.png\n" for t in depth_t))
     rng = np.random.default_rng(1)
-    for i, t in enumerate(rgb_t):
+    for t in rgb_t:
         write_rgb(seq / "rgb" / f"{t}.png", rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
     for i, t in enumerate(depth_t):
         d = np.full((24, 32), 5000 * (1.0 + i))
@@ -476,3 +477,26 @@ def test_cli_reports_missing_backend(monkeypatch):
     monkeypatch.setitem(sys.modules, "infer_trt", None)  # import infer_trt -> ImportError
     with pytest.raises(SystemExit, match="cannot import infer_trt"):
         ev.load_predictor("model.safetensors")
+
+
+def test_hypersim_and_synthetic_go_through_data_make_dataset(monkeypatch):
+    # data.py's interface: make_dataset(kind, split=, size=, root=) -> items of (C, H, W) tensors.
+    import types
+
+    import torch
+
+    calls = []
+
+    def make_dataset(kind, split, size, root):
+        calls.append((kind, split, size, root))
+        depth = torch.linspace(1, 5, 12 * 16).reshape(1, 12, 16)
+        return [{"image": torch.rand(3, 12, 16), "depth": depth, "valid": depth > 2}] * 3
+
+    monkeypatch.setitem(sys.modules, "data", types.SimpleNamespace(make_dataset=make_dataset))
+    samples = list(ev.open_dataset("synthetic", None, split="val", size=16))
+    assert calls == [("synthetic", "val", 16, None)]
+    assert len(samples) == 3 and samples[0]["image"].shape == (12, 16, 3)
+    assert samples[0]["depth"].shape == (12, 16) and samples[0]["valid"].dtype == bool
+    result = ev.main(["--checkpoint", "ramp", "--dataset", "hypersim", "--data-root", "/nowhere",
+                      "--input-size", "8", "--limit", "2", "--no-progress"])
+    assert calls[-1] == ("hypersim", "test", None, "/nowhere") and result["n_images"] == 2
