@@ -290,7 +290,7 @@ def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     float64 argmin resolves them to is what the checkpoints were trained with: [0,0,1,1,1,2,2,3,3,3].
     """
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
-    ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64)
+    ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
 
 

@@ -1,0 +1,259 @@
+"""Tests of depthart.py: the pieces the method's correctness rests on, all on the CPU."""
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import depthart as D
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
+    """Random weights with real residual branches: VAR's init makes every block ~identity (gamma 1e-5),
+    which would let a masking or caching bug hide behind tiny activations."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for b in model.var.blocks:
+            b.ada_lin[-1].weight.normal_(0, 0.05)
+            b.ada_lin[-1].bias.normal_(0, 0.3)
+        model.var.head.weight.normal_(0, 0.2)
+        model.var.pos_1LC.normal_(0, 0.5)
+        if model.cfg.image_shortcut:
+            model.var.image_shortcut.weight.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return lively(D.DepthART(D.Config.tiny()))
+
+
+def batch(B=2, S=64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(B, 3, S, S, generator=g)
+    yy = torch.linspace(1, 4, S).view(1, 1, S, 1)
+    depth = yy + torch.rand(B, 1, 1, S, generator=g)  # a ramp with per-column offsets
+    return image, depth.expand(B, 1, S, S).contiguous()
+
+
+# --- resampling matrices ------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg", [D.Config.d16(), D.Config.tiny()], ids=["d16", "tiny"])
+def test_resize_matrices_equal_interpolate_for_every_pair_of_scales(cfg):
+    for src in cfg.patch_nums:
+        x = torch.randn(2, 3, src, src)
+        for dst in cfg.patch_nums:
+            for mode in ("bicubic", "area"):
+                M = D.resize_matrix(src, dst, mode)
+                kwargs = {"align_corners": False} if mode == "bicubic" else {}
+                ref = F.interpolate(x, size=(dst, dst), mode=mode, **kwargs)
+                assert (M @ x @ M.T - ref).abs().max() < 1e-5, (src, dst, mode)
+
+
+def test_resampler_holds_every_resize_the_model_uses(tiny):
+    rs, last = tiny.vae.quantize.resample, tiny.cfg.patch_nums[-1]
+    f = torch.randn(1, 32, last, last)
+    for pn in tiny.cfg.patch_nums:
+        assert torch.allclose(rs(f, pn, "area"), F.interpolate(f, (pn, pn), mode="area"), atol=1e-5)
+        small = torch.randn(1, 32, pn, pn)
+        assert torch.allclose(rs(small, last, "bicubic"), F.interpolate(small, (last, last), mode="bicubic"), atol=1e-5)
+
+
+# --- quantizer ---------------------------------------------------------------------------------
+def test_phi_schedule_matches_official_table():
+    assert D.phi_schedule(10, 4) == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+
+
+def test_quantizer_round_trip_reduces_error_scale_by_scale():
+    torch.manual_seed(0)
+    cfg = D.Config.tiny()
+    vae = D.VQVAE(cfg)
+    f = F.interpolate(torch.randn(4, 32, 4, 4), size=(8, 8), mode="bilinear") + 0.3 * torch.randn(4, 32, 8, 8)
+    with torch.no_grad():  # a codebook with codes of every length (coarse and fine residuals), Phi = identity
+        vae.quantize.embedding.weight.copy_(torch.randn(cfg.vocab_size, 32) * torch.rand(cfg.vocab_size, 1))
+        for phi in vae.quantize.quant_resi.qresi_ls:
+            phi.weight.zero_(), phi.bias.zero_()
+            phi.weight[range(32), range(32), 1, 1] = 1.0
+        idx = vae.decompose(f)
+        errors = [(f - vae.rebuild(idx[: k + 1])).square().mean().item() for k in range(len(idx))]
+    assert [i.shape[1] for i in idx] == [pn * pn for pn in cfg.patch_nums]
+    energy = f.square().mean().item()
+    assert all(b < a for a, b in zip([energy] + errors, errors)), errors
+    assert errors[-1] < 0.5 * energy, (energy, errors)
+
+
+def test_depthart_targets_equal_var_targets_on_the_vqvae_path_and_correct_a_wrong_walk(tiny):
+    torch.manual_seed(0)
+    quant = tiny.vae.quantize
+    f_D = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        x, f_hats_x = quant(f_D)
+        t, f_hats_t = quant(f_D, walk=x)  # the model walked exactly the VQ-VAE's path
+        assert all(torch.equal(a, b) for a, b in zip(x, t))
+        assert all(torch.equal(a, b) for a, b in zip(f_hats_x, f_hats_t))
+        assert all(torch.equal(a, b) for a, b in zip(quant.next_inputs(f_hats_x), quant.next_inputs(f_hats_t)))
+
+        z = [torch.randint(0, tiny.cfg.vocab_size, i.shape) for i in x]  # a wrong walk
+        t, f_hats_z = quant(f_D, walk=z)
+        assert not all(torch.equal(a, b) for a, b in zip(x, t))
+        # At every scale the target token moves the walked partial sum closer to f_D than the walked token did.
+        prev = torch.zeros_like(f_D)
+        for si in range(len(z)):
+            with_target = (f_D - prev - quant.eta(t[si], si)).square().mean()
+            with_walk = (f_D - prev - quant.eta(z[si], si)).square().mean()
+            assert with_target < with_walk, si
+            prev = f_hats_z[si]
+
+
+# --- transformer ---------------------------------------------------------------------------------
+def test_parallel_block_causal_logits_equal_sequential_cached_logits(tiny):
+    image, _ = batch()
+    with torch.no_grad():
+        img = tiny.encode_image(image)
+        z, f_hats, logits_seq = tiny.rollout(img, return_logits=True)
+        logits_par = tiny.parallel_logits(img, tiny.vae.quantize.next_inputs(f_hats))
+    assert logits_par.std() > 0.1  # the check below is not vacuous
+    assert (logits_par - torch.cat(logits_seq, 1)).abs().max() < 1e-5
+
+
+def test_block_causal_mask_hides_finer_depth_scales(tiny):
+    """Changing the input of a later scale must not change the logits of earlier ones."""
+    image, _ = batch(B=1)
+    with torch.no_grad():
+        img = tiny.encode_image(image)
+        _, f_hats = tiny.rollout(img)
+        inputs = tiny.vae.quantize.next_inputs(f_hats)
+        base = tiny.parallel_logits(img, inputs)
+        inputs[-1] = inputs[-1] + 1.0  # the input of the last scale
+        moved = tiny.parallel_logits(img, inputs)
+    last = tiny.cfg.patch_nums[-1] ** 2
+    assert torch.equal(base[:, :-last], moved[:, :-last])
+    assert not torch.allclose(base[:, -last:], moved[:, -last:])
+
+
+def test_greedy_inference_is_deterministic_and_equals_the_training_rollout(tiny):
+    image, _ = batch()
+    with torch.no_grad():
+        d1, d2 = tiny.predict(image), tiny.predict(image)
+        img = tiny.encode_image(image)
+        z, f_hats = tiny.rollout(img)
+        # Teacher forcing on the model's own walk reproduces that walk: training forward == inference.
+        logits = tiny.parallel_logits(img, tiny.vae.quantize.next_inputs(f_hats))
+        scales = tiny.predict(image, all_scales=True)
+    assert torch.equal(d1, d2)
+    assert torch.equal(logits.argmax(-1), torch.cat(z, 1))
+    assert torch.allclose(d1, D.depth_from_decoder(tiny.vae.decode(f_hats[-1])), atol=1e-6)
+    assert scales.shape == (2, len(tiny.cfg.patch_nums), 64, 64)
+    assert torch.allclose(scales[:, -1:], d1, atol=1e-5)
+    assert d1.min() >= 0 and d1.max() <= 1
+
+
+def test_the_image_changes_the_prediction(tiny):
+    image, _ = batch()
+    with torch.no_grad():
+        assert not torch.equal(tiny.predict(image), tiny.predict(image.flip(0)))
+
+
+@pytest.mark.parametrize("objective", ["var", "depthart"])
+def test_one_batch_overfits(objective):
+    torch.manual_seed(0)
+    model = D.DepthART(D.Config.tiny())
+    model.vae.requires_grad_(False)
+    image, depth = batch(B=2)
+    opt = torch.optim.AdamW(model.var.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        loss, _ = model.loss(image, depth, objective)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    print(objective, "loss", losses[0], "->", losses[-1])
+    assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+def read_tsv(name):
+    rows = [line.rstrip("\n").split("\t") for line in open(REFERENCE / name)]
+    return {k: (shape, dtype) for k, shape, dtype in rows}
+
+
+def signature(module):
+    return {k: (str(tuple(v.shape)), str(v.dtype).removeprefix("torch.")) for k, v in module.state_dict().items()}
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="../shared/reference not beside the checkout")
+def test_state_dicts_have_exactly_the_official_keys_shapes_and_dtypes():
+    cfg = D.Config.d16()
+    with torch.device("meta"):  # shapes only: no 400M-parameter initialization
+        vae, var = D.VQVAE(cfg), D.VAR(cfg)
+    assert signature(vae) == read_tsv("official_vae_ch160v4096z32_state_dict.tsv")
+    assert signature(var) == read_tsv("official_var_d16_state_dict.tsv")
+
+
+def test_official_style_pth_loads_strictly_and_bad_checkpoints_are_named(tmp_path):
+    cfg = D.Config.tiny()
+    src, dst = D.VQVAE(cfg), D.VQVAE(cfg)
+    torch.save(src.state_dict(), tmp_path / "vae.pth")
+    D.load_weights(dst, D.read_state_dict(tmp_path / "vae.pth"), "vae.pth")
+    assert torch.equal(dst.quantize.embedding.weight, src.quantize.embedding.weight)
+
+    sd = src.state_dict()
+    sd.pop("quant_conv.bias")
+    sd["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"missing keys: quant_conv\.bias.*unexpected keys: extra\.weight"):
+        D.load_weights(dst, sd)
+    sd = src.state_dict()
+    sd["quant_conv.bias"] = torch.zeros(5)
+    with pytest.raises(ValueError, match="shape mismatches: quant_conv.bias"):
+        D.load_weights(dst, sd)
+
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="expected a state dict"):
+        D.read_state_dict(tmp_path / "list.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a weights-only PyTorch checkpoint"):
+        D.read_state_dict(tmp_path / "junk.pth")
+
+
+# --- bad input -----------------------------------------------------------------------------------
+def test_wrong_image_size_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 64, 64\)"):
+        tiny.predict(torch.rand(1, 3, 48, 64))
+    with pytest.raises(ValueError, match="expected images"):
+        tiny.predict(torch.rand(3, 64, 64))
+
+
+def test_bad_depth_is_a_clear_error():
+    depth = torch.ones(2, 1, 8, 8)
+    depth[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        D.normalize_depth(depth)
+    with pytest.raises(ValueError, match=r"depth maps \[1\] are all zero"):
+        D.normalize_depth(torch.stack([torch.ones(1, 8, 8), torch.zeros(1, 8, 8)]))
+    valid = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    with pytest.raises(ValueError, match="no valid pixel"):
+        D.normalize_depth(torch.ones(1, 1, 8, 8), valid)
+
+
+def test_depth_normalization_is_scale_only_with_the_98th_percentile():
+    depth = torch.arange(1, 101, dtype=torch.float32).view(1, 1, 10, 10)
+    d_n = D.normalize_depth(depth)
+    q = torch.quantile(depth.flatten(), 0.98)
+    assert d_n.shape == (1, 3, 10, 10)
+    assert torch.allclose(d_n[0, 0], (2 * depth[0, 0] / q - 1).clamp(-1, 1))
+    assert torch.allclose(D.normalize_depth(3 * depth), d_n, atol=1e-6)  # invariant to scale
+    valid = depth > 50  # the quantile runs over valid pixels only
+    q_valid = torch.quantile(depth[valid], 0.98)
+    assert torch.allclose(D.normalize_depth(depth, valid)[0, 0], (2 * depth[0, 0] / q_valid - 1).clamp(-1, 1))
+
+
+def test_config_round_trip_and_unknown_preset():
+    cfg = D.Config.tiny()
+    assert D.Config.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="known presets: d16, tiny"):
+        D.Config.preset("huge")
+    with pytest.raises(ValueError, match="image_size"):
+        D.Config(image_size=128)
