@@ -1,0 +1,662 @@
+"""Export DepthART to one static ONNX graph, check it against PyTorch, and build TensorRT engines.
+
+The preset's scale schedule is fixed (tiny: 6 scales, d16: 10), so the whole of inference unrolls into a
+single graph with static shapes: image encoding and the image prefix, every cached transformer step with
+greedy argmax, the residual accumulation of the latent, and the decoder. The KV cache grows by
+concatenation from step to step, which is a new static shape per step rather than a loop, so the graph
+has no Loop, If or ScatterND node and TensorRT can compile it whole (REFERENCE.md Sec. 5).
+
+    python export.py --checkpoint weights/depthart_tiny.safetensors --out depthart_tiny.onnx
+    python export.py --preset tiny --out /tmp/tiny.onnx --batch 2 --all-scales --fp16
+    python export.py --checkpoint ... --out model.onnx --engine          # needs TensorRT and a GPU
+
+What the exporter writes and how it is checked:
+  * the TorchScript tracer (torch.onnx.export(dynamo=False)) runs `DepthART.rollout` once and records
+    every step of its Python loop; opset 17 (the first with LayerNormalization as one operator, which
+    TensorRT 8.6+ and every ONNX Runtime since 1.12 parse; nothing in the model needs a newer opset);
+  * a small clean-up pass folds the tracer's shape arithmetic (Shape -> Gather -> Concat chains over
+    static shapes) into constants, drops Identity aliases and shares identical initializers;
+  * the graph is refused if it holds a Loop, If, Scan or ScatterND node, an opset outside 17..20, or a
+    value whose shape is not fully static after ONNX shape inference;
+  * ONNX Runtime (CPU) runs it beside PyTorch on random and structured images: the tokens of every scale
+    must be identical and the depth within 1e-4 (FP32); FP16 graphs report per-scale token agreement and
+    the depth error instead;
+  * the initializer bytes are compared with the model's parameter bytes: unrolling shares weights
+    between steps, so the ratio stays near 1 (constant resampling matrices add a little, weights the
+    graph never reads, like unused class-embedding rows, take a little away).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import depthart as D
+
+OPSET = 17
+OPSET_RANGE = (17, 20)  # what TensorRT 10's parser accepts (opset 9..20) intersected with what we allow
+FORBIDDEN_OPS = {"Loop", "If", "Scan", "ScatterND", "ScatterElements", "Scatter"}
+FOLD_MAX_ELEMENTS = 4096  # constant-fold only small results (shape arithmetic), never copies of weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+def load_checkpoint(path) -> tuple[D.DepthART, D.Config]:
+    """(model in eval mode, config) from one of our safetensors checkpoints.
+
+    Uses train.load_checkpoint when train.py provides it; otherwise reads the file directly: the config
+    is JSON under the metadata key "config", the tensors are the DepthART state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        from train import load_checkpoint as train_load_checkpoint
+    except ImportError:
+        train_load_checkpoint = None
+    if train_load_checkpoint is not None:
+        model, cfg, _meta = train_load_checkpoint(path)
+        return model.eval(), cfg
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: expected a .safetensors checkpoint with the config in its metadata")
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # truncated files, not safetensors at all
+        raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
+    if "config" not in meta:
+        raise ValueError(f"{path}: no 'config' in the safetensors metadata; cannot tell which model it holds")
+    cfg = D.Config.from_dict(json.loads(meta["config"]))
+    model = D.DepthART(cfg)
+    D.load_weights(model, state_dict, what=str(path))
+    return model.eval(), cfg
+
+
+def file_sha256(path, chunk=1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# The unrolled inference module and its trace
+# ----------------------------------------------------------------------------------------------
+class Unrolled(nn.Module):
+    """image (B,3,H,W) in [0,1] -> depth (B,1,H,W) [, depth_scales (B,K,H,W)], tokens (B,L) int64.
+
+    Exactly DepthART.predict: tracing records each scale of `rollout` as its own static step.
+    `tokens` concatenates the greedy token maps of all scales (scale k is tokens[:, bounds[k]:bounds[k+1]]);
+    it exists so that the export can be checked token for token, and is dropped unless asked for.
+    """
+
+    def __init__(self, model: D.DepthART, all_scales: bool = False):
+        super().__init__()
+        self.model, self.all_scales = model, all_scales
+
+    def forward(self, image_B3HW):
+        m = self.model
+        z, f_hats = m.rollout(m.encode_image(image_B3HW))
+        if self.all_scales:  # every partial sum through one batched decoder call, as predict(all_scales=True)
+            K, B = len(f_hats), image_B3HW.shape[0]
+            depth = D.depth_from_decoder(m.vae.decode(torch.cat(f_hats, 0)))
+            depth_scales = depth.view(K, B, *depth.shape[-2:]).transpose(0, 1)
+            return depth_scales[:, -1:], depth_scales, torch.cat(z, 1)
+        return D.depth_from_decoder(m.vae.decode(f_hats[-1])), torch.cat(z, 1)
+
+
+def output_names(all_scales: bool) -> list[str]:
+    return ["depth"] + (["depth_scales"] if all_scales else []) + ["tokens"]
+
+
+def trace(model: D.DepthART, batch: int = 1, all_scales: bool = False, opset: int = OPSET):
+    """torch.onnx.export with the TorchScript tracer -> onnx.ModelProto (with the `tokens` output)."""
+    import onnx
+    S = model.cfg.image_size
+    image = torch.rand(batch, 3, S, S, generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python ints from shapes: shapes are fixed here
+        torch.onnx.export(Unrolled(model, all_scales).eval(), (image,), buf, dynamo=False,
+                          opset_version=opset, input_names=["image"], output_names=output_names(all_scales),
+                          do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------
+# Graph clean-up: fold static shape arithmetic, drop aliases, share identical initializers
+# ----------------------------------------------------------------------------------------------
+def _static_shapes(model) -> dict:
+    g = model.graph
+    shapes = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(d.dim_value for d in dims)
+    for init in g.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def fold_shape_arithmetic(model):
+    """Replace Shape nodes of statically shaped values, and small computations on constants only, by
+    Constant nodes. Initializers (weights) are never inputs to a fold, so no weight is ever copied."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = _static_shapes(model)
+    opsets = {o.domain: o.version for o in model.opset_import}
+    consts, nodes = {}, []
+    for node in model.graph.node:
+        values = None
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Shape" and node.input[0] in shapes:
+            attrs = {a.name: a.i for a in node.attribute}
+            dims = shapes[node.input[0]]
+            values = [np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], dtype=np.int64)]
+        elif node.domain == "" and node.input and all(i == "" or i in consts for i in node.input):
+            values = ReferenceEvaluator(node, opsets=opsets).run(None, {i: consts[i] for i in node.input if i})
+            if any(np.asarray(v).size > FOLD_MAX_ELEMENTS for v in values):
+                values = None
+        if values is None:
+            nodes.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            value = np.asarray(value)
+            consts[name] = value
+            nodes.append(helper.make_node("Constant", [], [name], name=f"{node.name or name}_folded",
+                                          value=numpy_helper.from_array(value, name)))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _rename_inputs(model, mapping: dict):
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in mapping:
+                node.input[i] = mapping[name]
+
+
+def drop_identities(model):
+    """Identity nodes only alias a value (the tracer emits them for reused constants): rewire consumers."""
+    outputs = {o.name for o in model.graph.output}
+    alias, keep = {}, []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    _rename_inputs(model, alias)
+    return model
+
+
+def share_initializers(model):
+    """Initializers with identical type, shape and bytes become one (unrolled steps read the same weight)."""
+    from onnx import numpy_helper
+    seen, alias, keep = {}, {}, []
+    for init in model.graph.initializer:
+        data = init.raw_data or numpy_helper.to_array(init).tobytes()
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(data).digest())
+        if key in seen:
+            alias[init.name] = seen[key]
+        else:
+            seen[key] = init.name
+            keep.append(init)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    _rename_inputs(model, alias)
+    return model
+
+
+def prune(model):
+    """Remove nodes and initializers no graph output depends on."""
+    needed = {o.name for o in model.graph.output}
+    keep = []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(keep))
+    inits = [i for i in model.graph.initializer if i.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    return model
+
+
+def tidy(model):
+    """The clean-up pass: fold shape arithmetic, drop aliases, share initializers, prune, re-infer shapes."""
+    import onnx
+    for _ in range(8):  # each round's folds can make more shapes static for the next
+        count = len(model.graph.node)
+        model = prune(drop_identities(fold_shape_arithmetic(model)))
+        del model.graph.value_info[:]
+        if len(model.graph.node) == count:
+            break
+    model = prune(share_initializers(model))
+    del model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def keep_outputs(model, names):
+    """A copy of the graph with only the named outputs (and what they need)."""
+    model = copy.deepcopy(model)
+    outputs = [o for o in model.graph.output if o.name in names]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    return prune(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks: deployable operators, static shapes, weight bytes
+# ----------------------------------------------------------------------------------------------
+def op_counts(model) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def graph_problems(model) -> list[str]:
+    """Everything that would stop a static TensorRT build: forbidden operators, opset, non-static shapes."""
+    import onnx
+    problems = []
+    forbidden = sorted(set(op_counts(model)) & FORBIDDEN_OPS)
+    if forbidden:
+        problems.append(f"forbidden operators: {', '.join(forbidden)}")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
+        problems.append(f"opset {opset} outside {OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    shapes = _static_shapes(inferred)
+    produced = [o for n in inferred.graph.node for o in n.output if o]
+    dynamic = [name for name in produced + [i.name for i in inferred.graph.input] if name not in shapes]
+    if dynamic:
+        problems.append(f"{len(dynamic)} values without a static shape, e.g. {', '.join(dynamic[:5])}")
+    return problems
+
+
+def initializer_bytes(model) -> int:
+    """Bytes of every constant the graph holds: initializers plus Constant node tensors."""
+    total = sum(len(i.raw_data) or _tensor_nbytes(i) for i in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    total += len(a.t.raw_data) or _tensor_nbytes(a.t)
+    return total
+
+
+def _tensor_nbytes(t) -> int:
+    from onnx import numpy_helper
+    return numpy_helper.to_array(t).nbytes
+
+
+def parameter_bytes(model: nn.Module, bytes_per_element: int | None = None) -> int:
+    return sum(p.numel() * (bytes_per_element or p.element_size()) for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# FP16: every float tensor of the graph in half precision (TensorRT 11 is strongly typed)
+# ----------------------------------------------------------------------------------------------
+def to_fp16(model, keep_io_fp32: bool = True):
+    """FP32 graph -> FP16 graph: float initializers, Constants and Casts to float become float16.
+
+    TensorRT 11 builds FP16 kernels only where the graph's tensors are FP16 (REFERENCE.md Sec. 5). With
+    keep_io_fp32 the input `image` and float outputs stay float32 (a Cast at each end), so callers need
+    not change. Resize's `roi` and `scales` inputs must stay float32 by the ONNX spec.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    model = copy.deepcopy(model)
+    g = model.graph
+    fp32_only = {name for n in g.node if n.op_type == "Resize" for name in n.input[1:3] if name}
+
+    def half(t):
+        a = numpy_helper.to_array(t)
+        return numpy_helper.from_array(np.clip(a, -65504, 65504).astype(np.float16), t.name)
+
+    for i, init in enumerate(g.initializer):
+        if init.data_type == TensorProto.FLOAT and init.name not in fp32_only:
+            g.initializer[i].CopyFrom(half(init))
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT \
+                    and not (node.op_type == "Constant" and node.output[0] in fp32_only):
+                a.t.CopyFrom(half(a.t))
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.FLOAT16
+    nodes = list(g.node)
+    for vi in g.input:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            if keep_io_fp32:
+                inner = vi.name + "_fp16"
+                _rename_inputs(model, {vi.name: inner})
+                nodes.insert(0, helper.make_node("Cast", [vi.name], [inner], name=f"{vi.name}_to_fp16",
+                                                 to=TensorProto.FLOAT16))
+            else:
+                vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    for vi in g.output:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            if keep_io_fp32:
+                inner = vi.name + "_fp16"
+                for node in nodes:
+                    node.output[:] = [inner if o == vi.name else o for o in node.output]
+                    node.input[:] = [inner if i == vi.name else i for i in node.input]
+                nodes.append(helper.make_node("Cast", [inner], [vi.name], name=f"{vi.name}_to_fp32",
+                                              to=TensorProto.FLOAT))
+            else:
+                vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Verification against PyTorch with ONNX Runtime on the CPU
+# ----------------------------------------------------------------------------------------------
+def sample_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """n test images (n,3,S,S) in [0,1]: uniform noise, then structured ones (ramps, a checkerboard,
+    a step edge, a box-room-like perspective, stripes), cycling.
+
+    No flat image: a constant input leaves the VQ-VAE's GroupNorms normalizing a near-zero variance, so
+    even PyTorch alone changes its tokens under 1e-6 input noise; no two runtimes can agree there.
+    """
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    room = (1 - (2 * yy - 1).abs().maximum((2 * xx - 1).abs()))  # brighter toward the centre of a box
+    kinds = [
+        lambda: torch.rand(3, size, size, generator=g),
+        lambda: torch.stack((yy, xx, 1 - yy)),
+        lambda: (((yy * 8).floor() + (xx * 8).floor()) % 2).expand(3, -1, -1),
+        lambda: torch.stack((0.2 + 0.6 * (xx > 0.4), 0.3 + 0.2 * yy, 0.5 + 0.3 * (xx > 0.4))),
+        lambda: torch.stack((room, room * 0.8 + 0.1, 1 - room)),
+        lambda: (torch.sin(xx * 20) * 0.5 + 0.5).expand(3, -1, -1) * torch.rand(3, 1, 1, generator=g),
+    ]
+    return torch.stack([kinds[i % len(kinds)]() for i in range(n)]).clamp(0, 1).float()
+
+
+def ort_session(model_or_path, threads: int | None = None):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    data = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: int | None = None,
+           require_exact: bool = True, log=print) -> dict:
+    """Run the graph (with its `tokens` output) in ONNX Runtime beside PyTorch on `rounds` batches.
+
+    Returns per-scale token agreement (fraction of equal tokens), the depth's max |error| and, with
+    require_exact, raises AssertionError unless every token matches and depth is within 1e-4.
+    """
+    sess = ort_session(onnx_model)
+    names = [o.name for o in sess.get_outputs()]
+    K, bounds = len(model.cfg.patch_nums), model.bounds
+    rounds = rounds or max(2, -(-6 // batch))  # enough batches to see all six kinds of test image
+    pool = sample_images(rounds * batch, model.cfg.image_size)
+    equal, total = np.zeros(K, dtype=np.int64), np.zeros(K, dtype=np.int64)
+    depth_err = scales_err = depth_sum = 0.0
+    for r in range(rounds):
+        images = pool[r * batch:(r + 1) * batch]
+        with torch.no_grad():
+            z, _ = model.rollout(model.encode_image(images))
+            ref_depth = model.predict(images)
+            ref_scales = model.predict(images, all_scales=True) if all_scales else None
+        out = dict(zip(names, sess.run(None, {"image": images.numpy()})))
+        for k in range(K):
+            equal[k] += int((out["tokens"][:, bounds[k]:bounds[k + 1]] == z[k].numpy()).sum())
+            total[k] += z[k].numel()
+        diff = np.abs(out["depth"].astype(np.float32) - ref_depth.numpy())
+        depth_err, depth_sum = max(depth_err, float(diff.max())), depth_sum + float(diff.mean()) / rounds
+        if all_scales:
+            scales_err = max(scales_err, float(np.abs(out["depth_scales"].astype(np.float32)
+                                                      - ref_scales.numpy()).max()))
+    agree = equal / total
+    report = {"token_agreement_per_scale": [round(float(a), 6) for a in agree],
+              "depth_max_abs_err": depth_err, "depth_mean_abs_err": depth_sum, "images": rounds * batch}
+    if all_scales:
+        report["depth_scales_max_abs_err"] = scales_err
+    log(f"  compared {rounds} batches of {batch} images ({rounds * batch} in all: noise, ramps, checkerboard, "
+        f"step edge, box room, stripes) against PyTorch")
+    log("  tokens equal per scale: " + " ".join(f"{pn}x{pn}:{a:.4f}" for pn, a in zip(model.cfg.patch_nums, agree)))
+    log(f"  depth |ORT - torch|: max {depth_err:.2e}, mean {depth_sum:.2e}" + (f", depth_scales {scales_err:.2e}" if all_scales else ""))
+    if require_exact:
+        assert (equal == total).all(), f"ONNX Runtime tokens differ from PyTorch: {report}"
+        assert depth_err <= 1e-4 and scales_err <= 1e-4, f"ONNX Runtime depth differs from PyTorch: {report}"
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# The export, end to end
+# ----------------------------------------------------------------------------------------------
+def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False, tokens: bool = False,
+           fp16: bool = False, check: bool = True, log=print) -> dict:
+    """Trace, tidy, check and save one graph; returns a report dict (also written beside it as .json)."""
+    import onnx
+    model = model.eval()
+    out_path = Path(out_path)
+    t0 = time.perf_counter()
+    graph = tidy(trace(model, batch, all_scales))
+    ops = op_counts(graph)
+    log(f"traced {model.cfg.image_size}x{model.cfg.image_size}, batch {batch}, {len(model.cfg.patch_nums)} scales "
+        f"in {time.perf_counter() - t0:.1f} s: {sum(ops.values())} nodes, opset {OPSET}")
+    problems = graph_problems(graph)
+    if problems:
+        raise RuntimeError("exported graph is not deployable: " + "; ".join(problems))
+    report = {"batch": batch, "image_size": model.cfg.image_size, "all_scales": all_scales, "opset": OPSET,
+              "operators": dict(sorted(ops.items())), "fp16": fp16}
+    pbytes = parameter_bytes(model)
+    report["weight_bytes_ratio_fp32"] = initializer_bytes(graph) / pbytes
+    log(f"  constants {initializer_bytes(graph) / 2**20:.2f} MiB vs parameters {pbytes / 2**20:.2f} MiB: "
+        f"ratio {report['weight_bytes_ratio_fp32']:.3f}")
+    if check:
+        report["fp32_check"] = verify(model, graph, batch, all_scales, require_exact=True, log=log)
+    if fp16:
+        graph = to_fp16(graph)
+        problems = graph_problems(graph)
+        if problems:
+            raise RuntimeError("FP16 graph is not deployable: " + "; ".join(problems))
+        report["weight_bytes_ratio_fp16"] = initializer_bytes(graph) / parameter_bytes(model, 2)
+        log(f"  FP16 graph: constants {initializer_bytes(graph) / 2**20:.2f} MiB, ratio to FP16 parameters "
+            f"{report['weight_bytes_ratio_fp16']:.3f}; input and outputs stay float32")
+        if check:
+            log("  FP16 in ONNX Runtime (CPU) vs PyTorch FP32; ORT runs ops it has no CPU FP16 kernel for in FP32 "
+                "(casts inserted), so this shows FP16 storage rounding rather than GPU FP16 arithmetic:")
+            try:
+                report["fp16_check"] = verify(model, graph, batch, all_scales, require_exact=False, log=log)
+            except Exception as e:  # an ORT CPU build that cannot run some FP16 op: say so, keep the graph
+                report["fp16_check"] = f"not run: ONNX Runtime CPU failed on the FP16 graph ({type(e).__name__}: {e})"
+                log("  " + report["fp16_check"])
+    wanted = ["depth"] + (["depth_scales"] if all_scales else []) + (["tokens"] if tokens else [])
+    graph = keep_outputs(graph, wanted)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    data = graph.SerializeToString()
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, out_path)
+    report.update(path=str(out_path), outputs=wanted, sha256=hashlib.sha256(data).hexdigest(),
+                  megabytes=round(len(data) / 2**20, 2), export_seconds=round(time.perf_counter() - t0, 1))
+    log(f"wrote {out_path} ({report['megabytes']} MB, outputs {', '.join(wanted)}, "
+        f"{'float16' if fp16 else 'float32'} inside, float32 image in and depth out)")
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorRT engines (TensorRT 10 / 11 Python API)
+# ----------------------------------------------------------------------------------------------
+class EngineUnavailable(RuntimeError):
+    """TensorRT or a CUDA GPU is missing here."""
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise EngineUnavailable("TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)") from None
+    return trt
+
+
+def gpu_description() -> tuple[str, str]:
+    """(GPU name, compute capability like '9.0') of device 0, or EngineUnavailable."""
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return torch.cuda.get_device_name(0), f"{major}.{minor}"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        name, cc = [s.strip() for s in out.splitlines()[0].split(",")]
+        return name, cc
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        raise EngineUnavailable("no CUDA GPU found (torch.cuda is unavailable and nvidia-smi gives no GPU)") from None
+
+
+def engine_name(onnx_bytes: bytes, trt_version: str, gpu_name: str, compute_capability: str) -> str:
+    """depthart-<graph sha256[:16]>-trt<version>-<gpu>-sm<cc>.engine: a different graph, TensorRT or GPU
+    gives a different file, so an engine built elsewhere is never loaded (it would not deserialize)."""
+    digest = hashlib.sha256(onnx_bytes).hexdigest()[:16]
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower() or "gpu"
+    cc = compute_capability.replace(".", "")
+    return f"depthart-{digest}-trt{trt_version}-{gpu}-sm{cc}.engine"
+
+
+def engine_path_for(onnx_path, engine_dir=None) -> Path:
+    """Where the engine for this graph on this machine lives (needs TensorRT and a GPU to know)."""
+    trt = import_tensorrt()
+    name, cc = gpu_description()
+    onnx_path = Path(onnx_path)
+    return Path(engine_dir or onnx_path.parent) / engine_name(onnx_path.read_bytes(), trt.__version__, name, cc)
+
+
+def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_cache=None, log=print) -> Path:
+    """Build (or reuse) the TensorRT engine of an ONNX graph; returns its path.
+
+    Precision comes from the graph: a float32 graph builds float32 kernels (TF32 cleared, so tokens can
+    match PyTorch FP32 exactly), an FP16 graph builds FP16 kernels (strongly typed network). The timing
+    cache is read from and written back to `timing_cache` (default: beside the engine).
+    """
+    trt = import_tensorrt()
+    path = engine_path_for(onnx_path, engine_dir)
+    if path.exists():
+        log(f"engine {path} exists (same graph, TensorRT and GPU): reusing it")
+        return path
+    timing_cache = Path(timing_cache or path.parent / f"timing-trt{trt.__version__}.cache")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0  # TensorRT 11: networks are strongly typed and explicit-batch by default
+    major = int(trt.__version__.split(".")[0])
+    if major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # TensorRT 10: precision from the graph
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # FP32 must mean FP32 for token parity
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(timing_cache, memoryview(config.get_timing_cache().serialize()))
+    _atomic_write(path, memoryview(serialized))
+    log(f"built {path} in {time.perf_counter() - t0:.0f} s (timing cache {timing_cache})")
+    return path
+
+
+def _atomic_write(path: Path, data):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
+    """Random weights whose transformer is not an identity: VAR's init scales every residual branch by
+    ~1e-5 (VAR._init_weights), so a random model would predict nearly the same tokens for any image."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for b in model.var.blocks:
+            b.ada_lin[-1].weight.copy_(torch.randn(b.ada_lin[-1].weight.shape, generator=g) * 0.05)
+            b.ada_lin[-1].bias.copy_(torch.randn(b.ada_lin[-1].bias.shape, generator=g) * 0.3)
+        model.var.head.weight.copy_(torch.randn(model.var.head.weight.shape, generator=g) * 0.2)
+        model.var.pos_1LC.copy_(torch.randn(model.var.pos_1LC.shape, generator=g) * 0.5)
+        if model.cfg.image_shortcut:
+            w = model.var.image_shortcut.weight
+            w.copy_(torch.randn(w.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="our .safetensors checkpoint (config in its metadata)")
+    src.add_argument("--preset", help="tiny or d16 with random (non-trivial) weights, to test the pipeline")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--batch", type=int, default=1, help="batch size, fixed in the graph (default 1)")
+    p.add_argument("--all-scales", action="store_true", help="also output depth_scales (B,K,H,W): depth after every scale")
+    p.add_argument("--tokens", action="store_true", help="also output tokens (B,L) int64: greedy tokens of all scales")
+    p.add_argument("--fp16", action="store_true", help="write an FP16 graph (float32 input and outputs)")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison with PyTorch")
+    p.add_argument("--engine", action="store_true", help="also build a TensorRT engine next to the graph")
+    p.add_argument("--engine-dir", help="where engines go (default: beside the graph)")
+    p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT workspace limit (default 4096 MiB)")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file (default: beside the engine)")
+    args = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    if args.checkpoint:
+        model, cfg = load_checkpoint(args.checkpoint)
+    else:
+        cfg = D.Config.preset(args.preset)
+        torch.manual_seed(0)
+        model = lively(D.DepthART(cfg))
+        print(f"preset {args.preset}: random weights (residual branches scaled up so the transformer is not an identity)")
+    report = export(model, args.out, batch=args.batch, all_scales=args.all_scales, tokens=args.tokens,
+                    fp16=args.fp16, check=not args.no_check)
+    print("operators: " + ", ".join(f"{k} {v}" for k, v in report["operators"].items()))
+    Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1))
+    if args.engine:
+        try:
+            build_engine(args.out, args.engine_dir, args.workspace_mib, args.timing_cache)
+        except EngineUnavailable as e:
+            print(f"no engine built: {e}; the ONNX graph {args.out} was written")
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
