@@ -1,0 +1,157 @@
+"""Tests of export.py on the tiny preset: one static graph, token-exact in ONNX Runtime, deployable."""
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import depthart as D
+import export as E
+
+# Every operator the TensorRT 10 ONNX parser supports (marked "Y"), from onnx/onnx-tensorrt docs/operators.md
+# at its "ONNX-TensorRT 10.1 GA release" commit (96e7811), which states that TensorRT 10 parses opsets 9 to 20.
+TENSORRT10_ONNX_OPS = set("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast CastLike Ceil
+Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DeformConv DepthToSpace
+DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements
+GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample
+GroupNormalization GRU HardSigmoid HardSwish Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN
+LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max
+MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad
+ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range
+Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
+ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round ScaledTanh Scan Scatter ScatterElements
+ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt
+Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return E.lively(D.DepthART(D.Config.tiny()))
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2-all-scales"])
+def exported(request, tiny, tmp_path_factory):
+    """(batch, report, graph): batch 1 plain, batch 2 with depth_scales and tokens outputs."""
+    batch = request.param
+    path = tmp_path_factory.mktemp("onnx") / f"tiny_b{batch}.onnx"
+    report = E.export(tiny, path, batch=batch, all_scales=batch == 2, tokens=batch == 2, check=True)
+    return batch, report, onnx.load(str(path))
+
+
+def test_ort_matches_pytorch_token_for_token(exported):
+    batch, report, _ = exported
+    check = report["fp32_check"]  # export() already asserted it; the figures are kept in the report
+    assert check["token_agreement_per_scale"] == [1.0] * 6
+    assert check["depth_max_abs_err"] <= 1e-4
+    assert check["images"] >= 6
+    if batch == 2:
+        assert check["depth_scales_max_abs_err"] <= 1e-4
+
+
+def test_graph_inputs_outputs_and_opset(exported):
+    batch, _, graph = exported
+    shape = lambda vi: [d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    assert [(i.name, shape(i)) for i in graph.graph.input] == [("image", [batch, 3, 64, 64])]
+    outputs = {o.name: shape(o) for o in graph.graph.output}
+    expected = {"depth": [batch, 1, 64, 64]}
+    if batch == 2:
+        expected.update(depth_scales=[batch, 6, 64, 64], tokens=[batch, 130])
+    assert outputs == expected
+    opset = [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")]
+    assert opset == [E.OPSET] and E.OPSET_RANGE[0] <= E.OPSET <= E.OPSET_RANGE[1]
+
+
+def test_no_loop_if_or_scatter_and_every_op_parses_in_tensorrt(exported):
+    _, _, graph = exported
+    ops = set(E.op_counts(graph))
+    assert not ops & {"Loop", "If", "Scan", "ScatterND"}
+    assert all(n.domain in ("", "ai.onnx") for n in graph.graph.node)
+    assert ops <= TENSORRT10_ONNX_OPS, f"not in TensorRT 10's list: {ops - TENSORRT10_ONNX_OPS}"
+    assert {"ArgMax", "ArgMin", "LayerNormalization", "Conv", "Softmax"} <= ops  # the whole pipeline is in there
+
+
+def test_every_value_has_a_static_shape(exported):
+    _, _, graph = exported
+    inferred = onnx.shape_inference.infer_shapes(graph, strict_mode=True)
+    typed = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for node in inferred.graph.node:
+        for name in node.output:
+            dims = typed[name].type.tensor_type.shape.dim
+            assert typed[name].type.tensor_type.HasField("shape"), name
+            assert all(d.HasField("dim_value") for d in dims), f"{name} has a non-static shape"
+    assert E.graph_problems(graph) == []
+
+
+def test_weights_are_stored_once(exported, tiny):
+    _, report, graph = exported
+    ratio = E.initializer_bytes(graph) / E.parameter_bytes(tiny)
+    print(f"initializer bytes / parameter bytes = {ratio:.3f}")
+    assert 0.9 < ratio < 1.1  # 6 unrolled steps would give ~6 if weights were copied per step
+    digests = [hashlib.sha256(onnx.numpy_helper.to_array(i).tobytes()).hexdigest() + str(i.data_type)
+               + str(list(i.dims)) for i in graph.graph.initializer]
+    assert len(digests) == len(set(digests)), "identical initializers should be shared"
+
+
+def test_fp16_graph_is_half_inside_and_runs(exported, tiny):
+    batch, _, graph = exported
+    if batch != 2:
+        pytest.skip("one FP16 check is enough: the batch-2 graph, which has the tokens output")
+    half = E.to_fp16(graph)
+    assert E.graph_problems(half) == []
+    floats = [i for i in half.graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+    resize_inputs = {x for n in half.graph.node if n.op_type == "Resize" for x in n.input[1:]}
+    assert all(i.data_type == TensorProto.FLOAT16 or i.name in resize_inputs for i in floats)
+    assert half.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # float32 in and out
+    assert half.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert 0.95 < E.initializer_bytes(half) / E.parameter_bytes(tiny, 2) < 1.1
+    check = E.verify(tiny, half, batch, True, require_exact=False)
+    print("FP16 token agreement per scale", check["token_agreement_per_scale"],
+          "depth max/mean abs err", check["depth_max_abs_err"], check["depth_mean_abs_err"])
+    assert check["token_agreement_per_scale"][0] == 1.0  # the 1x1 token survives half precision
+    assert np.mean(check["token_agreement_per_scale"]) > 0.8
+    assert check["depth_mean_abs_err"] < 0.05
+
+
+def test_engine_flag_without_tensorrt_writes_onnx_and_fails_in_one_line(tmp_path, capsys, monkeypatch):
+    def missing():
+        raise E.EngineUnavailable("TensorRT is not installed")
+    monkeypatch.setattr(E, "import_tensorrt", missing)  # also where TensorRT happens to be installed
+    out = tmp_path / "tiny.onnx"
+    code = E.main(["--preset", "tiny", "--out", str(out), "--engine", "--no-check"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "TensorRT" in ln]
+    assert code != 0
+    assert len(lines) == 1 and "no engine built" in lines[0] and str(out) in lines[0]
+    assert E.graph_problems(onnx.load(str(out))) == []
+
+
+def test_engine_name_changes_with_graph_tensorrt_and_gpu():
+    a = E.engine_name(b"graph-1", "10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
+    assert a == E.engine_name(b"graph-1", "10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
+    others = [E.engine_name(b"graph-2", "10.13.0", "NVIDIA H100 80GB HBM3", "9.0"),
+              E.engine_name(b"graph-1", "11.0.0", "NVIDIA H100 80GB HBM3", "9.0"),
+              E.engine_name(b"graph-1", "10.13.0", "NVIDIA A100-SXM4-40GB", "8.0"),
+              E.engine_name(b"graph-1", "10.13.0", "NVIDIA H100 80GB HBM3", "9.1")]
+    assert len({a, *others}) == 5
+    assert a.endswith(".engine") and "/" not in a and " " not in a
+    assert hashlib.sha256(b"graph-1").hexdigest()[:16] in a and "trt10.13.0" in a and "sm90" in a
+
+
+def test_graph_checker_catches_what_tensorrt_would_refuse():
+    def graph_with(node, out_shape):
+        g = helper.make_graph(
+            [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4]),
+                          helper.make_tensor_value_info("i", TensorProto.INT64, [1, 1]),
+                          helper.make_tensor_value_info("u", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    scatter = graph_with(helper.make_node("ScatterND", ["x", "i", "u"], ["y"]), ["B", 4])
+    problems = " ".join(E.graph_problems(scatter))
+    assert "ScatterND" in problems and "static shape" in problems
+    old = graph_with(helper.make_node("Relu", ["x"], ["y"]), ["B", 4])
+    old.opset_import[0].version = 13
+    assert "opset 13" in " ".join(E.graph_problems(old))
