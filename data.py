@@ -705,9 +705,9 @@ def hypersim_rays(camera, H: int, W: int) -> np.ndarray:
     """
     M = hypersim_m_cam_from_uv(camera)
     u_W = (np.arange(W, dtype=np.float64) + 0.5) / W * 2.0 - 1.0
-    v_H = 1.0 - (np.arange(H, dtype=np.float64) + 0.5) / H * 2.0  # row 0 is the top: v = +1 - 1/H
-    uv1_HW3 = np.stack(np.broadcast_arrays(u_W[None, :], v_H[:, None], np.ones((1, 1))), axis=-1)
-    return uv1_HW3 @ M.T
+    v_H = 1.0 - (np.arange(H, dtype=np.float64) + 0.5) / H * 2.0  # row 0 is the top: v = 1 - 1/H
+    # M @ [u, v, 1] is affine in u and v: build each component from a row and a column.
+    return np.stack([M[i, 0] * u_W[None, :] + (M[i, 1] * v_H + M[i, 2])[:, None] for i in range(3)], axis=-1)
 
 
 def hypersim_planar_depth(dist_HW: np.ndarray, camera) -> np.ndarray:
@@ -719,7 +719,8 @@ def hypersim_planar_depth(dist_HW: np.ndarray, camera) -> np.ndarray:
     """
     dist_HW = np.asarray(dist_HW, dtype=np.float64)
     ray_HW3 = hypersim_rays(camera, *dist_HW.shape)
-    return dist_HW * np.abs(ray_HW3[..., 2]) / np.linalg.norm(ray_HW3, axis=-1)
+    x, y, z = ray_HW3[..., 0], ray_HW3[..., 1], ray_HW3[..., 2]
+    return dist_HW * np.abs(z) / np.sqrt(x * x + y * y + z * z)
 
 
 def hypersim_planar_depth_fov(dist_HW: np.ndarray, fov) -> np.ndarray:
@@ -794,8 +795,14 @@ def hypersim_paths(root, scene: str, camera: str, frame_id: int) -> dict:
             "hdr": img_dir / f"scene_{camera}_final_hdf5" / f"{frame}.color.hdf5"}
 
 
-def load_hypersim_frame(root, scene: str, camera: str, frame_id: int, camera_row, use_hdr: bool = False) -> dict:
-    """One frame at full resolution: image (H, W, 3), planar depth (H, W) filled, valid (H, W), as numpy."""
+def load_hypersim_frame(root, scene: str, camera: str, frame_id: int, camera_row, use_hdr: bool = False,
+                        size: int | None = None) -> dict:
+    """One frame as numpy: image (S, S, 3), planar depth (S, S) with holes filled, valid (S, S).
+
+    size None keeps the native resolution. Depth and mask are resized by nearest sampling
+    *before* the holes are filled (as the official code does): the fill then works on 16x fewer
+    pixels at 256, and no pixel's value is ever a blend.
+    """
     paths = hypersim_paths(root, scene, camera, frame_id)
     depth_HW = hypersim_planar_depth(read_hdf5(paths["depth"]), camera_row)
     valid_HW = np.isfinite(depth_HW) & (depth_HW > 0)
@@ -807,6 +814,10 @@ def load_hypersim_frame(root, scene: str, camera: str, frame_id: int, camera_row
         img_HW3 = read_image(paths["tonemap"])
     if img_HW3.shape[:2] != depth_HW.shape:
         raise ValueError(f"colour {img_HW3.shape[:2]} and depth {depth_HW.shape} sizes differ")
+    if size is not None:
+        img_HW3 = resize_image(img_HW3, size).permute(1, 2, 0).numpy()
+        depth_HW = resize_nearest(depth_HW, size, size)
+        valid_HW = resize_nearest(valid_HW, size, size)
     depth_HW = fill_invalid_nearest(depth_HW, valid_HW)
     return {"image": img_HW3, "depth": depth_HW.astype(np.float32), "valid": valid_HW}
 
@@ -855,16 +866,10 @@ class HyperSim(torch.utils.data.Dataset):
 
     def load(self, i: int) -> dict:
         scene, cam, fid = self.frames[i]
-        f = load_hypersim_frame(self.root, scene, cam, fid, self.cameras[scene], self.use_hdr)
-        if self.size is None:
-            image = torch.from_numpy(np.ascontiguousarray(f["image"].transpose(2, 0, 1)))
-            depth_HW, valid_HW = f["depth"], f["valid"]
-        else:
-            image = resize_image(f["image"], self.size)
-            depth_HW = resize_nearest(f["depth"], self.size, self.size)
-            valid_HW = resize_nearest(f["valid"], self.size, self.size)
-        return {"image": image, "depth": torch.from_numpy(np.ascontiguousarray(depth_HW))[None],
-                "valid": torch.from_numpy(np.ascontiguousarray(valid_HW))[None],
+        f = load_hypersim_frame(self.root, scene, cam, fid, self.cameras[scene], self.use_hdr, self.size)
+        return {"image": torch.from_numpy(np.ascontiguousarray(f["image"].transpose(2, 0, 1))),
+                "depth": torch.from_numpy(np.ascontiguousarray(f["depth"]))[None],
+                "valid": torch.from_numpy(np.ascontiguousarray(f["valid"]))[None],
                 "name": f"{scene}/{cam}/{fid:04d}"}
 
     def __getitem__(self, i: int) -> dict:
