@@ -24,7 +24,6 @@ import contextlib
 import csv
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +186,7 @@ def resize_nearest(x_HW: np.ndarray, H: int, W: int) -> np.ndarray:
 # Camera frame: x right, y down, z forward (the optical axis). Rays are scaled so that their
 # camera-z component is 1, which makes the ray parameter t at a hit equal the planar depth.
 #
-# Speed at 64 x 64 with anti-aliasing, one thread: ~400 scenes/s of CPU time (270/s wall clock on
+# Speed at 64 x 64 with anti-aliasing, one thread: 400-450 scenes/s of CPU time (270-300/s wall clock on
 # a 2-core machine that other jobs were loading), measured with
 #   OMP_NUM_THREADS=1 python -c "import data,time; t=time.process_time(); [data.render_scene(s) for s in range(1000)]; print(1000/(time.process_time()-t))"
 
@@ -396,11 +395,10 @@ def _pattern(m: Material, p_3M: np.ndarray) -> np.ndarray:
     q = (p_3M + m.phase.astype(np.float32)[:, None]) * (1.0 / m.scale)
     if m.pattern == "checker":
         return np.floor(q).sum(0) % 2
-    if m.pattern == "tiles":  # a faint checker plus dark grout lines
-        frac = q - np.floor(q)
-        edge = np.minimum(frac, 1.0 - frac)
-        grout = np.sort(edge, axis=0)[1] < 0.04  # the two in-plane axes; the third is ~constant
-        return np.where(grout, 1.0, 0.25 * (np.floor(q).sum(0) % 2))
+    if m.pattern == "tiles":  # floors only: a faint checker in x, y plus dark grout lines
+        frac = q[:2] - np.floor(q[:2])
+        grout = np.minimum(frac, 1.0 - frac).min(0) < 0.04  # near a tile edge in x or in y
+        return np.where(grout, 1.0, 0.25 * (np.floor(q[:2]).sum(0) % 2))
     ax = m.axis.astype(np.float32)
     along = ax[0] * q[0] + ax[1] * q[1] + ax[2] * q[2]
     if m.pattern == "stripes":
@@ -544,13 +542,13 @@ def random_scene(rng: np.random.Generator):
             z = r if rng.random() < 0.7 else rng.uniform(r, room[2] - r)  # resting, or hanging like a lamp
         else:
             r = rng.uniform(0.1, 0.5)
-            half = np.array([r, r, 0.5 * rng.uniform(0.3, min(2.5, room[2]))])
+            half = np.array([r, r, 0.5 * rng.uniform(0.3, min(2.5, room[2] - 0.3))])  # below the ceiling light
             reach, z = r, half[2]
         xy = rng.uniform(reach, np.maximum(room[:2] - reach, reach + 1e-3))
         if np.hypot(*(xy - cam_pos[:2])) < reach + 0.4:
             continue  # would contain or touch the camera; one solid fewer
-        yaw = rng.uniform(0, np.pi) if (kind == "box" and rng.random() < 0.5) else 0.0
-        solids.append(Solid(str(kind), np.array([xy[0], xy[1], z]), half, yaw, _random_material(rng, "object")))
+        turn = rng.uniform(0, np.pi) if (kind == "box" and rng.random() < 0.5) else 0.0
+        solids.append(Solid(str(kind), np.array([xy[0], xy[1], z]), half, turn, _random_material(rng, "object")))
 
     mats = [_random_material(rng, "wall")] * 4  # one paint for the four walls, like most rooms
     if rng.random() < 0.3:  # an accent wall
@@ -577,7 +575,7 @@ def render_scene(seed: int, size: int = 64, antialias: bool = True):
 
 
 # The seed ranges of the splits never overlap, so held-out scenes are never trained on.
-TRAIN_SEEDS = 10_000_000       # train items use seeds [0, 10_000_000)
+# train items use seeds [0, VAL_SEED_START).
 VAL_SEED_START = 10_000_000    # val items use seeds [10_000_000, 20_000_000)
 TEST_SEED_START = 20_000_000   # test items (evaluate.py's default split) use seeds from 20_000_000
 _SEED_START = {"train": 0, "val": VAL_SEED_START, "test": TEST_SEED_START}
