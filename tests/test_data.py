@@ -318,6 +318,14 @@ def test_hypersim_nan_depth_is_masked_and_filled(hypersim_root, real_distance):
     assert small["image"].shape == (3, 64, 64)
 
 
+def test_hypersim_render_entity_id_masks_too(hypersim_root):
+    entity = np.zeros((768, 1024), np.int32)
+    entity[:, :10] = -1  # no geometry in the left strip, although its distances are finite
+    _write_hdf5(data.hypersim_paths(hypersim_root, SCENE, CAM, 0)["entity"], entity)
+    valid = data.HyperSim(hypersim_root, "train", size=None)[0]["valid"][0].numpy()
+    np.testing.assert_array_equal(valid, entity != -1)
+
+
 def test_hypersim_hdr_colour_is_tone_mapped(hypersim_root):
     item = data.HyperSim(hypersim_root, "train", size=None, use_hdr=True)[0]
     hdr = data.read_hdf5(data.hypersim_paths(hypersim_root, SCENE, CAM, 0)["hdr"])
