@@ -335,8 +335,8 @@ class ResidualQuantizer(nn.Module):
         updated by the walked tokens while the returned indices are the nearest codes of that residual:
         exactly DepthART's dynamic targets t_k = Q(S_k(f - sum_{i<k} eta_i(z_i))) (paper Eq. 4-5).
         """
-        with torch.autocast(f_BCvhw.device.type, enabled=False):
-            f_BCvhw = f_BCvhw.float()
+        with torch.autocast(f_BCvhw.device.type, enabled=False):  # in the codebook's precision, not autocast's
+            f_BCvhw = f_BCvhw.to(self.embedding.weight.dtype)
             rest, f_hat = f_BCvhw.detach(), torch.zeros_like(f_BCvhw)
             idx_list, f_hats = [], []
             for si, pn in enumerate(self.patch_nums):
