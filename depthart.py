@@ -444,7 +444,14 @@ class AdaLNBlock(nn.Module):
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
     def forward(self, x_BLC, cond_BC, attn_bias, cache=None):
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond_BC).view(-1, 1, 6, x_BLC.shape[-1]).unbind(2)
+        # The modulation depends only on the constant condition: a cached rollout computes it once, not per
+        # scale (ada_lin is a third of a block's weights, which every small scale would otherwise re-read).
+        ada = cache.get("ada") if cache is not None else None
+        if ada is None:
+            ada = self.ada_lin(cond_BC).view(-1, 1, 6, x_BLC.shape[-1])
+            if cache is not None:
+                cache["ada"] = ada
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada.unbind(2)
         x_BLC = x_BLC + self.attn(self.ln(x_BLC) * (1 + scale1) + shift1, attn_bias, cache) * gamma1
         return x_BLC + self.ffn(self.ln(x_BLC) * (1 + scale2) + shift2) * gamma2
 
