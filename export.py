@@ -457,14 +457,13 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
 # ----------------------------------------------------------------------------------------------
 def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False, tokens: bool = False,
            fp16: bool = False, check: bool = True, log=print) -> dict:
-    """Trace, tidy, check and save one graph; returns a report dict (also written beside it as .json)."""
-    import onnx
+    """Trace, tidy, check and save one graph (written atomically); returns a report dict."""
     model = model.eval()
     out_path = Path(out_path)
     t0 = time.perf_counter()
     graph = tidy(trace(model, batch, all_scales))
     ops = op_counts(graph)
-    log(f"traced {model.cfg.image_size}x{model.cfg.image_size}, batch {batch}, {len(model.cfg.patch_nums)} scales "
+    log(f"traced and tidied {model.cfg.image_size}x{model.cfg.image_size}, batch {batch}, {len(model.cfg.patch_nums)} scales "
         f"in {time.perf_counter() - t0:.1f} s: {sum(ops.values())} nodes, opset {OPSET}")
     problems = graph_problems(graph)
     if problems:
@@ -495,6 +494,9 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
                 log("  " + report["fp16_check"])
     wanted = ["depth"] + (["depth_scales"] if all_scales else []) + (["tokens"] if tokens else [])
     graph = keep_outputs(graph, wanted)
+    if graph.ByteSize() >= 2**31:
+        raise RuntimeError("graph over protobuf's 2 GiB limit: external-data export is not implemented "
+                           "(d16 in FP32 is 1.6 GiB)")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     data = graph.SerializeToString()
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
