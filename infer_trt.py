@@ -246,7 +246,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
         if backend in ("auto", "trt"):
             try:
                 return TrtBackend(E.build_engine(path, cache_dir or path.parent, log=log), log=log)
-            except E.EngineUnavailable as e:
+            except (E.EngineUnavailable, RuntimeError) as e:
                 if backend == "trt":
                     raise
                 log(f"TensorRT unavailable ({e}); using ONNX Runtime")
@@ -261,7 +261,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
             E.import_tensorrt(), E.gpu_description()
             graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
             return TrtBackend(E.build_engine(graph, graph.parent, log=log), log=log)
-        except E.EngineUnavailable as e:
+        except (E.EngineUnavailable, RuntimeError) as e:  # missing, or present but failing: say why, go on
             if backend == "trt":
                 raise
             reasons.append(f"TensorRT unavailable: {e}")
@@ -517,8 +517,12 @@ def main(argv=None) -> int:
         print(f"no checkpoint at {checkpoint}{hint}")
         return 2
     t0 = time.perf_counter()
-    backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales, fp16=args.fp16,
-                           cache_dir=args.cache_dir)
+    try:
+        backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales, fp16=args.fp16,
+                               cache_dir=args.cache_dir)
+    except (ImportError, OSError, ValueError, RuntimeError) as e:  # EngineUnavailable is a RuntimeError
+        print(f"cannot run {checkpoint} on backend {args.backend}: {type(e).__name__}: {e}")
+        return 2
     if args.scales and not backend.has_scales:
         print(f"--scales needs a depth_scales output, which {checkpoint} lacks: export it with --all-scales, "
               f"or pass the checkpoint")
@@ -563,7 +567,8 @@ def main(argv=None) -> int:
                 if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
                     raise ValueError(f"reader returned an array of shape {image.shape}")
             except Exception as e:  # noqa: BLE001 (whatever a bad file raises, it costs one line)
-                failures.append(f"{path}: cannot read image ({type(e).__name__}: {e})")
+                msg = str(e)  # data.ImageReadError already names the file and the reason
+                failures.append(msg if str(path) in msg else f"{path}: cannot read image ({type(e).__name__}: {msg})")
                 tqdm.write(failures[-1])
                 bar.update(1)
                 continue

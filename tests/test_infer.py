@@ -130,6 +130,17 @@ def test_missing_default_checkpoint_says_what_to_pass(tmp_path, capsys, monkeypa
     assert code == 2 and "--checkpoint" in text and str(I.DEFAULT_CHECKPOINT) in text
 
 
+def test_forced_tensorrt_without_tensorrt_is_one_line_and_exit_2(checkpoint, folder, tmp_path, capsys, monkeypatch):
+    def missing():
+        raise E.EngineUnavailable("TensorRT is not installed")
+    monkeypatch.setattr(E, "import_tensorrt", missing)
+    d, _, _ = folder
+    code, text = run_main([str(d / "grey.png"), "--checkpoint", str(checkpoint), "--backend", "trt",
+                           "--out", str(tmp_path), "--cache-dir", str(tmp_path)], capsys)
+    assert code == 2 and text.strip().splitlines()[-1].startswith("cannot run") and "TensorRT" in text
+    assert not list(tmp_path.glob("*.png"))
+
+
 def test_output_names_stay_unique():
     from pathlib import Path
     stems = I.output_stems([Path("a/x.jpg"), Path("b/x.jpg"), Path("c/x.png"), Path("y.png")])
