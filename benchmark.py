@@ -1,0 +1,264 @@
+"""How fast is DepthART inference here, and how close to the machine's limit?
+
+    python benchmark.py --preset tiny            # seconds
+    python benchmark.py --preset d16             # a few minutes (model construction alone ~10 s; the first
+                                                 # run exports the ONNX graph, ~3 min, then it is cached)
+    python benchmark.py --checkpoint weights/depthart_tiny.safetensors
+
+One run, one set of weights, the same images, one image per call, medians per image:
+  torch eager     model.predict: the cached greedy rollout (one transformer call per scale, KV cache)
+  torch no cache  the same greedy walk, but every scale recomputes the whole prefix sequence with the
+                  block-causal mask (what inference costs without a KV cache; a benchmark-only function)
+  torch bf16      model.predict under torch.autocast("cpu", bfloat16), with its token agreement to FP32
+  onnxruntime     the exported static graph (export.py) on the CPU provider
+  tensorrt        FP32 and FP16 engines, where TensorRT and a GPU are present (skipped otherwise)
+and the model's FLOPs per image (torch.utils.flop_counter on the cached path, attention included), the
+FLOP/s each path achieves, and this machine's FP32 and BF16 matmul rates measured in the same run.
+Random weights (residual branches scaled up so the transformer is not an identity) unless --checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import depthart as D
+import export as E
+
+# The official VAR-d16 class-conditional generation of one 256x256 image takes about this long on the
+# 2-core development machine (figure from the issue that asked for this benchmark): d16 depth must beat it.
+VAR_D16_GENERATION_SECONDS = 8.5
+
+
+def median_seconds(fn, reps: int, warmup: int = 1) -> tuple[float, list]:
+    for _ in range(warmup):
+        fn(0)
+    times = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def matmul_rate(dtype=torch.float32, n: int = 2048, reps: int = 7) -> float:
+    """FLOP/s of one large square matmul (2 n^3 FLOPs), median of reps."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    seconds, _ = median_seconds(lambda i: a @ b, reps, warmup=2)
+    return 2 * n ** 3 / seconds
+
+
+def count_flops(model: D.DepthART, image) -> tuple[int, dict]:
+    """FLOPs of model.predict on one image: matmuls, convolutions and attention (2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    # PyTorch's counter knows the GPU attention kernels, not the CPU one: count that from q, k, v shapes.
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                     lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        model.predict(image)
+    by_module = counter.get_flop_counts()
+    parts = {name: sum(by_module.get(key, {}).values())
+             for name, key in (("VQ-VAE encoder", "Encoder"), ("transformer", "VAR"), ("VQ-VAE decoder", "Decoder"))}
+    total = counter.get_total_flops()
+    parts["quantizer and rest"] = total - sum(parts.values())
+    return total, parts
+
+
+@torch.no_grad()
+def predict_uncached(model: D.DepthART, image_B3HW) -> tuple[torch.Tensor, list]:
+    """Greedy inference without a KV cache: at every scale the transformer reruns the whole sequence so
+    far ([image prefix | depth start | depth scales 2..k]) under the block-causal mask and keeps only the
+    logits of scale k. Same tokens as the cached rollout, up to float rounding; benchmark only."""
+    img_BLCv = model.encode_image(image_B3HW)
+    quant, patch_nums = model.vae.quantize, model.cfg.patch_nums
+    prefix_BLC = model.var.embed(img_BLCv, 0, model.L)
+    inputs, z, f_hat = [], [], 0  # inputs: latents feeding scales 2..k, (B, l, Cv) each
+    for si, pn in enumerate(patch_nums):
+        f_BlCv = torch.cat(inputs, 1) if inputs else None
+        x_BlC = torch.cat((prefix_BLC, model.depth_tokens(f_BlCv, img_BLCv, 0, si + 1)), 1)
+        n = x_BlC.shape[1]
+        logits_BlV = model.var(x_BlC, model.var.prefix_attn_bias[..., :n, :n])[:, -pn * pn:]
+        idx_Bl = logits_BlV.argmax(-1)
+        f_hat = f_hat + quant.eta(idx_Bl, si)
+        z.append(idx_Bl)
+        if si + 1 < len(patch_nums):
+            inputs.append(quant.resample(f_hat, patch_nums[si + 1], "area").flatten(2).transpose(1, 2))
+    return D.depth_from_decoder(model.vae.decode(f_hat)), z
+
+
+def agreement(z_ref: list, z: list) -> np.ndarray:
+    """Fraction of equal tokens per scale (lists over images of lists over scales)."""
+    K = len(z_ref[0])
+    return np.array([np.mean([(a[k] == b[k]).float().mean().item() for a, b in zip(z_ref, z)]) for k in range(K)])
+
+
+def fmt_agree(patch_nums, agree) -> str:
+    return " ".join(f"{pn}x{pn}:{a:.3f}" for pn, a in zip(patch_nums, agree))
+
+
+def graph_for(args, model, checkpoint_path) -> Path:
+    """The exported graph for these weights, cached; exported (not re-checked: the benchmark compares
+    depth itself) on first use."""
+    import infer_trt as I
+    if args.graph:
+        return Path(args.graph)
+    if checkpoint_path:
+        return I.cached_graph(checkpoint_path, batch=1, cache_dir=args.cache_dir, log=print)
+    path = (Path(args.cache_dir or I.default_cache_dir()) / f"preset-{args.preset}-seed{args.seed}"
+            / f"depthart-b1-opset{E.OPSET}-{I._code_digest()}.onnx")
+    if not path.exists():
+        print(f"exporting the {args.preset} graph to {path} (once)")
+        E.export(model, path, batch=1, check=False, log=lambda s: print("  " + s))
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="tiny", help="tiny (default) or d16, random weights")
+    src.add_argument("--checkpoint", help="our .safetensors checkpoint instead of random weights")
+    p.add_argument("--reps", type=int, help="timed runs per path (default: tiny 20, d16 3)")
+    p.add_argument("--images", type=int, default=6, help="distinct test images, cycled (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: torch's default)")
+    p.add_argument("--graph", help="an exported .onnx of these weights to time (default: export and cache one)")
+    p.add_argument("--cache-dir", help="where the exported graph is cached (default ~/.cache/depthart)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt"],
+                   help="paths not to run")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    results = {"threads": torch.get_num_threads()}
+
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        model, cfg = E.load_checkpoint(args.checkpoint)
+        name = Path(args.checkpoint).name
+    else:
+        cfg = D.Config.preset(args.preset)
+        torch.manual_seed(args.seed)
+        model = E.lively(D.DepthART(cfg), seed=args.seed)
+        name = f"preset {args.preset}, random weights (seed {args.seed})"
+    results["model_seconds"] = time.perf_counter() - t0
+    heavy = cfg.width >= 512
+    reps = args.reps or (3 if heavy else 20)
+    S = cfg.image_size
+    images = E.sample_images(args.images, S)
+    one = lambda i: images[i % len(images)][None]  # noqa: E731
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{name}: {S}x{S}, {len(cfg.patch_nums)} scales, {n_params / 1e6:.1f}M parameters, built in "
+          f"{results['model_seconds']:.1f} s; {torch.get_num_threads()} threads; {reps} timed runs per path, "
+          f"1 image per call")
+
+    rate32 = matmul_rate(torch.float32)
+    rate16 = matmul_rate(torch.bfloat16)
+    results.update(matmul_fp32_flops=rate32, matmul_bf16_flops=rate16)
+    print(f"matmul 2048x2048: FP32 {rate32 / 1e9:.0f} GFLOP/s, BF16 {rate16 / 1e9:.0f} GFLOP/s")
+    flops, parts = count_flops(model, one(0))
+    results.update(flops_per_image=flops, flops_parts=parts)
+    print(f"FLOPs per image (cached path): {flops / 1e9:.2f} G = "
+          + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in parts.items()))
+
+    timings = {}
+    z_ref = [model.rollout(model.encode_image(images[i][None]))[0] for i in range(len(images))]
+    depth_ref = [model.predict(images[i][None]) for i in range(len(images))]
+    timings["torch eager (cached)"], _ = median_seconds(lambda i: model.predict(one(i)), reps)
+
+    if "uncached" not in args.skip:
+        reps_u = max(1, reps // 2) if heavy else reps
+        timings["torch no KV cache"], _ = median_seconds(lambda i: predict_uncached(model, one(i)), reps_u,
+                                                         warmup=0 if heavy else 1)
+        z = [predict_uncached(model, images[i][None])[1] for i in range(min(len(images), 2 if heavy else 6))]
+        results["uncached_token_agreement"] = agreement(z_ref, z).tolist()
+        print(f"no-cache tokens equal to cached per scale: {fmt_agree(cfg.patch_nums, agreement(z_ref, z))}")
+
+    if "bf16" not in args.skip:
+        def bf16(i):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model.predict(one(i))
+        timings["torch bf16 autocast"], _ = median_seconds(bf16, reps)
+        z, err = [], []
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for i in range(len(images)):
+                z.append(model.rollout(model.encode_image(images[i][None]))[0])
+                err.append((model.predict(images[i][None]).float() - depth_ref[i]).abs().mean().item())
+        agree = agreement(z_ref, z)
+        results.update(bf16_token_agreement=agree.tolist(), bf16_depth_mean_abs_err=float(np.mean(err)))
+        print(f"BF16 tokens equal to FP32 per scale: {fmt_agree(cfg.patch_nums, agree)}; "
+              f"depth mean |BF16 - FP32| {np.mean(err):.4f} (over {len(images)} images)")
+
+    if "ort" not in args.skip:
+        import infer_trt as I
+        graph = graph_for(args, model, args.checkpoint)
+        t0 = time.perf_counter()
+        backend = I.OrtBackend(graph)
+        if args.threads:
+            import onnxruntime as ort
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.log_severity_level = args.threads, 3
+            backend.session = ort.InferenceSession(str(graph), so, providers=backend.providers)
+        results["ort_session_seconds"] = time.perf_counter() - t0
+        arrays = images.numpy()
+        timings[f"onnxruntime ({backend.providers[0]})"], _ = median_seconds(
+            lambda i: backend.predict(arrays[i % len(arrays)][None]), reps)
+        err = max(float(np.abs(backend.predict(arrays[i][None]) - depth_ref[i].numpy()).max())
+                  for i in range(len(images)))
+        results["ort_depth_max_abs_err"] = err
+        print(f"ONNX Runtime: session ready in {results['ort_session_seconds']:.1f} s, depth max |ORT - torch| "
+              f"{err:.1e} over {len(images)} images")
+
+    if "trt" not in args.skip:
+        try:
+            import infer_trt as I
+            graph32 = graph_for(args, model, args.checkpoint)
+            for label, graph in (("FP32", graph32), ("FP16", None)):
+                if graph is None:
+                    graph = graph32.with_name(graph32.stem + "-fp16.onnx")
+                    if not graph.exists():
+                        E.export(model, graph, batch=1, fp16=True, check=False, log=lambda s: None)
+                backend = I.TrtBackend(E.build_engine(graph, graph.parent))
+                arrays = images.numpy()
+                timings[f"tensorrt {label}"], _ = median_seconds(
+                    lambda i: backend.predict(arrays[i % len(arrays)][None]), max(reps, 20), warmup=3)
+        except E.EngineUnavailable as e:
+            print(f"TensorRT: skipped ({e})")
+
+    base = timings["torch eager (cached)"]
+    print(f"\n{'path':<36}{'median s/image':>15}{'vs eager':>10}{'GFLOP/s':>9}{'of matmul':>10}")
+    for label, seconds in timings.items():
+        achieved = flops / seconds
+        peak = rate16 if "bf16" in label else rate32
+        print(f"{label:<36}{seconds:>15.4f}{base / seconds:>9.2f}x{achieved / 1e9:>9.1f}"
+              + (f"{achieved / peak:>10.2f}" if "tensorrt" not in label else f"{'':>10}"))
+    results["seconds_per_image"] = timings
+    ort_label = next((k for k in timings if k.startswith("onnxruntime")), None)
+    print(f"(uncached counts as the cached path's FLOPs; 'of matmul' is against the FP32 rate, the BF16 rate for bf16)")
+    print("goals:")
+    if ort_label:
+        print(f"  exported graph >= 2x faster than eager: {base / timings[ort_label]:.2f}x "
+              f"({'met' if base / timings[ort_label] >= 2 else 'not met'})")
+    frac = flops / base / rate32
+    print(f"  cached path FLOP/s >= half the FP32 matmul rate: {frac:.2f} ({'met' if frac >= 0.5 else 'not met'})")
+    if cfg.patch_nums == D.Config.d16().patch_nums and cfg.width == 1024:
+        for label, seconds in timings.items():
+            if not label.startswith("tensorrt"):
+                print(f"  {label}: {seconds:.2f} s vs VAR-d16 class-conditional generation "
+                      f"{VAR_D16_GENERATION_SECONDS} s here: {seconds / VAR_D16_GENERATION_SECONDS:.2f} of it "
+                      f"({'beats it' if seconds < VAR_D16_GENERATION_SECONDS else 'slower'}"
+                      f"{', half or better' if seconds <= VAR_D16_GENERATION_SECONDS / 2 else ''})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
