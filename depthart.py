@@ -96,7 +96,7 @@ class Config:
         the image (REFERENCE.md Sec. 7).
         """
         return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
-                   vae_ch=32, vae_ch_mult=(1, 1, 2, 2), vae_res_blocks=1, depth=4, width=128, heads=4,
+                   vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
                    num_classes=0, image_shortcut=True)
 
     @classmethod
@@ -152,7 +152,8 @@ class Resampler(nn.Module):
 # 3. Multi-scale residual VQ-VAE (VAR's, with the official module names so checkpoints load)
 # ----------------------------------------------------------------------------------------------
 def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, ch, eps=1e-6)
+    # VAR's 32 groups; the tiny preset's narrow layers (16 channels) keep at least 2 channels a group.
+    return nn.GroupNorm(min(32, ch // 2), ch, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
