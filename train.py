@@ -346,9 +346,21 @@ def train(args) -> Path:
         log.close()
         why = f"stopped by {stop['signal']}" if stop["signal"] else f"step {step}/{args.steps}"
         print(f"{why}; saved {out / CHECKPOINT}" + (" (continue with --resume)" if step < args.steps else ""), flush=True)
-    if world > 1:
+    if world > 1:  # a record that every rank ends with the same weights
+        digests = [None] * world
+        dist.all_gather_object(digests, weights_digest(model))
+        if rank == 0:
+            (out / "ranks.json").write_text(json.dumps({"world": world, "weights_sha256": digests}))
         dist.destroy_process_group()
     return out / CHECKPOINT
+
+
+def weights_digest(model) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode()), h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
