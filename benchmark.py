@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -113,8 +114,11 @@ def graph_for(args, model, checkpoint_path) -> Path:
     path = (Path(args.cache_dir or I.default_cache_dir()) / f"preset-{args.preset}-seed{args.seed}"
             / f"depthart-b1-opset{E.OPSET}-{I._code_digest()}.onnx")
     if not path.exists():
-        print(f"exporting the {args.preset} graph to {path} (once)")
-        E.export(model, path, batch=1, check=False, log=lambda s: print("  " + s))
+        # In a child process: tracing d16 peaks at ~15 GB, and a process that has held that much runs
+        # ONNX Runtime afterwards at half speed. The child rebuilds the same random weights from the seed.
+        print(f"exporting the {args.preset} graph to {path} (once, in a child process)", flush=True)
+        subprocess.run([sys.executable, __file__, "--preset", args.preset, "--seed", str(args.seed),
+                        "--export-only", str(path)], check=True)
     return path
 
 
@@ -133,6 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt"],
                    help="paths not to run")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--export-only", help=argparse.SUPPRESS)  # used by graph_for's child process
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,6 +154,9 @@ def main(argv=None) -> int:
         model = E.lively(D.DepthART(cfg), seed=args.seed)
         name = f"preset {args.preset}, random weights (seed {args.seed})"
     results["model_seconds"] = time.perf_counter() - t0
+    if args.export_only:
+        E.export(model, args.export_only, batch=1, check=False, log=lambda s: print("  " + s))
+        return 0
     heavy = cfg.width >= 512
     reps = args.reps or (3 if heavy else 20)
     S = cfg.image_size
