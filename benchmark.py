@@ -122,6 +122,7 @@ def graph_for(args, model, checkpoint_path) -> Path:
     return path
 
 
+@torch.no_grad()  # inference only; a decorator, so callers (tests) keep their grad mode
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,7 +142,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     results = {"threads": torch.get_num_threads()}
 
     t0 = time.perf_counter()

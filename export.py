@@ -622,6 +622,7 @@ def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
     return model.eval()
 
 
+@torch.no_grad()  # inference only; a decorator, so callers (tests) keep their grad mode
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -639,7 +640,6 @@ def main(argv=None) -> int:
     p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT workspace limit (default 4096 MiB)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (default: beside the engine)")
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     if args.checkpoint:
         model, cfg = load_checkpoint(args.checkpoint)
     else:
