@@ -36,7 +36,7 @@ This module imports torch and nothing else of ours; the data, training and expor
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

@@ -36,7 +36,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -58,35 +57,9 @@ FOLD_MAX_ELEMENTS = 4096  # constant-fold only small results (shape arithmetic),
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
 def load_checkpoint(path) -> tuple[D.DepthART, D.Config]:
-    """(model in eval mode, config) from one of our safetensors checkpoints.
-
-    Uses train.load_checkpoint when train.py provides it; otherwise reads the file directly: the config
-    is JSON under the metadata key "config", the tensors are the DepthART state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        from train import load_checkpoint as train_load_checkpoint
-    except ImportError:
-        train_load_checkpoint = None
-    if train_load_checkpoint is not None:
-        model, cfg, _meta = train_load_checkpoint(path)
-        return model.eval(), cfg
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: expected a .safetensors checkpoint with the config in its metadata")
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state_dict = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # truncated files, not safetensors at all
-        raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
-    if "config" not in meta:
-        raise ValueError(f"{path}: no 'config' in the safetensors metadata; cannot tell which model it holds")
-    cfg = D.Config.from_dict(json.loads(meta["config"]))
-    model = D.DepthART(cfg)
-    D.load_weights(model, state_dict, what=str(path))
+    """(model in eval mode, config) from one of our safetensors checkpoints (train.load_checkpoint)."""
+    from train import load_checkpoint as train_load_checkpoint
+    model, cfg, _meta = train_load_checkpoint(path)
     return model.eval(), cfg
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -60,8 +59,11 @@ def load_checkpoint(path, device="cpu"):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with safe_open(str(path), "pt") as f:
-        md = f.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            md = f.metadata() or {}
+    except Exception as e:  # truncated files, not safetensors at all
+        raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
     if "config" not in md:
         raise ValueError(f"{path}: no config in the safetensors metadata; not a depthart checkpoint")
     cfg = D.Config.from_dict(json.loads(md["config"]))
