@@ -1,0 +1,233 @@
+"""Does DepthART beat teacher forcing? Evaluate trained runs scale by scale on held-out synthetic scenes.
+
+    python experiment.py --group var=runs/var_s0,runs/var_s1 --group depthart=runs/da_s0,runs/da_s1 \
+        --warm runs/warm --n-val 300 --out docs/experiment
+
+For every run (its `last.safetensors`) it decodes the partial sum after each scale of the greedy
+rollout and reports AbsRel and delta1 after median-scale alignment, and the mean entropy of the
+predicted token distributions per scale. It also reports what any model must beat: three trivial
+predictors (a constant depth, a ramp that grows with image height, the mean training depth map),
+the VQ-VAE's own ceiling (decoding the true depth tokens), and whether the model uses the image at
+all (teacher-forced loss and AbsRel with the right images and with shuffled ones).
+Writes PREFIX.json, PREFIX.md (the README's table) and PREFIX_scales.png (error against scale).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import depthart as D
+from data import SyntheticScenes
+from evaluate import abs_rel, align_median, delta_acc
+
+
+def load_val(n: int, size: int):
+    """The held-out synthetic scenes (their own seed range) as stacked tensors."""
+    items = [SyntheticScenes("val", size=size, length=n)[i] for i in range(n)]
+    return {k: torch.stack([it[k] for it in items]) for k in ("image", "depth", "valid")}
+
+
+def scores(pred_N1HW: torch.Tensor, val) -> dict:
+    """AbsRel and delta1 after median-scale alignment, averaged over images."""
+    rel, d1 = [], []
+    for p, g, m in zip(pred_N1HW[:, 0].numpy(), val["depth"][:, 0].numpy(), val["valid"][:, 0].numpy()):
+        p = align_median(p.astype(np.float64), g, m)
+        rel.append(abs_rel(p, g, m))
+        d1.append(delta_acc(p, g, m, 1))
+    return {"abs_rel": float(np.mean(rel)), "delta1": float(np.mean(d1))}
+
+
+def batches(val, bs: int):
+    for i in range(0, len(val["image"]), bs):
+        yield {k: v[i:i + bs] for k, v in val.items()}
+
+
+@torch.no_grad()
+def per_scale(model: D.DepthART, val, bs: int = 50) -> list[dict]:
+    """Greedy rollout; after every scale: depth of the partial sum, its scores, token entropy."""
+    K = len(model.cfg.patch_nums)
+    depths, entropy = [[] for _ in range(K)], [[] for _ in range(K)]
+    for b in batches(val, bs):
+        _, f_hats, logits = model.rollout(model.encode_image(b["image"]), return_logits=True)
+        for k in range(K):
+            depths[k].append(D.depth_from_decoder(model.vae.decode(f_hats[k])))
+            logp = logits[k].log_softmax(-1)
+            entropy[k].append(-(logp.exp() * logp).sum(-1).mean(1))
+    return [{"scale": model.cfg.patch_nums[k], **scores(torch.cat(depths[k]), val),
+             "entropy": float(torch.cat(entropy[k]).mean())} for k in range(K)]
+
+
+@torch.no_grad()
+def image_use(model: D.DepthART, val, bs: int = 50) -> dict:
+    """Teacher-forced loss and final AbsRel with the right images and with shuffled ones."""
+    out = {}
+    n = len(val["image"])
+    shuffled = dict(val, image=val["image"][torch.arange(n).roll(1)])  # every image paired with another scene
+    for name, v in (("right", val), ("shuffled", shuffled)):
+        losses = [model.loss(b["image"], b["depth"], "var", b["valid"])[0].item() * len(b["image"]) for b in batches(v, bs)]
+        pred = torch.cat([model.predict(b["image"]) for b in batches(v, bs)])
+        out[name] = {"var_loss": sum(losses) / n, **scores(pred, v)}
+    return out
+
+
+@torch.no_grad()
+def vqvae_ceiling(model: D.DepthART, val, bs: int = 50) -> dict:
+    """Decoding the VQ-VAE's own tokens of the true depth: the best any transformer on it can do."""
+    preds = []
+    for b in batches(val, bs):
+        f_D = model.vae.encode(D.normalize_depth(b["depth"], b["valid"]))
+        preds.append(D.depth_from_decoder(model.vae.decode(model.vae.quantize(f_D)[1][-1])))
+    return scores(torch.cat(preds), val)
+
+
+def trivial_baselines(val, n_train: int, size: int) -> dict:
+    """Constant depth, a ramp growing with image height, and the mean (median-normalized) training depth."""
+    N = len(val["image"])
+    rows = torch.linspace(1.0, 0.0, size).view(1, 1, size, 1)  # 1 at the top row, 0 at the bottom
+    train = SyntheticScenes("train", size=size, length=n_train)
+    mean_map = torch.zeros(1, size, size)
+    for i in range(n_train):
+        d = train[i]["depth"]
+        mean_map += d / d.median()
+    return {"constant": scores(torch.ones(N, 1, size, size), val),
+            "ramp": scores((1 + rows).expand(N, 1, size, size), val),
+            "mean_train_depth": scores((mean_map / n_train).expand(N, 1, size, size), val)}
+
+
+def run_info(run: Path) -> dict:
+    """Steps and wall-clock seconds of a run, read from its metrics log when it has one."""
+    info = {}
+    log = run / "metrics.jsonl"
+    if log.exists():
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        steps = [r for r in rows if "step" in r]
+        if steps:
+            info["steps"] = max(r["step"] for r in steps)
+            times = [r.get("elapsed", r.get("time_s")) for r in steps if r.get("elapsed", r.get("time_s")) is not None]
+            if times:
+                info["train_seconds"] = max(times)
+    return info
+
+
+def evaluate_run(run: Path, val) -> dict:
+    from train import load_checkpoint
+    ckpt = run / "last.safetensors" if run.is_dir() else run
+    model, _, _ = load_checkpoint(ckpt)
+    model.eval()
+    return {"run": str(run), **run_info(run if run.is_dir() else run.parent),
+            "scales": per_scale(model, val), "image_use": image_use(model, val)}, model
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and spread (min, max) over the seeds of a group, per scale and at the last scale."""
+    K = len(runs[0]["scales"])
+    def stat(values):
+        return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+    return {"per_scale": [{key: stat([r["scales"][k][key] for r in runs]) for key in ("abs_rel", "delta1", "entropy")}
+                          | {"scale": runs[0]["scales"][k]["scale"]} for k in range(K)],
+            "train_seconds": stat([r.get("train_seconds", math.nan) for r in runs]),
+            "n_runs": len(runs)}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| predictor | AbsRel | delta1 |", "|---|---|---|"]
+    for name, s in result["baselines"].items():
+        lines.append(f"| {name} | {s['abs_rel']:.3f} | {s['delta1']:.3f} |")
+    lines.append(f"| VQ-VAE ceiling (true tokens) | {result['ceiling']['abs_rel']:.3f} | {result['ceiling']['delta1']:.3f} |")
+    for name, g in result["groups"].items():
+        last = g["summary"]["per_scale"][-1]
+        lines.append(f"| {name} (mean of {g['summary']['n_runs']}; min-max) | {last['abs_rel']['mean']:.3f} "
+                     f"({last['abs_rel']['min']:.3f}-{last['abs_rel']['max']:.3f}) | {last['delta1']['mean']:.3f} "
+                     f"({last['delta1']['min']:.3f}-{last['delta1']['max']:.3f}) |")
+    lines += ["", "AbsRel / delta1 / token entropy (nats) after each scale, mean over runs:", "",
+              "| scale | " + " | ".join(result["groups"]) + " |", "|---" * (1 + len(result["groups"])) + "|"]
+    K = len(next(iter(result["groups"].values()))["summary"]["per_scale"])
+    for k in range(K):
+        cells = []
+        for g in result["groups"].values():
+            s = g["summary"]["per_scale"][k]
+            cells.append(f"{s['abs_rel']['mean']:.3f} / {s['delta1']['mean']:.3f} / {s['entropy']['mean']:.2f}")
+        lines.append(f"| {g['summary']['per_scale'][k]['scale']} | " + " | ".join(cells) + " |")
+    lines += ["", "Image use (teacher-forced loss, AbsRel) with the right images vs shuffled images:", "",
+              "| run | loss right | loss shuffled | AbsRel right | AbsRel shuffled |", "|---|---|---|---|---|"]
+    for g in result["groups"].values():
+        for r in g["runs"]:
+            u = r["image_use"]
+            lines.append(f"| {r['run']} | {u['right']['var_loss']:.3f} | {u['shuffled']['var_loss']:.3f} | "
+                         f"{u['right']['abs_rel']:.3f} | {u['shuffled']['abs_rel']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, g in result["groups"].items():
+        ps = g["summary"]["per_scale"]
+        x = [s["scale"] for s in ps]
+        ax.plot(x, [s["abs_rel"]["mean"] for s in ps], marker="o", label=name)
+        ax.fill_between(x, [s["abs_rel"]["min"] for s in ps], [s["abs_rel"]["max"] for s in ps], alpha=0.2)
+    for name, s in result["baselines"].items():
+        ax.axhline(s["abs_rel"], ls=":", lw=1, color="gray")
+        ax.text(x[0], s["abs_rel"], name, fontsize=7, color="gray", va="bottom")
+    ax.axhline(result["ceiling"]["abs_rel"], ls="--", lw=1, color="k")
+    ax.text(x[0], result["ceiling"]["abs_rel"], "VQ-VAE ceiling", fontsize=7, va="bottom")
+    ax.set_xlabel("token map size after the scale (partial sum decoded)")
+    ax.set_ylabel("AbsRel (median-aligned), held-out scenes")
+    ax.set_xticks(x)
+    ax.legend()
+    ax.set_title("Error against scale: min-max over seeds shaded")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--group", action="append", required=True, metavar="NAME=RUN[,RUN...]",
+                    help="a named group of run directories (or checkpoints), e.g. one per objective")
+    ap.add_argument("--n-val", type=int, default=300)
+    ap.add_argument("--n-train-mean", type=int, default=500, help="training scenes for the mean depth map")
+    ap.add_argument("--out", default="docs/experiment")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    groups = {}
+    for spec in args.group:
+        name, _, runs = spec.partition("=")
+        if not runs:
+            ap.error(f"--group {spec!r}: expected NAME=RUN[,RUN...]")
+        groups[name] = [Path(r) for r in runs.split(",")]
+    result, model, val = {"groups": {}}, None, None
+    for name, runs in groups.items():
+        evaluated = []
+        for run in runs:
+            if val is None:
+                from train import load_checkpoint
+                size = load_checkpoint(run / "last.safetensors" if run.is_dir() else run)[1].image_size
+                val = load_val(args.n_val, size)
+            r, model = evaluate_run(run, val)
+            print(f"{name}: {run}: AbsRel per scale", [round(s["abs_rel"], 3) for s in r["scales"]], flush=True)
+            evaluated.append(r)
+        result["groups"][name] = {"runs": evaluated, "summary": summarize(evaluated)}
+    size = model.cfg.image_size
+    result["baselines"] = trivial_baselines(val, args.n_train_mean, size)
+    result["ceiling"] = vqvae_ceiling(model, val)
+    result["n_val"] = args.n_val
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(result, indent=1))
+    Path(f"{out}.md").write_text(markdown(result))
+    plot(result, Path(f"{out}_scales.png"))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

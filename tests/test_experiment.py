@@ -1,0 +1,41 @@
+"""experiment.py end to end on two untrained tiny checkpoints: table, JSON and plot come out consistent."""
+import json
+
+import torch
+
+import depthart as D
+import experiment
+import train
+
+
+def test_experiment_reports_every_scale_baselines_and_image_use(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        train.save_checkpoint(run / train.CHECKPOINT, D.DepthART(D.Config.tiny()), {"stage": "transformer"})
+        runs.append(str(run))
+    out = tmp_path / "exp"
+    experiment.main(["--group", f"a={runs[0]}", "--group", f"b={runs[1]}", "--n-val", "3",
+                     "--n-train-mean", "3", "--out", str(out)])
+    result = json.loads((tmp_path / "exp.json").read_text())
+    K = len(D.Config.tiny().patch_nums)
+    for name in ("a", "b"):
+        run = result["groups"][name]["runs"][0]
+        assert [s["scale"] for s in run["scales"]] == list(D.Config.tiny().patch_nums)
+        assert all(0 <= s["delta1"] <= 1 and s["abs_rel"] >= 0 and 0 <= s["entropy"] <= torch.log(torch.tensor(512.0))
+                   for s in run["scales"])
+        assert set(run["image_use"]) == {"right", "shuffled"}
+        assert len(result["groups"][name]["summary"]["per_scale"]) == K
+    assert set(result["baselines"]) == {"constant", "ramp", "mean_train_depth"}
+    table = (tmp_path / "exp.md").read_text()
+    assert "| constant |" in table and "VQ-VAE ceiling" in table
+    assert (tmp_path / "exp_scales.png").stat().st_size > 1000
+
+
+def test_scores_are_zero_for_a_scaled_copy_of_the_truth():
+    depth = torch.rand(2, 1, 8, 8) + 1
+    val = {"depth": depth, "valid": torch.ones_like(depth, dtype=torch.bool)}
+    s = experiment.scores(3 * depth, val)
+    assert abs(s["abs_rel"]) < 1e-6 and s["delta1"] == 1.0
