@@ -2,19 +2,22 @@
 
 On a laptop CPU, with the built-in synthetic rooms (nothing to download):
     python train.py --data synthetic --preset tiny --stage vqvae --steps 3000 --batch-size 32 --lr 1e-3 --out runs/vqvae
-    python train.py --data synthetic --preset tiny --stage transformer --objective var \
-        --init runs/vqvae/last.safetensors --steps 3000 --batch-size 32 --lr 1e-3 --out runs/var
+    python train.py --data synthetic --stage transformer --objective var \
+        --init-vae runs/vqvae/last.safetensors --steps 3000 --batch-size 32 --lr 1e-3 --out runs/var
 On HyperSim with the official VAR checkpoints, on N GPUs (the paper's optimizer and schedule are the defaults):
-    torchrun --nproc_per_node N train.py --data hypersim --data-root /data/hypersim --preset d16 \
+    torchrun --nproc_per_node N train.py --data hypersim --data-root /data/hypersim --preset d16 --workers 8 \
         --stage transformer --objective depthart --init-vae vae_ch160v4096z32.pth --init-var var_d16.pth --out runs/d16
 
-A plain loop in one sitting: data for step s is a pure function of (seed, s), so `--resume` continues
-bit-exactly; checkpoints are safetensors (config in the metadata) written atomically; Ctrl-C or
-SIGTERM saves before exiting. `python train.py --benchmark` measures samples/s of every stage.
+A plain loop, readable in one sitting. The batch of step s is a pure function of (seed, s), so `--resume`
+continues bit-exactly; checkpoints are safetensors (config in the metadata) written atomically, with the
+optimizer, scheduler and step in a weights-only sidecar; Ctrl-C or SIGTERM saves, then exits 0 (a second
+signal quits at once). `python train.py --benchmark` prints the samples/s of every stage.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import signal
@@ -30,20 +33,24 @@ import torch.nn.functional as F
 
 import depthart as D
 
-CHECKPOINT = "last.safetensors"
-STATE = "last.state.pt"
+CHECKPOINT = "last.safetensors"  # the whole DepthART state dict; config and run facts in the metadata
+STATE = "last.state.pt"          # optimizer, scheduler, step, RNG, codebook hits: torch.save, weights_only-loadable
 
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 def atomic_write(path: Path, write):
-    """write(tmp_path) then rename over path: a crash never leaves a half-written checkpoint."""
+    """write(tmp) in the same directory, fsync, then rename over path: a crash never leaves half a file."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: Path, model: D.DepthART, meta: dict):
@@ -53,17 +60,24 @@ def save_checkpoint(path: Path, model: D.DepthART, meta: dict):
     atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
 
 
-def load_checkpoint(path, device="cpu"):
-    """Our safetensors checkpoint -> (model in eval mode, config, meta dict)."""
+def checkpoint_metadata(path) -> dict:
+    """The safetensors metadata of one of our checkpoints ({} for PyTorch pickles such as the official .pth)."""
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return {}
     try:
         with safe_open(str(path), "pt") as f:
-            md = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as e:  # truncated files, not safetensors at all
         raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
+
+
+def load_checkpoint(path, device="cpu"):
+    """One of our safetensors checkpoints -> (model in eval mode, config, meta dict)."""
+    md = checkpoint_metadata(path)
     if "config" not in md:
         raise ValueError(f"{path}: no config in the safetensors metadata; not a depthart checkpoint")
     cfg = D.Config.from_dict(json.loads(md["config"]))
@@ -73,115 +87,163 @@ def load_checkpoint(path, device="cpu"):
 
 
 def init_weights(model: D.DepthART, init=None, init_vae=None, init_var=None):
-    """--init: a whole model of ours; --init-vae / --init-var: official .pth or any checkpoint holding them."""
+    """--init: a whole model of ours; --init-vae / --init-var: official .pth, or any whole-model checkpoint
+    of ours (its `vae.` / `var.` keys)."""
     if init:
         D.load_weights(model, D.read_state_dict(init), init)
     for part, path in (("vae", init_vae), ("var", init_var)):
         if path:
             sd = D.read_state_dict(path)
-            if any(k.startswith(part + ".") for k in sd):  # a whole-model checkpoint of ours
+            if any(k.startswith(part + ".") for k in sd):
                 sd = {k[len(part) + 1:]: v for k, v in sd.items() if k.startswith(part + ".")}
             D.load_weights(getattr(model, part), sd, path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Data: the batch of step s is a pure function of (seed, s, rank)
-# ---------------------------------------------------------------------------------------------
-def step_indices(seed: int, step: int, n: int, batch: int, rank: int, world: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    idx = torch.randint(0, n, (batch * world,), generator=g)
-    return idx[rank * batch:(rank + 1) * batch].tolist()
+def weights_digest(model) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode()), h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
-def collate(items: list[dict], device) -> dict:
+# ---------------------------------------------------------------------------------------------
+# Data: the batch of step s is a pure function of (seed, s), whatever happened before
+# ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+
+
+def step_indices(seed: int, step: int, n: int, batch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Step s reads positions [s*B*W, (s+1)*B*W) of an endless run of shuffled epochs; rank r its r-th B."""
+    first = (step * world + rank) * batch
+    return [epoch_order(seed, pos // n, n)[pos % n] for pos in range(first, first + batch)]
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch sampler for steps start..stop-1 of this rank (DistributedSampler's job, but resumable mid-epoch)."""
+
+    def __init__(self, n, batch, seed, start, stop, rank=0, world=1):
+        self.n, self.batch, self.seed, self.start, self.stop, self.rank, self.world = n, batch, seed, start, stop, rank, world
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield step_indices(self.seed, step, self.n, self.batch, self.rank, self.world)
+
+    def __len__(self):
+        return self.stop - self.start
+
+
+def collate(items: list[dict], device="cpu") -> dict:
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("image", "depth", "valid")}
 
 
-def make_data(args, split):
-    from data import make_dataset
-    size = D.Config.preset(args.preset).image_size
+def make_data(args, split: str, size: int):
+    """synthetic: seeds of the split's range (val = held-out seeds); hypersim: the official split."""
     length = args.train_scenes if split == "train" else args.val_samples
     if args.data == "synthetic":
         from data import SyntheticScenes
         return SyntheticScenes(split, size=size, length=length, cache=args.cache_data or split == "val")
-    return make_dataset(args.data, split=split, size=size, root=args.data_root, use_hdr=args.hdr)
+    from data import make_dataset  # raises one clear error for unknown names, missing roots, empty splits
+    return make_dataset(args.data, split=split, size=size, root=args.data_root, length=length, use_hdr=args.hdr)
 
 
 # ---------------------------------------------------------------------------------------------
-# Losses (one module, so DistributedDataParallel sees one forward)
+# Losses: one module whose forward does everything, so DistributedDataParallel sees one forward
 # ---------------------------------------------------------------------------------------------
+def vae_inputs(image, depth, valid) -> torch.Tensor:
+    """Stage 1 trains one VQ-VAE on both modalities: images, and depth maps repeated to 3 channels."""
+    return torch.cat((D.normalize_image(image), D.normalize_depth(depth, valid)))
+
+
 class StageLoss(torch.nn.Module):
     def __init__(self, model: D.DepthART, stage: str, objective: str):
         super().__init__()
         self.model, self.stage, self.objective = model, stage, objective
 
     def forward(self, image, depth, valid):
-        if self.stage == "transformer":
+        if self.stage == "transformer":  # DepthART.loss: frozen VQ-VAE, no-grad rollout, one parallel forward
             return self.model.loss(image, depth, self.objective, valid)
-        # Stage 1: one VQ-VAE for both modalities; L1 reconstruction (sharper than MSE) + VQ loss.
-        x = torch.cat((D.normalize_image(image), D.normalize_depth(depth, valid)))
+        # Stage 1: L1 reconstruction (sharper edges than MSE) + the VQ-VAE's codebook/commitment loss.
+        x = vae_inputs(image, depth, valid)
         rec, vq_loss, idx_list = self.model.vae(x)
         rec_loss = F.l1_loss(rec, x)
-        return rec_loss + vq_loss, {"loss": (rec_loss + vq_loss).detach(), "rec_l1": rec_loss.detach(),
-                                    "vq": vq_loss.detach(), "idx": idx_list}
+        loss = rec_loss + vq_loss
+        return loss, {"loss": loss.detach(), "rec_l1": rec_loss.detach(), "vq": vq_loss.detach(), "idx": idx_list}
+
+
+def set_modes(model: D.DepthART, stage: str):
+    """The trained half in train mode, the frozen half in eval mode without gradients."""
+    trained, frozen = (model.vae, model.var) if stage == "vqvae" else (model.var, model.vae)
+    trained.train().requires_grad_(True)
+    frozen.eval().requires_grad_(False)
+    return trained
 
 
 @torch.no_grad()
-def restart_dead_codes(vae: D.VQVAE, hits_V: torch.Tensor, image, depth, valid) -> int:
-    """Codes no token picked since the last check get re-initialised to random encoder features."""
+def restart_dead_codes(vae: D.VQVAE, hits_V: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> int:
+    """Codes that no token picked since the last check move onto random encoder features of this batch
+    (plus a little noise, so two restarted codes never coincide). Returns how many moved."""
     dead = (hits_V == 0).nonzero()[:, 0]
     if len(dead) == 0:
         return 0
-    x = torch.cat((D.normalize_image(image), D.normalize_depth(depth, valid)))
     f_NC = vae.encode(x).permute(0, 2, 3, 1).reshape(-1, vae.cfg.z_channels).float()
-    pick = torch.randint(0, len(f_NC), (len(dead),), device=f_NC.device)
-    vae.quantize.embedding.weight[dead] = f_NC[pick] + 0.01 * torch.randn_like(f_NC[pick])
+    pick = torch.randint(0, len(f_NC), (len(dead),), generator=generator).to(f_NC.device)
+    noise = torch.randn(len(dead), f_NC.shape[1], generator=generator).to(f_NC.device)
+    emb = vae.quantize.embedding.weight
+    emb[dead] = (f_NC[pick] + 0.01 * f_NC.std() * noise).to(emb.dtype)
     return len(dead)
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation: AbsRel and delta1 after median-scale alignment
+# Validation: AbsRel and delta1 after median-scale alignment, on the held-out split
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def validate(model: D.DepthART, val_set, args, device) -> dict:
+def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size: int, device) -> dict:
+    """Stage 2: the model's predictions (and the validation loss). Stage 1: the depth decoded from the
+    VQ-VAE's own tokens of the true depth, the ceiling any transformer on this VQ-VAE can reach
+    (and the reconstruction L1 of images and depth)."""
     from evaluate import abs_rel, align_median, delta_acc
     model.eval()
-    rel, d1, losses = [], [], []
-    for i in range(0, len(val_set), args.batch_size):
-        b = collate([val_set[j] for j in range(i, min(i + args.batch_size, len(val_set)))], device)
-        if args.stage == "transformer":
+    rel, d1, extra = [], [], {}
+    for i in range(0, len(val_set), batch_size):
+        b = collate([val_set[j] for j in range(i, min(i + batch_size, len(val_set)))], device)
+        if stage == "transformer":
             pred = model.predict(b["image"])
-            losses.append(model.loss(b["image"], b["depth"], args.objective, b["valid"])[0].item())
-        else:  # the ceiling: decode the VQ-VAE's own tokens of the true depth
-            f_D = model.vae.encode(D.normalize_depth(b["depth"], b["valid"]))
-            pred = D.depth_from_decoder(model.vae.decode(model.vae.quantize(f_D)[1][-1]))
+            extra.setdefault("val_loss", []).append(model.loss(b["image"], b["depth"], objective, b["valid"])[0].item())
+        else:
+            x = vae_inputs(b["image"], b["depth"], b["valid"])
+            f_hat = model.vae.rebuild(model.vae.decompose(model.vae.encode(x)))
+            rec = model.vae.decode(f_hat)
+            n = len(b["image"])
+            extra.setdefault("val_image_l1", []).append(F.l1_loss(rec[:n], x[:n]).item())
+            extra.setdefault("val_depth_l1", []).append(F.l1_loss(rec[n:], x[n:]).item())
+            pred = D.depth_from_decoder(rec[n:])
         for p, g, m in zip(pred[:, 0].double().cpu().numpy(), b["depth"][:, 0].cpu().numpy(), b["valid"][:, 0].cpu().numpy()):
             p = align_median(p, g, m)
             rel.append(abs_rel(p, g, m))
             d1.append(delta_acc(p, g, m, 1))
-    model.train()
-    if args.stage == "vqvae":
-        model.vae.train()
-    else:
-        model.vae.eval()
-    out = {"val_abs_rel": float(np.mean(rel)), "val_delta1": float(np.mean(d1))}
-    if losses:
-        out["val_loss"] = float(np.mean(losses))
-    return out
+    set_modes(model, stage)
+    return {"val_abs_rel": float(np.mean(rel)), "val_delta1": float(np.mean(d1)),
+            **{k: float(np.mean(v)) for k, v in extra.items()}}
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def plot_curves(log_path: Path, png_path: Path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = read_log(log_path)
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_abs_rel" in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
     if any("val_loss" in r for r in val):
         axes[0].plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
-    axes[0].set_xlabel("step"), axes[0].legend(), axes[0].set_yscale("log")
+    axes[0].set_xlabel("step"), axes[0].set_yscale("log"), axes[0].legend()
     axes[1].plot([r["step"] for r in val], [r["val_abs_rel"] for r in val], "o-", label="val AbsRel")
     axes[1].plot([r["step"] for r in val], [r["val_delta1"] for r in val], "s-", label="val delta1")
     axes[1].set_xlabel("step"), axes[1].legend()
@@ -191,22 +253,24 @@ def plot_curves(log_path: Path, png_path: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop
+# Command line
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="synthetic", help="synthetic | hypersim")
+    ap.add_argument("--data", default="synthetic", help="synthetic (built in) | hypersim (needs --data-root)")
     ap.add_argument("--data-root", help="HyperSim root in its official layout")
-    ap.add_argument("--hdr", action="store_true", help="HyperSim: tone-map color.hdf5 instead of tonemap.jpg")
-    ap.add_argument("--train-scenes", type=int, default=None, help="synthetic: size of the training set")
+    ap.add_argument("--hdr", action="store_true", help="HyperSim: tone-map color.hdf5 instead of reading tonemap.jpg")
+    ap.add_argument("--train-scenes", type=int, default=None, help="size of the training set (default: all)")
     ap.add_argument("--cache-data", action="store_true", help="synthetic: keep rendered training scenes in memory")
-    ap.add_argument("--preset", default="tiny", choices=["tiny", "d16"])
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
+    ap.add_argument("--preset", default=None, choices=["tiny", "d16"],
+                    help="model size (default tiny); --resume and --init of ours take the checkpoint's config")
     ap.add_argument("--stage", default="transformer", choices=["vqvae", "transformer"])
-    ap.add_argument("--objective", default="depthart", choices=["depthart", "var"])
-    ap.add_argument("--init", help="whole-model checkpoint of ours to start from")
+    ap.add_argument("--objective", default="depthart", choices=["depthart", "var"], help="stage 2 only")
+    ap.add_argument("--init", help="whole-model checkpoint of ours to start from (e.g. a var run)")
     ap.add_argument("--init-vae", help="VQ-VAE weights: official vae_ch160v4096z32.pth or a checkpoint of ours")
     ap.add_argument("--init-var", help="transformer weights: official var_d16.pth or a checkpoint of ours")
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=1000, help="total optimizer steps of the run")
     ap.add_argument("--batch-size", type=int, default=16, help="per process")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--weight-decay", type=float, default=0.01)
@@ -214,139 +278,213 @@ def parse_args(argv=None):
     ap.add_argument("--lr-gamma", type=float, default=0.8)
     ap.add_argument("--clip", type=float, default=2.0, help="gradient-norm clipping")
     ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
-                    help="auto: bf16 on GPUs that support it; off on CPUs, where bf16 changes greedy tokens")
+                    help="auto: bf16 on GPUs that support it, off on CPUs (CPU bf16 changes the greedy tokens "
+                         "of the rollout and is rarely faster there)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="run directory (default runs/<stage>)")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    ap.add_argument("--out", default=None, help="run directory (default runs/vqvae, runs/var or runs/depthart)")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--val-every", type=int, default=500)
     ap.add_argument("--val-samples", type=int, default=64)
     ap.add_argument("--save-every", type=int, default=250)
-    ap.add_argument("--restart-every", type=int, default=200, help="stage 1: dead-code restart interval")
-    ap.add_argument("--stop-after", type=int, default=None, help="stop (and save) after this many steps of this invocation")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--benchmark", action="store_true", help="measure samples/s of every stage and exit")
+    ap.add_argument("--restart-every", type=int, default=200,
+                    help="stage 1: every N steps, codes unused in those N steps restart on encoder features")
+    ap.add_argument("--stop-after", type=int, default=None, help="save and stop after this many steps of this invocation")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
+    ap.add_argument("--benchmark", action="store_true", help="print samples/s of every stage and objective, then exit")
     args = ap.parse_args(argv)
-    if args.data not in ("synthetic", "hypersim"):
-        ap.error(f"unknown --data {args.data!r}: expected 'synthetic' (built in) or 'hypersim' (with --data-root)")
-    if args.data == "hypersim" and not args.data_root:
-        ap.error("--data hypersim needs --data-root: the directory holding metadata_images_split_scene_v1.csv and the scenes")
-    args.out = Path(args.out or f"runs/{args.stage}")
+    if args.out is None:
+        args.out = "runs/" + ("vqvae" if args.stage == "vqvae" else args.objective)
+    args.out = Path(args.out)
     return args
 
 
+def check_args(args):
+    """Mistakes found before any work starts, each a one-line ValueError."""
+    if args.data not in ("synthetic", "hypersim"):
+        raise ValueError(f"unknown --data {args.data!r}: expected 'synthetic' (built in) or 'hypersim' (with --data-root)")
+    if args.data == "hypersim" and not args.data_root:
+        raise ValueError("--data hypersim needs --data-root: the directory holding metadata_images_split_scene_v1.csv "
+                         "and the scene folders")
+    if args.data == "hypersim" and not Path(args.data_root).is_dir():
+        raise ValueError(f"--data-root {args.data_root}: no such directory")
+    for name in ("steps", "batch_size", "log_every", "val_every", "val_samples", "save_every", "restart_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.resume and not (args.out / CHECKPOINT).is_file():
+        raise ValueError(f"--resume: {args.out / CHECKPOINT} does not exist")
+
+
+def model_config(args) -> D.Config:
+    """The run's own config when resuming, an --init checkpoint's config, else the preset."""
+    path = args.out / CHECKPOINT if args.resume else args.init
+    md = checkpoint_metadata(path) if path else {}
+    if "config" in md:
+        cfg = D.Config.from_dict(json.loads(md["config"]))
+        if args.preset and cfg != D.Config.preset(args.preset):
+            print(f"note: using the config of {path}, not preset {args.preset}", file=sys.stderr)
+        return cfg
+    return D.Config.preset(args.preset or "tiny")
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def setup_distributed():
+    """torchrun sets RANK/WORLD_SIZE: NCCL on GPUs, Gloo on CPUs. Plain `python train.py`: one process."""
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        return rank, world, torch.device("cuda")
-    return rank, world, torch.device("cpu")
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
 
 
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
 def train(args) -> Path:
+    check_args(args)
     rank, world, device = setup_distributed()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    train_set, val_set = make_data(args, "train"), (make_data(args, "val") if rank == 0 else None)
-    if len(train_set) == 0:
-        raise ValueError(f"the {args.data} training split is empty")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(args.threads or max(1, cpu_cores() // local_world))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls outside autocast
+    out = args.out
 
-    model = D.DepthART(D.Config.preset(args.preset))
-    init_weights(model, args.init, args.init_vae, args.init_var)
-    model.to(device).train()
-    trainable = model.vae if args.stage == "vqvae" else model.var
-    frozen = model.var if args.stage == "vqvae" else model.vae
-    frozen.requires_grad_(False).eval()
+    cfg = model_config(args)
+    train_set = make_data(args, "train", cfg.image_size)
+    val_set = make_data(args, "val", cfg.image_size) if rank == 0 else None
+    torch.manual_seed(args.seed)
+    model = D.DepthART(cfg)
+    if not args.resume:
+        init_weights(model, args.init, args.init_vae, args.init_var)
+        if args.stage == "transformer" and not (args.init or args.init_vae) and rank == 0:
+            print("warning: training the transformer on an untrained VQ-VAE (pass --init-vae)", file=sys.stderr)
+    model.to(device)
+    trainable = set_modes(model, args.stage)
     opt = torch.optim.AdamW(trainable.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
+    hits_V = torch.zeros(cfg.vocab_size, device=device)  # stage 1: code hits since the last restart check
+    step, elapsed = 0, 0.0
+    if args.resume:
+        D.load_weights(model, D.read_state_dict(out / CHECKPOINT), str(out / CHECKPOINT))
+        state = torch.load(out / STATE, map_location="cpu", weights_only=True)
+        opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        hits_V.copy_(state["hits_V"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+
     loss_module = StageLoss(model, args.stage, args.objective)
-    if world > 1:
+    if world > 1:  # only the trained half has parameters that need gradients; DDP averages exactly those
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
     use_bf16 = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
-    out, step, elapsed = args.out, 0, 0.0
-    if args.resume:
-        state = torch.load(out / STATE, map_location="cpu", weights_only=True)
-        D.load_weights(model, D.read_state_dict(out / CHECKPOINT), str(out / CHECKPOINT))
-        opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
-        torch.set_rng_state(state["rng"])
+    log_path = out / "metrics.jsonl"
+    if rank == 0 and not args.resume and (out / CHECKPOINT).exists():
+        print(f"note: starting a new run in {out}, replacing the one there (--resume continues it)", file=sys.stderr)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+        # A resumed log keeps what happened up to the checkpoint; a fresh run starts an empty one.
+        kept = [r for r in read_log(log_path) if r["step"] <= step] if args.resume else []
+        atomic_write(log_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
 
     def save():
         if rank != 0:
             return
-        meta = {"stage": args.stage, "objective": args.objective, "step": step, "data": args.data}
+        meta = {"stage": args.stage, "objective": args.objective if args.stage == "transformer" else None,
+                "step": step, "data": args.data, "seed": args.seed}
         save_checkpoint(out / CHECKPOINT, model, meta)
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                 "elapsed": elapsed, "rng": torch.get_rng_state()}
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
+                 "hits_V": hits_V.cpu(), "rng_cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(device)
         atomic_write(out / STATE, lambda tmp: torch.save(state, tmp))
 
     stop = {"signal": None}
-    def on_signal(signum, _frame):
+    def on_signal(signum, _frame):  # Ctrl-C / SIGTERM: finish the step, save, exit 0; a second one quits now
         stop["signal"] = signal.Signals(signum).name
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+        print(f"\n{stop['signal']}: saving after this step (again to quit now)", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def should_stop(start_step) -> bool:
+        flag = torch.tensor(float(stop["signal"] is not None), device=device)
+        if world > 1:  # every rank stops after the same step, or the others would wait forever in all-reduce
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        done = args.stop_after is not None and step - start_step >= args.stop_after
+        return bool(flag) or done or step >= args.steps
 
     from tqdm import tqdm
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_sampler=StepBatches(len(train_set), args.batch_size, args.seed, step, args.steps, rank, world),
+        num_workers=args.workers, collate_fn=collate, persistent_workers=False)
+    batches = iter(loader)
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
-    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    hits_V = torch.zeros(model.cfg.vocab_size, device=device)
-    start_step, t_log, n_log = step, time.perf_counter(), 0
-    while step < args.steps and stop["signal"] is None:
-        t0 = time.perf_counter()
-        batch = collate([train_set[i] for i in step_indices(args.seed, step, len(train_set), args.batch_size, rank, world)], device)
-        with autocast():
-            loss, stats = loss_module(batch["image"], batch["depth"], batch["valid"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), args.clip)
-        opt.step()
-        sched.step()
-        step += 1
-        if args.stage == "vqvae":
-            for idx in stats.pop("idx"):
-                hits_V += torch.bincount(idx.flatten(), minlength=model.cfg.vocab_size)
-            if step % args.restart_every == 0:
-                if world > 1:
-                    dist.all_reduce(hits_V)
-                used = float((hits_V > 0).float().mean())
-                restarted = restart_dead_codes(model.vae, hits_V, batch["image"], batch["depth"], batch["valid"])
-                if world > 1:  # every rank starts from rank 0's codebook
-                    dist.broadcast(model.vae.quantize.embedding.weight.data, 0)
-                hits_V.zero_()
-                stats.update(code_usage=torch.tensor(used), restarted=torch.tensor(float(restarted)))
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        n_log += 1
-        if rank == 0 and (step % args.log_every == 0 or "code_usage" in stats):
-            sps = n_log * args.batch_size * world / (time.perf_counter() - t_log)
-            row = {"step": step, "lr": sched.get_last_lr()[0], "samples_per_s": sps, "elapsed": elapsed,
-                   "grad_norm": float(grad_norm), **{k: float(v) for k, v in stats.items()}}
-            log.write(json.dumps(row) + "\n"), log.flush()
-            bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{sps:.1f}")
-            t_log, n_log = time.perf_counter(), 0
-        bar.update(1)
-        if rank == 0 and (step % args.val_every == 0 or step == args.steps):
-            log.write(json.dumps({"step": step, **validate(model, val_set, args, device)}) + "\n"), log.flush()
-            plot_curves(out / "metrics.jsonl", out / "curves.png")
-        if step % args.save_every == 0:
-            save()
-        if args.stop_after is not None and step - start_step >= args.stop_after:
-            break
-    save()
-    bar.close()
+    start_step, window_time, window_steps = step, 0.0, 0
+    old_handlers = signal.signal(signal.SIGINT, on_signal), signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not should_stop(start_step):
+            t0 = time.perf_counter()
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            with autocast():
+                loss, stats = loss_module(batch["image"], batch["depth"], batch["valid"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), args.clip)
+            opt.step()
+            sched.step()
+            step += 1
+            if args.stage == "vqvae":  # codebook usage and dead-code restarts
+                for idx in stats.pop("idx"):
+                    hits_V += torch.bincount(idx.flatten(), minlength=cfg.vocab_size)
+                if step % args.restart_every == 0:
+                    if world > 1:
+                        dist.all_reduce(hits_V)
+                    used = float((hits_V > 0).float().mean())
+                    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+                    x = vae_inputs(batch["image"], batch["depth"], batch["valid"])
+                    restarted = restart_dead_codes(model.vae, hits_V, x, gen)
+                    if world > 1:  # every rank continues from rank 0's codebook
+                        dist.broadcast(model.vae.quantize.embedding.weight.data, 0)
+                    hits_V.zero_()
+                    stats.update(code_usage=torch.tensor(used), restarted=torch.tensor(float(restarted)))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            elapsed, window_time, window_steps = elapsed + dt, window_time + dt, window_steps + 1
+            bar.update(1)
+            if rank == 0 and (step % args.log_every == 0 or step == args.steps or "code_usage" in stats):
+                sps = window_steps * args.batch_size * world / window_time
+                row = {"step": step, "epoch": step * args.batch_size * world / len(train_set),
+                       "lr": sched.get_last_lr()[0], "samples_per_s": sps, "elapsed": elapsed,
+                       "grad_norm": float(grad_norm), **{k: float(v) for k, v in stats.items()}}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{sps:.1f}")
+                window_time, window_steps = 0.0, 0
+            if rank == 0 and (step % args.val_every == 0 or step == args.steps):
+                row = {"step": step, **validate(model, val_set, args.stage, args.objective, args.batch_size, device)}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.write(" ".join(f"{k} {v:.4g}" for k, v in row.items()))
+                plot_curves(log_path, out / "curves.png")
+            if step % args.save_every == 0:
+                save()
+        save()
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, old_handlers[0]), signal.signal(signal.SIGTERM, old_handlers[1])
     if rank == 0:
-        log.close()
-        why = f"stopped by {stop['signal']}" if stop["signal"] else f"step {step}/{args.steps}"
+        why = f"stopped by {stop['signal']} at step {step}" if stop["signal"] else f"step {step}/{args.steps}"
         print(f"{why}; saved {out / CHECKPOINT}" + (" (continue with --resume)" if step < args.steps else ""), flush=True)
     if world > 1:  # a record that every rank ends with the same weights
         digests = [None] * world
@@ -357,53 +495,46 @@ def train(args) -> Path:
     return out / CHECKPOINT
 
 
-def weights_digest(model) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode()), h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
-# Benchmark: samples/s of each stage on this machine
+# Benchmark: training samples/s of each stage on this machine
 # ---------------------------------------------------------------------------------------------
-def benchmark(args):
+def benchmark(args, warmup: int = 2, timed: int = 5):
     from data import SyntheticScenes
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = D.Config.preset(args.preset)
-    scenes = SyntheticScenes("train", size=cfg.image_size, length=args.batch_size * 4)
+    torch.set_num_threads(args.threads or cpu_cores())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = D.Config.preset(args.preset or "tiny")
+    scenes = SyntheticScenes("train", size=cfg.image_size, length=args.batch_size)
     t = time.perf_counter()
-    items = [scenes[i] for i in range(len(scenes))]
-    render_sps = len(items) / (time.perf_counter() - t)
-    batch = collate(items[:args.batch_size], "cpu")
-    print(f"preset {args.preset}, batch {args.batch_size}, {torch.get_num_threads()} threads; "
-          f"scene rendering: {render_sps:.0f} scenes/s")
-    print("| stage | samples/s (median of 5 steps) |\n|---|---|")
+    batch = collate([scenes[i] for i in range(len(scenes))], device)
+    render = len(scenes) / (time.perf_counter() - t)
+    print(f"preset {args.preset or 'tiny'}, batch {args.batch_size}, {device.type}, {torch.get_num_threads()} threads, "
+          f"median of {timed} steps after {warmup} warm-up; synthetic scenes render at {render:.0f}/s\n"
+          "| stage | samples/s | ms/step |\n|---|---|---|")
     for stage, objective in (("vqvae", None), ("transformer", "var"), ("transformer", "depthart")):
         torch.manual_seed(0)
-        model = D.DepthART(cfg).train()
-        trainable = model.vae if stage == "vqvae" else model.var
-        (model.var if stage == "vqvae" else model.vae).requires_grad_(False)
+        model = D.DepthART(cfg).to(device)
+        trainable = set_modes(model, stage)
         opt = torch.optim.AdamW(trainable.parameters(), lr=1e-4)
         loss_module, times = StageLoss(model, stage, objective), []
-        for i in range(7):
+        for _ in range(warmup + timed):
             t = time.perf_counter()
             loss, _ = loss_module(batch["image"], batch["depth"], batch["valid"])
-            opt.zero_grad(), loss.backward(), opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable.parameters(), 2.0)
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        name = stage if objective is None else f"{stage} --objective {objective}"
-        print(f"| {name} | {args.batch_size / float(np.median(times[2:])):.1f} |", flush=True)
+        sec = float(np.median(times[warmup:]))
+        name = "vqvae (image + depth through the VQ-VAE)" if stage == "vqvae" else f"transformer --objective {objective}"
+        print(f"| {name} | {args.batch_size / sec:.1f} | {1000 * sec:.0f} |", flush=True)
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        if args.benchmark:
-            benchmark(args)
-        else:
-            train(args)
+        benchmark(args) if args.benchmark else train(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,12 +1,16 @@
-"""train.py on the CPU: both stages run and checkpoint, resume is exact, signals save, DDP ranks agree."""
+"""train.py on the CPU: both stages run and checkpoint, resume is exact, signals save, DDP ranks agree,
+HyperSim trains from its official layout, and bad arguments end in one clear line."""
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,7 +28,18 @@ def run(out, *extra):
 
 
 def rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return train.read_log(out / "metrics.jsonl")
+
+
+def same_weights(a, b):
+    a, b = D.read_state_dict(a), D.read_state_dict(b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,41 +49,66 @@ def vqvae_run(tmp_path_factory):
     return out
 
 
+def test_step_batches_are_shuffled_epochs_split_between_ranks():
+    n, B = 10, 3
+    seen = [i for s in range(10) for r in range(2) for i in train.step_indices(7, s, n, B, r, 2)]
+    assert all(sorted(seen[e * n:(e + 1) * n]) == list(range(n)) for e in range(6))  # each epoch once, no repeats
+    assert train.step_indices(7, 4, n, B, 1, 2) == seen[27:30]
+    assert train.step_indices(7, 0, n, B) != train.step_indices(8, 0, n, B)
+
+
 def test_stage1_trains_restarts_dead_codes_and_checkpoints(vqvae_run):
     log = rows(vqvae_run)
     train_rows = [r for r in log if "loss" in r]
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train_rows)
-    assert any(r.get("restarted", 0) > 0 for r in train_rows)  # a fresh codebook has dead codes
+    assert [r["step"] for r in train_rows] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in train_rows)
+    assert any(r["restarted"] > 0 for r in train_rows)  # a fresh codebook has dead codes
     assert 0 < train_rows[-1]["code_usage"] <= 1
-    assert any("val_abs_rel" in r for r in log)
+    val = [r for r in log if "val_abs_rel" in r]
+    assert val and {"val_delta1", "val_image_l1", "val_depth_l1"} <= set(val[-1])
     assert (vqvae_run / "curves.png").stat().st_size > 1000
     model, cfg, meta = train.load_checkpoint(vqvae_run / train.CHECKPOINT)
     assert cfg == D.Config.tiny() and meta["stage"] == "vqvae" and meta["step"] == 2
+    saved = D.read_state_dict(vqvae_run / train.CHECKPOINT)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    torch.manual_seed(0)
     fresh = D.DepthART(cfg)
     assert not torch.equal(model.vae.encoder.conv_in.weight, fresh.vae.encoder.conv_in.weight)
+    assert torch.equal(model.var.head.weight, fresh.var.head.weight)  # stage 1 leaves the transformer alone
+    state = torch.load(vqvae_run / train.STATE, weights_only=True)
+    assert state["step"] == 2
 
 
-@pytest.mark.parametrize("objective", ["var", "depthart"])
-def test_stage2_trains_the_transformer_on_a_frozen_vqvae(vqvae_run, tmp_path, objective):
-    ckpt = run(tmp_path, "--stage", "transformer", "--objective", objective, "--init",
+@pytest.mark.parametrize("objective, init", [("var", "--init"), ("depthart", "--init-vae")])
+def test_stage2_trains_the_transformer_on_a_frozen_vqvae(vqvae_run, tmp_path, objective, init):
+    ckpt = run(tmp_path, "--stage", "transformer", "--objective", objective, init,
                str(vqvae_run / train.CHECKPOINT), "--steps", "2", "--val-every", "2", "--lr", "1e-3")
     model, _, meta = train.load_checkpoint(ckpt)
     start, _, _ = train.load_checkpoint(vqvae_run / train.CHECKPOINT)
-    assert meta["objective"] == objective
+    assert meta["objective"] == objective and meta["step"] == 2
     assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), start.vae.state_dict().values()))
     assert not torch.equal(model.var.head.weight, start.var.head.weight)
-    val = [r for r in rows(tmp_path) if "val_loss" in r]
-    assert val and 0 < val[-1]["val_abs_rel"] < 10
+    log = rows(tmp_path)
+    assert all(np.isfinite(r["loss"]) and 0 <= r["token_acc"] <= 1 for r in log if "loss" in r)
+    val = [r for r in log if "val_loss" in r]
+    assert val and np.isfinite(val[-1]["val_loss"]) and 0 < val[-1]["val_abs_rel"] < 10
+    assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
-def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    common = ["--stage", "transformer", "--objective", "depthart", "--steps", "4", "--val-every", "100", "--lr", "1e-3"]
+@pytest.mark.parametrize("stage", ["vqvae", "transformer"])
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, stage):
+    # vqvae: a restart check at step 3 needs the code hits of steps 1-2, which only the saved state has.
+    common = ["--stage", stage, "--objective", "depthart", "--steps", "4", "--val-every", "100",
+              "--restart-every", "3", "--lr", "1e-3"]
     straight = run(tmp_path / "a", *common)
     run(tmp_path / "b", *common, "--stop-after", "2")
-    assert json.loads(open(tmp_path / "b" / "metrics.jsonl").readlines()[-1])["step"] == 2
+    assert train.load_checkpoint(tmp_path / "b" / train.CHECKPOINT)[2]["step"] == 2
     resumed = run(tmp_path / "b", *common, "--resume")
-    a, b = D.read_state_dict(straight), D.read_state_dict(resumed)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(straight, resumed)
+    assert [r["step"] for r in rows(tmp_path / "b") if "loss" in r] == [1, 2, 3, 4]
+    if stage == "vqvae":
+        assert [r["restarted"] for r in rows(tmp_path / "a") if "restarted" in r] == \
+               [r["restarted"] for r in rows(tmp_path / "b") if "restarted" in r]
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
@@ -76,37 +116,87 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
            "--steps", "100000", "--val-every", "100000", "--save-every", "100000", "--out", str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").read_text():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+    while not rows(tmp_path):  # wait for the first logged step
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no step logged within 120 s"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, output
-    assert "stopped by SIGTERM" in output
+    assert "stopped by SIGTERM" in output and "Traceback" not in output
     _, _, meta = train.load_checkpoint(tmp_path / train.CHECKPOINT)
     assert 1 <= meta["step"] < 100000
+    assert torch.load(tmp_path / train.STATE, weights_only=True)["step"] == meta["step"]
 
 
-def test_two_gloo_ranks_end_with_equal_weights(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(ROOT / "train.py"), *SMALL, "--batch-size", "1", "--stage", "transformer", "--objective", "var",
-           "--steps", "2", "--val-every", "100", "--lr", "1e-3", "--out", str(tmp_path)]
+@pytest.mark.parametrize("stage", ["vqvae", "transformer"])
+def test_two_gloo_ranks_end_with_equal_weights(tmp_path, stage):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(ROOT / "train.py"), *SMALL, "--batch-size", "1", "--stage", stage, "--objective", "depthart",
+           "--steps", "2", "--val-every", "100", "--restart-every", "1", "--lr", "1e-3", "--out", str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     ranks = json.loads((tmp_path / "ranks.json").read_text())
     assert ranks["world"] == 2 and ranks["weights_sha256"][0] == ranks["weights_sha256"][1]
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the run's initial weights (--seed 0)
     assert ranks["weights_sha256"][0] != train.weights_digest(D.DepthART(D.Config.tiny()))
+    assert ranks["weights_sha256"][0] == train.weights_digest(train.load_checkpoint(tmp_path / train.CHECKPOINT)[0])
+    assert [r["samples_per_s"] > 0 for r in rows(tmp_path) if "loss" in r] == [True, True]  # rank 0 logs alone
+
+
+def fake_hypersim(root: Path):
+    """The real HyperSim depth frame in the official layout, twice (train and val), with a made-up colour frame."""
+    shared = ROOT.parent / "shared" / "data" / "hypersim"
+    if not shared.is_dir():
+        pytest.skip(f"no HyperSim sample at {shared}")
+    import data
+    from PIL import Image
+    root.mkdir()
+    shutil.copyfile(shared / data.HYPERSIM_CAMERA_CSV, root / data.HYPERSIM_CAMERA_CSV)
+    src = data.hypersim_paths(shared, "ai_037_002", "cam_00", 0)
+    lines = ["scene_name,camera_name,frame_id,included_in_public_release,exclude_reason,split_partition_name"]
+    for frame, split in ((0, "train"), (1, "val")):
+        dst = data.hypersim_paths(root, "ai_037_002", "cam_00", frame)
+        for key in ("depth", "tonemap"):
+            dst[key].parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src["depth"], dst["depth"])
+        colour = np.random.default_rng(frame).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+        Image.fromarray(colour).save(dst["tonemap"])
+        lines.append(f"ai_037_002,cam_00,{frame},True,,{split}")
+    (root / data.HYPERSIM_SPLIT_CSV).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_trains_on_hypersim_in_the_official_layout(tmp_path):
+    root = fake_hypersim(tmp_path / "hypersim")
+    out = tmp_path / "run"
+    train.main(["--data", "hypersim", "--data-root", str(root), "--batch-size", "1", "--threads", "1",
+                "--stage", "transformer", "--objective", "var", "--steps", "1", "--out", str(out)])
+    log = rows(out)
+    assert np.isfinite(log[0]["loss"]) and log[0]["epoch"] == 1.0  # one frame: one step is an epoch
+    assert 0 <= log[-1]["val_delta1"] <= 1
 
 
 @pytest.mark.parametrize("args, message", [
     (["--data", "imagenet"], "unknown --data 'imagenet'"),
     (["--data", "hypersim"], "needs --data-root"),
-    (["--data", "hypersim", "--data-root", "/nonexistent/hypersim"], "/nonexistent/hypersim"),
+    (["--data", "hypersim", "--data-root", "/nonexistent/hypersim"], "/nonexistent/hypersim: no such directory"),
+    (["--resume"], "last.safetensors does not exist"),
+    (["--init", "/nonexistent/model.safetensors"], "/nonexistent/model.safetensors does not exist"),
 ])
-def test_bad_data_arguments_are_one_clear_line(tmp_path, args, message):
+def test_bad_arguments_are_one_clear_line(tmp_path, args, message):
     res = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
-    assert message in res.stderr and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0], res.stderr
+
+
+def test_an_empty_hypersim_split_is_a_clear_error(tmp_path, capsys):
+    root = fake_hypersim(tmp_path / "hypersim")
+    csv = root / "metadata_images_split_scene_v1.csv"
+    csv.write_text(csv.read_text().splitlines()[0] + "\n")  # no frames listed at all
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data", "hypersim", "--data-root", str(root), "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and "no usable frames" in capsys.readouterr().err
