@@ -372,8 +372,15 @@ def train(args) -> Path:
     hits_V = torch.zeros(cfg.vocab_size, device=device)  # stage 1: code hits since the last restart check
     step, elapsed = 0, 0.0
     if args.resume:
-        D.load_weights(model, D.read_state_dict(out / CHECKPOINT), str(out / CHECKPOINT))
+        meta = json.loads(checkpoint_metadata(out / CHECKPOINT).get("meta", "{}"))
         state = torch.load(out / STATE, map_location="cpu", weights_only=True)
+        if (meta.get("stage"), meta.get("objective")) != (args.stage, args.objective if args.stage == "transformer" else None):
+            raise ValueError(f"--resume: {out} is a {meta.get('stage')} run (objective {meta.get('objective')}); pass the "
+                             "same --stage/--objective, or start a new run from it with --init")
+        if meta.get("step") != state["step"]:
+            raise ValueError(f"--resume: {out / CHECKPOINT} (step {meta.get('step')}) and {out / STATE} "
+                             f"(step {state['step']}) disagree; the run stopped while saving")
+        D.load_weights(model, D.read_state_dict(out / CHECKPOINT), str(out / CHECKPOINT))
         opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         hits_V.copy_(state["hits_V"])

@@ -109,6 +109,10 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, sta
     if stage == "vqvae":
         assert [r["restarted"] for r in rows(tmp_path / "a") if "restarted" in r] == \
                [r["restarted"] for r in rows(tmp_path / "b") if "restarted" in r]
+    else:  # resuming with another objective is a mistake (a warm start is --init)
+        with pytest.raises(SystemExit):
+            run(tmp_path / "b", *common, "--objective", "var", "--steps", "5", "--resume")
+        assert same_weights(straight, resumed)
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
