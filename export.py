@@ -429,8 +429,13 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
 # The export, end to end
 # ----------------------------------------------------------------------------------------------
 def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False, tokens: bool = False,
-           fp16: bool = False, check: bool = True, log=print) -> dict:
-    """Trace, tidy, check and save one graph (written atomically); returns a report dict."""
+           fp16: bool = False, check: bool = True, exact: bool = True, log=print) -> dict:
+    """Trace, tidy, check and save one graph (written atomically); returns a report dict.
+
+    exact=False reports token agreement and depth error instead of failing on them: greedy argmax over
+    near-tied logits (an undertrained model, a codebook with near-duplicate codes) can flip under float
+    reordering, so inference on a user's checkpoint warns rather than refuses.
+    """
     model = model.eval()
     out_path = Path(out_path)
     t0 = time.perf_counter()
@@ -448,7 +453,9 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     log(f"  constants {initializer_bytes(graph) / 2**20:.2f} MiB vs parameters {pbytes / 2**20:.2f} MiB: "
         f"ratio {report['weight_bytes_ratio_fp32']:.3f}")
     if check:
-        report["fp32_check"] = verify(model, graph, batch, all_scales, require_exact=True, log=log)
+        report["fp32_check"] = verify(model, graph, batch, all_scales, require_exact=exact, log=log)
+        if not exact and min(report["fp32_check"]["token_agreement_per_scale"]) < 1:
+            log("  warning: ONNX Runtime and PyTorch disagree on some near-tied tokens (figures above)")
     if fp16:
         graph = to_fp16(graph)
         problems = graph_problems(graph)
