@@ -37,22 +37,15 @@ import export as E
 VAR_D16_GENERATION_SECONDS = 8.5
 
 
-def median_seconds(fn, reps: int, warmup: int = 1) -> tuple[float, list]:
-    for _ in range(warmup):
-        fn(0)
-    times = []
-    for i in range(reps):
-        t0 = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
 def matmul_rate(dtype=torch.float32, n: int = 2048, reps: int = 7) -> float:
-    """FLOP/s of one large square matmul (2 n^3 FLOPs), median of reps."""
+    """FLOP/s of one large square matmul (2 n^3 FLOPs), median of reps after 2 warm-up runs."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    seconds, _ = median_seconds(lambda i: a @ b, reps, warmup=2)
-    return 2 * n ** 3 / seconds
+    times = []
+    for i in range(reps + 2):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times[2:])
 
 
 def count_flops(model: D.DepthART, image) -> tuple[int, dict]:
@@ -176,24 +169,24 @@ def main(argv=None) -> int:
     print(f"FLOPs per image (cached path): {flops / 1e9:.2f} G = "
           + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in parts.items()))
 
-    timings = {}
+    # Accuracy first (untimed), then every path timed in interleaved rounds, so that a change in the
+    # machine's load (other jobs on a shared 2-core box) hits all paths alike rather than one of them.
+    runs = {}  # label -> (fn(i), timed runs, warm-up runs)
     z_ref = [model.rollout(model.encode_image(images[i][None]))[0] for i in range(len(images))]
     depth_ref = [model.predict(images[i][None]) for i in range(len(images))]
-    timings["torch eager (cached)"], _ = median_seconds(lambda i: model.predict(one(i)), reps)
+    runs["torch eager (cached)"] = (lambda i: model.predict(one(i)), reps, 1)
 
     if "uncached" not in args.skip:
-        reps_u = max(1, reps // 2) if heavy else reps
-        timings["torch no KV cache"], _ = median_seconds(lambda i: predict_uncached(model, one(i)), reps_u,
-                                                         warmup=0 if heavy else 1)
         z = [predict_uncached(model, images[i][None])[1] for i in range(min(len(images), 2 if heavy else 6))]
         results["uncached_token_agreement"] = agreement(z_ref, z).tolist()
         print(f"no-cache tokens equal to cached per scale: {fmt_agree(cfg.patch_nums, agreement(z_ref, z))}")
+        runs["torch no KV cache"] = (lambda i: predict_uncached(model, one(i)), max(1, reps // 2) if heavy else reps,
+                                     0 if heavy else 1)
 
     if "bf16" not in args.skip:
         def bf16(i):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model.predict(one(i))
-        timings["torch bf16 autocast"], _ = median_seconds(bf16, reps)
         z, err = [], []
         with torch.autocast("cpu", dtype=torch.bfloat16):
             for i in range(len(images)):
@@ -203,26 +196,27 @@ def main(argv=None) -> int:
         results.update(bf16_token_agreement=agree.tolist(), bf16_depth_mean_abs_err=float(np.mean(err)))
         print(f"BF16 tokens equal to FP32 per scale: {fmt_agree(cfg.patch_nums, agree)}; "
               f"depth mean |BF16 - FP32| {np.mean(err):.4f} (over {len(images)} images)")
+        runs["torch bf16 autocast"] = (bf16, reps, 1)
 
+    arrays = images.numpy()
     if "ort" not in args.skip:
         import infer_trt as I
         graph = graph_for(args, model, args.checkpoint)
         t0 = time.perf_counter()
-        backend = I.OrtBackend(graph)
+        ort_backend = I.OrtBackend(graph)
         if args.threads:
             import onnxruntime as ort
             so = ort.SessionOptions()
             so.intra_op_num_threads, so.log_severity_level = args.threads, 3
-            backend.session = ort.InferenceSession(str(graph), so, providers=backend.providers)
+            ort_backend.session = ort.InferenceSession(str(graph), so, providers=ort_backend.providers)
         results["ort_session_seconds"] = time.perf_counter() - t0
-        arrays = images.numpy()
-        timings[f"onnxruntime ({backend.providers[0]})"], _ = median_seconds(
-            lambda i: backend.predict(arrays[i % len(arrays)][None]), reps)
-        err = max(float(np.abs(backend.predict(arrays[i][None]) - depth_ref[i].numpy()).max())
+        err = max(float(np.abs(ort_backend.predict(arrays[i][None]) - depth_ref[i].numpy()).max())
                   for i in range(len(images)))
         results["ort_depth_max_abs_err"] = err
         print(f"ONNX Runtime: session ready in {results['ort_session_seconds']:.1f} s, depth max |ORT - torch| "
               f"{err:.1e} over {len(images)} images")
+        runs[f"onnxruntime ({ort_backend.providers[0]})"] = (
+            lambda i: ort_backend.predict(arrays[i % len(arrays)][None]), reps, 1)
 
     if "trt" not in args.skip:
         try:
@@ -233,12 +227,31 @@ def main(argv=None) -> int:
                     graph = graph32.with_name(graph32.stem + "-fp16.onnx")
                     if not graph.exists():
                         E.export(model, graph, batch=1, fp16=True, check=False, log=lambda s: None)
-                backend = I.TrtBackend(E.build_engine(graph, graph.parent))
-                arrays = images.numpy()
-                timings[f"tensorrt {label}"], _ = median_seconds(
-                    lambda i: backend.predict(arrays[i % len(arrays)][None]), max(reps, 20), warmup=3)
+                trt_backend = I.TrtBackend(E.build_engine(graph, graph.parent))
+                err = max(float(np.abs(trt_backend.predict(arrays[i][None]) - depth_ref[i].numpy()).max())
+                          for i in range(len(images)))
+                print(f"TensorRT {label}: depth max |TRT - torch| {err:.1e} over {len(images)} images")
+                runs[f"tensorrt {label}"] = (lambda i, b=trt_backend: b.predict(arrays[i % len(arrays)][None]),
+                                             max(reps, 20), 3)
         except E.EngineUnavailable as e:
             print(f"TensorRT: skipped ({e})")
+
+    for fn, _, warmup in runs.values():
+        for _ in range(warmup):
+            fn(0)
+    times = {label: [] for label in runs}
+    for i in range(max(n for _, n, _ in runs.values())):
+        for label, (fn, n, _) in runs.items():
+            if i < n:
+                t0 = time.perf_counter()
+                fn(i)
+                times[label].append(time.perf_counter() - t0)
+    timings = {label: statistics.median(t) for label, t in times.items()}
+    rate32_end = matmul_rate(torch.float32)
+    results["matmul_fp32_flops_end"] = rate32_end
+    if abs(rate32_end / rate32 - 1) > 0.2:
+        print(f"warning: the FP32 matmul rate moved from {rate32 / 1e9:.0f} to {rate32_end / 1e9:.0f} GFLOP/s during "
+              f"the run: the machine was busy, absolute figures are unreliable (ratios less so: paths were interleaved)")
 
     base = timings["torch eager (cached)"]
     print(f"\n{'path':<36}{'median s/image':>15}{'vs eager':>10}{'GFLOP/s':>9}{'of matmul':>10}")
