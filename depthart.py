@@ -211,6 +211,15 @@ def _level(blocks, attns, resample=None, resample_name="downsample") -> nn.Modul
     return level
 
 
+def _run_level(level: nn.Module, h: torch.Tensor, resample_name: str) -> torch.Tensor:
+    """Res blocks (each followed by its attention block, at the lowest level), then the resample."""
+    for j, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn):
+            h = level.attn[j](h)
+    return getattr(level, resample_name)(h) if hasattr(level, resample_name) else h
+
+
 def _mid(ch: int) -> nn.Module:
     mid = nn.Module()
     mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(ch, ch), AttnBlock(ch), ResnetBlock(ch, ch)
@@ -235,12 +244,7 @@ class Encoder(nn.Module):
     def forward(self, x_B3HW):
         h = self.conv_in(x_B3HW)
         for level in self.down:
-            for j, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[j](h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
+            h = _run_level(level, h, "downsample")
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         return self.conv_out(F.silu(self.norm_out(h)))
 
@@ -264,12 +268,7 @@ class Decoder(nn.Module):
     def forward(self, f_BCvhw):
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(f_BCvhw))))
         for level in reversed(self.up):
-            for j, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[j](h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
+            h = _run_level(level, h, "upsample")
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
