@@ -390,7 +390,8 @@ def train(args) -> Path:
 
     loss_module = StageLoss(model, args.stage, args.objective)
     if world > 1:  # only the trained half has parameters that need gradients; DDP averages exactly those
-        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
+        loss_module = torch.nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     use_bf16 = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
@@ -514,7 +515,7 @@ def benchmark(args, warmup: int = 2, timed: int = 5):
     t = time.perf_counter()
     batch = collate([scenes[i] for i in range(len(scenes))], device)
     render = len(scenes) / (time.perf_counter() - t)
-    print(f"preset {args.preset or 'tiny'}, batch {args.batch_size}, {device.type}, {torch.get_num_threads()} threads, "
+    print(f"preset {args.preset or 'tiny'}, batch {args.batch_size}, {device.type}, {torch.get_num_threads()} CPU thread(s), "
           f"median of {timed} steps after {warmup} warm-up; synthetic scenes render at {render:.0f}/s\n"
           "| stage | samples/s | ms/step |\n|---|---|---|")
     for stage, objective in (("vqvae", None), ("transformer", "var"), ("transformer", "depthart")):
@@ -540,11 +541,14 @@ def benchmark(args, warmup: int = 2, timed: int = 5):
 
 def main(argv=None):
     args = parse_args(argv)
+    threads = torch.get_num_threads()
     try:
         benchmark(args) if args.benchmark else train(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        torch.set_num_threads(threads)  # for callers that run main() in-process (the tests)
 
 
 if __name__ == "__main__":

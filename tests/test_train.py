@@ -204,3 +204,11 @@ def test_an_empty_hypersim_split_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(["--data", "hypersim", "--data-root", str(root), "--out", str(tmp_path / "run")])
     assert e.value.code == 2 and "no usable frames" in capsys.readouterr().err
+
+
+def test_benchmark_prints_a_row_per_stage_and_objective(capsys):
+    threads = torch.get_num_threads()
+    train.benchmark(train.parse_args(["--benchmark", "--batch-size", "2", "--threads", "1"]), warmup=1, timed=1)
+    torch.set_num_threads(threads)
+    table = capsys.readouterr().out
+    assert all(f"| {name}" in table for name in ("vqvae", "transformer --objective var", "transformer --objective depthart"))
