@@ -499,6 +499,7 @@ def train(args) -> Path:
         dist.all_gather_object(digests, weights_digest(model))
         if rank == 0:
             (out / "ranks.json").write_text(json.dumps({"world": world, "weights_sha256": digests}))
+        dist.barrier()  # no rank tears Gloo down while another still talks to it (seen: SIGABRT at exit)
         dist.destroy_process_group()
     return out / CHECKPOINT
 
