@@ -109,6 +109,17 @@ def align_median(pred, gt, valid, ratio_of_medians=False):
     return (np.asarray(pred, dtype=np.float64) * s).astype(np.float32)
 
 
+def median_aligned_scores(preds, gts, valids) -> tuple[list, list]:
+    """Per-image AbsRel and delta1 after median-scale alignment: the quick figures that training's
+    validation and experiment.py report (arrays of (H, W) predictions, metres, masks)."""
+    rel, d1 = [], []
+    for p, g, m in zip(preds, gts, valids):
+        p = align_median(p, g, m)
+        rel.append(abs_rel(p, g, m))
+        d1.append(delta_acc(p, g, m, 1))
+    return rel, d1
+
+
 def nearest_subsample(array, max_res):
     """Nearest-neighbour downsample so that neither side exceeds max_res (Marigold fits its
     least-squares alignment on such a copy for ETH3D); returns the array unchanged if it fits."""

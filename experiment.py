@@ -23,7 +23,7 @@ import torch
 
 import depthart as D
 from data import SyntheticScenes
-from evaluate import abs_rel, align_median, delta_acc
+from evaluate import median_aligned_scores
 
 
 def load_val(n: int, size: int):
@@ -34,11 +34,8 @@ def load_val(n: int, size: int):
 
 def scores(pred_N1HW: torch.Tensor, val) -> dict:
     """AbsRel and delta1 after median-scale alignment, averaged over images."""
-    rel, d1 = [], []
-    for p, g, m in zip(pred_N1HW[:, 0].numpy(), val["depth"][:, 0].numpy(), val["valid"][:, 0].numpy()):
-        p = align_median(p.astype(np.float64), g, m)
-        rel.append(abs_rel(p, g, m))
-        d1.append(delta_acc(p, g, m, 1))
+    rel, d1 = median_aligned_scores(pred_N1HW[:, 0].double().numpy(), val["depth"][:, 0].numpy(),
+                                    val["valid"][:, 0].numpy())
     return {"abs_rel": float(np.mean(rel)), "delta1": float(np.mean(d1))}
 
 
@@ -101,16 +98,12 @@ def trivial_baselines(val, n_train: int, size: int) -> dict:
 
 def run_info(run: Path) -> dict:
     """Steps and wall-clock seconds of a run, read from its metrics log when it has one."""
-    info = {}
-    log = run / "metrics.jsonl"
-    if log.exists():
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        steps = [r for r in rows if "step" in r]
-        if steps:
-            info["steps"] = max(r["step"] for r in steps)
-            times = [r.get("elapsed", r.get("time_s")) for r in steps if r.get("elapsed", r.get("time_s")) is not None]
-            if times:
-                info["train_seconds"] = max(times)
+    from train import read_log
+    rows = read_log(run / "metrics.jsonl")
+    info = {"steps": max(r["step"] for r in rows)} if rows else {}
+    times = [r["elapsed"] for r in rows if "elapsed" in r]
+    if times:
+        info["train_seconds"] = max(times)
     return info
 
 

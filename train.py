@@ -203,7 +203,7 @@ def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size:
     """Stage 2: the model's predictions (and the validation loss). Stage 1: the depth decoded from the
     VQ-VAE's own tokens of the true depth, the ceiling any transformer on this VQ-VAE can reach
     (and the reconstruction L1 of images and depth)."""
-    from evaluate import abs_rel, align_median, delta_acc
+    from evaluate import median_aligned_scores
     model.eval()
     rel, d1, extra = [], [], {}
     for i in range(0, len(val_set), batch_size):
@@ -219,10 +219,9 @@ def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size:
             extra.setdefault("val_image_l1", []).append(F.l1_loss(rec[:n], x[:n]).item())
             extra.setdefault("val_depth_l1", []).append(F.l1_loss(rec[n:], x[n:]).item())
             pred = D.depth_from_decoder(rec[n:])
-        for p, g, m in zip(pred[:, 0].double().cpu().numpy(), b["depth"][:, 0].cpu().numpy(), b["valid"][:, 0].cpu().numpy()):
-            p = align_median(p, g, m)
-            rel.append(abs_rel(p, g, m))
-            d1.append(delta_acc(p, g, m, 1))
+        r, d = median_aligned_scores(pred[:, 0].double().cpu().numpy(), b["depth"][:, 0].cpu().numpy(),
+                                     b["valid"][:, 0].cpu().numpy())
+        rel, d1 = rel + r, d1 + d
     set_modes(model, stage)
     return {"val_abs_rel": float(np.mean(rel)), "val_delta1": float(np.mean(d1)),
             **{k: float(np.mean(v)) for k, v in extra.items()}}
