@@ -124,19 +124,22 @@ def summarize(runs: list[dict]) -> dict:
     return {"per_scale": [{key: stat([r["scales"][k][key] for r in runs]) for key in ("abs_rel", "delta1", "entropy")}
                           | {"scale": runs[0]["scales"][k]["scale"]} for k in range(K)],
             "train_seconds": stat([r.get("train_seconds", math.nan) for r in runs]),
+            "steps": stat([r.get("steps", math.nan) for r in runs]),
             "n_runs": len(runs)}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| predictor | AbsRel | delta1 |", "|---|---|---|"]
+    lines = ["| predictor | AbsRel | delta1 | steps | training time per run |", "|---|---|---|---|---|"]
     for name, s in result["baselines"].items():
-        lines.append(f"| {name} | {s['abs_rel']:.3f} | {s['delta1']:.3f} |")
-    lines.append(f"| VQ-VAE ceiling (true tokens) | {result['ceiling']['abs_rel']:.3f} | {result['ceiling']['delta1']:.3f} |")
+        lines.append(f"| {name} | {s['abs_rel']:.3f} | {s['delta1']:.3f} | | |")
+    lines.append(f"| VQ-VAE ceiling (true tokens) | {result['ceiling']['abs_rel']:.3f} | "
+                 f"{result['ceiling']['delta1']:.3f} | | |")
     for name, g in result["groups"].items():
-        last = g["summary"]["per_scale"][-1]
+        last, t = g["summary"]["per_scale"][-1], g["summary"]["train_seconds"]
         lines.append(f"| {name} (mean of {g['summary']['n_runs']}; min-max) | {last['abs_rel']['mean']:.3f} "
                      f"({last['abs_rel']['min']:.3f}-{last['abs_rel']['max']:.3f}) | {last['delta1']['mean']:.3f} "
-                     f"({last['delta1']['min']:.3f}-{last['delta1']['max']:.3f}) |")
+                     f"({last['delta1']['min']:.3f}-{last['delta1']['max']:.3f}) | {g['summary']['steps']['mean']:.0f} | "
+                     f"{t['mean'] / 60:.1f} min ({t['min'] / 60:.1f}-{t['max'] / 60:.1f}) |")
     lines += ["", "AbsRel / delta1 / token entropy (nats) after each scale, mean over runs:", "",
               "| scale | " + " | ".join(result["groups"]) + " |", "|---" * (1 + len(result["groups"])) + "|"]
     K = len(next(iter(result["groups"].values()))["summary"]["per_scale"])
@@ -181,17 +184,66 @@ def plot(result: dict, path: Path):
     plt.close(fig)
 
 
+@torch.no_grad()
+def gallery(checkpoint, path: Path, n_synthetic: int = 1):
+    """The README's picture: photographs shipped with scikit-image and a held-out synthetic scene;
+    per row the input, the depth after every scale (the partial sum decoded) and, where known, the truth."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage import data as skdata
+    from data import resize_image
+    from train import load_checkpoint
+    model, cfg, _ = load_checkpoint(checkpoint)
+    model.eval()
+    rows = [(name, resize_image(getattr(skdata, name)() / 255.0, cfg.image_size), None)
+            for name in ("astronaut", "coffee", "chelsea")]
+    val = SyntheticScenes("val", size=cfg.image_size, length=n_synthetic)
+    rows += [(f"held-out scene {i}", val[i]["image"], val[i]["depth"][0]) for i in range(n_synthetic)]
+    depth_BKHW = model.predict(torch.stack([r[1] for r in rows]), all_scales=True)
+    K = depth_BKHW.shape[1]
+    fig, axes = plt.subplots(len(rows), K + 2, figsize=(1.45 * (K + 2), 1.55 * len(rows)), squeeze=False)
+    for i, (name, image_3HW, truth_HW) in enumerate(rows):
+        axes[i, 0].imshow(image_3HW.permute(1, 2, 0).numpy())
+        axes[i, 0].set_ylabel(name, fontsize=7)
+        for k in range(K):
+            # every scale on the final prediction's colour range, so the refinement is visible as change
+            lo, hi = depth_BKHW[i, -1].min().item(), depth_BKHW[i, -1].max().item()
+            axes[i, k + 1].imshow(depth_BKHW[i, k].numpy(), cmap="magma_r", vmin=lo, vmax=hi)
+            if i == 0:
+                axes[i, k + 1].set_title(f"after {cfg.patch_nums[k]}x{cfg.patch_nums[k]}", fontsize=7)
+        if truth_HW is not None:
+            axes[i, -1].imshow(truth_HW.numpy(), cmap="magma_r")
+            axes[i, -1].set_title("true depth", fontsize=7)
+    axes[0, 0].set_title("input", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+        if not ax.images:
+            ax.axis("off")
+    fig.suptitle(f"{Path(checkpoint).name}: depth after each scale (near = light, far = dark)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--group", action="append", required=True, metavar="NAME=RUN[,RUN...]",
+    ap.add_argument("--group", action="append", metavar="NAME=RUN[,RUN...]",
                     help="a named group of run directories (or checkpoints), e.g. one per objective")
     ap.add_argument("--n-val", type=int, default=300)
     ap.add_argument("--n-train-mean", type=int, default=500, help="training scenes for the mean depth map")
     ap.add_argument("--out", default="docs/experiment")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--gallery", metavar="CKPT", help="write only the picture of CKPT on photographs to --out")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gallery:
+        gallery(args.gallery, Path(f"{args.out}.png" if not args.out.endswith(".png") else args.out))
+        return
+    if not args.group:
+        ap.error("give --group NAME=RUN[,RUN...] (one per objective), or --gallery CKPT")
     groups = {}
     for spec in args.group:
         name, _, runs = spec.partition("=")

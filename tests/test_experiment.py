@@ -39,3 +39,13 @@ def test_scores_are_zero_for_a_scaled_copy_of_the_truth():
     val = {"depth": depth, "valid": torch.ones_like(depth, dtype=torch.bool)}
     s = experiment.scores(3 * depth, val)
     assert abs(s["abs_rel"]) < 1e-6 and s["delta1"] == 1.0
+
+
+def test_gallery_draws_photographs_and_a_held_out_scene(tmp_path):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.safetensors"
+    train.save_checkpoint(ckpt, D.DepthART(D.Config.tiny()), {"stage": "transformer"})
+    experiment.main(["--gallery", str(ckpt), "--out", str(tmp_path / "gallery")])
+    from PIL import Image
+    image = Image.open(tmp_path / "gallery.png")
+    assert image.width > image.height > 200  # 4 rows of input + 6 scales + truth
