@@ -60,6 +60,29 @@ def per_scale(model: D.DepthART, val, bs: int = 50) -> list[dict]:
 
 
 @torch.no_grad()
+def exposure_bias(model: D.DepthART, val, bs: int = 50) -> list[dict]:
+    """Token accuracy per scale with the true past (teacher forcing, targets = the VQ-VAE's tokens) and
+    with the model's own greedy past (targets = DepthART's dynamic targets for that walk). The gap is
+    the exposure bias DepthART is meant to remove; where it is small there is little to gain."""
+    K = len(model.cfg.patch_nums)
+    hits_tf, hits_own, n = torch.zeros(K), torch.zeros(K), 0
+    for b in batches(val, bs):
+        img_BLCv = model.encode_image(b["image"])
+        f_D = model.vae.encode(D.normalize_depth(b["depth"], b["valid"]))
+        true_z, f_hats = model.vae.quantize(f_D)
+        tf_BL = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(f_hats)).argmax(-1)
+        own_z, _ = model.rollout(img_BLCv)
+        dyn_z, _ = model.vae.quantize(f_D, walk=own_z)
+        for k in range(K):
+            lo, hi = model.bounds[k], model.bounds[k + 1]
+            hits_tf[k] += (tf_BL[:, lo:hi] == true_z[k]).float().mean(1).sum()
+            hits_own[k] += (own_z[k] == dyn_z[k]).float().mean(1).sum()
+        n += len(b["image"])
+    return [{"scale": pn, "acc_teacher_forced": float(hits_tf[k] / n), "acc_own_rollout": float(hits_own[k] / n)}
+            for k, pn in enumerate(model.cfg.patch_nums)]
+
+
+@torch.no_grad()
 def image_use(model: D.DepthART, val, bs: int = 50) -> dict:
     """Teacher-forced loss and final AbsRel with the right images and with shuffled ones."""
     out = {}
@@ -113,7 +136,8 @@ def evaluate_run(run: Path, val) -> dict:
     model, _, _ = load_checkpoint(ckpt)
     model.eval()
     return {"run": str(run), **run_info(run if run.is_dir() else run.parent),
-            "scales": per_scale(model, val), "image_use": image_use(model, val)}, model
+            "scales": per_scale(model, val), "image_use": image_use(model, val),
+            "exposure_bias": exposure_bias(model, val)}, model
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -149,6 +173,16 @@ def markdown(result: dict) -> str:
             s = g["summary"]["per_scale"][k]
             cells.append(f"{s['abs_rel']['mean']:.3f} / {s['delta1']['mean']:.3f} / {s['entropy']['mean']:.2f}")
         lines.append(f"| {g['summary']['per_scale'][k]['scale']} | " + " | ".join(cells) + " |")
+    lines += ["", "Token accuracy per scale, teacher-forced (true past) / own greedy rollout (dynamic targets), "
+              "mean over runs:", "", "| scale | " + " | ".join(result["groups"]) + " |",
+              "|---" * (1 + len(result["groups"])) + "|"]
+    for k in range(K):
+        cells = []
+        for g in result["groups"].values():
+            e = [r["exposure_bias"][k] for r in g["runs"]]
+            cells.append(f"{np.mean([x['acc_teacher_forced'] for x in e]):.3f} / "
+                         f"{np.mean([x['acc_own_rollout'] for x in e]):.3f}")
+        lines.append(f"| {g['runs'][0]['exposure_bias'][k]['scale']} | " + " | ".join(cells) + " |")
     lines += ["", "Image use (teacher-forced loss, AbsRel) with the right images vs shuffled images:", "",
               "| run | loss right | loss shuffled | AbsRel right | AbsRel shuffled |", "|---|---|---|---|---|"]
     for g in result["groups"].values():
