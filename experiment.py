@@ -10,6 +10,8 @@ predictors (a constant depth, a ramp that grows with image height, the mean trai
 the VQ-VAE's own ceiling (decoding the true depth tokens), and whether the model uses the image at
 all (teacher-forced loss and AbsRel with the right images and with shuffled ones).
 Writes PREFIX.json, PREFIX.md (the README's table) and PREFIX_scales.png (error against scale).
+It also measures exposure bias: token accuracy per scale with the true past against the model's
+own greedy past. `--gallery CKPT --out docs/gallery.png` draws the README's picture instead.
 """
 from __future__ import annotations
 
