@@ -48,40 +48,31 @@ def batches(val, bs: int):
 
 @torch.no_grad()
 def per_scale(model: D.DepthART, val, bs: int = 50) -> list[dict]:
-    """Greedy rollout; after every scale: depth of the partial sum, its scores, token entropy."""
+    """Greedy rollout; after every scale: depth of the partial sum, its scores, token entropy, and the
+    exposure bias: token accuracy with the true past (teacher forcing, targets = the VQ-VAE's tokens)
+    against accuracy with the model's own greedy past (targets = DepthART's dynamic targets for that
+    walk). Where the two are close there is little for DepthART to gain."""
     K = len(model.cfg.patch_nums)
     depths, entropy = [[] for _ in range(K)], [[] for _ in range(K)]
+    hits_tf, hits_own = torch.zeros(K), torch.zeros(K)
     for b in batches(val, bs):
-        _, f_hats, logits = model.rollout(model.encode_image(b["image"]), return_logits=True)
+        img_BLCv = model.encode_image(b["image"])
+        own_z, f_hats, logits = model.rollout(img_BLCv, return_logits=True)
+        f_D = model.vae.encode(D.normalize_depth(b["depth"], b["valid"]))
+        true_z, true_f_hats = model.vae.quantize(f_D)
+        tf_BL = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(true_f_hats)).argmax(-1)
+        dyn_z, _ = model.vae.quantize(f_D, walk=own_z)
         for k in range(K):
             depths[k].append(D.depth_from_decoder(model.vae.decode(f_hats[k])))
             logp = logits[k].log_softmax(-1)
             entropy[k].append(-(logp.exp() * logp).sum(-1).mean(1))
-    return [{"scale": model.cfg.patch_nums[k], **scores(torch.cat(depths[k]), val),
-             "entropy": float(torch.cat(entropy[k]).mean())} for k in range(K)]
-
-
-@torch.no_grad()
-def exposure_bias(model: D.DepthART, val, bs: int = 50) -> list[dict]:
-    """Token accuracy per scale with the true past (teacher forcing, targets = the VQ-VAE's tokens) and
-    with the model's own greedy past (targets = DepthART's dynamic targets for that walk). The gap is
-    the exposure bias DepthART is meant to remove; where it is small there is little to gain."""
-    K = len(model.cfg.patch_nums)
-    hits_tf, hits_own, n = torch.zeros(K), torch.zeros(K), 0
-    for b in batches(val, bs):
-        img_BLCv = model.encode_image(b["image"])
-        f_D = model.vae.encode(D.normalize_depth(b["depth"], b["valid"]))
-        true_z, f_hats = model.vae.quantize(f_D)
-        tf_BL = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(f_hats)).argmax(-1)
-        own_z, _ = model.rollout(img_BLCv)
-        dyn_z, _ = model.vae.quantize(f_D, walk=own_z)
-        for k in range(K):
-            lo, hi = model.bounds[k], model.bounds[k + 1]
-            hits_tf[k] += (tf_BL[:, lo:hi] == true_z[k]).float().mean(1).sum()
+            hits_tf[k] += (tf_BL[:, model.bounds[k]:model.bounds[k + 1]] == true_z[k]).float().mean(1).sum()
             hits_own[k] += (own_z[k] == dyn_z[k]).float().mean(1).sum()
-        n += len(b["image"])
-    return [{"scale": pn, "acc_teacher_forced": float(hits_tf[k] / n), "acc_own_rollout": float(hits_own[k] / n)}
-            for k, pn in enumerate(model.cfg.patch_nums)]
+    n = len(val["image"])
+    return [{"scale": model.cfg.patch_nums[k], **scores(torch.cat(depths[k]), val),
+             "entropy": float(torch.cat(entropy[k]).mean()),
+             "acc_teacher_forced": float(hits_tf[k] / n), "acc_own_rollout": float(hits_own[k] / n)}
+            for k in range(K)]
 
 
 @torch.no_grad()
@@ -138,8 +129,7 @@ def evaluate_run(run: Path, val) -> dict:
     model, _, _ = load_checkpoint(ckpt)
     model.eval()
     return {"run": str(run), **run_info(run if run.is_dir() else run.parent),
-            "scales": per_scale(model, val), "image_use": image_use(model, val),
-            "exposure_bias": exposure_bias(model, val)}, model
+            "scales": per_scale(model, val), "image_use": image_use(model, val)}, model
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -181,10 +171,10 @@ def markdown(result: dict) -> str:
     for k in range(K):
         cells = []
         for g in result["groups"].values():
-            e = [r["exposure_bias"][k] for r in g["runs"]]
+            e = [r["scales"][k] for r in g["runs"]]
             cells.append(f"{np.mean([x['acc_teacher_forced'] for x in e]):.3f} / "
                          f"{np.mean([x['acc_own_rollout'] for x in e]):.3f}")
-        lines.append(f"| {g['runs'][0]['exposure_bias'][k]['scale']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {g['runs'][0]['scales'][k]['scale']} | " + " | ".join(cells) + " |")
     lines += ["", "Image use (teacher-forced loss, AbsRel) with the right images vs shuffled images:", "",
               "| run | loss right | loss shuffled | AbsRel right | AbsRel shuffled |", "|---|---|---|---|---|"]
     for g in result["groups"].values():
@@ -231,7 +221,6 @@ def gallery(checkpoint, path: Path, n_synthetic: int = 1):
     from data import resize_image
     from train import load_checkpoint
     model, cfg, _ = load_checkpoint(checkpoint)
-    model.eval()
     rows = [(name, resize_image(getattr(skdata, name)() / 255.0, cfg.image_size), None)
             for name in ("astronaut", "coffee", "chelsea")]
     val = SyntheticScenes("val", size=cfg.image_size, length=n_synthetic)
@@ -242,9 +231,9 @@ def gallery(checkpoint, path: Path, n_synthetic: int = 1):
     for i, (name, image_3HW, truth_HW) in enumerate(rows):
         axes[i, 0].imshow(image_3HW.permute(1, 2, 0).numpy())
         axes[i, 0].set_ylabel(name, fontsize=7)
+        # every scale on the final prediction's colour range, so the refinement is visible as change
+        lo, hi = depth_BKHW[i, -1].min().item(), depth_BKHW[i, -1].max().item()
         for k in range(K):
-            # every scale on the final prediction's colour range, so the refinement is visible as change
-            lo, hi = depth_BKHW[i, -1].min().item(), depth_BKHW[i, -1].max().item()
             axes[i, k + 1].imshow(depth_BKHW[i, k].numpy(), cmap="magma_r", vmin=lo, vmax=hi)
             if i == 0:
                 axes[i, k + 1].set_title(f"after {cfg.patch_nums[k]}x{cfg.patch_nums[k]}", fontsize=7)

@@ -29,7 +29,7 @@ for seed in $SEEDS; do
     run runs/cont_depthart_s$seed --stage transformer --objective depthart --init runs/var/last.safetensors \
         --steps "$CONT_STEPS" --lr "$CONT_LR" --seed "$seed"
     # Equal wall clock: as many teacher-forced steps as fit in the DepthART run's training time.
-    equal=$(python -c "import pathlib, train; t = lambda r: max(x['elapsed'] for x in train.read_log(pathlib.Path(r, 'metrics.jsonl')) if 'elapsed' in x)
+    equal=$(python -c "from pathlib import Path; from experiment import run_info; t = lambda r: run_info(Path(r))['train_seconds']
 print(round($CONT_STEPS * t('runs/cont_depthart_s$seed') / t('runs/cont_var_s$seed')))")
     run runs/cont_var_time_s$seed --stage transformer --objective var --init runs/var/last.safetensors \
         --steps "$equal" --lr "$CONT_LR" --seed "$seed"

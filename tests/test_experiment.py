@@ -27,7 +27,7 @@ def test_experiment_reports_every_scale_baselines_and_image_use(tmp_path):
         assert all(0 <= s["delta1"] <= 1 and s["abs_rel"] >= 0 and 0 <= s["entropy"] <= torch.log(torch.tensor(512.0))
                    for s in run["scales"])
         assert set(run["image_use"]) == {"right", "shuffled"}
-        eb = run["exposure_bias"]
+        eb = run["scales"]
         # at the first scale there is no past: the own rollout's target is the true token
         assert abs(eb[0]["acc_teacher_forced"] - eb[0]["acc_own_rollout"]) < 1e-6
         assert all(0 <= e["acc_teacher_forced"] <= 1 and 0 <= e["acc_own_rollout"] <= 1 for e in eb)

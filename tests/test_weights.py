@@ -38,8 +38,7 @@ def test_default_inference_writes_a_depth_map(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def held_out():
     torch.set_num_threads(2)
-    model, cfg, _ = train.load_checkpoint(WEIGHTS)
-    model.eval()
+    model, cfg, _ = train.load_checkpoint(WEIGHTS)  # in eval mode
     return model, experiment.load_val(48, cfg.image_size)
 
 
