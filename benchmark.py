@@ -262,7 +262,7 @@ def main(argv=None) -> int:
               + (f"{achieved / peak:>10.2f}" if "tensorrt" not in label else f"{'':>10}"))
     results["seconds_per_image"] = timings
     ort_label = next((k for k in timings if k.startswith("onnxruntime")), None)
-    print(f"(uncached counts as the cached path's FLOPs; 'of matmul' is against the FP32 rate, the BF16 rate for bf16)")
+    print("(uncached counts as the cached path's FLOPs; 'of matmul' is against the FP32 rate, the BF16 rate for bf16)")
     print("goals:")
     if ort_label:
         print(f"  exported graph >= 2x faster than eager: {base / timings[ort_label]:.2f}x "
