@@ -1,4 +1,4 @@
-"""The synthetic world (scenes.py): determinism, exact planar depth, occlusion, image cues."""
+"""The synthetic world (scenes.py): the old rooms (render_scene, frozen) and the world (render_world)."""
 import math
 import sys
 from pathlib import Path
@@ -76,3 +76,129 @@ def test_solids_occlude_with_exact_depth(solid, front):
     assert depth[16, 16] == pytest.approx(front - 1.0, rel=1e-5)  # centre ray hits the nearest point
     assert depth[0, 0] == pytest.approx(5.0, rel=1e-5)  # the corner ray still sees the wall
     assert img[16, 16, 0] > 2 * img[16, 16, 1]  # and the solid's red shows there
+
+
+# --- The old rooms must not change: the shipped model was trained on them.
+
+OLD_ROOM_SHA256 = {  # render_scene(seed, size) for seeds 0..20 and 10_000_000..10_000_020, img then depth
+    64: "a48ea440993dee220996200a4f54207c4c57fb13752400cd499697e05c7a89a3",
+    32: "8abdfa2a197af2ba1c5597befed37cf08c1f3a045de7c66eb0a1f99a4c2f9ac0",
+}
+
+
+@pytest.mark.parametrize("size", [64, 32])
+def test_old_rooms_are_bit_identical(size):
+    import hashlib
+    h = hashlib.sha256()
+    for seed in list(range(21)) + list(range(10_000_000, 10_000_021)):
+        img, depth = scenes.render_scene(seed, size)
+        h.update(img.tobytes())
+        h.update(depth.tobytes())
+    assert h.hexdigest() == OLD_ROOM_SHA256[size]
+
+
+# --- The world (render_world)
+
+def _camera_dirs(fov, h, w):
+    """Camera-frame ray directions (H, W, 3) through the pixel centres, z = 1."""
+    f = w / (2 * math.tan(fov / 2))
+    x = (np.arange(w) + 0.5 - w / 2) / f
+    y = (np.arange(h) + 0.5 - h / 2) / f
+    return np.stack(np.broadcast_arrays(x[None, :], y[:, None], np.ones((h, w))), -1)
+
+
+def test_world_is_deterministic_by_seed():
+    a, b, c = scenes.render_world(3, 40), scenes.render_world(3, 40), scenes.render_world(4, 40)
+    for key in ("image", "depth", "normals", "valid"):
+        assert np.array_equal(a[key], b[key]), key
+    assert a["family"] == b["family"] and not np.array_equal(a["image"], c["image"])
+
+
+@pytest.mark.parametrize("size, hw", [(40, (40, 40)), ((32, 48), (32, 48))])
+def test_world_shapes_and_dtypes(size, hw):
+    out = scenes.render_world(5, size)
+    assert out["image"].shape == hw + (3,) and out["image"].dtype == np.float32
+    assert out["depth"].shape == hw and out["depth"].dtype == np.float32
+    assert out["normals"].shape == hw + (3,) and out["normals"].dtype == np.float32
+    assert out["valid"].shape == hw and out["valid"].dtype == bool
+    assert out["family"] in scenes.FAMILIES
+
+
+@pytest.mark.parametrize("family", scenes.FAMILIES)
+def test_every_family_renders_valid_geometry(family):
+    for seed in range(3):
+        out = scenes.render_world(seed, (36, 48), family=family)
+        img, depth, normals, valid = out["image"], out["depth"], out["normals"], out["valid"]
+        assert out["family"] == family and valid.mean() > 0.3
+        assert img.min() >= 0 and img.max() <= 1 and img.std() > 0.02
+        assert np.isfinite(depth).all() and (depth[valid] > 0).all() and (depth[~valid] == 0).all()
+        np.testing.assert_allclose(np.linalg.norm(normals[valid], axis=-1), 1, atol=1e-4)
+        assert (normals[~valid] == 0).all()
+
+
+def test_normals_face_the_camera_exactly():
+    rng = np.random.default_rng(0)
+    scene, camera = scenes.room_family(rng)
+    out = scenes.shade(scene, camera, (30, 40))
+    rays = _camera_dirs(camera.fov, 30, 40)
+    assert ((out["normals"] * rays).sum(-1)[out["valid"]] < 0).all()
+
+
+def _ground_scene():
+    ground = scenes.Solid("box", np.array([0.0, 0.0, -0.5]), np.array([100.0, 100.0, 0.5]), 0.0,
+                          scenes.Material(np.array([0.5, 0.6, 0.4]), texture="grass", tex_scale=1.0))
+    sun = scenes.Light(np.array([0.3, 0.2, -1.0]) / np.linalg.norm([0.3, 0.2, -1.0]), 2.0, directional=True)
+    return scenes.Scene(None, [ground], [], [sun], sky=np.array([[0.8, 0.8, 0.9], [0.3, 0.5, 0.9]]))
+
+
+def test_normals_match_the_plane_fitted_to_depth():
+    # A tilted, rolled camera above a flat ground: back-project the depth, fit a plane, compare.
+    camera = scenes.Camera(np.array([0.0, 0.0, 1.5]), yaw=0.4, pitch=-0.5, fov=math.radians(70), roll=0.2)
+    out = scenes.shade(_ground_scene(), camera, (40, 48))
+    valid = out["valid"]
+    assert 0.3 < valid.mean() < 1.0  # the ground below, the sky above the (tilted) horizon
+    pts = (_camera_dirs(camera.fov, 40, 48) * out["depth"][..., None])[valid]
+    centred = pts - pts.mean(0)
+    normal = np.linalg.svd(centred, full_matrices=False)[2][-1]
+    normal *= -np.sign(normal @ pts.mean(0))  # towards the camera
+    np.testing.assert_allclose(out["normals"][valid], np.broadcast_to(normal, pts.shape), atol=1e-3)
+    np.testing.assert_allclose(np.abs(centred @ normal).max(), 0, atol=1e-3)  # planar, exactly
+    np.testing.assert_allclose(normal, camera.rotation().T @ [0, 0, 1], atol=1e-4)
+
+
+def test_world_depth_is_planar_for_a_wall_seen_head_on():
+    scene = _empty_room()
+    scene.lights = [scenes.Light(np.array([3.0, 2.0, 2.9]), 2.0)]
+    out = scenes.shade(scene, _head_on_camera(), (24, 32))
+    np.testing.assert_allclose(out["depth"], 5.0, rtol=1e-5)
+    np.testing.assert_allclose(out["normals"].reshape(-1, 3), np.broadcast_to([0, 0, -1], (24 * 32, 3)), atol=1e-6)
+    assert out["valid"].all()
+
+
+def test_sky_is_invalid_outdoors():
+    for seed in range(3):
+        out = scenes.render_world(seed, 32, family="outdoor")
+        sky = ~out["valid"]
+        assert sky.mean() > 0.02
+        assert (out["depth"][sky] == 0).all() and (out["normals"][sky] == 0).all()
+
+
+def test_augmentation_changes_the_image_only():
+    a, b = scenes.render_world(11, 40, augment=False), scenes.render_world(11, 40, augment=True)
+    assert np.abs(a["image"] - b["image"]).mean() > 0.005
+    for key in ("depth", "normals", "valid"):
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_culling_finds_the_same_hits():
+    scene, camera = scenes.tabletop_family(np.random.default_rng(2))
+    d = scenes.camera_rays(camera, (24, 32))
+    t0, s0 = scenes.cast_rays(scene, camera.position, d)
+    t1, s1 = scenes.cast_rays(scene, camera.position, d, cull=True)
+    assert np.array_equal(t0, t1) and np.array_equal(s0, s1)
+
+
+def test_textures_avoid_the_real_photograph_test_set():
+    reserved = {"astronaut", "camera", "chelsea", "cat", "coffee", "rocket", "motorcycle_left",
+                "motorcycle_right", "clock", "text", "horse", "logo"}
+    assert not reserved & set(scenes.TEXTURES)
