@@ -27,10 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import depthart as D
 import export as E
+import infer_trt as I
 
 # The official VAR-d16 class-conditional generation of one 256x256 image takes about this long on the
 # 2-core development machine (figure from the issue that asked for this benchmark): d16 depth must beat it.
@@ -50,7 +53,6 @@ def matmul_rate(dtype=torch.float32, n: int = 2048, reps: int = 7) -> float:
 
 def count_flops(model: D.DepthART, image) -> tuple[int, dict]:
     """FLOPs of model.predict on one image: matmuls, convolutions and attention (2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
     # PyTorch's counter knows the GPU attention kernels, not the CPU one: count that from q, k, v shapes.
     cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
                      lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
@@ -66,24 +68,9 @@ def count_flops(model: D.DepthART, image) -> tuple[int, dict]:
 
 @torch.no_grad()
 def predict_uncached(model: D.DepthART, image_B3HW) -> tuple[torch.Tensor, list]:
-    """Greedy inference without a KV cache: at every scale the transformer reruns the whole sequence so
-    far ([image prefix | depth start | depth scales 2..k]) under the block-causal mask and keeps only the
-    logits of scale k. Same tokens as the cached rollout, up to float rounding; benchmark only."""
-    img_BLCv = model.encode_image(image_B3HW)
-    quant, patch_nums = model.vae.quantize, model.cfg.patch_nums
-    prefix_BLC = model.var.embed(img_BLCv, 0, model.L)
-    inputs, z, f_hat = [], [], 0  # inputs: latents feeding scales 2..k, (B, l, Cv) each
-    for si, pn in enumerate(patch_nums):
-        f_BlCv = torch.cat(inputs, 1) if inputs else None
-        x_BlC = torch.cat((prefix_BLC, model.depth_tokens(f_BlCv, img_BLCv, 0, si + 1)), 1)
-        n = x_BlC.shape[1]
-        logits_BlV = model.var(x_BlC, model.var.prefix_attn_bias[..., :n, :n])[:, -pn * pn:]
-        idx_Bl = logits_BlV.argmax(-1)
-        f_hat = f_hat + quant.eta(idx_Bl, si)
-        z.append(idx_Bl)
-        if si + 1 < len(patch_nums):
-            inputs.append(quant.resample(f_hat, patch_nums[si + 1], "area").flatten(2).transpose(1, 2))
-    return D.depth_from_decoder(model.vae.decode(f_hat)), z
+    """Greedy inference without a KV cache (model.rollout(cache=False)) -> (depth, tokens per scale)."""
+    z, f_hats = model.rollout(model.encode_image(image_B3HW), cache=False)
+    return model.decode_depth(f_hats[-1:]), z
 
 
 def agreement(z_ref: list, z: list) -> np.ndarray:
@@ -99,7 +86,6 @@ def fmt_agree(patch_nums, agree) -> str:
 def graph_for(args, model, checkpoint_path) -> Path:
     """The exported graph for these weights, cached; exported (not re-checked: the benchmark compares
     depth itself) on first use."""
-    import infer_trt as I
     if args.graph:
         return Path(args.graph)
     if checkpoint_path:
@@ -115,8 +101,7 @@ def graph_for(args, model, checkpoint_path) -> Path:
     return path
 
 
-@torch.no_grad()  # inference only; a decorator, so callers (tests) keep their grad mode
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
@@ -132,57 +117,31 @@ def main(argv=None) -> int:
                    help="paths not to run")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--export-only", help=argparse.SUPPRESS)  # used by graph_for's child process
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = {"threads": torch.get_num_threads()}
+    return p.parse_args(argv)
 
-    t0 = time.perf_counter()
+
+def build_model(args) -> tuple[D.DepthART, str]:
     if args.checkpoint:
-        model, cfg = E.load_checkpoint(args.checkpoint)
-        name = Path(args.checkpoint).name
-    else:
-        cfg = D.Config.preset(args.preset)
-        torch.manual_seed(args.seed)
-        model = E.lively(D.DepthART(cfg), seed=args.seed)
-        name = f"preset {args.preset}, random weights (seed {args.seed})"
-    results["model_seconds"] = time.perf_counter() - t0
-    if args.export_only:
-        E.export(model, args.export_only, batch=1, check=False, log=lambda s: print("  " + s))
-        return 0
-    heavy = cfg.width >= 512
-    reps = args.reps or (3 if heavy else 20)
-    S = cfg.image_size
-    images = E.sample_images(args.images, S)
+        return D.DepthART.from_checkpoint(args.checkpoint), Path(args.checkpoint).name
+    torch.manual_seed(args.seed)
+    model = E.lively(D.DepthART(D.Config.preset(args.preset)), seed=args.seed)
+    return model, f"preset {args.preset}, random weights (seed {args.seed})"
+
+
+def torch_paths(args, model, images, reps: int, heavy: bool, results: dict) -> tuple[dict, list]:
+    """Eager cached (the reference), no cache and BF16: their accuracy against FP32 eager, and the timed
+    functions -> ({label: (fn(i), timed runs, warm-up runs)}, the reference depth per image)."""
     one = lambda i: images[i % len(images)][None]  # noqa: E731
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{name}: {S}x{S}, {len(cfg.patch_nums)} scales, {n_params / 1e6:.1f}M parameters, built in "
-          f"{results['model_seconds']:.1f} s; {torch.get_num_threads()} threads; {reps} timed runs per path, "
-          f"1 image per call")
-
-    rate32 = matmul_rate(torch.float32)
-    rate16 = matmul_rate(torch.bfloat16)
-    results.update(matmul_fp32_flops=rate32, matmul_bf16_flops=rate16)
-    print(f"matmul 2048x2048: FP32 {rate32 / 1e9:.0f} GFLOP/s, BF16 {rate16 / 1e9:.0f} GFLOP/s")
-    flops, parts = count_flops(model, one(0))
-    results.update(flops_per_image=flops, flops_parts=parts)
-    print(f"FLOPs per image (cached path): {flops / 1e9:.2f} G = "
-          + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in parts.items()))
-
-    # Accuracy first (untimed), then every path timed in interleaved rounds, so that a change in the
-    # machine's load (other jobs on a shared 2-core box) hits all paths alike rather than one of them.
-    runs = {}  # label -> (fn(i), timed runs, warm-up runs)
-    z_ref = [model.rollout(model.encode_image(images[i][None]))[0] for i in range(len(images))]
-    depth_ref = [model.predict(images[i][None]) for i in range(len(images))]
-    runs["torch eager (cached)"] = (lambda i: model.predict(one(i)), reps, 1)
-
+    patch_nums = model.cfg.patch_nums
+    z_ref = [model.rollout(model.encode_image(one(i)))[0] for i in range(len(images))]
+    depth_ref = [model.predict(one(i)) for i in range(len(images))]
+    runs = {"torch eager (cached)": (lambda i: model.predict(one(i)), reps, 1)}
     if "uncached" not in args.skip:
-        z = [predict_uncached(model, images[i][None])[1] for i in range(min(len(images), 2 if heavy else 6))]
+        z = [predict_uncached(model, one(i))[1] for i in range(min(len(images), 2 if heavy else 6))]
         results["uncached_token_agreement"] = agreement(z_ref, z).tolist()
-        print(f"no-cache tokens equal to cached per scale: {fmt_agree(cfg.patch_nums, agreement(z_ref, z))}")
+        print(f"no-cache tokens equal to cached per scale: {fmt_agree(patch_nums, agreement(z_ref, z))}")
         runs["torch no KV cache"] = (lambda i: predict_uncached(model, one(i)), max(1, reps // 2) if heavy else reps,
                                      0 if heavy else 1)
-
     if "bf16" not in args.skip:
         def bf16(i):
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -190,52 +149,54 @@ def main(argv=None) -> int:
         z, err = [], []
         with torch.autocast("cpu", dtype=torch.bfloat16):
             for i in range(len(images)):
-                z.append(model.rollout(model.encode_image(images[i][None]))[0])
-                err.append((model.predict(images[i][None]).float() - depth_ref[i]).abs().mean().item())
+                z.append(model.rollout(model.encode_image(one(i)))[0])
+                err.append((model.predict(one(i)).float() - depth_ref[i]).abs().mean().item())
         agree = agreement(z_ref, z)
         results.update(bf16_token_agreement=agree.tolist(), bf16_depth_mean_abs_err=float(np.mean(err)))
-        print(f"BF16 tokens equal to FP32 per scale: {fmt_agree(cfg.patch_nums, agree)}; "
+        print(f"BF16 tokens equal to FP32 per scale: {fmt_agree(patch_nums, agree)}; "
               f"depth mean |BF16 - FP32| {np.mean(err):.4f} (over {len(images)} images)")
         runs["torch bf16 autocast"] = (bf16, reps, 1)
+    return runs, depth_ref
 
-    arrays = images.numpy()
-    if "ort" not in args.skip:
-        import infer_trt as I
-        graph = graph_for(args, model, args.checkpoint)
-        t0 = time.perf_counter()
-        ort_backend = I.OrtBackend(graph)
-        if args.threads:
-            import onnxruntime as ort
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.log_severity_level = args.threads, 3
-            ort_backend.session = ort.InferenceSession(str(graph), so, providers=ort_backend.providers)
-        results["ort_session_seconds"] = time.perf_counter() - t0
-        err = max(float(np.abs(ort_backend.predict(arrays[i][None]) - depth_ref[i].numpy()).max())
-                  for i in range(len(images)))
-        results["ort_depth_max_abs_err"] = err
-        print(f"ONNX Runtime: session ready in {results['ort_session_seconds']:.1f} s, depth max |ORT - torch| "
-              f"{err:.1e} over {len(images)} images")
-        runs[f"onnxruntime ({ort_backend.providers[0]})"] = (
-            lambda i: ort_backend.predict(arrays[i % len(arrays)][None]), reps, 1)
 
-    if "trt" not in args.skip:
-        try:
-            import infer_trt as I
-            graph32 = graph_for(args, model, args.checkpoint)
-            for label, graph in (("FP32", graph32), ("FP16", None)):
-                if graph is None:
-                    graph = graph32.with_name(graph32.stem + "-fp16.onnx")
-                    if not graph.exists():
-                        E.export(model, graph, batch=1, fp16=True, check=False, log=lambda s: None)
-                trt_backend = I.TrtBackend(E.build_engine(graph, graph.parent))
-                err = max(float(np.abs(trt_backend.predict(arrays[i][None]) - depth_ref[i].numpy()).max())
-                          for i in range(len(images)))
-                print(f"TensorRT {label}: depth max |TRT - torch| {err:.1e} over {len(images)} images")
-                runs[f"tensorrt {label}"] = (lambda i, b=trt_backend: b.predict(arrays[i % len(arrays)][None]),
-                                             max(reps, 20), 3)
-        except E.EngineUnavailable as e:
-            print(f"TensorRT: skipped ({e})")
+def ort_path(args, model, arrays, depth_ref, reps: int, results: dict) -> dict:
+    graph = graph_for(args, model, args.checkpoint)
+    t0 = time.perf_counter()
+    backend = I.OrtBackend(graph)
+    if args.threads:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.log_severity_level = args.threads, 3
+        backend.session = ort.InferenceSession(str(graph), so, providers=backend.providers)
+    results["ort_session_seconds"] = time.perf_counter() - t0
+    err = max(float(np.abs(backend.predict(arrays[i][None]) - depth_ref[i].numpy()).max()) for i in range(len(arrays)))
+    results["ort_depth_max_abs_err"] = err
+    print(f"ONNX Runtime: session ready in {results['ort_session_seconds']:.1f} s, depth max |ORT - torch| "
+          f"{err:.1e} over {len(arrays)} images")
+    return {f"onnxruntime ({backend.providers[0]})": (lambda i: backend.predict(arrays[i % len(arrays)][None]), reps, 1)}
 
+
+def trt_paths(args, model, arrays, depth_ref, reps: int) -> dict:
+    runs = {}
+    try:
+        graph32 = graph_for(args, model, args.checkpoint)
+        for label, graph in (("FP32", graph32), ("FP16", None)):
+            if graph is None:
+                graph = graph32.with_name(graph32.stem + "-fp16.onnx")
+                if not graph.exists():
+                    E.export(model, graph, batch=1, fp16=True, check=False, log=lambda s: None)
+            backend = I.TrtBackend(E.build_engine(graph, graph.parent))
+            err = max(float(np.abs(backend.predict(arrays[i][None]) - depth_ref[i].numpy()).max())
+                      for i in range(len(arrays)))
+            print(f"TensorRT {label}: depth max |TRT - torch| {err:.1e} over {len(arrays)} images")
+            runs[f"tensorrt {label}"] = (lambda i, b=backend: b.predict(arrays[i % len(arrays)][None]), max(reps, 20), 3)
+    except E.EngineUnavailable as e:
+        print(f"TensorRT: skipped ({e})")
+    return runs
+
+
+def time_interleaved(runs: dict) -> dict:
+    """Every path timed in interleaved rounds, so that a change in the machine's load (other jobs on a
+    shared 2-core box) hits all paths alike rather than one of them -> {label: median seconds}."""
     for fn, _, warmup in runs.values():
         for _ in range(warmup):
             fn(0)
@@ -246,13 +207,10 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 fn(i)
                 times[label].append(time.perf_counter() - t0)
-    timings = {label: statistics.median(t) for label, t in times.items()}
-    rate32_end = matmul_rate(torch.float32)
-    results["matmul_fp32_flops_end"] = rate32_end
-    if abs(rate32_end / rate32 - 1) > 0.2:
-        print(f"warning: the FP32 matmul rate moved from {rate32 / 1e9:.0f} to {rate32_end / 1e9:.0f} GFLOP/s during "
-              f"the run: the machine was busy, absolute figures are unreliable (ratios less so: paths were interleaved)")
+    return {label: statistics.median(t) for label, t in times.items()}
 
+
+def report(cfg: D.Config, timings: dict, flops: int, rate32: float, rate16: float):
     base = timings["torch eager (cached)"]
     print(f"\n{'path':<36}{'median s/image':>15}{'vs eager':>10}{'GFLOP/s':>9}{'of matmul':>10}")
     for label, seconds in timings.items():
@@ -260,7 +218,6 @@ def main(argv=None) -> int:
         peak = rate16 if "bf16" in label else rate32
         print(f"{label:<36}{seconds:>15.4f}{base / seconds:>9.2f}x{achieved / 1e9:>9.1f}"
               + (f"{achieved / peak:>10.2f}" if "tensorrt" not in label else f"{'':>10}"))
-    results["seconds_per_image"] = timings
     ort_label = next((k for k in timings if k.startswith("onnxruntime")), None)
     print("(uncached counts as the cached path's FLOPs; 'of matmul' is against the FP32 rate, the BF16 rate for bf16)")
     print("goals:")
@@ -276,6 +233,49 @@ def main(argv=None) -> int:
                       f"{VAR_D16_GENERATION_SECONDS} s here: {seconds / VAR_D16_GENERATION_SECONDS:.2f} of it "
                       f"({'beats it' if seconds < VAR_D16_GENERATION_SECONDS else 'slower'}"
                       f"{', half or better' if seconds <= VAR_D16_GENERATION_SECONDS / 2 else ''})")
+
+
+@torch.no_grad()  # inference only; a decorator, so callers (tests) keep their grad mode
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {"threads": torch.get_num_threads()}
+    t0 = time.perf_counter()
+    model, name = build_model(args)
+    cfg = model.cfg
+    results["model_seconds"] = time.perf_counter() - t0
+    if args.export_only:
+        E.export(model, args.export_only, batch=1, check=False, log=lambda s: print("  " + s))
+        return 0
+    heavy = cfg.width >= 512
+    reps = args.reps or (3 if heavy else 20)
+    images = E.sample_images(args.images, cfg.image_size)
+    print(f"{name}: {cfg.image_size}x{cfg.image_size}, {len(cfg.patch_nums)} scales, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, built in {results['model_seconds']:.1f} s; "
+          f"{torch.get_num_threads()} threads; {reps} timed runs per path, 1 image per call")
+
+    rate32, rate16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+    results.update(matmul_fp32_flops=rate32, matmul_bf16_flops=rate16)
+    print(f"matmul 2048x2048: FP32 {rate32 / 1e9:.0f} GFLOP/s, BF16 {rate16 / 1e9:.0f} GFLOP/s")
+    flops, parts = count_flops(model, images[:1])
+    results.update(flops_per_image=flops, flops_parts=parts)
+    print(f"FLOPs per image (cached path): {flops / 1e9:.2f} G = "
+          + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in parts.items()))
+
+    runs, depth_ref = torch_paths(args, model, images, reps, heavy, results)  # accuracy first, untimed
+    arrays = images.numpy()
+    if "ort" not in args.skip:
+        runs.update(ort_path(args, model, arrays, depth_ref, reps, results))
+    if "trt" not in args.skip:
+        runs.update(trt_paths(args, model, arrays, depth_ref, reps))
+    timings = time_interleaved(runs)
+    results["matmul_fp32_flops_end"] = rate32_end = matmul_rate(torch.float32)
+    if abs(rate32_end / rate32 - 1) > 0.2:
+        print(f"warning: the FP32 matmul rate moved from {rate32 / 1e9:.0f} to {rate32_end / 1e9:.0f} GFLOP/s during "
+              f"the run: the machine was busy, absolute figures are unreliable (ratios less so: paths were interleaved)")
+    results["seconds_per_image"] = timings
+    report(cfg, timings, flops, rate32, rate16)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
     return 0

@@ -12,7 +12,7 @@ infer_trt.py rely on:
 Depth is returned in metres; mapping it to [-1, 1] is the model's job (depthart.py).
 
 Sections:
-  1. Reading user images robustly (read_image, resize_image, resize_depth_to).
+  1. Reading user images robustly (read_image) and the one resize (resize, resize_image, resize_nearest).
   2. SyntheticScenes: the procedural world of scenes.py as a dataset, split by seed ranges.
   3. HyperSim in its official layout (planar depth from the camera metadata, tone mapping).
   4. make_dataset, the one entry point the scripts use.
@@ -26,10 +26,12 @@ import math
 import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
+from scipy import ndimage  # the exact nearest-pixel transform, in C, for filling holes
 
 from scenes import render_scene
 
@@ -44,13 +46,17 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_PIXELS = 10_000 * 10_000
 
 
-class ImageReadError(Exception):
+class ImageReadError(OSError):
     """An image file could not be turned into an RGB array; the message names the path and why."""
 
     def __init__(self, path, reason: str):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read image {self.path!r}: {reason}")
+
+
+class ImageNotFound(ImageReadError, FileNotFoundError):
+    """The path does not exist (callers that count missing files apart from broken ones catch this)."""
 
 
 @contextlib.contextmanager
@@ -106,7 +112,7 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """
     p = Path(path)
     if not p.exists():
-        raise ImageReadError(p, "no such file")
+        raise ImageNotFound(p, "no such file")
     if p.is_dir():
         raise ImageReadError(p, "is a directory, not an image file")
     if p.stat().st_size == 0:
@@ -130,33 +136,32 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         raise ImageReadError(p, f"corrupt or truncated image data ({type(e).__name__}: {e})") from e
 
 
-def resize_image(img_HW3, size: int) -> torch.Tensor:
-    """(H, W, 3) array or tensor in [0, 1] -> float32 tensor (3, size, size), bilinear + antialias.
+def resize(x, H: int, W: int, mode: str = "bilinear", align_corners: bool = False):
+    """The one resize of images and depth maps: (..., h, w) array or tensor -> (..., H, W), same kind.
+
+    Bilinear (or bicubic) interpolation, antialiased when shrinking (plain interpolation would alias
+    fine textures). Only for dense data: ground truth with holes goes through resize_nearest, where an
+    invalid pixel cannot bleed into its neighbours.
+    """
+    is_numpy = isinstance(x, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if is_numpy else x.float()
+    h, w = t.shape[-2:]
+    if (h, w) != (H, W):
+        lead = t.shape[:-2]
+        shrink = H < h or W < w
+        t = F.interpolate(t.reshape(-1, 1, h, w), size=(H, W), mode=mode, align_corners=align_corners,
+                          antialias=shrink).reshape(*lead, H, W)
+    return t.numpy() if is_numpy else t
+
+
+def resize_image(img_HW3, size) -> torch.Tensor:
+    """(H, W, 3) array or tensor in [0, 1] -> float32 tensor (3, S, S) (or (3, h, w) for size=(h, w)).
 
     The aspect ratio is not kept: the model sees a square, as in the paper (256 x 256).
     """
-    x_HW3 = torch.as_tensor(np.asarray(img_HW3, dtype=np.float32))
-    x_13HW = x_HW3.permute(2, 0, 1)[None]
-    if x_13HW.shape[-2:] != (size, size):
-        # antialias matters when shrinking photos: plain bilinear would alias fine textures.
-        x_13HW = F.interpolate(x_13HW, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x_13HW[0].clamp(0, 1).contiguous()
-
-
-def resize_depth_to(depth, H: int, W: int):
-    """Bilinear resize of a depth map to (H, W); for taking a prediction back to the photo's size.
-
-    Accepts (h, w), (1, h, w) or (B, 1, h, w), as a numpy array or a tensor, and returns the same
-    kind and rank. Only for dense (already filled) depth: an invalid pixel would bleed into its
-    neighbours (ground truth with holes goes through resize_nearest instead).
-    """
-    is_numpy = isinstance(depth, np.ndarray)
-    d = torch.as_tensor(depth, dtype=torch.float32) if is_numpy else depth.float()
-    lead = d.shape[:-2]
-    d_B1hw = d.reshape(-1, 1, *d.shape[-2:])
-    out = F.interpolate(d_B1hw, size=(H, W), mode="bilinear", align_corners=False, antialias=True)
-    out = out.reshape(*lead, H, W)
-    return out.numpy() if is_numpy else out
+    h, w = (size, size) if np.isscalar(size) else size
+    x_3HW = torch.as_tensor(np.asarray(img_HW3, dtype=np.float32)).permute(2, 0, 1)
+    return resize(x_3HW, int(h), int(w)).clamp(0, 1).contiguous()
 
 
 def resize_nearest(x_HW: np.ndarray, H: int, W: int) -> np.ndarray:
@@ -362,7 +367,6 @@ def hypersim_tonemap(rgb_HW3: np.ndarray, valid_HW: np.ndarray | None = None) ->
 
 def read_hdf5(path) -> np.ndarray:
     """The array of a HyperSim HDF5 file (one dataset named "dataset"), as float32."""
-    import h5py  # only HyperSim needs it
 
     with h5py.File(path, "r") as f:
         return np.asarray(f["dataset"][()]).astype(np.float32)  # float16 on disk: widen before any maths
@@ -380,7 +384,6 @@ def fill_invalid_nearest(depth_HW: np.ndarray, valid_HW: np.ndarray) -> np.ndarr
         return depth_HW
     if not valid_HW.any():
         raise ValueError("no valid depth pixel to fill from")
-    from scipy import ndimage  # the exact nearest-pixel transform, in C; only needed for holes
 
     _, (rows, cols) = ndimage.distance_transform_edt(~valid_HW, return_indices=True)
     return depth_HW[rows, cols]

@@ -1,19 +1,26 @@
 """DepthART in one file: monocular depth as autoregressive refinement on a VAR transformer.
 
-DepthART (Gabdullin et al., arXiv 2409.15010) predicts a depth map the way VAR (Tian et al., 2024)
-generates an image: as a sequence of token maps from coarse (1x1) to fine (16x16), each scale a
-*residual* on top of the sum of the coarser ones. The RGB image enters as a prefix of tokens, and
-training uses the model's own predictions as inputs with targets recomputed on the fly
-("dynamic targets") instead of the usual teacher forcing. Read this file top to bottom:
+Why this model trains the way it does. DepthART (Gabdullin et al., arXiv 2409.15010) predicts a depth
+map the way VAR (Tian et al., arXiv 2404.02905) generates an image: as token maps from coarse (1x1) to
+fine (16x16), each a *residual* on the sum of the coarser ones, here after a prefix of the RGB image's
+tokens. VAR trains by teacher forcing: at scale k the transformer is shown the *true* coarser maps. At
+inference it is shown its *own*, whose mistakes it never saw in training, so errors compound from scale
+to scale: exposure bias. DepthART trains on what inference sees. The model rolls out its own greedy maps
+z_1..z_{k-1}, and the target at scale k is recomputed from the true depth as the code that best repairs
+what the model has built so far (a "dynamic target"); a rollout that matches the truth gets VAR's
+targets back. Repairing only makes sense once the rollout is roughly right: from a random model the
+targets chase garbage. So DepthART starts from a teacher-forced model: the paper fine-tunes VAR-d16,
+and train.py runs `--objective var` first, then `--objective depthart --init` from it.
+
+Read top to bottom:
 
   1. Config                      presets `d16` (the paper) and `tiny` (a 2-core CPU)
   2. Fixed resampling matrices   bicubic / area resizes as constant matrices, M @ x @ M.T
   3. Multi-scale residual VQ-VAE paper Sec. 3.1 and Fig. 2 (left); VAR's Algorithm 1 and 2
   4. VAR transformer             paper Sec. 3.2: AdaLN blocks, block-causal attention, KV cache
-  5. DepthART                    paper Fig. 2 (right) and Eq. 3-5: image prefix, cached greedy
-                                 rollout, the two objectives (`var` = teacher forcing, Eq. 3;
-                                 `depthart` = dynamic targets, Eq. 4-5), inference (Fig. 7)
-  6. Depth normalization and checkpoints
+  5. DepthART                    paper Fig. 2 (right): image prefix; teacher_forcing_targets (Eq. 3) and
+                                 dynamic_targets (Eq. 4-5); one greedy rollout for training and inference
+  6. Checkpoints                 ours (safetensors) and VAR's official .pth files
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_k: area resize to scale k, eta_i: Phi_i after bicubic upsampling of token map i):
@@ -21,23 +28,42 @@ S_k: area resize to scale k, eta_i: Phi_i after bicubic upsampling of token map 
   depthart:  inputs from the model's greedy rollout z_k; targets t_k = Q(S_k(f_D - sum_{i<k} eta_i(z_i)))
 When the model walks exactly the VQ-VAE's path (z = x), the two coincide: they differ only in who walks.
 
-Tensor names carry their shape: B batch, C transformer width, Cv VQ-VAE latent channels (32),
-h w a token map's size, H W the image size, L all tokens of one modality (680 in d16), l one scale's,
-V vocabulary. `idx_Bl` holds token indices, `f_BCvhw` latent maps, `x_BLC` transformer activations.
+d16, one 256x256 image, shape by shape:
+  image (B,3,256,256) in [-1,1] -> VQ-VAE encoder -> f (B,32,16,16) -> residual quantizer: 10 token maps,
+      1x1, 2x2, ... 16x16 = 680 tokens; the prefix's map k is the image's sum after k scales, resized to k.
+  transformer input (B, 680 + 680, 1024): [image prefix | depth start token, depth inputs of scales 2..10];
+      block-causal: depth scale k sees the whole prefix and the depth scales up to k.
+  logits (B, 680, 4096) for the depth tokens; scale k's argmax idx_Bl (B, k*k) -> eta_k -> f_hat += it.
+  decoder: f_hat (B,32,16,16) -> (B,3,256,256) -> relative depth (B,1,256,256) in [0, 1].
+
+Shape legend (names carry shapes, as in minVAR):
+  B batch               C transformer width (1024)   Cv VQ-VAE latent channels (32)   V vocabulary (4096)
+  H, W image size       h, w one token map's size    K scales (10)   L tokens of one modality (680)
+  l tokens of one scale N tokens of several scales    A attention heads (16)   c channels per head (C/A)
+e.g. idx_Bl token indices of one scale, f_BCvhw a latent map, f_BNCv latents of several scales as a
+sequence, x_BLC transformer activations, logits_BlV one scale's logits.
+
+Constructs marked "official key" exist only so that VAR's released checkpoints load with strict key
+matching (`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes).
 
 Extensions beyond the paper are config switches, all off in `d16`:
   image_shortcut  adds, at every depth position, a linear projection of the image token at the same
                   scale and position. A from-scratch tiny model otherwise learns the first token and then
-                  predicts each scale from coarser depth alone, ignoring the image for thousands of steps
-                  (REFERENCE.md Sec. 7); the shortcut makes the image matter ~15x sooner.
+                  predicts each scale from coarser depth alone, ignoring the image for thousands of steps;
+                  the shortcut made the image matter ~15x sooner in a CPU prototype.
 
-This module imports torch and nothing else of ours; the data, training and export scripts import it.
+This module imports torch and safetensors and nothing of ours: every other file imports it.
 """
 from __future__ import annotations
 
 import math
+import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import safetensors
+import safetensors.torch
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -91,9 +117,9 @@ class Config:
         64x64 input and 3 downsamplings give an 8x8 latent; six scales (1,2,3,4,6,8) give 130 tokens
         per modality, so a training sequence is 260 tokens (d16: 1360), and a batch of 32 runs at tens
         of samples per second. A 512-code book is enough for 8x8 maps of smooth depth and simple scenes.
-        The transformer (4 blocks, width 128, 0.8M weights in its blocks) trains at tens of samples per
-        second on two cores; `image_shortcut` is on because a tiny transformer trained from scratch otherwise ignores
-        the image (REFERENCE.md Sec. 7).
+        The transformer (4 blocks, width 128: 1.2M weights in its blocks, 1.3M in all; VQ-VAE 1.1M) trains at
+        tens of samples per second on two cores; `image_shortcut` is on because a tiny transformer trained from
+        scratch otherwise ignores the image (see the module docstring).
         """
         return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
@@ -204,6 +230,7 @@ class Upsample(nn.Module):
 
 
 def _level(blocks, attns, resample=None, resample_name="downsample") -> nn.Module:
+    """A bare module holding one resolution level, only so the keys read `down.{i}.block.{j}...` as VAR's."""
     level = nn.Module()
     level.block, level.attn = nn.ModuleList(blocks), nn.ModuleList(attns)
     if resample is not None:
@@ -295,6 +322,8 @@ def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
 
 
 class PhiList(nn.Module):
+    """Official key layout only: the Phi convolutions live at quantize.quant_resi.qresi_ls.{i}."""
+
     def __init__(self, cfg: Config):
         super().__init__()
         self.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
@@ -310,7 +339,8 @@ class ResidualQuantizer(nn.Module):
         self.quant_resi = PhiList(cfg)
         self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
         self.resample = Resampler(cfg.patch_nums)
-        # Per-scale codebook hits (exponential moving average): stage-1 training reads it to find dead codes.
+        # Official key only: VAR's per-scale code-hit statistics (K, V). Nothing here reads it; stage 1
+        # counts hits itself (train.py) to restart dead codes.
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
 
     def nearest(self, f_BCvhw: torch.Tensor) -> torch.Tensor:
@@ -328,12 +358,11 @@ class ResidualQuantizer(nn.Module):
         h_BCvhw = self.embedding(idx_Bl).transpose(1, 2).reshape(B, -1, pn, pn)
         return self.quant_resi.qresi_ls[self.phi_of_scale[si]](self.resample(h_BCvhw, last, "bicubic"))
 
-    def forward(self, f_BCvhw: torch.Tensor, walk: list | None = None):
-        """Decompose f into per-scale tokens; returns (idx per scale, cumulative f_hat per scale).
+    def forward(self, f_BCvhw: torch.Tensor):
+        """Decompose f into per-scale tokens: x_k = Q(S_k(f - sum_{i<k} eta_i(x_i))).
 
-        walk=None is the VQ-VAE's own decomposition. With walk (the model's rollout z), the residual is
-        updated by the walked tokens while the returned indices are the nearest codes of that residual:
-        exactly DepthART's dynamic targets t_k = Q(S_k(f - sum_{i<k} eta_i(z_i))) (paper Eq. 4-5).
+        Returns (idx_Bl per scale, cumulative f_hat per scale). Scale k quantizes what the coarser scales
+        left unexplained, so the sum of all K etas approximates f ever more closely.
         """
         with torch.autocast(f_BCvhw.device.type, enabled=False):  # in the codebook's precision, not autocast's
             f_BCvhw = f_BCvhw.to(self.embedding.weight.dtype)
@@ -341,7 +370,7 @@ class ResidualQuantizer(nn.Module):
             idx_list, f_hats = [], []
             for si, pn in enumerate(self.patch_nums):
                 idx_Bl = self.nearest(self.resample(rest, pn, "area"))
-                h_BCvhw = self.eta(idx_Bl if walk is None else walk[si], si)
+                h_BCvhw = self.eta(idx_Bl, si)
                 f_hat, rest = f_hat + h_BCvhw, rest - h_BCvhw.detach()
                 idx_list.append(idx_Bl)
                 f_hats.append(f_hat)
@@ -376,6 +405,10 @@ class VQVAE(nn.Module):
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(f_hat_BCvhw))
 
+    def reconstruct(self, x_B3HW: torch.Tensor) -> torch.Tensor:
+        """Encode, quantize at every scale, decode the full sum: what the VQ-VAE alone gives back."""
+        return self.decode(self.quantize(self.encode(x_B3HW))[1][-1])
+
     def forward(self, x_B3HW: torch.Tensor, beta: float = 0.25):
         """Stage-1 training: reconstruction, VQ loss (codebook + beta * commitment), tokens.
 
@@ -392,7 +425,7 @@ class VQVAE(nn.Module):
 # 4. VAR transformer (VAR's module names, so var_d16.pth loads)
 # ----------------------------------------------------------------------------------------------
 class SelfAttention(nn.Module):
-    """Multi-head attention with L2-normalized q, k and a learnable per-head temperature.
+    """Multi-head attention with L2-normalized q, k and a learnable per-head temperature (VAR's).
 
     Normalized q.k lies in [-1, 1]; exp(scale_mul) (at most 100) sets each head's sharpness. An
     optional KV cache (a dict) lets inference feed one scale at a time.
@@ -404,23 +437,25 @@ class SelfAttention(nn.Module):
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
-        self.register_buffer("zero_k_bias", torch.zeros(width))  # k needs no bias: softmax ignores it
+        # VAR trains no k bias (the q and v biases suffice); the official checkpoint stores this zero
+        # buffer, so it is kept for the key names. (With normalized k a bias would not cancel in softmax.)
+        self.register_buffer("zero_k_bias", torch.zeros(width))
         self.proj = nn.Linear(width, width)
 
     def forward(self, x_BLC, attn_bias, cache: dict | None = None):
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, C // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B,H,L,c
-        q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
-        k = F.normalize(k, dim=-1)
+        q_BALc, k_BALc, v_BALc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q_BALc = F.normalize(q_BALc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
+        k_BALc = F.normalize(k_BALc, dim=-1)
         if cache is not None:  # append this step's keys and values to everything seen before
             if "k" in cache:
-                k, v = torch.cat((cache["k"], k), 2), torch.cat((cache["v"], v), 2)
-            cache["k"], cache["v"] = k, v
-        mask = None if attn_bias is None else attn_bias.to(q.dtype)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        return self.proj(o.transpose(1, 2).reshape(B, L, C))
+                k_BALc, v_BALc = torch.cat((cache["k"], k_BALc), 2), torch.cat((cache["v"], v_BALc), 2)
+            cache["k"], cache["v"] = k_BALc, v_BALc
+        mask = None if attn_bias is None else attn_bias.to(q_BALc.dtype)
+        o_BALc = F.scaled_dot_product_attention(q_BALc, k_BALc, v_BALc, attn_mask=mask, scale=1.0)
+        return self.proj(o_BALc.transpose(1, 2).reshape(B, L, C))
 
 
 class FFN(nn.Module):
@@ -487,7 +522,8 @@ class VAR(nn.Module):
         super().__init__()
         self.cfg, C, L = cfg, cfg.width, cfg.tokens_per_modality
         self.word_embed = nn.Linear(cfg.z_channels, C)
-        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # we only ever use the last, null class
+        # Official key: VAR's 1000 ImageNet classes + the null class; DepthART only uses the null row.
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)
         self.pos_start = nn.Parameter(torch.empty(1, 1, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
         self.lvl_embed = nn.Embedding(len(cfg.patch_nums), C)
@@ -496,7 +532,8 @@ class VAR(nn.Module):
         self.head = nn.Linear(C, cfg.vocab_size)
         if cfg.image_shortcut:  # extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
-        # VAR's own (depth-only) block-causal mask and levels, kept in the state dict as the checkpoint has them.
+        # Official keys: VAR's levels of one modality (lvl_1L, read by lvl_pos) and its depth-only mask
+        # (attn_bias_for_masking, never read here: the prefix mask below replaces it).
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
         self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]))
         # With the image prefix, image tokens and the depth start token form level 0 (they all see each
@@ -550,7 +587,7 @@ class VAR(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. DepthART: image prefix, cached greedy rollout, the two objectives, inference
+# 5. DepthART: image prefix, the two objectives' targets, one greedy rollout, inference
 # ----------------------------------------------------------------------------------------------
 def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
     return image_B3HW * 2 - 1  # [0, 1] -> [-1, 1], the VQ-VAE's input range
@@ -564,10 +601,10 @@ def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = 
     if not torch.isfinite(depth_B1HW).all():
         raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
     B = depth_B1HW.shape[0]
-    d_BN = depth_B1HW.reshape(B, -1).float()
+    d_BP = depth_B1HW.reshape(B, -1).float()  # P: all pixels of an image
     if valid_B1HW is not None:
-        d_BN = d_BN.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))
-    q_B = torch.nanquantile(d_BN, 0.98, dim=1)
+        d_BP = d_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))
+    q_B = torch.nanquantile(d_BP, 0.98, dim=1)
     if not (torch.isfinite(q_B) & (q_B > 0)).all():
         bad = [i for i in range(B) if not (torch.isfinite(q_B[i]) and q_B[i] > 0)]
         raise ValueError(f"depth maps {bad} are all zero, negative or have no valid pixel: nothing to normalize")
@@ -580,6 +617,29 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     return ((x_B3HW.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
 
 
+def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
+    """VAR's objective (paper Eq. 3): targets x_k are the VQ-VAE's own decomposition of the depth latent
+    f_D, and the inputs are built from the same x_k -> (idx_Bl per scale, cumulative f_hat per scale)."""
+    return quant(f_D)
+
+
+def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tuple[list, list]:
+    """DepthART's objective (paper Eq. 4-5): the model walked z_1..z_K (its own greedy tokens); the target
+    at scale k is the code that best repairs what that walk left unexplained,
+        t_k = Q(S_k(f_D - sum_{i<k} eta_i(z_i))),
+    and the inputs are built from the walk -> (t_Bl per scale, the walk's cumulative f_hat per scale).
+    If z equals the VQ-VAE's decomposition, these are exactly the teacher-forcing targets."""
+    with torch.autocast(f_D.device.type, enabled=False):  # the codebook's precision, as the quantizer
+        rest = f_D.detach().to(quant.embedding.weight.dtype)
+        f_hat, targets, f_hats = torch.zeros_like(rest), [], []
+        for si, pn in enumerate(quant.patch_nums):
+            targets.append(quant.nearest(quant.resample(rest, pn, "area")))
+            h_BCvhw = quant.eta(z[si], si)
+            f_hat, rest = f_hat + h_BCvhw, rest - h_BCvhw
+            f_hats.append(f_hat)
+    return targets, f_hats
+
+
 class DepthART(nn.Module):
     """A frozen VQ-VAE and a VAR transformer that predicts depth tokens after the image's tokens."""
 
@@ -588,9 +648,19 @@ class DepthART(nn.Module):
         self.cfg = cfg
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
-        self.bounds = [0]
+        self.bounds = [0]  # token k of a modality belongs to scale si when bounds[si] <= k < bounds[si + 1]
         for pn in cfg.patch_nums:
             self.bounds.append(self.bounds[-1] + pn * pn)
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu") -> "DepthART":
+        """One of our safetensors checkpoints (config in its metadata) -> the model, in eval mode."""
+        md = checkpoint_metadata(path)
+        if "config" not in md:
+            raise ValueError(f"{path}: no config in the safetensors metadata; not a depthart checkpoint")
+        model = cls(Config.from_dict(json.loads(md["config"])))
+        load_weights(model, read_state_dict(path), str(path))
+        return model.to(device).eval()
 
     def check_image(self, image_B3HW: torch.Tensor):
         S = self.cfg.image_size
@@ -607,59 +677,64 @@ class DepthART(nn.Module):
         return torch.cat([rs(f, pn, "bicubic").flatten(2).transpose(1, 2)
                           for f, pn in zip(f_hats, self.cfg.patch_nums)], 1)
 
-    def depth_tokens(self, f_BlCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
-        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token)."""
+    def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
+        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC."""
         begin, end = self.bounds[si0], self.bounds[si1]
         parts = []
         if si0 == 0:
             parts.append(self.var.start_token(img_BLCv.shape[0]))
             begin += 1
         if end > begin:
-            parts.append(self.var.embed(f_BlCv, begin, end))
-        x_BlC = torch.cat(parts, 1)
+            parts.append(self.var.embed(f_BNCv, begin, end))
+        x_BNC = torch.cat(parts, 1)
         if self.cfg.image_shortcut:
-            x_BlC = x_BlC + self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:end])
-        return x_BlC
+            x_BNC = x_BNC + self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:end])
+        return x_BNC
 
     def parallel_logits(self, img_BLCv: torch.Tensor, inputs: list) -> torch.Tensor:
         """One block-causal forward over [image prefix | depth inputs] -> depth logits_BLV.
 
         `inputs` are the latents that feed scales 2..K (from the VQ-VAE's path or from the rollout).
         """
-        f_BlCv = torch.cat([f.flatten(2).transpose(1, 2) for f in inputs], 1)
-        x_BLC = torch.cat((self.var.embed(img_BLCv, 0, self.L),
-                           self.depth_tokens(f_BlCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
-        return self.var(x_BLC, self.var.prefix_attn_bias)[:, self.L:]
+        f_BNCv = torch.cat([f.flatten(2).transpose(1, 2) for f in inputs], 1)
+        x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L),
+                           self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
+        return self.var(x_BNC, self.var.prefix_attn_bias)[:, self.L:]
 
-    def rollout(self, img_BLCv: torch.Tensor, return_logits: bool = False):
-        """Cached greedy generation, one scale per transformer call (VAR Algorithm 2 with argmax).
+    def rollout(self, img_BLCv: torch.Tensor, return_logits: bool = False, cache: bool = True):
+        """Greedy generation, one scale per transformer call (VAR's Algorithm 2 with argmax).
 
         The first call runs the image prefix and the depth start token together (level 0 sees all of
-        level 0, so no mask is needed); every later call feeds one scale against the cache. Returns
-        (z: idx_Bl per scale, f_hats: cumulative latent after each scale[, logits per scale]).
+        level 0); every later call adds one scale. With the KV cache (inference, training, export) a call
+        feeds only the new scale; cache=False reruns the whole sequence so far under the block-causal mask
+        each time (what inference costs without a cache: same tokens up to float rounding, the benchmark's
+        reference). Returns (z: idx_Bl per scale, f_hats: cumulative latent after each scale[, logits]).
         """
-        caches = [dict() for _ in self.var.blocks]
-        quant = self.vae.quantize
-        x_BlC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
+        caches = [dict() for _ in self.var.blocks] if cache else None
+        quant, patch_nums = self.vae.quantize, self.cfg.patch_nums
+        x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
         z, f_hats, logits = [], [], []
         f_hat = 0
-        for si, pn in enumerate(self.cfg.patch_nums):
-            logits_BlV = self.var(x_BlC, None, caches)[:, -pn * pn:]
+        for si, pn in enumerate(patch_nums):
+            n = x_BNC.shape[1]
+            bias = None if cache else self.var.prefix_attn_bias[..., :n, :n]
+            logits_BlV = self.var(x_BNC, bias, caches)[:, -pn * pn:]
             idx_Bl = logits_BlV.argmax(-1)
             f_hat = f_hat + quant.eta(idx_Bl, si)
             z.append(idx_Bl), f_hats.append(f_hat), logits.append(logits_BlV)
-            if si + 1 < len(self.cfg.patch_nums):
-                nxt = quant.resample(f_hat, self.cfg.patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
-                x_BlC = self.depth_tokens(nxt, img_BLCv, si + 1, si + 2)
+            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to the next scale
+                nxt_BlCv = quant.resample(f_hat, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
+                x_BlC = self.depth_tokens(nxt_BlCv, img_BLCv, si + 1, si + 2)
+                x_BNC = x_BlC if cache else torch.cat((x_BNC, x_BlC), 1)
         return (z, f_hats, logits) if return_logits else (z, f_hats)
 
     def loss(self, image_B3HW, depth_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens under one of the two objectives -> (loss, stats dict).
 
-        var:       teacher forcing (paper Eq. 3): inputs and targets from the VQ-VAE's decomposition of f_D.
-        depthart:  a no-grad cached greedy rollout walks z_1..z_K; targets t_k are the nearest codes of
-                   the residual f_D - sum_{i<k} eta_i(z_i) (Eq. 4-5); inputs are built from z. A single
-                   block-causal forward then gives the same logits as the sequential cached one.
+        var:       teacher forcing: targets and inputs from the VQ-VAE's decomposition of f_D.
+        depthart:  a no-grad cached greedy rollout walks z (exactly as inference does); dynamic targets
+                   and inputs come from that walk. One block-causal forward over those inputs then gives
+                   the logits the sequential cached rollout computed, now with gradients.
         """
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
@@ -667,10 +742,9 @@ class DepthART(nn.Module):
             img_BLCv = self.encode_image(image_B3HW)
             f_D = self.vae.encode(normalize_depth(depth_B1HW, valid_B1HW))
             if objective == "var":
-                targets, f_hats = self.vae.quantize(f_D)
+                targets, f_hats = teacher_forcing_targets(self.vae.quantize, f_D)
             else:
-                z, _ = self.rollout(img_BLCv)
-                targets, f_hats = self.vae.quantize(f_D, walk=z)
+                targets, f_hats = dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
             inputs = self.vae.quantize.next_inputs(f_hats)
         logits_BLV = self.parallel_logits(img_BLCv, inputs)
         target_BL = torch.cat(targets, 1)
@@ -679,30 +753,75 @@ class DepthART(nn.Module):
             acc = (logits_BLV.argmax(-1) == target_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": acc}
 
+    def decode_depth(self, f_hats: list) -> torch.Tensor:
+        """Partial sums f_hat (a list of k) -> relative depth after each of them (B, k, H, W) in [0, 1], from
+        one batched decoder call. All K partial sums give the paper's Fig. 7, coarse to fine."""
+        k, B = len(f_hats), f_hats[0].shape[0]
+        depth = depth_from_decoder(self.vae.decode(torch.cat(f_hats, 0)))
+        return depth.view(k, B, *depth.shape[-2:]).transpose(0, 1)
+
     @torch.no_grad()
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False) -> torch.Tensor:
-        """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1].
+        """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near).
 
-        all_scales=True returns (B, K, H, W): the depth decoded from the partial sum after every scale
-        (the paper's Fig. 7), the last channel being the final prediction.
+        all_scales=True returns (B, K, H, W): the depth after every scale, the last being the prediction.
         """
         _, f_hats = self.rollout(self.encode_image(image_B3HW))
-        if not all_scales:
-            return depth_from_decoder(self.vae.decode(f_hats[-1]))
-        K, B = len(f_hats), image_B3HW.shape[0]
-        depth = depth_from_decoder(self.vae.decode(torch.cat(f_hats, 0)))  # one decoder call for all scales
-        return depth.view(K, B, *depth.shape[-2:]).transpose(0, 1)
+        return self.decode_depth(f_hats if all_scales else f_hats[-1:])
+
+    @torch.no_grad()
+    def vqvae_ceiling(self, depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+        """Depth decoded from the VQ-VAE's own tokens of the true depth: the best any transformer on this
+        VQ-VAE can predict (stage 1's validation figure) -> (B, 1, H, W)."""
+        return depth_from_decoder(self.vae.reconstruct(normalize_depth(depth_B1HW, valid_B1HW)))
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Checkpoints: official .pth (weights only) and our safetensors, with clear errors
+# 6. Checkpoints: our safetensors (config in the metadata), official .pth (weights only), clear errors
 # ----------------------------------------------------------------------------------------------
+def atomic_write(path, write):
+    """write(tmp) beside path, fsync, then rename over path: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path, model: DepthART, meta: dict):
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta)}
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(sd, str(tmp), metadata=metadata))
+
+
+def checkpoint_metadata(path) -> dict:
+    """The safetensors metadata of one of our checkpoints ({} for PyTorch pickles such as the official .pth)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return {}
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # truncated files, not safetensors at all
+        raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
+
+
+def checkpoint_meta(path) -> dict:
+    """What train.py recorded about a checkpoint of ours: stage, objective, step, data, seed."""
+    return json.loads(checkpoint_metadata(path).get("meta", "{}"))
+
+
 def read_state_dict(path) -> dict:
     """Read a state dict from .safetensors, or from .pth with torch.load(weights_only=True)."""
     path = str(path)
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
+        return safetensors.torch.load_file(path)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickles with code in them, truncated files, non-checkpoints
@@ -729,3 +848,16 @@ def load_weights(module: nn.Module, state_dict: dict, what: str = "checkpoint"):
                     f"shape mismatches: {show(shapes)}" if shapes else ""]
         raise ValueError(f"{what} does not match the model; " + "; ".join(p for p in problems if p))
     module.load_state_dict(state_dict, strict=True)
+
+
+def init_weights(model: DepthART, init=None, init_vae=None, init_var=None):
+    """Start a model from checkpoints: `init` a whole model of ours; `init_vae` / `init_var` the official
+    vae_ch160v4096z32.pth / var_d16.pth (VAR's releases), or the `vae.` / `var.` half of one of ours."""
+    if init:
+        load_weights(model, read_state_dict(init), str(init))
+    for part, path in (("vae", init_vae), ("var", init_var)):
+        if path:
+            sd = read_state_dict(path)
+            if any(k.startswith(part + ".") for k in sd):
+                sd = {k[len(part) + 1:]: v for k, v in sd.items() if k.startswith(part + ".")}
+            load_weights(getattr(model, part), sd, str(path))

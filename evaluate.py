@@ -3,16 +3,15 @@
     python evaluate.py --checkpoint CKPT --dataset nyuv2|ibims1|eth3d|tum|hypersim|synthetic \
         --data-root DIR [--protocol depthart|marigold] [--out PREFIX] [--limit N]
 
-The file reads top to bottom:
+The metrics and the alignment of a relative prediction to metric ground truth live in metrics.py
+(training and the experiment score with them too). This file reads top to bottom:
 
-1. metrics on numpy arrays (per image; a dataset figure is the mean over images),
-2. alignment of a relative prediction to metric ground truth,
-3. the two evaluation protocols (DepthART's and Marigold's) and their per-dataset rules,
-4. iBims-1 planarity errors (pe-fla, pe-ori) as the official iBims-1 script defines them,
-5. readers for each dataset in its official published layout,
-6. `evaluate_dataset`: resize in, predict, resize back, align, score, aggregate, with every
+1. the two evaluation protocols (DepthART's and Marigold's) and their per-dataset rules,
+2. iBims-1 planarity errors (pe-fla, pe-ori) as the official iBims-1 script defines them,
+3. readers for each dataset in its official published layout,
+4. `evaluate_dataset`: resize in, predict, resize back, align, score, aggregate, with every
    skipped image counted by reason (never averaged in as a zero),
-7. baseline predictors (`const`, `ramp`) and the command line.
+5. baseline predictors (`const`, `ramp`) and the command line.
 
 A *predictor* is any callable `predict(images) -> depth` taking float32 images (B, 3, h, w) in
 [0, 1], already resized to the model's input size, and returning relative depth (B, 1, h', w')
@@ -31,129 +30,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
+import scipy.io
+from PIL import Image
+from tqdm import tqdm
+
+import data
+import infer_trt
+from data import read_image, resize
+from metrics import align_least_squares, align_median, constant_depth, image_metrics, ramp_depth
 
 # --------------------------------------------------------------------------------------------
-# 1. Metrics. Each takes pred, gt (metres, same shape) and a boolean valid mask, and scores one
-#    image over its valid pixels. Ratios use numpy's inf for a zero prediction, which counts as a
-#    bad pixel rather than crashing.
-# --------------------------------------------------------------------------------------------
-
-DELTA_BASE = 1.25
-
-
-def _valid_pair(pred, gt, valid):
-    valid = np.asarray(valid, dtype=bool)
-    return np.asarray(pred, dtype=np.float64)[valid], np.asarray(gt, dtype=np.float64)[valid]
-
-
-def _max_ratio(p, g):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.maximum(p / g, g / p)
-
-
-def abs_rel(pred, gt, valid):
-    """Absolute relative error: mean over valid pixels of |p - g| / g."""
-    p, g = _valid_pair(pred, gt, valid)
-    return float(np.mean(np.abs(p - g) / g))
-
-
-def rmse(pred, gt, valid):
-    """Root mean squared error in metres: sqrt(mean over valid pixels of (p - g)^2)."""
-    p, g = _valid_pair(pred, gt, valid)
-    return float(np.sqrt(np.mean((p - g) ** 2)))
-
-
-def delta_acc(pred, gt, valid, k=1):
-    """Threshold accuracy delta_k: fraction of valid pixels with max(p/g, g/p) < 1.25**k."""
-    p, g = _valid_pair(pred, gt, valid)
-    return float(np.mean(_max_ratio(p, g) < DELTA_BASE**k))
-
-
-def bad_d1(pred, gt, valid):
-    """DepthART's "d1" column: fraction of valid pixels with max(p/g, g/p) > 1.25.
-
-    This is 1 - delta1 except for ratios of exactly 1.25, which neither counts. Lower is better.
-    """
-    p, g = _valid_pair(pred, gt, valid)
-    return float(np.mean(_max_ratio(p, g) > DELTA_BASE))
-
-
-def image_metrics(pred, gt, valid):
-    """All per-image depth metrics of one aligned prediction, as a dict."""
-    return {
-        "abs_rel": abs_rel(pred, gt, valid),
-        "delta1": delta_acc(pred, gt, valid, 1),
-        "delta2": delta_acc(pred, gt, valid, 2),
-        "delta3": delta_acc(pred, gt, valid, 3),
-        "bad_d1": bad_d1(pred, gt, valid),
-        "rmse": rmse(pred, gt, valid),
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# 2. Alignment: the model predicts relative depth; the metrics need metres.
-# --------------------------------------------------------------------------------------------
-
-
-def align_median(pred, gt, valid, ratio_of_medians=False):
-    """Scale-only alignment: returns s * pred.
-
-    Default (DepthART's code, `align_si_l1`): s = median over valid pixels of g / p.
-    With ratio_of_medians=True: s = median(g) / median(p) over valid pixels (what the iBims-1
-    planarity error uses inside each plane). Both are exact for a pred that is a pure scale of gt.
-    """
-    p, g = _valid_pair(pred, gt, valid)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.median(g) / np.median(p) if ratio_of_medians else np.median(g / p)
-    return (np.asarray(pred, dtype=np.float64) * s).astype(np.float32)
-
-
-def median_aligned_scores(preds, gts, valids) -> tuple[list, list]:
-    """Per-image AbsRel and delta1 after median-scale alignment: the quick figures that training's
-    validation and experiment.py report (arrays of (H, W) predictions, metres, masks)."""
-    rel, d1 = [], []
-    for p, g, m in zip(preds, gts, valids):
-        p = align_median(p, g, m)
-        rel.append(abs_rel(p, g, m))
-        d1.append(delta_acc(p, g, m, 1))
-    return rel, d1
-
-
-def nearest_subsample(array, max_res):
-    """Nearest-neighbour downsample so that neither side exceeds max_res (Marigold fits its
-    least-squares alignment on such a copy for ETH3D); returns the array unchanged if it fits."""
-    h, w = array.shape[-2:]
-    factor = min(max_res / h, max_res / w)
-    if factor >= 1:
-        return array
-    rows = np.minimum((np.arange(int(h * factor)) / factor).astype(int), h - 1)
-    cols = np.minimum((np.arange(int(w * factor)) / factor).astype(int), w - 1)
-    return array[..., rows[:, None], cols[None, :]]
-
-
-def align_least_squares(pred, gt, valid, max_res=None):
-    """Scale-and-shift alignment in depth space: returns s * pred + t, where (s, t) minimise
-    sum over valid pixels of (s p + t - g)^2. Closed form: s = cov(p, g) / var(p),
-    t = mean(g) - s mean(p). A constant prediction (var(p) = 0) gets s = 0, t = mean(g), the
-    same aligned map a least-squares solver returns. max_res: fit on a nearest-neighbour
-    downsampled copy (Marigold's --alignment_max_res)."""
-    fit_p, fit_g, fit_v = pred, gt, valid
-    if max_res is not None:
-        fit_p, fit_g, fit_v = (nearest_subsample(np.asarray(a), max_res) for a in (pred, gt, valid))
-    p, g = _valid_pair(fit_p, fit_g, fit_v)
-    p_mean, g_mean = p.mean(), g.mean()
-    var = np.mean((p - p_mean) ** 2)
-    if var <= 1e-12 * max(p_mean * p_mean, 1e-12):
-        scale, shift = 0.0, g_mean
-    else:
-        scale = np.mean((p - p_mean) * (g - g_mean)) / var
-        shift = g_mean - scale * p_mean
-    return (np.asarray(pred, dtype=np.float64) * scale + shift).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# 3. Protocols. A protocol says how the image is resized to the model's input (the model's own
+# 1. Protocols. A protocol says how the image is resized to the model's input (the model's own
 #    size: 256x256 for DepthART's d16 model), how the prediction is resized back to the ground
 #    truth (bilinear), how it is aligned, and per dataset which pixels count.
 # --------------------------------------------------------------------------------------------
@@ -247,7 +136,7 @@ def evaluation_mask(depth, valid, rule):
 
 
 # --------------------------------------------------------------------------------------------
-# 4. iBims-1 planarity errors (Koch et al. 2018; official evaluate_ibims_error_metrics.py,
+# 2. iBims-1 planarity errors (Koch et al. 2018; official evaluate_ibims_error_metrics.py,
 #    compute_planarity_error). For each labelled plane (wall, table, floor) whose valid pixels
 #    cover at least 5% of the image: scale the prediction by median(gt)/median(pred) inside the
 #    plane, back-project with the intrinsics, fit a plane by PCA; pe-fla = 100 * std of the
@@ -316,7 +205,7 @@ def planarity_errors(pred, gt, plane_masks, K, min_fraction=MIN_PLANE_FRACTION):
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Readers. Each yields samples {"name", "image": float32 (H, W, 3) in [0, 1],
+# 3. Readers. Each yields samples {"name", "image": float32 (H, W, 3) in [0, 1],
 #    "depth": float32 (H, W) metres, "valid": bool (H, W), optional "K": 3x3,
 #    optional "planes": list of {"kind", "mask", "normal"}}; or, for an entry whose files cannot
 #    be read, {"name", "skip": reason}. A missing dataset root or index file raises instead.
@@ -329,18 +218,8 @@ SKIP_EMPTY = "empty valid mask"
 SKIP_NONFINITE = "non-finite prediction"
 
 
-def read_rgb(path):
-    """An 8-bit RGB image file -> float32 (H, W, 3) in [0, 1]."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-
-
 def read_png_array(path):
     """A PNG as its stored integer values (16-bit depth PNGs stay 16-bit)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         return np.asarray(im)
 
@@ -372,21 +251,15 @@ NYU_K = np.array([[518.858, 0.0, 325.582], [0.0, 519.470, 253.736], [0.0, 0.0, 1
 
 def read_split_indices(path, key):
     """0-based indices from a splits.mat (MATLAB v5 via scipy, or v7.3 via h5py)."""
-    import scipy.io
-
     try:
         indices = scipy.io.loadmat(path)[key]
     except NotImplementedError:  # a v7.3 file
-        import h5py
-
         with h5py.File(path, "r") as f:
             indices = f[key][()]
     return np.asarray(indices).astype(np.int64).ravel() - 1
 
 
 def read_nyuv2(root, split="test", depth_key="rawDepths"):
-    import h5py
-
     root = Path(root)
     mat = _require(root / "nyu_depth_v2_labeled.mat", "NYUv2 labeled .mat")
     indices = read_split_indices(_require(root / "splits.mat", "NYUv2 splits.mat"),
@@ -449,7 +322,7 @@ def read_ibims1(root):
     for name in ibims_image_names(root):
 
         def load(name=name):
-            image = read_rgb(root / "rgb" / f"{name}.png")
+            image = read_image(root / "rgb" / f"{name}.png")
             depth = read_png_array(root / "depth" / f"{name}.png").astype(np.float32) * IBIMS_DEPTH_SCALE
             invalid_ok = read_png_array(root / "mask_invalid" / f"{name}.png") > 0
             transp_ok = read_png_array(root / "mask_transp" / f"{name}.png") > 0
@@ -501,7 +374,7 @@ def read_eth3d(root, shape=ETH3D_SHAPE):
     for name, image_path, depth_path in eth3d_pairs(root):
 
         def load(name=name, image_path=image_path, depth_path=depth_path):
-            image = read_rgb(image_path)
+            image = read_image(image_path)
             try:
                 depth = read_eth3d_depth(depth_path, shape)
             except ValueError:
@@ -563,7 +436,7 @@ def read_tum(root, max_dt=TUM_MAX_DT):
 
             def load(name=name, rgb=sequence / rgb_list[t_rgb], depth=sequence / depth_list[t_depth]):
                 d = read_png_array(depth).astype(np.float32) * TUM_DEPTH_SCALE
-                return {"name": name, "image": read_rgb(rgb), "depth": d, "valid": d > 0}
+                return {"name": name, "image": read_image(rgb), "depth": d, "valid": d > 0}
 
             yield _entry(name, load)
 
@@ -571,8 +444,6 @@ def read_tum(root, max_dt=TUM_MAX_DT):
 # HyperSim and the procedural synthetic scenes come from data.py's make_dataset, whose items
 # are {"image": (3, H, W) in [0, 1], "depth": (1, H, W) metres, "valid": (1, H, W) bool}.
 def read_data_module(kind, root=None, split="test", size=None):
-    import data  # the project's data module; imported only when these datasets are asked for
-
     dataset = data.make_dataset(kind, split=split, size=size, root=root)
     try:
         items = (dataset[i] for i in range(len(dataset)))
@@ -604,31 +475,8 @@ def open_dataset(name, root, **options):
 
 
 # --------------------------------------------------------------------------------------------
-# 6. Running a predictor over a dataset.
+# 4. Running a predictor over a dataset.
 # --------------------------------------------------------------------------------------------
-
-
-def resize_image(image, size, mode):
-    """(H, W, 3) float image -> (3, h, w) float32 at size = (h, w), antialiased, clamped to [0, 1]."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)))
-    if tuple(t.shape[-2:]) != tuple(size):
-        t = F.interpolate(t[None], size=tuple(size), mode=mode, align_corners=False, antialias=True)[0]
-    return t.clamp(0.0, 1.0).numpy()
-
-
-def resize_prediction(pred, size, align_corners):
-    """(h, w) prediction -> (H, W) by bilinear interpolation."""
-    import torch
-    import torch.nn.functional as F
-
-    pred = np.asarray(pred, dtype=np.float32)
-    if pred.shape == tuple(size):
-        return pred
-    t = torch.from_numpy(np.ascontiguousarray(pred))[None, None]
-    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=align_corners)[0, 0].numpy()
 
 
 def crop_border(sample, b):
@@ -673,7 +521,7 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
 
     def score(entry, pred_small):
         gt, mask = entry["depth"], entry["mask"]
-        pred = resize_prediction(pred_small, gt.shape, protocol.pred_align_corners)
+        pred = resize(np.asarray(pred_small, np.float32), *gt.shape, "bilinear", protocol.pred_align_corners)
         if not np.isfinite(pred[mask]).all():
             skipped[SKIP_NONFINITE] += 1
             return
@@ -708,8 +556,6 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
 
     iterator = samples
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(samples, desc=f"{dataset} ({protocol.name})", unit="img", file=sys.stderr)
     for sample in iterator:
         if "skip" in sample:
@@ -724,7 +570,8 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
             skipped[SKIP_EMPTY] += 1
             continue
         # Keep only the resized image: full-size ETH3D images are ~300 MB each.
-        model_input = resize_image(sample["image"], input_size, protocol.image_resize)
+        image_3HW = np.asarray(sample["image"], np.float32).transpose(2, 0, 1)
+        model_input = np.clip(resize(image_3HW, *input_size, protocol.image_resize), 0.0, 1.0)
         pending.append({"name": sample["name"], "input": model_input, "mask": mask,
                         "depth": np.asarray(sample["depth"], dtype=np.float32),
                         "planes": sample.get("planes"), "K": sample.get("K")})
@@ -744,40 +591,24 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
 
 
 # --------------------------------------------------------------------------------------------
-# 7. Baseline predictors and the command line.
+# 5. Baseline predictors and the command line.
 # --------------------------------------------------------------------------------------------
 
 
-class ConstantPredictor:
-    """Predicts the same relative depth everywhere (the scene's median after alignment)."""
+class Baseline:
+    """A predictor that ignores the image: the same depth map (metrics.py's) for every input."""
 
-    def __init__(self, image_size=256, value=0.5):
-        self.image_size = image_size
-        self.value = value
+    def __init__(self, depth_map, image_size=256):
+        self.depth_map, self.image_size = depth_map, image_size
 
     def predict(self, images):
         b, _, h, w = images.shape
-        return np.full((b, 1, h, w), self.value, dtype=np.float32)
+        return np.broadcast_to(self.depth_map(h, w)[None, None], (b, 1, h, w)).copy()
 
     __call__ = predict
 
 
-class RampPredictor:
-    """Relative depth that grows toward the top of the image: row r of h gets (h - r) / h, so
-    the top row is 1 and the bottom row 1/h (a floor seen from standing height)."""
-
-    def __init__(self, image_size=256):
-        self.image_size = image_size
-
-    def predict(self, images):
-        b, _, h, w = images.shape
-        ramp = (h - np.arange(h, dtype=np.float32)) / h
-        return np.broadcast_to(ramp[None, None, :, None], (b, 1, h, w)).copy()
-
-    __call__ = predict
-
-
-BASELINES = {"const": ConstantPredictor, "ramp": RampPredictor}
+BASELINES = {"const": constant_depth, "ramp": ramp_depth}
 
 METRIC_LABELS = [
     ("abs_rel", "AbsRel"), ("delta1", "delta1"), ("delta2", "delta2"), ("delta3", "delta3"),
@@ -789,13 +620,8 @@ def load_predictor(checkpoint, input_size=None):
     """const / ramp baselines, or infer_trt.load_backend(checkpoint) for a model file.
     Returns (predict callable, model input size)."""
     if checkpoint in BASELINES:
-        predictor = BASELINES[checkpoint](image_size=input_size or 256)
+        predictor = Baseline(BASELINES[checkpoint], image_size=input_size or 256)
         return predictor.predict, predictor.image_size
-    try:
-        import infer_trt
-    except ImportError as error:
-        raise SystemExit(f"evaluate.py: cannot import infer_trt, which loads {checkpoint!r} ({error}). "
-                         f"Use --checkpoint const or ramp to run the protocol without a model.")
     backend = infer_trt.load_backend(checkpoint)
     return backend.predict, input_size or backend.image_size
 

@@ -20,12 +20,18 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from skimage import data as skdata
 
 import depthart as D
-from data import SyntheticScenes
-from evaluate import median_aligned_scores
+from data import SyntheticScenes, resize_image
+from metrics import constant_depth, median_aligned_scores, ramp_depth
+from train import read_log
+
+matplotlib.use("Agg")  # figures go to files
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
 def load_val(n: int, size: int):
@@ -61,9 +67,10 @@ def per_scale(model: D.DepthART, val, bs: int = 50) -> list[dict]:
         f_D = model.vae.encode(D.normalize_depth(b["depth"], b["valid"]))
         true_z, true_f_hats = model.vae.quantize(f_D)
         tf_BL = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(true_f_hats)).argmax(-1)
-        dyn_z, _ = model.vae.quantize(f_D, walk=own_z)
+        dyn_z, _ = D.dynamic_targets(model.vae.quantize, f_D, own_z)
+        depths_BKHW = model.decode_depth(f_hats)
         for k in range(K):
-            depths[k].append(D.depth_from_decoder(model.vae.decode(f_hats[k])))
+            depths[k].append(depths_BKHW[:, k:k + 1])
             logp = logits[k].log_softmax(-1)
             entropy[k].append(-(logp.exp() * logp).sum(-1).mean(1))
             hits_tf[k] += (tf_BL[:, model.bounds[k]:model.bounds[k + 1]] == true_z[k]).float().mean(1).sum()
@@ -91,30 +98,25 @@ def image_use(model: D.DepthART, val, bs: int = 50) -> dict:
 @torch.no_grad()
 def vqvae_ceiling(model: D.DepthART, val, bs: int = 50) -> dict:
     """Decoding the VQ-VAE's own tokens of the true depth: the best any transformer on it can do."""
-    preds = []
-    for b in batches(val, bs):
-        f_D = model.vae.encode(D.normalize_depth(b["depth"], b["valid"]))
-        preds.append(D.depth_from_decoder(model.vae.decode(model.vae.quantize(f_D)[1][-1])))
-    return scores(torch.cat(preds), val)
+    return scores(torch.cat([model.vqvae_ceiling(b["depth"], b["valid"]) for b in batches(val, bs)]), val)
 
 
 def trivial_baselines(val, n_train: int, size: int) -> dict:
     """Constant depth, a ramp growing with image height, and the mean (median-normalized) training depth."""
     N = len(val["image"])
-    rows = torch.linspace(1.0, 0.0, size).view(1, 1, size, 1)  # 1 at the top row, 0 at the bottom
+    same = lambda depth_map: torch.from_numpy(depth_map(size, size)).expand(N, 1, size, size)  # noqa: E731
     train = SyntheticScenes("train", size=size, length=n_train)
     mean_map = torch.zeros(1, size, size)
     for i in range(n_train):
         d = train[i]["depth"]
         mean_map += d / d.median()
-    return {"constant": scores(torch.ones(N, 1, size, size), val),
-            "ramp": scores((1 + rows).expand(N, 1, size, size), val),
+    return {"constant": scores(same(constant_depth), val),
+            "ramp": scores(same(ramp_depth), val),
             "mean_train_depth": scores((mean_map / n_train).expand(N, 1, size, size), val)}
 
 
 def run_info(run: Path) -> dict:
     """Steps and wall-clock seconds of a run, read from its metrics log when it has one."""
-    from train import read_log
     rows = read_log(run / "metrics.jsonl")
     info = {"steps": max(r["step"] for r in rows)} if rows else {}
     times = [r["elapsed"] for r in rows if "elapsed" in r]
@@ -123,11 +125,12 @@ def run_info(run: Path) -> dict:
     return info
 
 
+def checkpoint_of(run: Path) -> Path:
+    return run / "last.safetensors" if run.is_dir() else run
+
+
 def evaluate_run(run: Path, val) -> dict:
-    from train import load_checkpoint
-    ckpt = run / "last.safetensors" if run.is_dir() else run
-    model, _, _ = load_checkpoint(ckpt)
-    model.eval()
+    model = D.DepthART.from_checkpoint(checkpoint_of(run))
     return {"run": str(run), **run_info(run if run.is_dir() else run.parent),
             "scales": per_scale(model, val), "image_use": image_use(model, val)}, model
 
@@ -186,9 +189,6 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, g in result["groups"].items():
         ps = g["summary"]["per_scale"]
@@ -214,13 +214,8 @@ def plot(result: dict, path: Path):
 def gallery(checkpoint, path: Path, n_synthetic: int = 1):
     """The README's picture: photographs shipped with scikit-image and a held-out synthetic scene;
     per row the input, the depth after every scale (the partial sum decoded) and, where known, the truth."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from skimage import data as skdata
-    from data import resize_image
-    from train import load_checkpoint
-    model, cfg, _ = load_checkpoint(checkpoint)
+    model = D.DepthART.from_checkpoint(checkpoint)
+    cfg = model.cfg
     rows = [(name, resize_image(getattr(skdata, name)() / 255.0, cfg.image_size), None)
             for name in ("astronaut", "coffee", "chelsea")]
     val = SyntheticScenes("val", size=cfg.image_size, length=n_synthetic)
@@ -280,9 +275,7 @@ def main(argv=None):
         evaluated = []
         for run in runs:
             if val is None:
-                from train import load_checkpoint
-                size = load_checkpoint(run / "last.safetensors" if run.is_dir() else run)[1].image_size
-                val = load_val(args.n_val, size)
+                val = load_val(args.n_val, D.DepthART.from_checkpoint(checkpoint_of(run)).cfg.image_size)
             r, model = evaluate_run(run, val)
             print(f"{name}: {run}: AbsRel per scale", [round(s["abs_rel"], 3) for s in r["scales"]], flush=True)
             evaluated.append(r)

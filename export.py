@@ -32,7 +32,6 @@ import copy
 import hashlib
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -42,8 +41,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 import torch.nn as nn
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 import depthart as D
 
@@ -54,15 +57,8 @@ FOLD_MAX_ELEMENTS = 4096  # constant-fold only small results (shape arithmetic),
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
+# The unrolled inference module and its trace
 # ----------------------------------------------------------------------------------------------
-def load_checkpoint(path) -> tuple[D.DepthART, D.Config]:
-    """(model in eval mode, config) from one of our safetensors checkpoints (train.load_checkpoint)."""
-    from train import load_checkpoint as train_load_checkpoint
-    model, cfg, _meta = train_load_checkpoint(path)
-    return model.eval(), cfg
-
-
 def file_sha256(path, chunk=1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -71,9 +67,6 @@ def file_sha256(path, chunk=1 << 22) -> str:
     return h.hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------
-# The unrolled inference module and its trace
-# ----------------------------------------------------------------------------------------------
 class Unrolled(nn.Module):
     """image (B,3,H,W) in [0,1] -> depth (B,1,H,W) [, depth_scales (B,K,H,W)], tokens (B,L) int64.
 
@@ -89,12 +82,10 @@ class Unrolled(nn.Module):
     def forward(self, image_B3HW):
         m = self.model
         z, f_hats = m.rollout(m.encode_image(image_B3HW))
-        if self.all_scales:  # every partial sum through one batched decoder call, as predict(all_scales=True)
-            K, B = len(f_hats), image_B3HW.shape[0]
-            depth = D.depth_from_decoder(m.vae.decode(torch.cat(f_hats, 0)))
-            depth_scales = depth.view(K, B, *depth.shape[-2:]).transpose(0, 1)
+        if self.all_scales:
+            depth_scales = m.decode_depth(f_hats)
             return depth_scales[:, -1:], depth_scales, torch.cat(z, 1)
-        return D.depth_from_decoder(m.vae.decode(f_hats[-1])), torch.cat(z, 1)
+        return m.decode_depth(f_hats[-1:]), torch.cat(z, 1)
 
 
 def output_names(all_scales: bool) -> list[str]:
@@ -103,7 +94,6 @@ def output_names(all_scales: bool) -> list[str]:
 
 def trace(model: D.DepthART, batch: int = 1, all_scales: bool = False, opset: int = OPSET):
     """torch.onnx.export with the TorchScript tracer -> onnx.ModelProto (with the `tokens` output)."""
-    import onnx
     S = model.cfg.image_size
     image = torch.rand(batch, 3, S, S, generator=torch.Generator().manual_seed(0))
     buf = io.BytesIO()
@@ -133,9 +123,6 @@ def _static_shapes(model) -> dict:
 def fold_shape_arithmetic(model):
     """Replace Shape nodes of statically shaped values, and small computations on constants only, by
     Constant nodes. Initializers (weights) are never inputs to a fold, so no weight is ever copied."""
-    import onnx
-    from onnx import helper, numpy_helper
-    from onnx.reference import ReferenceEvaluator
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = _static_shapes(model)
     opsets = {o.domain: o.version for o in model.opset_import}
@@ -189,7 +176,6 @@ def drop_identities(model):
 
 def share_initializers(model):
     """Initializers with identical type, shape and bytes become one (unrolled steps read the same weight)."""
-    from onnx import numpy_helper
     seen, alias, keep = {}, {}, []
     for init in model.graph.initializer:
         data = init.raw_data or numpy_helper.to_array(init).tobytes()
@@ -223,7 +209,6 @@ def prune(model):
 
 def tidy(model):
     """The clean-up pass: fold shape arithmetic, drop aliases, share initializers, prune, re-infer shapes."""
-    import onnx
     for _ in range(8):  # each round's folds can make more shapes static for the next
         count = len(model.graph.node)
         model = prune(drop_identities(fold_shape_arithmetic(model)))
@@ -253,7 +238,6 @@ def op_counts(model) -> Counter:
 
 def graph_problems(model) -> list[str]:
     """Everything that would stop a static TensorRT build: forbidden operators, opset, non-static shapes."""
-    import onnx
     problems = []
     forbidden = sorted(set(op_counts(model)) & FORBIDDEN_OPS)
     if forbidden:
@@ -282,7 +266,6 @@ def initializer_bytes(model) -> int:
 
 
 def _tensor_nbytes(t) -> int:
-    from onnx import numpy_helper
     return numpy_helper.to_array(t).nbytes
 
 
@@ -300,8 +283,6 @@ def to_fp16(model, keep_io_fp32: bool = True):
     keep_io_fp32 the input `image` and float outputs stay float32 (a Cast at each end), so callers need
     not change. Resize's `roi` and `scales` inputs must stay float32 by the ONNX spec.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
     model = copy.deepcopy(model)
     g = model.graph
     fp32_only = {name for n in g.node if n.op_type == "Resize" for name in n.input[1:3] if name}
@@ -372,7 +353,6 @@ def sample_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 def ort_session(model_or_path, threads: int | None = None):
-    import onnxruntime as ort
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
@@ -479,9 +459,7 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
                            "(d16 in FP32 is 1.6 GiB)")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     data = graph.SerializeToString()
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, out_path)
+    D.atomic_write(out_path, lambda tmp: tmp.write_bytes(data))
     report.update(path=str(out_path), outputs=wanted, sha256=hashlib.sha256(data).hexdigest(),
                   megabytes=round(len(data) / 2**20, 2), export_seconds=round(time.perf_counter() - t0, 1))
     log(f"wrote {out_path} ({report['megabytes']} MB, outputs {', '.join(wanted)}, "
@@ -497,6 +475,7 @@ class EngineUnavailable(RuntimeError):
 
 
 def import_tensorrt():
+    """TensorRT is optional (it needs an NVIDIA GPU): imported here, only where an engine is built or run."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -570,17 +549,10 @@ def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_c
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(timing_cache, memoryview(config.get_timing_cache().serialize()))
-    _atomic_write(path, memoryview(serialized))
+    D.atomic_write(timing_cache, lambda tmp: tmp.write_bytes(memoryview(config.get_timing_cache().serialize())))
+    D.atomic_write(path, lambda tmp: tmp.write_bytes(memoryview(serialized)))
     log(f"built {path} in {time.perf_counter() - t0:.0f} s (timing cache {timing_cache})")
     return path
-
-
-def _atomic_write(path: Path, data):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,7 +593,7 @@ def main(argv=None) -> int:
     p.add_argument("--timing-cache", help="TensorRT timing cache file (default: beside the engine)")
     args = p.parse_args(argv)
     if args.checkpoint:
-        model, cfg = load_checkpoint(args.checkpoint)
+        model = D.DepthART.from_checkpoint(args.checkpoint)
     else:
         cfg = D.Config.preset(args.preset)
         torch.manual_seed(0)

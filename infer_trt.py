@@ -42,6 +42,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import torch
+from matplotlib import colormaps  # the colormap registry only: no pyplot, no GUI backend
+from PIL import Image
+from tqdm import tqdm
+
+import depthart as D
+import export as E
+from data import read_image, resize
 
 DEFAULT_CHECKPOINT = Path("weights/depthart_tiny.safetensors")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -92,15 +101,12 @@ class Backend:
 
 class TorchBackend(Backend):
     def __init__(self, model, all_scales: bool = False):
-        import torch
-        self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.eval().to(self.device)
         self.image_size, self.has_scales = model.cfg.image_size, all_scales
         self.name = f"torch ({self.device}, eager, cached greedy rollout)"
 
     def _run(self, images):
-        torch = self.torch
         x = torch.from_numpy(images).to(self.device)
         with torch.no_grad():
             if not self.has_scales:
@@ -110,18 +116,11 @@ class TorchBackend(Backend):
 
 
 def _cuda_present() -> bool:
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return True
-    except ImportError:
-        pass
-    return Path("/dev/nvidia0").exists()
+    return torch.cuda.is_available() or Path("/dev/nvidia0").exists()
 
 
 class OrtBackend(Backend):
     def __init__(self, onnx_path, cache_dir=None, providers=None, log=print):
-        import onnxruntime as ort
         available = ort.get_available_providers()
         if providers is None:  # GPU providers only where a GPU is: asking for them elsewhere only logs errors
             wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if _cuda_present() else []
@@ -152,12 +151,10 @@ class TrtBackend(Backend):
     """A serialized TensorRT engine, run with the TensorRT 10/11 API on buffers torch allocates."""
 
     def __init__(self, engine_path, log=print):
-        import torch
-        from export import EngineUnavailable, import_tensorrt
-        trt = import_tensorrt()
+        trt = E.import_tensorrt()  # optional: TensorRT is imported only here, where an engine is run
         if not torch.cuda.is_available():
-            raise EngineUnavailable("TensorRT engines need a CUDA GPU and a CUDA build of torch")
-        self.torch, self.trt = torch, trt
+            raise E.EngineUnavailable("TensorRT engines need a CUDA GPU and a CUDA build of torch")
+        self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
@@ -181,7 +178,6 @@ class TrtBackend(Backend):
         self.name = f"TensorRT {trt.__version__} engine {Path(engine_path).name}"
 
     def _run(self, images):
-        torch = self.torch
         with torch.cuda.stream(self.stream):
             self.buffers["image"].copy_(torch.from_numpy(images), non_blocking=False)
             if not self.context.execute_async_v3(self.stream.cuda_stream):
@@ -206,7 +202,6 @@ def _code_digest() -> str:
 def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, fp16: bool = False,
                  cache_dir=None, log=print) -> Path:
     """The exported graph of a checkpoint, exported (and checked against PyTorch) on first use."""
-    import export as E
     checkpoint = Path(checkpoint)
     digest = E.file_sha256(checkpoint)[:16]
     opts = f"b{batch}" + ("-scales" if all_scales else "") + ("-fp16" if fp16 else "")
@@ -214,7 +209,7 @@ def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, fp16: boo
     if path.exists():
         return path
     log(f"exporting {checkpoint} to {path} (once; later runs reuse it)")
-    model, _cfg = E.load_checkpoint(checkpoint)
+    model = D.DepthART.from_checkpoint(checkpoint)
     E.export(model, path, batch=batch, all_scales=all_scales, fp16=fp16, check=True, exact=False,
              log=lambda s: log("  " + s))
     return path
@@ -229,7 +224,6 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
     brings its own. Returns an object with .predict(images (B,3,S,S) float32 [0,1]) -> (B,1,S,S) and
     .image_size.
     """
-    import export as E
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(path)
@@ -253,8 +247,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
         return OrtBackend(path, cache_dir=cache_dir, log=log)
 
     if backend == "torch":
-        model, _cfg = E.load_checkpoint(path)
-        return TorchBackend(model, all_scales)
+        return TorchBackend(D.DepthART.from_checkpoint(path), all_scales)
     reasons = []
     if backend in ("auto", "trt"):
         try:
@@ -265,47 +258,15 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
             if backend == "trt":
                 raise
             reasons.append(f"TensorRT unavailable: {e}")
-    if backend in ("auto", "ort"):
-        try:
-            import onnxruntime  # noqa: F401
-            import onnx  # noqa: F401
-            graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
-            return OrtBackend(graph, cache_dir=graph.parent, log=log)
-        except ImportError as e:
-            if backend == "ort":
-                raise
-            reasons.append(f"ONNX Runtime unavailable: {e}")
     for reason in reasons:
         log(reason)
-    model, _cfg = E.load_checkpoint(path)
-    return TorchBackend(model, all_scales)
+    graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
+    return OrtBackend(graph, cache_dir=graph.parent, log=log)
 
 
 # ----------------------------------------------------------------------------------------------
 # Images in
 # ----------------------------------------------------------------------------------------------
-def _image_reader():
-    """data.read_image; a minimal Pillow reader while data.py does not provide it."""
-    try:
-        from data import read_image
-        return read_image
-    except ImportError:
-        return _read_image_pillow
-
-
-def _read_image_pillow(path) -> np.ndarray:
-    import warnings
-    from PIL import Image, ImageOps
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse what Pillow only warns about
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I"):  # 16- or 32-bit integer grey
-                a = np.asarray(im, dtype=np.float32)
-                return np.repeat(np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0, 1)[..., None], 3, axis=2)
-            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-
-
 def collect_inputs(items) -> tuple[list[Path], list[str]]:
     """Files, folders (their image files, not recursive) and globs -> (paths, problems)."""
     paths, problems = [], []
@@ -352,43 +313,19 @@ def output_stems(paths) -> list[str]:
     return stems
 
 
-def resize_chw(x_chw: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of a (C, H, W) float32 array (antialiased when shrinking)."""
-    import torch
-    import torch.nn.functional as F
-    if x_chw.shape[1:] == (h, w):
-        return x_chw.astype(np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(x_chw, dtype=np.float32))[None]
-    shrink = h < t.shape[2] or w < t.shape[3]
-    return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)[0].numpy()
-
-
 # ----------------------------------------------------------------------------------------------
 # Results out, atomically
 # ----------------------------------------------------------------------------------------------
-def atomic_write(path: Path, write):
-    """write(tmp_path) then rename over `path`: a crash never leaves a half-written output."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def depth_to_uint16(depth_hw: np.ndarray) -> np.ndarray:
     return np.round(np.clip(depth_hw, 0, 1) * 65535).astype(np.uint16)
 
 
 def save_png16(path: Path, depth_hw: np.ndarray):
-    from PIL import Image
-    atomic_write(path, lambda tmp: Image.fromarray(depth_to_uint16(depth_hw)).save(tmp, format="PNG"))
+    D.atomic_write(path, lambda tmp: Image.fromarray(depth_to_uint16(depth_hw)).save(tmp, format="PNG"))
 
 
 def colorize(depth_hw: np.ndarray, cmap: str, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     """Relative depth -> uint8 RGB through a matplotlib colormap, stretched over [lo, hi] (default min..max)."""
-    from matplotlib import colormaps  # the colormap registry only: no pyplot, no GUI backend
     lo = float(depth_hw.min()) if lo is None else lo
     hi = float(depth_hw.max()) if hi is None else hi
     x = (depth_hw - lo) / max(hi - lo, 1e-8)
@@ -396,15 +333,14 @@ def colorize(depth_hw: np.ndarray, cmap: str, lo: float | None = None, hi: float
 
 
 def save_rgb(path: Path, rgb: np.ndarray):
-    from PIL import Image
-    atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+    D.atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
 
 
 def save_npy(path: Path, depth_hw: np.ndarray):
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, depth_hw.astype(np.float32))
-    atomic_write(path, write)
+    D.atomic_write(path, write)
 
 
 def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, fov_deg: float, max_points: int = 1 << 20):
@@ -434,7 +370,7 @@ def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, fov_deg: f
         with open(tmp, "wb") as fh:
             fh.write(header.encode("ascii"))
             fh.write(vertex.tobytes())
-    atomic_write(path, write)
+    D.atomic_write(path, write)
 
 
 def scales_strip(scales_khw: np.ndarray, H: int, W: int, cmap: str, panel_height: int = 256) -> np.ndarray:
@@ -443,7 +379,7 @@ def scales_strip(scales_khw: np.ndarray, H: int, W: int, cmap: str, panel_height
     K = len(scales_khw)
     ph = min(panel_height, H)
     pw = max(1, round(W * ph / H))
-    panels = resize_chw(scales_khw, ph, pw)
+    panels = resize(scales_khw, ph, pw)
     final = scales_khw[-1]
     lo, hi = float(final.min()), float(final.max())
     gap = np.full((ph, 2, 3), 255, np.uint8)
@@ -469,7 +405,7 @@ def planned_outputs(out_dir: Path, stem: str, args) -> dict:
 
 def write_outputs(todo: dict, image_hw3: np.ndarray, depth_SS: np.ndarray, scales_KSS, args):
     H, W = image_hw3.shape[:2]
-    depth = resize_chw(depth_SS[None], H, W)[0]
+    depth = resize(depth_SS, H, W)
     for kind, path in todo.items():
         if kind == "depth16":
             save_png16(path, depth)
@@ -505,7 +441,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from tqdm import tqdm
     paths, failures = collect_inputs(args.inputs)
     for problem in failures:
         print(problem)
@@ -528,7 +463,6 @@ def main(argv=None) -> int:
               f"or pass the checkpoint")
         return 2
     print(f"backend: {backend.name} (ready in {time.perf_counter() - t0:.1f} s)")
-    read_image = _image_reader()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     S = backend.image_size
@@ -539,7 +473,7 @@ def main(argv=None) -> int:
         nonlocal written
         if not pending:
             return
-        batch = np.stack([resize_chw(img.transpose(2, 0, 1), S, S) for _, img, _ in pending])
+        batch = np.stack([resize(img.transpose(2, 0, 1), S, S) for _, img, _ in pending])
         out = backend.run(np.clip(batch, 0, 1))
         for i, (path, img, todo) in enumerate(pending):
             try:

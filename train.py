@@ -26,79 +26,27 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import depthart as D
+from data import SyntheticScenes, make_dataset
+from metrics import median_aligned_scores
+
+matplotlib.use("Agg")  # curves are written to files; never open a window
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 CHECKPOINT = "last.safetensors"  # the whole DepthART state dict; config and run facts in the metadata
 STATE = "last.state.pt"          # optimizer, scheduler, step, RNG, codebook hits: torch.save, weights_only-loadable
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints (reading and writing them is depthart.py's: save_checkpoint, from_checkpoint, init_weights)
 # ---------------------------------------------------------------------------------------------
-def atomic_write(path: Path, write):
-    """write(tmp) in the same directory, fsync, then rename over path: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_checkpoint(path: Path, model: D.DepthART, meta: dict):
-    from safetensors.torch import save_file
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta)}
-    atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))
-
-
-def checkpoint_metadata(path) -> dict:
-    """The safetensors metadata of one of our checkpoints ({} for PyTorch pickles such as the official .pth)."""
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix in (".pth", ".pt", ".bin"):
-        return {}
-    try:
-        with safe_open(str(path), "pt") as f:
-            return f.metadata() or {}
-    except Exception as e:  # truncated files, not safetensors at all
-        raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
-
-
-def load_checkpoint(path, device="cpu"):
-    """One of our safetensors checkpoints -> (model in eval mode, config, meta dict)."""
-    md = checkpoint_metadata(path)
-    if "config" not in md:
-        raise ValueError(f"{path}: no config in the safetensors metadata; not a depthart checkpoint")
-    cfg = D.Config.from_dict(json.loads(md["config"]))
-    model = D.DepthART(cfg)
-    D.load_weights(model, D.read_state_dict(path), str(path))
-    return model.to(device).eval(), cfg, json.loads(md.get("meta", "{}"))
-
-
-def init_weights(model: D.DepthART, init=None, init_vae=None, init_var=None):
-    """--init: a whole model of ours; --init-vae / --init-var: official .pth, or any whole-model checkpoint
-    of ours (its `vae.` / `var.` keys)."""
-    if init:
-        D.load_weights(model, D.read_state_dict(init), init)
-    for part, path in (("vae", init_vae), ("var", init_var)):
-        if path:
-            sd = D.read_state_dict(path)
-            if any(k.startswith(part + ".") for k in sd):
-                sd = {k[len(part) + 1:]: v for k, v in sd.items() if k.startswith(part + ".")}
-            D.load_weights(getattr(model, part), sd, path)
-
-
 def weights_digest(model) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
@@ -142,9 +90,8 @@ def make_data(args, split: str, size: int):
     """synthetic: seeds of the split's range (val = held-out seeds); hypersim: the official split."""
     length = args.train_scenes if split == "train" else args.val_samples
     if args.data == "synthetic":
-        from data import SyntheticScenes
         return SyntheticScenes(split, size=size, length=length, cache=args.cache_data or split == "val")
-    from data import make_dataset  # raises one clear error for unknown names, missing roots, empty splits
+    # make_dataset raises one clear error for unknown names, missing roots, empty splits
     return make_dataset(args.data, split=split, size=size, root=args.data_root, length=length, use_hdr=args.hdr)
 
 
@@ -203,7 +150,6 @@ def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size:
     """Stage 2: the model's predictions (and the validation loss). Stage 1: the depth decoded from the
     VQ-VAE's own tokens of the true depth, the ceiling any transformer on this VQ-VAE can reach
     (and the reconstruction L1 of images and depth)."""
-    from evaluate import median_aligned_scores
     model.eval()
     rel, d1, extra = [], [], {}
     for i in range(0, len(val_set), batch_size):
@@ -213,8 +159,7 @@ def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size:
             extra.setdefault("val_loss", []).append(model.loss(b["image"], b["depth"], objective, b["valid"])[0].item())
         else:
             x = vae_inputs(b["image"], b["depth"], b["valid"])
-            f_hat = model.vae.rebuild(model.vae.decompose(model.vae.encode(x)))
-            rec = model.vae.decode(f_hat)
+            rec = model.vae.reconstruct(x)
             n = len(b["image"])
             extra.setdefault("val_image_l1", []).append(F.l1_loss(rec[:n], x[:n]).item())
             extra.setdefault("val_depth_l1", []).append(F.l1_loss(rec[n:], x[n:]).item())
@@ -232,9 +177,6 @@ def read_log(path: Path) -> list[dict]:
 
 
 def plot_curves(log_path: Path, png_path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     rows = read_log(log_path)
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_abs_rel" in r]
@@ -247,7 +189,7 @@ def plot_curves(log_path: Path, png_path: Path):
     axes[1].plot([r["step"] for r in val], [r["val_delta1"] for r in val], "s-", label="val delta1")
     axes[1].set_xlabel("step"), axes[1].legend()
     fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    D.atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -317,7 +259,7 @@ def check_args(args):
 def model_config(args) -> D.Config:
     """The run's own config when resuming, an --init checkpoint's config, else the preset."""
     path = args.out / CHECKPOINT if args.resume else args.init
-    md = checkpoint_metadata(path) if path else {}
+    md = D.checkpoint_metadata(path) if path else {}
     if "config" in md:
         cfg = D.Config.from_dict(json.loads(md["config"]))
         if args.preset and cfg != D.Config.preset(args.preset):
@@ -346,14 +288,101 @@ def setup_distributed():
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+def restore(args, model, opt, sched, hits_V, device) -> tuple[int, float]:
+    """--resume: weights, optimizer, scheduler, code hits and RNG of the run in --out -> (step, elapsed)."""
+    out = args.out
+    meta = D.checkpoint_meta(out / CHECKPOINT)
+    state = torch.load(out / STATE, map_location="cpu", weights_only=True)
+    if (meta.get("stage"), meta.get("objective")) != (args.stage, args.objective if args.stage == "transformer" else None):
+        raise ValueError(f"--resume: {out} is a {meta.get('stage')} run (objective {meta.get('objective')}); pass the "
+                         "same --stage/--objective, or start a new run from it with --init")
+    if meta.get("step") != state["step"]:
+        raise ValueError(f"--resume: {out / CHECKPOINT} (step {meta.get('step')}) and {out / STATE} "
+                         f"(step {state['step']}) disagree; the run stopped while saving")
+    D.load_weights(model, D.read_state_dict(out / CHECKPOINT), str(out / CHECKPOINT))
+    opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
+    hits_V.copy_(state["hits_V"])
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"], device)
+    return int(state["step"]), float(state["elapsed"])
+
+
+def save(args, model, opt, sched, hits_V, step: int, elapsed: float, device):
+    """The checkpoint (weights + config) and the sidecar state that --resume needs, each written atomically."""
+    meta = {"stage": args.stage, "objective": args.objective if args.stage == "transformer" else None,
+            "step": step, "data": args.data, "seed": args.seed}
+    D.save_checkpoint(args.out / CHECKPOINT, model, meta)
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
+             "hits_V": hits_V.cpu(), "rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    D.atomic_write(args.out / STATE, lambda tmp: torch.save(state, tmp))
+
+
+def start_log(args, step: int) -> Path:
+    """args.json and metrics.jsonl: a resumed log keeps what happened up to the checkpoint."""
+    out, log_path = args.out, args.out / "metrics.jsonl"
+    if not args.resume and (out / CHECKPOINT).exists():
+        print(f"note: starting a new run in {out}, replacing the one there (--resume continues it)", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    kept = [r for r in read_log(log_path) if r["step"] <= step] if args.resume else []
+    D.atomic_write(log_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+    return log_path
+
+
+def append_log(log_path: Path, row: dict):
+    with open(log_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def codebook_upkeep(args, model, stats: dict, hits_V, batch: dict, step: int, world: int):
+    """Stage 1: count code hits; every --restart-every steps restart the codes nobody picked."""
+    for idx in stats.pop("idx"):
+        hits_V += torch.bincount(idx.flatten(), minlength=len(hits_V))
+    if step % args.restart_every:
+        return
+    if world > 1:
+        dist.all_reduce(hits_V)
+    used = float((hits_V > 0).float().mean())
+    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    restarted = restart_dead_codes(model.vae, hits_V, vae_inputs(batch["image"], batch["depth"], batch["valid"]), gen)
+    if world > 1:  # every rank continues from rank 0's codebook
+        dist.broadcast(model.vae.quantize.embedding.weight.data, 0)
+    hits_V.zero_()
+    stats.update(code_usage=torch.tensor(used), restarted=torch.tensor(float(restarted)))
+
+
+class StopFlag:
+    """Ctrl-C / SIGTERM: finish the step, save, exit 0; a second signal quits at once."""
+
+    def __init__(self):
+        self.signal = None
+        self.old = signal.signal(signal.SIGINT, self.on_signal), signal.signal(signal.SIGTERM, self.on_signal)
+
+    def on_signal(self, signum, _frame):
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal}: saving after this step (again to quit now)", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def any_rank(self, world: int, device) -> bool:
+        flag = torch.tensor(float(self.signal is not None), device=device)
+        if world > 1:  # every rank stops after the same step, or the others would wait forever in all-reduce
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
+    def restore(self):
+        signal.signal(signal.SIGINT, self.old[0]), signal.signal(signal.SIGTERM, self.old[1])
+
+
 def train(args) -> Path:
     check_args(args)
     rank, world, device = setup_distributed()
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    torch.set_num_threads(args.threads or max(1, cpu_cores() // local_world))
+    torch.set_num_threads(args.threads or max(1, cpu_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls outside autocast
-    out = args.out
 
     cfg = model_config(args)
     train_set = make_data(args, "train", cfg.image_size)
@@ -361,7 +390,7 @@ def train(args) -> Path:
     torch.manual_seed(args.seed)
     model = D.DepthART(cfg)
     if not args.resume:
-        init_weights(model, args.init, args.init_vae, args.init_var)
+        D.init_weights(model, args.init, args.init_vae, args.init_var)
         if args.stage == "transformer" and not (args.init or args.init_vae) and rank == 0:
             print("warning: training the transformer on an untrained VQ-VAE (pass --init-vae)", file=sys.stderr)
     model.to(device)
@@ -369,23 +398,7 @@ def train(args) -> Path:
     opt = torch.optim.AdamW(trainable.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
     hits_V = torch.zeros(cfg.vocab_size, device=device)  # stage 1: code hits since the last restart check
-    step, elapsed = 0, 0.0
-    if args.resume:
-        meta = json.loads(checkpoint_metadata(out / CHECKPOINT).get("meta", "{}"))
-        state = torch.load(out / STATE, map_location="cpu", weights_only=True)
-        if (meta.get("stage"), meta.get("objective")) != (args.stage, args.objective if args.stage == "transformer" else None):
-            raise ValueError(f"--resume: {out} is a {meta.get('stage')} run (objective {meta.get('objective')}); pass the "
-                             "same --stage/--objective, or start a new run from it with --init")
-        if meta.get("step") != state["step"]:
-            raise ValueError(f"--resume: {out / CHECKPOINT} (step {meta.get('step')}) and {out / STATE} "
-                             f"(step {state['step']}) disagree; the run stopped while saving")
-        D.load_weights(model, D.read_state_dict(out / CHECKPOINT), str(out / CHECKPOINT))
-        opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
-        hits_V.copy_(state["hits_V"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
+    step, elapsed = restore(args, model, opt, sched, hits_V, device) if args.resume else (0, 0.0)
 
     loss_module = StageLoss(model, args.stage, args.objective)
     if world > 1:  # only the trained half has parameters that need gradients; DDP averages exactly those
@@ -393,53 +406,18 @@ def train(args) -> Path:
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     use_bf16 = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    log_path = start_log(args, step) if rank == 0 else None
 
-    log_path = out / "metrics.jsonl"
-    if rank == 0 and not args.resume and (out / CHECKPOINT).exists():
-        print(f"note: starting a new run in {out}, replacing the one there (--resume continues it)", file=sys.stderr)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
-        # A resumed log keeps what happened up to the checkpoint; a fresh run starts an empty one.
-        kept = [r for r in read_log(log_path) if r["step"] <= step] if args.resume else []
-        atomic_write(log_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
-
-    def save():
-        if rank != 0:
-            return
-        meta = {"stage": args.stage, "objective": args.objective if args.stage == "transformer" else None,
-                "step": step, "data": args.data, "seed": args.seed}
-        save_checkpoint(out / CHECKPOINT, model, meta)
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
-                 "hits_V": hits_V.cpu(), "rng_cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        atomic_write(out / STATE, lambda tmp: torch.save(state, tmp))
-
-    stop = {"signal": None}
-    def on_signal(signum, _frame):  # Ctrl-C / SIGTERM: finish the step, save, exit 0; a second one quits now
-        stop["signal"] = signal.Signals(signum).name
-        print(f"\n{stop['signal']}: saving after this step (again to quit now)", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    def should_stop(start_step) -> bool:
-        flag = torch.tensor(float(stop["signal"] is not None), device=device)
-        if world > 1:  # every rank stops after the same step, or the others would wait forever in all-reduce
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        done = args.stop_after is not None and step - start_step >= args.stop_after
-        return bool(flag) or done or step >= args.steps
-
-    from tqdm import tqdm
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=StepBatches(len(train_set), args.batch_size, args.seed, step, args.steps, rank, world),
         num_workers=args.workers, collate_fn=collate, persistent_workers=False)
     batches = iter(loader)
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
     start_step, window_time, window_steps = step, 0.0, 0
-    old_handlers = signal.signal(signal.SIGINT, on_signal), signal.signal(signal.SIGTERM, on_signal)
+    stop = StopFlag()
     try:
-        while not should_stop(start_step):
+        while not (stop.any_rank(world, device) or step >= args.steps
+                   or (args.stop_after is not None and step - start_step >= args.stop_after)):
             t0 = time.perf_counter()
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             with autocast():
@@ -450,20 +428,8 @@ def train(args) -> Path:
             opt.step()
             sched.step()
             step += 1
-            if args.stage == "vqvae":  # codebook usage and dead-code restarts
-                for idx in stats.pop("idx"):
-                    hits_V += torch.bincount(idx.flatten(), minlength=cfg.vocab_size)
-                if step % args.restart_every == 0:
-                    if world > 1:
-                        dist.all_reduce(hits_V)
-                    used = float((hits_V > 0).float().mean())
-                    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-                    x = vae_inputs(batch["image"], batch["depth"], batch["valid"])
-                    restarted = restart_dead_codes(model.vae, hits_V, x, gen)
-                    if world > 1:  # every rank continues from rank 0's codebook
-                        dist.broadcast(model.vae.quantize.embedding.weight.data, 0)
-                    hits_V.zero_()
-                    stats.update(code_usage=torch.tensor(used), restarted=torch.tensor(float(restarted)))
+            if args.stage == "vqvae":
+                codebook_upkeep(args, model, stats, hits_V, batch, step, world)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
@@ -471,43 +437,45 @@ def train(args) -> Path:
             bar.update(1)
             if rank == 0 and (step % args.log_every == 0 or step == args.steps or "code_usage" in stats):
                 sps = window_steps * args.batch_size * world / window_time
-                row = {"step": step, "epoch": step * args.batch_size * world / len(train_set),
-                       "lr": sched.get_last_lr()[0], "samples_per_s": sps, "elapsed": elapsed,
-                       "grad_norm": float(grad_norm), **{k: float(v) for k, v in stats.items()}}
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{sps:.1f}")
+                append_log(log_path, {"step": step, "epoch": step * args.batch_size * world / len(train_set),
+                                      "lr": sched.get_last_lr()[0], "samples_per_s": sps, "elapsed": elapsed,
+                                      "grad_norm": float(grad_norm), **{k: float(v) for k, v in stats.items()}})
+                bar.set_postfix(loss=f"{float(stats['loss']):.4f}", sps=f"{sps:.1f}")
                 window_time, window_steps = 0.0, 0
             if rank == 0 and (step % args.val_every == 0 or step == args.steps):
                 row = {"step": step, **validate(model, val_set, args.stage, args.objective, args.batch_size, device)}
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_log(log_path, row)
                 bar.write(" ".join(f"{k} {v:.4g}" for k, v in row.items()))
-                plot_curves(log_path, out / "curves.png")
-            if step % args.save_every == 0:
-                save()
-        save()
+                plot_curves(log_path, args.out / "curves.png")
+            if rank == 0 and step % args.save_every == 0:
+                save(args, model, opt, sched, hits_V, step, elapsed, device)
+        if rank == 0:
+            save(args, model, opt, sched, hits_V, step, elapsed, device)
     finally:
         bar.close()
-        signal.signal(signal.SIGINT, old_handlers[0]), signal.signal(signal.SIGTERM, old_handlers[1])
+        stop.restore()
+    finish(args, model, step, stop.signal, rank, world)
+    return args.out / CHECKPOINT
+
+
+def finish(args, model, step: int, signal_name, rank: int, world: int):
     if rank == 0:
-        why = f"stopped by {stop['signal']} at step {step}" if stop["signal"] else f"step {step}/{args.steps}"
-        print(f"{why}; saved {out / CHECKPOINT}" + (" (continue with --resume)" if step < args.steps else ""), flush=True)
+        why = f"stopped by {signal_name} at step {step}" if signal_name else f"step {step}/{args.steps}"
+        print(f"{why}; saved {args.out / CHECKPOINT}" + (" (continue with --resume)" if step < args.steps else ""),
+              flush=True)
     if world > 1:  # a record that every rank ends with the same weights
         digests = [None] * world
         dist.all_gather_object(digests, weights_digest(model))
         if rank == 0:
-            (out / "ranks.json").write_text(json.dumps({"world": world, "weights_sha256": digests}))
+            (args.out / "ranks.json").write_text(json.dumps({"world": world, "weights_sha256": digests}))
         dist.barrier()  # no rank tears Gloo down while another still talks to it (seen: SIGABRT at exit)
         dist.destroy_process_group()
-    return out / CHECKPOINT
 
 
 # ---------------------------------------------------------------------------------------------
 # Benchmark: training samples/s of each stage on this machine
 # ---------------------------------------------------------------------------------------------
 def benchmark(args, warmup: int = 2, timed: int = 5):
-    from data import SyntheticScenes
     torch.set_num_threads(args.threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = D.Config.preset(args.preset or "tiny")

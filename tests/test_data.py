@@ -421,8 +421,8 @@ def test_resize_helpers():
     square = img[:30, :30]
     assert torch.equal(data.resize_image(square, 30), torch.from_numpy(square).permute(2, 0, 1))  # same size: untouched
     depth = np.linspace(1, 2, 16 * 16, dtype=np.float32).reshape(16, 16)
-    back = data.resize_depth_to(depth, 30, 40)
+    back = data.resize(depth, 30, 40)
     assert isinstance(back, np.ndarray) and back.shape == (30, 40) and 1 <= back.min() and back.max() <= 2
-    t = data.resize_depth_to(torch.from_numpy(depth)[None, None].repeat(2, 1, 1, 1), 30, 40)
+    t = data.resize(torch.from_numpy(depth)[None, None].repeat(2, 1, 1, 1), 30, 40)
     assert t.shape == (2, 1, 30, 40) and torch.allclose(t[0, 0], torch.from_numpy(back))
-    assert data.resize_depth_to(torch.from_numpy(depth)[None], 8, 8).shape == (1, 8, 8)
+    assert data.resize(torch.from_numpy(depth)[None], 8, 8).shape == (1, 8, 8)

@@ -90,13 +90,13 @@ def test_depthart_targets_equal_var_targets_on_the_vqvae_path_and_correct_a_wron
     f_D = torch.randn(2, 32, 8, 8)
     with torch.no_grad():
         x, f_hats_x = quant(f_D)
-        t, f_hats_t = quant(f_D, walk=x)  # the model walked exactly the VQ-VAE's path
+        t, f_hats_t = D.dynamic_targets(quant, f_D, x)  # the model walked exactly the VQ-VAE's path
         assert all(torch.equal(a, b) for a, b in zip(x, t))
         assert all(torch.equal(a, b) for a, b in zip(f_hats_x, f_hats_t))
         assert all(torch.equal(a, b) for a, b in zip(quant.next_inputs(f_hats_x), quant.next_inputs(f_hats_t)))
 
         z = [torch.randint(0, tiny.cfg.vocab_size, i.shape) for i in x]  # a wrong walk
-        t, f_hats_z = quant(f_D, walk=z)
+        t, f_hats_z = D.dynamic_targets(quant, f_D, z)
         assert not all(torch.equal(a, b) for a, b in zip(x, t))
         # At every scale the target token moves the walked partial sum closer to f_D than the walked token did.
         prev = torch.zeros_like(f_D)

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evaluate as ev  # noqa: E402
+import metrics as M  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Metrics, worked by hand.
@@ -33,31 +34,31 @@ VALID = np.array([True, True, True, True, False])
 
 
 def test_abs_rel_by_hand():
-    assert ev.abs_rel(PRED, GT, VALID) == pytest.approx(0.3625)
+    assert M.abs_rel(PRED, GT, VALID) == pytest.approx(0.3625)
 
 
 def test_rmse_by_hand():
-    assert ev.rmse(PRED, GT, VALID) == pytest.approx(math.sqrt(0.875))
+    assert M.rmse(PRED, GT, VALID) == pytest.approx(math.sqrt(0.875))
 
 
 def test_delta_acc_by_hand():
-    assert ev.delta_acc(PRED, GT, VALID, 1) == pytest.approx(0.25)
-    assert ev.delta_acc(PRED, GT, VALID, 2) == pytest.approx(0.75)
-    assert ev.delta_acc(PRED, GT, VALID, 3) == pytest.approx(1.0)
+    assert M.delta_acc(PRED, GT, VALID, 1) == pytest.approx(0.25)
+    assert M.delta_acc(PRED, GT, VALID, 2) == pytest.approx(0.75)
+    assert M.delta_acc(PRED, GT, VALID, 3) == pytest.approx(1.0)
 
 
 def test_bad_d1_by_hand_and_relation_to_delta1():
-    assert ev.bad_d1(PRED, GT, VALID) == pytest.approx(0.5)
+    assert M.bad_d1(PRED, GT, VALID) == pytest.approx(0.5)
     # Without a ratio of exactly 1.25, bad d1 is 1 - delta1: drop pixel 1 (ratio 1.25).
     valid = VALID.copy()
     valid[1] = False
-    assert ev.bad_d1(PRED, GT, valid) == pytest.approx(1 - ev.delta_acc(PRED, GT, valid, 1))
+    assert M.bad_d1(PRED, GT, valid) == pytest.approx(1 - M.delta_acc(PRED, GT, valid, 1))
 
 
 def test_zero_prediction_counts_as_bad_pixel():
     pred, gt, valid = np.array([0.0, 2.0]), np.array([1.0, 2.0]), np.array([True, True])
-    assert ev.bad_d1(pred, gt, valid) == pytest.approx(0.5)
-    assert ev.abs_rel(pred, gt, valid) == pytest.approx(0.5)
+    assert M.bad_d1(pred, gt, valid) == pytest.approx(0.5)
+    assert M.abs_rel(pred, gt, valid) == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,37 +75,37 @@ def _scene(seed=0, shape=(20, 30)):
 def test_exact_scale_is_zero_error_under_both_alignments():
     gt, valid = _scene()
     pred = gt / 3.7
-    for aligned in (ev.align_median(pred, gt, valid), ev.align_least_squares(pred, gt, valid)):
-        assert ev.abs_rel(aligned, gt, valid) < 1e-6
-        assert ev.bad_d1(aligned, gt, valid) == 0.0
+    for aligned in (M.align_median(pred, gt, valid), M.align_least_squares(pred, gt, valid)):
+        assert M.abs_rel(aligned, gt, valid) < 1e-6
+        assert M.bad_d1(aligned, gt, valid) == 0.0
 
 
 def test_scale_and_shift_is_zero_only_under_least_squares():
     gt, valid = _scene(1)
     pred = (gt - 0.4) / 2.0
-    assert ev.abs_rel(ev.align_least_squares(pred, gt, valid), gt, valid) < 1e-6
-    assert ev.abs_rel(ev.align_median(pred, gt, valid), gt, valid) > 1e-2
+    assert M.abs_rel(M.align_least_squares(pred, gt, valid), gt, valid) < 1e-6
+    assert M.abs_rel(M.align_median(pred, gt, valid), gt, valid) > 1e-2
 
 
 def test_median_of_ratios_versus_ratio_of_medians():
     # g/p = [1, 3, 2] -> median 2;  median(g) / median(p) = 6 / 2 = 3
     pred, gt, valid = np.array([1.0, 2.0, 3.0]), np.array([1.0, 6.0, 6.0]), np.ones(3, bool)
-    np.testing.assert_allclose(ev.align_median(pred, gt, valid), pred * 2)
-    np.testing.assert_allclose(ev.align_median(pred, gt, valid, ratio_of_medians=True), pred * 3)
+    np.testing.assert_allclose(M.align_median(pred, gt, valid), pred * 2)
+    np.testing.assert_allclose(M.align_median(pred, gt, valid, ratio_of_medians=True), pred * 3)
 
 
 def test_least_squares_constant_prediction_gives_mean():
     gt, valid = _scene(2)
-    aligned = ev.align_least_squares(np.full(gt.shape, 0.5), gt, valid)
+    aligned = M.align_least_squares(np.full(gt.shape, 0.5), gt, valid)
     np.testing.assert_allclose(aligned, gt[valid].mean(), rtol=1e-5)
 
 
 def test_least_squares_on_subsampled_copy_still_exact():
     gt, valid = _scene(3, shape=(60, 90))
     pred = 0.25 * gt + 1.0
-    aligned = ev.align_least_squares(pred, gt, valid, max_res=16)
-    assert ev.abs_rel(aligned, gt, valid) < 1e-5
-    assert ev.nearest_subsample(gt, 16).shape == (10, 16)
+    aligned = M.align_least_squares(pred, gt, valid, max_res=16)
+    assert M.abs_rel(aligned, gt, valid) < 1e-5
+    assert M.nearest_subsample(gt, 16).shape == (10, 16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,10 +131,10 @@ def test_depthart_nyu_border_crop_cuts_image_depth_and_shifts_K():
 
 
 def test_ramp_baseline_is_deeper_at_top():
-    d = ev.RampPredictor(8).predict(np.zeros((2, 3, 8, 8), np.float32))
+    d = ev.Baseline(M.ramp_depth, 8).predict(np.zeros((2, 3, 8, 8), np.float32))
     assert d.shape == (2, 1, 8, 8)
-    assert d[0, 0, 0, 0] == 1.0 and d[0, 0, -1, 0] == pytest.approx(1 / 8)
-    assert np.all(np.diff(d[0, 0, :, 0]) < 0)
+    assert d[0, 0, 0, 0] == 2.0 and d[0, 0, -1, 0] == 1.0  # floor near (bottom), top twice as far
+    assert np.all(np.diff(d[0, 0, :, 0]) < 0) and np.all(d[0, 0] == d[0, 0, :, :1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +419,7 @@ def test_missing_mismatched_and_empty_samples_are_counted_and_excluded(tmp_path)
         {"name": "too far", "image": good["image"], "depth": gt + 100.0, "valid": valid},  # beyond 10 m
         good,
     ]
-    ramp = ev.RampPredictor(8)
+    ramp = ev.Baseline(M.ramp_depth, 8)
     result = ev.evaluate_dataset(samples, ramp, "depthart", "tum", 8, batch_size=2)
     alone = ev.evaluate_dataset([good], ramp, "depthart", "tum", 8)
     assert result["n_images"] == 1
@@ -473,10 +474,9 @@ def test_cli_subprocess_ramp_on_ibims(tmp_path):
     assert saved["n_images"] == 1 and saved["n_planes"] == 1 and saved["skipped"] == {"missing file": 1}
 
 
-def test_cli_reports_missing_backend(monkeypatch):
-    monkeypatch.setitem(sys.modules, "infer_trt", None)  # import infer_trt -> ImportError
-    with pytest.raises(SystemExit, match="cannot import infer_trt"):
-        ev.load_predictor("model.safetensors")
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.safetensors does not exist"):
+        ev.load_predictor(str(tmp_path / "model.safetensors"))
 
 
 def test_hypersim_and_synthetic_go_through_data_make_dataset(monkeypatch):
@@ -492,7 +492,7 @@ def test_hypersim_and_synthetic_go_through_data_make_dataset(monkeypatch):
         depth = torch.linspace(1, 5, 12 * 16).reshape(1, 12, 16)
         return [{"image": torch.rand(3, 12, 16), "depth": depth, "valid": depth > 2}] * 3
 
-    monkeypatch.setitem(sys.modules, "data", types.SimpleNamespace(make_dataset=make_dataset))
+    monkeypatch.setattr(ev.data, "make_dataset", make_dataset)
     samples = list(ev.open_dataset("synthetic", None, split="val", size=16))
     assert calls == [("synthetic", "val", 16, None)]
     assert len(samples) == 3 and samples[0]["image"].shape == (12, 16, 3)

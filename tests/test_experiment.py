@@ -14,7 +14,7 @@ def test_experiment_reports_every_scale_baselines_and_image_use(tmp_path):
         torch.manual_seed(seed)
         run = tmp_path / f"run{seed}"
         run.mkdir()
-        train.save_checkpoint(run / train.CHECKPOINT, D.DepthART(D.Config.tiny()), {"stage": "transformer"})
+        D.save_checkpoint(run / train.CHECKPOINT, D.DepthART(D.Config.tiny()), {"stage": "transformer"})
         runs.append(str(run))
     out = tmp_path / "exp"
     experiment.main(["--group", f"a={runs[0]}", "--group", f"b={runs[1]}", "--n-val", "3",
@@ -48,7 +48,7 @@ def test_scores_are_zero_for_a_scaled_copy_of_the_truth():
 def test_gallery_draws_photographs_and_a_held_out_scene(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "m.safetensors"
-    train.save_checkpoint(ckpt, D.DepthART(D.Config.tiny()), {"stage": "transformer"})
+    D.save_checkpoint(ckpt, D.DepthART(D.Config.tiny()), {"stage": "transformer"})
     experiment.main(["--gallery", str(ckpt), "--out", str(tmp_path / "gallery")])
     from PIL import Image
     image = Image.open(tmp_path / "gallery.png")

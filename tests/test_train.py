@@ -67,7 +67,7 @@ def test_stage1_trains_restarts_dead_codes_and_checkpoints(vqvae_run):
     val = [r for r in log if "val_abs_rel" in r]
     assert val and {"val_delta1", "val_image_l1", "val_depth_l1"} <= set(val[-1])
     assert (vqvae_run / "curves.png").stat().st_size > 1000
-    model, cfg, meta = train.load_checkpoint(vqvae_run / train.CHECKPOINT)
+    model, cfg, meta = load_checkpoint(vqvae_run / train.CHECKPOINT)
     assert cfg == D.Config.tiny() and meta["stage"] == "vqvae" and meta["step"] == 2
     saved = D.read_state_dict(vqvae_run / train.CHECKPOINT)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
@@ -83,8 +83,8 @@ def test_stage1_trains_restarts_dead_codes_and_checkpoints(vqvae_run):
 def test_stage2_trains_the_transformer_on_a_frozen_vqvae(vqvae_run, tmp_path, objective, init):
     ckpt = run(tmp_path, "--stage", "transformer", "--objective", objective, init,
                str(vqvae_run / train.CHECKPOINT), "--steps", "2", "--val-every", "2", "--lr", "1e-3")
-    model, _, meta = train.load_checkpoint(ckpt)
-    start, _, _ = train.load_checkpoint(vqvae_run / train.CHECKPOINT)
+    model, _, meta = load_checkpoint(ckpt)
+    start, _, _ = load_checkpoint(vqvae_run / train.CHECKPOINT)
     assert meta["objective"] == objective and meta["step"] == 2
     assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), start.vae.state_dict().values()))
     assert not torch.equal(model.var.head.weight, start.var.head.weight)
@@ -102,7 +102,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, sta
               "--restart-every", "3", "--lr", "1e-3"]
     straight = run(tmp_path / "a", *common)
     run(tmp_path / "b", *common, "--stop-after", "2")
-    assert train.load_checkpoint(tmp_path / "b" / train.CHECKPOINT)[2]["step"] == 2
+    assert load_checkpoint(tmp_path / "b" / train.CHECKPOINT)[2]["step"] == 2
     resumed = run(tmp_path / "b", *common, "--resume")
     assert same_weights(straight, resumed)
     assert [r["step"] for r in rows(tmp_path / "b") if "loss" in r] == [1, 2, 3, 4]
@@ -128,7 +128,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, output
     assert "stopped by SIGTERM" in output and "Traceback" not in output
-    _, _, meta = train.load_checkpoint(tmp_path / train.CHECKPOINT)
+    _, _, meta = load_checkpoint(tmp_path / train.CHECKPOINT)
     assert 1 <= meta["step"] < 100000
     assert torch.load(tmp_path / train.STATE, weights_only=True)["step"] == meta["step"]
 
@@ -145,7 +145,7 @@ def test_two_gloo_ranks_end_with_equal_weights(tmp_path, stage):
     assert ranks["world"] == 2 and ranks["weights_sha256"][0] == ranks["weights_sha256"][1]
     torch.manual_seed(0)  # the run's initial weights (--seed 0)
     assert ranks["weights_sha256"][0] != train.weights_digest(D.DepthART(D.Config.tiny()))
-    assert ranks["weights_sha256"][0] == train.weights_digest(train.load_checkpoint(tmp_path / train.CHECKPOINT)[0])
+    assert ranks["weights_sha256"][0] == train.weights_digest(load_checkpoint(tmp_path / train.CHECKPOINT)[0])
     assert [r["samples_per_s"] > 0 for r in rows(tmp_path) if "loss" in r] == [True, True]  # rank 0 logs alone
 
 
@@ -212,3 +212,8 @@ def test_benchmark_prints_a_row_per_stage_and_objective(capsys):
     torch.set_num_threads(threads)
     table = capsys.readouterr().out
     assert all(f"| {name}" in table for name in ("vqvae", "transformer --objective var", "transformer --objective depthart"))
+
+
+def load_checkpoint(path):
+    model = D.DepthART.from_checkpoint(path)
+    return model, model.cfg, D.checkpoint_meta(path)

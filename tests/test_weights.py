@@ -10,7 +10,6 @@ from PIL import Image
 import depthart as D
 import experiment
 import infer_trt as I
-import train
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / I.DEFAULT_CHECKPOINT
@@ -20,7 +19,7 @@ def test_shipped_weights_are_small_safetensors_of_the_tiny_preset():
     assert WEIGHTS.is_file(), f"{WEIGHTS} is missing: the repository ships it (see README, Training)"
     total = sum(p.stat().st_size for p in WEIGHTS.parent.iterdir() if p.is_file())
     assert total <= 40 * 2**20
-    model, cfg, meta = train.load_checkpoint(WEIGHTS)
+    model, cfg, meta = load_checkpoint(WEIGHTS)
     assert cfg.to_dict() == D.Config.tiny().to_dict()
     assert meta.get("stage") == "transformer"
 
@@ -38,7 +37,7 @@ def test_default_inference_writes_a_depth_map(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def held_out():
     torch.set_num_threads(2)
-    model, cfg, _ = train.load_checkpoint(WEIGHTS)  # in eval mode
+    model, cfg, _ = load_checkpoint(WEIGHTS)  # in eval mode
     return model, experiment.load_val(48, cfg.image_size)
 
 
@@ -57,3 +56,8 @@ def test_shipped_model_uses_the_image(held_out):
     use = experiment.image_use(model, val)
     assert use["shuffled"]["var_loss"] > use["right"]["var_loss"] + 0.1, use
     assert use["shuffled"]["abs_rel"] > 1.2 * use["right"]["abs_rel"], use
+
+
+def load_checkpoint(path):
+    model = D.DepthART.from_checkpoint(path)
+    return model, model.cfg, D.checkpoint_meta(path)

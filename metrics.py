@@ -1,0 +1,148 @@
+"""Scores of a depth prediction against ground truth, shared by training, evaluation and the experiment.
+
+Every function takes numpy arrays of one image: pred and gt (same shape, gt in metres) and a boolean
+valid mask, and scores the valid pixels; a dataset figure is the mean over images. The model predicts
+relative depth, so a prediction is aligned to the ground truth first (median scale, or least-squares
+scale and shift). Also here: the trivial predictors every model must beat.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# 1. Metrics. Each takes pred, gt (metres, same shape) and a boolean valid mask, and scores one
+#    image over its valid pixels. Ratios use numpy's inf for a zero prediction, which counts as a
+#    bad pixel rather than crashing.
+# --------------------------------------------------------------------------------------------
+
+DELTA_BASE = 1.25
+
+
+def _valid_pair(pred, gt, valid):
+    valid = np.asarray(valid, dtype=bool)
+    return np.asarray(pred, dtype=np.float64)[valid], np.asarray(gt, dtype=np.float64)[valid]
+
+
+def _max_ratio(p, g):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.maximum(p / g, g / p)
+
+
+def abs_rel(pred, gt, valid):
+    """Absolute relative error: mean over valid pixels of |p - g| / g."""
+    p, g = _valid_pair(pred, gt, valid)
+    return float(np.mean(np.abs(p - g) / g))
+
+
+def rmse(pred, gt, valid):
+    """Root mean squared error in metres: sqrt(mean over valid pixels of (p - g)^2)."""
+    p, g = _valid_pair(pred, gt, valid)
+    return float(np.sqrt(np.mean((p - g) ** 2)))
+
+
+def delta_acc(pred, gt, valid, k=1):
+    """Threshold accuracy delta_k: fraction of valid pixels with max(p/g, g/p) < 1.25**k."""
+    p, g = _valid_pair(pred, gt, valid)
+    return float(np.mean(_max_ratio(p, g) < DELTA_BASE**k))
+
+
+def bad_d1(pred, gt, valid):
+    """DepthART's "d1" column: fraction of valid pixels with max(p/g, g/p) > 1.25.
+
+    This is 1 - delta1 except for ratios of exactly 1.25, which neither counts. Lower is better.
+    """
+    p, g = _valid_pair(pred, gt, valid)
+    return float(np.mean(_max_ratio(p, g) > DELTA_BASE))
+
+
+def image_metrics(pred, gt, valid):
+    """All per-image depth metrics of one aligned prediction, as a dict."""
+    return {
+        "abs_rel": abs_rel(pred, gt, valid),
+        "delta1": delta_acc(pred, gt, valid, 1),
+        "delta2": delta_acc(pred, gt, valid, 2),
+        "delta3": delta_acc(pred, gt, valid, 3),
+        "bad_d1": bad_d1(pred, gt, valid),
+        "rmse": rmse(pred, gt, valid),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Alignment: the model predicts relative depth; the metrics need metres.
+# --------------------------------------------------------------------------------------------
+
+
+def align_median(pred, gt, valid, ratio_of_medians=False):
+    """Scale-only alignment: returns s * pred.
+
+    Default (DepthART's code, `align_si_l1`): s = median over valid pixels of g / p.
+    With ratio_of_medians=True: s = median(g) / median(p) over valid pixels (what the iBims-1
+    planarity error uses inside each plane). Both are exact for a pred that is a pure scale of gt.
+    """
+    p, g = _valid_pair(pred, gt, valid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.median(g) / np.median(p) if ratio_of_medians else np.median(g / p)
+    return (np.asarray(pred, dtype=np.float64) * s).astype(np.float32)
+
+
+def median_aligned_scores(preds, gts, valids) -> tuple[list, list]:
+    """Per-image AbsRel and delta1 after median-scale alignment: the quick figures that training's
+    validation and experiment.py report (arrays of (H, W) predictions, metres, masks)."""
+    rel, d1 = [], []
+    for p, g, m in zip(preds, gts, valids):
+        p = align_median(p, g, m)
+        rel.append(abs_rel(p, g, m))
+        d1.append(delta_acc(p, g, m, 1))
+    return rel, d1
+
+
+def nearest_subsample(array, max_res):
+    """Nearest-neighbour downsample so that neither side exceeds max_res (Marigold fits its
+    least-squares alignment on such a copy for ETH3D); returns the array unchanged if it fits."""
+    h, w = array.shape[-2:]
+    factor = min(max_res / h, max_res / w)
+    if factor >= 1:
+        return array
+    rows = np.minimum((np.arange(int(h * factor)) / factor).astype(int), h - 1)
+    cols = np.minimum((np.arange(int(w * factor)) / factor).astype(int), w - 1)
+    return array[..., rows[:, None], cols[None, :]]
+
+
+def align_least_squares(pred, gt, valid, max_res=None):
+    """Scale-and-shift alignment in depth space: returns s * pred + t, where (s, t) minimise
+    sum over valid pixels of (s p + t - g)^2. Closed form: s = cov(p, g) / var(p),
+    t = mean(g) - s mean(p). A constant prediction (var(p) = 0) gets s = 0, t = mean(g), the
+    same aligned map a least-squares solver returns. max_res: fit on a nearest-neighbour
+    downsampled copy (Marigold's --alignment_max_res)."""
+    fit_p, fit_g, fit_v = pred, gt, valid
+    if max_res is not None:
+        fit_p, fit_g, fit_v = (nearest_subsample(np.asarray(a), max_res) for a in (pred, gt, valid))
+    p, g = _valid_pair(fit_p, fit_g, fit_v)
+    p_mean, g_mean = p.mean(), g.mean()
+    var = np.mean((p - p_mean) ** 2)
+    if var <= 1e-12 * max(p_mean * p_mean, 1e-12):
+        scale, shift = 0.0, g_mean
+    else:
+        scale = np.mean((p - p_mean) * (g - g_mean)) / var
+        shift = g_mean - scale * p_mean
+    return (np.asarray(pred, dtype=np.float64) * scale + shift).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Trivial predictors: what a model that ignores the image achieves.
+# --------------------------------------------------------------------------------------------
+
+
+def constant_depth(H: int, W: int) -> np.ndarray:
+    """The same depth everywhere: after alignment, the scene's median (or mean) depth."""
+    return np.ones((H, W), dtype=np.float32)
+
+
+def ramp_depth(H: int, W: int) -> np.ndarray:
+    """"Floor near, top far": depth grows linearly from 1 at the bottom row to 2 at the top row.
+
+    Scale-only alignment sees the ratio 2 between top and bottom; scale-and-shift alignment makes
+    every linear ramp equivalent.
+    """
+    rows = np.linspace(2.0, 1.0, H, dtype=np.float32) if H > 1 else np.ones(1, np.float32)
+    return np.broadcast_to(rows[:, None], (H, W)).copy()
