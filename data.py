@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import logging
 import math
 import warnings
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 from scipy import ndimage  # the exact nearest-pixel transform, in C, for filling holes
 
-from scenes import render_scene
+from scenes import render_scene, render_world
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,18 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         raise ImageReadError(p, f"corrupt or truncated image data ({type(e).__name__}: {e})") from e
 
 
+def package_file(package: str, path: str) -> Path:
+    """A data file that an installed package ships (e.g. scikit-image's photographs), found without
+    importing the package; FileNotFoundError names what is missing."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed (pip install -r requirements.txt)")
+    file = Path(spec.submodule_search_locations[0]) / path
+    if not file.is_file():
+        raise FileNotFoundError(f"{package} does not ship {path} ({file})")
+    return file
+
+
 def resize(x, H: int, W: int, mode: str = "bilinear", align_corners: bool = False):
     """The one resize of images and depth maps: (..., h, w) array or tensor -> (..., H, W), same kind.
 
@@ -191,18 +204,21 @@ DEFAULT_SYNTHETIC_LENGTH = {"train": 100_000, "val": 1_000, "test": 1_000}
 
 
 class SyntheticScenes(torch.utils.data.Dataset):
-    """Procedural rooms rendered on the fly: item i of a split is the scene of one fixed seed.
+    """Procedural scenes rendered on the fly: item i of a split is the scene of one fixed seed.
 
+    world=False: scenes.render_scene, the flat-coloured box rooms the shipped tiny model was trained
+    on ("synthetic"). world=True: scenes.render_world, textured rooms, corridors, tabletops and
+    streets with photometric augmentation on the train split, and "normals" in the items ("world").
     train: seed = seed_offset + i; val: VAL_SEED_START + seed_offset + i; test likewise from
     TEST_SEED_START. Rendering is deterministic, so nothing needs storing; cache=True keeps
     rendered items in memory (worth it for a small validation set looked at every epoch).
     """
 
     def __init__(self, split: str = "train", size: int = 64, length: int | None = None,
-                 seed_offset: int = 0, cache: bool = False, antialias: bool = True):
+                 seed_offset: int = 0, cache: bool = False, antialias: bool = True, world: bool = False):
         if split not in _SEED_START:
             raise ValueError(f"SyntheticScenes: unknown split {split!r}; expected one of {sorted(_SEED_START)}")
-        self.split, self.size, self.antialias = split, int(size), antialias
+        self.split, self.size, self.antialias, self.world = split, int(size), antialias, world
         self.length = DEFAULT_SYNTHETIC_LENGTH[split] if length is None else int(length)
         self.first_seed = _SEED_START[split] + int(seed_offset)
         if self.length < 0 or seed_offset < 0 or self.first_seed + self.length > _SEED_STOP[split]:
@@ -222,12 +238,24 @@ class SyntheticScenes(torch.utils.data.Dataset):
         i %= self.length
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        img_HW3, depth_HW = render_scene(self.seed(i), self.size, self.antialias)
-        depth_1HW = torch.from_numpy(depth_HW)[None]
-        item = {"image": torch.from_numpy(img_HW3).permute(2, 0, 1).contiguous(),
-                "depth": depth_1HW,
-                "valid": torch.ones_like(depth_1HW, dtype=torch.bool),  # every ray hits the room: no holes
-                "name": f"synthetic_{self.split}_{self.seed(i)}"}
+        if self.world:
+            r = render_world(self.seed(i), self.size, augment=self.split == "train")
+            valid = r["valid"]
+            # Sky has no depth; it is filled with the farthest depth of the scene, so that what the
+            # VQ-VAE and the model learn there is "far" (the metrics ignore it: valid is False).
+            depth = np.where(valid, r["depth"], r["depth"][valid].max() if valid.any() else 1.0).astype(np.float32)
+            item = {"image": torch.from_numpy(r["image"]).permute(2, 0, 1).contiguous(),
+                    "depth": torch.from_numpy(depth)[None],
+                    "valid": torch.from_numpy(valid)[None],
+                    "normals": torch.from_numpy(r["normals"]).permute(2, 0, 1).contiguous(),
+                    "name": f"world_{self.split}_{self.seed(i)}"}
+        else:
+            img_HW3, depth_HW = render_scene(self.seed(i), self.size, self.antialias)
+            depth_1HW = torch.from_numpy(depth_HW)[None]
+            item = {"image": torch.from_numpy(img_HW3).permute(2, 0, 1).contiguous(),
+                    "depth": depth_1HW,
+                    "valid": torch.ones_like(depth_1HW, dtype=torch.bool),  # every ray hits the room: no holes
+                    "name": f"synthetic_{self.split}_{self.seed(i)}"}
         if self._cache is not None:
             self._cache[i] = item
         return item
@@ -504,20 +532,20 @@ def _require_hypersim_layout(root: Path, split_csv: Path, camera_csv: Path):
 # 4. The factory the scripts use
 # =============================================================================================
 
-DATASETS = ("synthetic", "hypersim")
+DATASETS = ("synthetic", "world", "hypersim")
 
 
 def make_dataset(name: str, split: str = "train", size: int | None = None, root=None,
                  length: int | None = None, use_hdr: bool = False):
-    """A dataset by name: "synthetic" (procedural rooms) or "hypersim" (needs root).
+    """A dataset by name: "synthetic" (the box rooms), "world" (the richer world) or "hypersim" (needs root).
 
     size: output side (None: 64 for synthetic, HyperSim's native 1024 x 768). length: number of
     synthetic scenes (default per split: DEFAULT_SYNTHETIC_LENGTH), or at most that many
     HyperSim frames.
     """
     key = str(name).lower()
-    if key == "synthetic":
-        return SyntheticScenes(split, size=64 if size is None else size, length=length)
+    if key in ("synthetic", "world"):
+        return SyntheticScenes(split, size=64 if size is None else size, length=length, world=key == "world")
     if key == "hypersim":
         if root is None:
             raise ValueError(f"make_dataset('hypersim') needs root=, the directory holding {HYPERSIM_SPLIT_CSV}, "

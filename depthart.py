@@ -126,8 +126,18 @@ class Config:
                    num_classes=0, image_shortcut=True)
 
     @classmethod
+    def small(cls) -> "Config":
+        """The CPU default for real photographs: 128x128 input (four downsamplings to an 8x8 latent, 16
+        pixels per token as in d16), 1024 codes, a 6-block width-192 transformer (4.3M weights).
+        On two cores it trains at about 9 (VQ-VAE, FP32; ~25 with BF16 autocast) and 18-23 (transformer)
+        samples/s at batch 16: `python train.py --benchmark --preset small --data world`."""
+        return cls(image_size=128, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=1024, z_channels=32,
+                   vae_ch=16, vae_ch_mult=(1, 1, 2, 4, 4), vae_res_blocks=1, depth=6, width=192, heads=6,
+                   num_classes=0, image_shortcut=True)
+
+    @classmethod
     def preset(cls, name: str) -> "Config":
-        presets = {"d16": cls.d16, "tiny": cls.tiny}
+        presets = {"d16": cls.d16, "tiny": cls.tiny, "small": cls.small}
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
         return presets[name]()

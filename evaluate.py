@@ -1,6 +1,6 @@
 """Evaluate a relative-depth model on the published monocular depth benchmarks.
 
-    python evaluate.py --checkpoint CKPT --dataset nyuv2|ibims1|eth3d|tum|hypersim|synthetic \
+    python evaluate.py --checkpoint CKPT --dataset nyuv2|ibims1|eth3d|tum|hypersim|synthetic|world \
         --data-root DIR [--protocol depthart|marigold] [--out PREFIX] [--limit N]
 
 The metrics and the alignment of a relative prediction to metric ground truth live in metrics.py
@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 import data
 import infer_trt
-from data import read_image, resize
-from metrics import align_least_squares, align_median, constant_depth, image_metrics, ramp_depth
+from data import package_file, read_image, resize
+from metrics import align_least_squares, align_median, constant_depth, image_metrics, ramp_depth, whdr
 
 # --------------------------------------------------------------------------------------------
 # 1. Protocols. A protocol says how the image is resized to the model's input (the model's own
@@ -90,6 +90,7 @@ DEPTHART = Protocol(
         "ibims1": DatasetRule(1e-2, 50.0, True, note="plus invalid and transparent masks"),
         "hypersim": DatasetRule(1e-5, 65.0, True, note="range taken from Marigold"),
         "synthetic": DatasetRule(1e-5, math.inf, True),
+        "world": DatasetRule(1e-5, math.inf, True),
     },
 )
 
@@ -114,6 +115,7 @@ MARIGOLD = Protocol(
         "ibims1": DatasetRule(1e-2, 50.0, False, note="not in Marigold; DepthART's range"),
         "hypersim": DatasetRule(1e-5, 65.0, False),
         "synthetic": DatasetRule(1e-5, math.inf, False),
+        "world": DatasetRule(1e-5, math.inf, False),
     },
 )
 
@@ -464,6 +466,7 @@ READERS = {
     "tum": read_tum,
     "hypersim": lambda root, **kw: read_data_module("hypersim", root, **kw),
     "synthetic": lambda root, **kw: read_data_module("synthetic", root, **kw),
+    "world": lambda root, **kw: read_data_module("world", root, **kw),
 }
 
 
@@ -590,6 +593,33 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
             "skipped": dict(skipped), "per_image": per_image}
 
 
+# The ordinal check: real photographs that Python packages ship, with point pairs labelled by
+# looking ("A is nearer than B"); scored by WHDR (metrics.whdr). No photograph of it is a texture
+# of the synthetic world (scenes.TEXTURES).
+ORDINAL_PAIRS = Path(__file__).resolve().parent / "docs" / "ordinal_pairs.json"
+
+
+def ordinal_check(predict, input_size, pairs_path=ORDINAL_PAIRS) -> dict:
+    """WHDR per photograph and over all pairs; the prediction at the model's size is sampled at the
+    pairs' normalized coordinates."""
+    spec = json.loads(Path(pairs_path).read_text())
+    rows = []
+    for im in spec["images"]:
+        image_3HW = read_image(package_file(im["package"], im["file"])).transpose(2, 0, 1)
+        x = np.clip(resize(image_3HW, *_as_size(input_size)), 0.0, 1.0)[None]
+        depth = np.asarray(predict(x), dtype=np.float32)[0, 0]
+        rows.append({"photo": f"{im['package']}/{im['file']}", "pairs": len(im["pairs"]), "whdr": whdr(depth, im["pairs"])})
+    n = sum(r["pairs"] for r in rows)
+    return {"dataset": "ordinal", "photos": rows, "n_pairs": n,
+            "whdr": sum(r["whdr"] * r["pairs"] for r in rows) / n}
+
+
+def format_ordinal(result) -> str:
+    lines = ["| photograph | pairs | WHDR |", "|---|---|---|"]
+    lines += [f"| {r['photo']} | {r['pairs']} | {r['whdr']:.3f} |" for r in result["photos"]]
+    return "\n".join(lines + [f"| all pairs | {result['n_pairs']} | {result['whdr']:.3f} |"])
+
+
 # --------------------------------------------------------------------------------------------
 # 5. Baseline predictors and the command line.
 # --------------------------------------------------------------------------------------------
@@ -667,7 +697,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
                         help="model file for infer_trt.load_backend (.safetensors, .onnx, .engine), or const / ramp")
-    parser.add_argument("--dataset", required=True, choices=sorted(READERS))
+    parser.add_argument("--dataset", required=True, choices=sorted(READERS) + ["ordinal"],
+                        help="a benchmark, the built-in synthetic scenes, or ordinal (docs/ordinal_pairs.json)")
     parser.add_argument("--data-root", default=None, help="dataset folder in its published layout")
     parser.add_argument("--protocol", default="depthart", choices=sorted(PROTOCOLS))
     parser.add_argument("--out", default=None, help="write PREFIX.json and PREFIX.csv")
@@ -685,15 +716,22 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.data_root is None and args.dataset not in ("synthetic",):
+    if args.data_root is None and args.dataset not in ("synthetic", "world", "ordinal"):
         raise SystemExit(f"evaluate.py: --data-root is required for {args.dataset}")
     predict, input_size = load_predictor(args.checkpoint, args.input_size)
+    if args.dataset == "ordinal":
+        result = dict(ordinal_check(predict, input_size), checkpoint=args.checkpoint)
+        print(format_ordinal(result))
+        if args.out:
+            Path(f"{args.out}.json").parent.mkdir(parents=True, exist_ok=True)
+            Path(f"{args.out}.json").write_text(json.dumps(result, indent=1))
+        return result
     options = {}
     if args.dataset == "nyuv2":
         options["split"] = args.split
     elif args.dataset == "eth3d":
         options["shape"] = tuple(args.eth3d_shape)
-    elif args.dataset in ("hypersim", "synthetic"):
+    elif args.dataset in ("hypersim", "synthetic", "world"):
         options.update(split=args.split, size=args.scene_size)
     samples = open_dataset(args.dataset, args.data_root, **options)
     if args.limit is not None:

@@ -128,6 +128,27 @@ def align_least_squares(pred, gt, valid, max_res=None):
     return (np.asarray(pred, dtype=np.float64) * scale + shift).astype(np.float32)
 
 
+def whdr(depth_HW, pairs) -> float:
+    """Ordinal error on human-labelled point pairs: the WHDR of Chen et al., "Single-Image Depth
+    Perception in the Wild" (NeurIPS 2016), every weight 1. The fraction of pairs whose depth order
+    the map gets wrong; a tie or a non-finite value counts as wrong. Lower is better.
+
+    pairs: [{"a": [x, y], "b": [x, y], "nearer": "a" | "b"}], x = column / width and y = row / height
+    of the photo, so a map of any size (H, W) is sampled at its nearest pixel (rint(x W), rint(y H)).
+    """
+    d = np.asarray(depth_HW, dtype=np.float64)
+    H, W = d.shape
+
+    def at(xy):
+        return d[min(max(int(np.rint(xy[1] * H)), 0), H - 1), min(max(int(np.rint(xy[0] * W)), 0), W - 1)]
+
+    wrong = 0
+    for p in pairs:
+        near, far = (at(p["a"]), at(p["b"])) if p["nearer"] == "a" else (at(p["b"]), at(p["a"]))
+        wrong += not (np.isfinite(near) and np.isfinite(far) and near < far)
+    return wrong / len(pairs)
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Trivial predictors: what a model that ignores the image achieves.
 # --------------------------------------------------------------------------------------------

@@ -19,16 +19,20 @@ intersections of boxes, spheres and upright cylinders, surface_normal):
   blur, sensor noise and JPEG, from its own random stream (the geometry never moves).
 
 Deterministic by seed on any machine with the same numpy. data.SyntheticScenes wraps
-render_scene as a dataset with disjoint seed ranges per split. This module imports numpy only
-at the top; the world imports skimage.data (textures), scipy.ndimage (blur) and PIL (JPEG) lazily.
+render_scene and render_world as datasets with disjoint seed ranges per split. It imports
+numpy, and for the world skimage.data (textures), scipy.ndimage (blur) and PIL (JPEG).
 """
 from __future__ import annotations
 
 import colorsys
+import io
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+from skimage import data as skdata  # photographs that scikit-image ships: the world's textures
 #
 # A box-shaped room with a few solids, seen by a pinhole camera from inside, rendered by casting
 # every pixel's ray at once with numpy and intersecting each primitive analytically. The image
@@ -503,8 +507,7 @@ _MIPS: dict = {}  # name -> [level 0 (S, S, 3), level 1 (S/2, S/2, 3), ...] floa
 def texture_mips(name: str) -> list:
     """The texture's mip pyramid, loaded once per process: linear reflectance scaled to mean 1."""
     if name not in _MIPS:
-        from skimage import data  # only the world needs scikit-image
-        img = np.asarray(getattr(data, name)(), dtype=np.float32) / 255.0
+        img = np.asarray(getattr(skdata, name)(), dtype=np.float32) / 255.0
         img = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
         s = 1 << int(math.log2(min(img.shape[:2])))  # the largest power-of-two square: tiles wrap by masking
         y0, x0 = (img.shape[0] - s) // 2, (img.shape[1] - s) // 2
@@ -1029,7 +1032,6 @@ def expose(radiance_HW3):
 
 def augment_photo(img_HW3, rng):
     """Photometric augmentation: exposure, white balance, gamma, blur, sensor noise, JPEG."""
-    from scipy.ndimage import gaussian_filter
     lin = img_HW3.astype(np.float32) ** 2.2
     gains = np.exp(rng.normal(0, 0.08, 3)) * 2 ** rng.uniform(-0.8, 0.5)  # white balance and exposure
     img = np.clip(lin * gains.astype(np.float32), 0, 1) ** np.float32(1 / rng.uniform(1.8, 2.6))
@@ -1044,8 +1046,6 @@ def augment_photo(img_HW3, rng):
 
 
 def _jpeg(img_HW3, quality: int):
-    import io
-    from PIL import Image
     buf = io.BytesIO()
     Image.fromarray((img_HW3 * 255 + 0.5).astype(np.uint8)).save(buf, format="JPEG", quality=quality)
     return np.asarray(Image.open(buf), dtype=np.float32) / 255.0

@@ -89,8 +89,9 @@ def collate(items: list[dict], device="cpu") -> dict:
 def make_data(args, split: str, size: int):
     """synthetic: seeds of the split's range (val = held-out seeds); hypersim: the official split."""
     length = args.train_scenes if split == "train" else args.val_samples
-    if args.data == "synthetic":
-        return SyntheticScenes(split, size=size, length=length, cache=args.cache_data or split == "val")
+    if args.data in ("synthetic", "world"):
+        return SyntheticScenes(split, size=size, length=length, cache=args.cache_data or split == "val",
+                               world=args.data == "world")
     # make_dataset raises one clear error for unknown names, missing roots, empty splits
     return make_dataset(args.data, split=split, size=size, root=args.data_root, length=length, use_hdr=args.hdr)
 
@@ -198,13 +199,14 @@ def plot_curves(log_path: Path, png_path: Path):
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="synthetic", help="synthetic (built in) | hypersim (needs --data-root)")
+    ap.add_argument("--data", default="synthetic",
+                    help="synthetic (built-in box rooms) | world (built-in richer world) | hypersim (needs --data-root)")
     ap.add_argument("--data-root", help="HyperSim root in its official layout")
     ap.add_argument("--hdr", action="store_true", help="HyperSim: tone-map color.hdf5 instead of reading tonemap.jpg")
     ap.add_argument("--train-scenes", type=int, default=None, help="size of the training set (default: all)")
     ap.add_argument("--cache-data", action="store_true", help="synthetic: keep rendered training scenes in memory")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
-    ap.add_argument("--preset", default=None, choices=["tiny", "d16"],
+    ap.add_argument("--preset", default=None, choices=["tiny", "small", "d16"],
                     help="model size (default tiny); --resume and --init of ours take the checkpoint's config")
     ap.add_argument("--stage", default="transformer", choices=["vqvae", "transformer"])
     ap.add_argument("--objective", default="depthart", choices=["depthart", "var"], help="stage 2 only")
@@ -242,8 +244,9 @@ def parse_args(argv=None):
 
 def check_args(args):
     """Mistakes found before any work starts, each a one-line ValueError."""
-    if args.data not in ("synthetic", "hypersim"):
-        raise ValueError(f"unknown --data {args.data!r}: expected 'synthetic' (built in) or 'hypersim' (with --data-root)")
+    if args.data not in ("synthetic", "world", "hypersim"):
+        raise ValueError(f"unknown --data {args.data!r}: expected 'synthetic' or 'world' (built in) or 'hypersim' "
+                         "(with --data-root)")
     if args.data == "hypersim" and not args.data_root:
         raise ValueError("--data hypersim needs --data-root: the directory holding metadata_images_split_scene_v1.csv "
                          "and the scene folders")

@@ -481,7 +481,6 @@ def test_missing_checkpoint_is_named(tmp_path):
 
 def test_hypersim_and_synthetic_go_through_data_make_dataset(monkeypatch):
     # data.py's interface: make_dataset(kind, split=, size=, root=) -> items of (C, H, W) tensors.
-    import types
 
     import torch
 
@@ -500,3 +499,40 @@ def test_hypersim_and_synthetic_go_through_data_make_dataset(monkeypatch):
     result = ev.main(["--checkpoint", "ramp", "--dataset", "hypersim", "--data-root", "/nowhere",
                       "--input-size", "8", "--limit", "2", "--no-progress"])
     assert calls[-1] == ("hypersim", "test", None, "/nowhere") and result["n_images"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Ordinal check on real photographs (WHDR)
+
+def test_whdr_by_hand():
+    depth = np.array([[1.0, 2.0], [3.0, 3.0]])  # sampled at the nearest pixel of normalized (x, y)
+    pairs = [{"a": [0.0, 0.0], "b": [0.9, 0.0], "nearer": "a"},   # 1 < 2: right
+             {"a": [0.0, 0.0], "b": [0.9, 0.0], "nearer": "b"},   # wrong
+             {"a": [0.0, 0.9], "b": [0.9, 0.9], "nearer": "a"},   # a tie counts as wrong
+             {"a": [0.9, 0.9], "b": [0.9, 0.0], "nearer": "b"}]   # 2 < 3: right
+    assert M.whdr(depth, pairs) == pytest.approx(0.5)
+    assert M.whdr(np.full((2, 2), np.nan), pairs[:1]) == 1.0
+
+
+def test_ordinal_pairs_are_real_photographs_never_textures():
+    import scenes
+    spec = json.loads(ev.ORDINAL_PAIRS.read_text())
+    assert len(spec["images"]) >= 10
+    for im in spec["images"]:
+        path = ev.package_file(im["package"], im["file"])
+        assert Image.open(path).size == (im["width"], im["height"])
+        assert len(im["pairs"]) >= 20, im["file"]
+        xy = np.array([p[k] for p in im["pairs"] for k in ("a", "b")])
+        assert xy.min() >= 0.03 and xy.max() <= 0.97  # off the border
+        assert {p["nearer"] for p in im["pairs"]} <= {"a", "b"}
+        assert Path(im["file"]).stem not in scenes.TEXTURES
+
+
+def test_ordinal_check_scores_every_photograph():
+    result = ev.ordinal_check(ev.Baseline(M.ramp_depth, 32), 32)
+    spec = json.loads(ev.ORDINAL_PAIRS.read_text())
+    assert [r["pairs"] for r in result["photos"]] == [len(im["pairs"]) for im in spec["images"]]
+    ramp = M.ramp_depth(32, 32)
+    for r, im in zip(result["photos"], spec["images"]):
+        assert r["whdr"] == pytest.approx(M.whdr(ramp, im["pairs"]))
+    assert 0 < result["whdr"] < 1

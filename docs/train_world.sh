@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The default model for real photographs (preset `small`, the `world` synthetic scenes) and the
+# DepthART-vs-teacher-forcing experiment on it, end to end on a CPU; every run resumes where it stopped.
+#
+#   bash docs/train_world.sh            # picks up where the last session stopped
+#
+# Training spans sessions: at the end of one, `bash docs/train_world.sh --park` stops the running stage
+# (SIGTERM saves it) and copies its checkpoint to weights/resume/ for committing; the next session's
+# first call copies it back into runs/ and resumes exactly.
+# Order: stage 1 (VQ-VAE, BF16 autocast), a teacher-forced warm start, then from the warm start for
+# seeds 0, 1, 2: teacher forcing, DepthART, and teacher forcing for DepthART's wall-clock time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-2}
+WORKERS=${WORKERS:-1}
+VQ_STEPS=${VQ_STEPS:-3000}
+WARM_STEPS=${WARM_STEPS:-3000}
+CONT_STEPS=${CONT_STEPS:-900}
+CONT_LR=${CONT_LR:-5e-4}
+SEEDS=${SEEDS:-"0 1 2"}
+RUNS=runs/world
+PARKED=weights/resume
+
+if [ "${1:-}" = "--park" ]; then  # stop the stage that is running (it saves on SIGTERM) and keep its checkpoint
+    pkill -TERM -f "train.py --data world" || true
+    while pgrep -f "train.py --data world" >/dev/null; do sleep 2; done
+    rm -rf "$PARKED"; mkdir -p "$PARKED"
+    for d in "$RUNS"/*/; do
+        [ -f "$d/last.state.pt" ] || continue
+        mkdir -p "$PARKED/$(basename "$d")"
+        cp "$d"/last.safetensors "$d"/last.state.pt "$d"/metrics.jsonl "$d"/args.json "$PARKED/$(basename "$d")/"
+    done
+    du -sh "$PARKED"; exit 0
+fi
+if [ -d "$PARKED" ] && [ ! -d "$RUNS" ]; then mkdir -p "$RUNS" && cp -r "$PARKED"/* "$RUNS"/; fi
+
+run() {  # run OUT ARGS...: a training run, resumed if it has a checkpoint (a finished one resumes to its end)
+    local out=$1; shift
+    local resume=""; [ -f "$out/last.state.pt" ] && resume="--resume"
+    python train.py --data world --preset small --batch-size 32 --threads "$THREADS" --workers "$WORKERS" \
+        --val-every 250 --val-samples 64 --save-every 50 --out "$out" $resume "$@"
+}
+
+run $RUNS/vqvae --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp bf16
+run $RUNS/var --stage transformer --objective var --init-vae $RUNS/vqvae/last.safetensors --steps "$WARM_STEPS" --lr 1e-3
+
+for seed in $SEEDS; do
+    run $RUNS/cont_var_s$seed --stage transformer --objective var --init $RUNS/var/last.safetensors \
+        --steps "$CONT_STEPS" --lr "$CONT_LR" --seed "$seed"
+    run $RUNS/cont_depthart_s$seed --stage transformer --objective depthart --init $RUNS/var/last.safetensors \
+        --steps "$CONT_STEPS" --lr "$CONT_LR" --seed "$seed"
+    # Equal wall clock: as many teacher-forced steps as fit in the DepthART run's training time.
+    equal=$(python -c "from pathlib import Path; from experiment import run_info; t = lambda r: run_info(Path(r))['train_seconds']
+print(round($CONT_STEPS * t('$RUNS/cont_depthart_s$seed') / t('$RUNS/cont_var_s$seed')))")
+    run $RUNS/cont_var_time_s$seed --stage transformer --objective var --init $RUNS/var/last.safetensors \
+        --steps "$equal" --lr "$CONT_LR" --seed "$seed"
+done
+
+group() { local out=""; for s in $SEEDS; do out="$out,$RUNS/$1_s$s"; done; echo "${out#,}"; }
+python experiment.py --threads "$THREADS" --n-val 300 --out docs/world/experiment \
+    --group "warm start (var)=$RUNS/var" \
+    --group "var=$(group cont_var)" \
+    --group "depthart=$(group cont_depthart)" \
+    --group "var, equal time=$(group cont_var_time)"
+mkdir -p weights
+cp $RUNS/cont_depthart_s0/last.safetensors weights/depthart_small.safetensors
+python experiment.py --threads "$THREADS" --gallery weights/depthart_small.safetensors --out docs/world/gallery.png
