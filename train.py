@@ -91,7 +91,7 @@ def make_data(args, split: str, size: int):
     length = args.train_scenes if split == "train" else args.val_samples
     if args.data in ("synthetic", "world"):
         return SyntheticScenes(split, size=size, length=length, cache=args.cache_data or split == "val",
-                               world=args.data == "world")
+                               world=args.data == "world", disk_cache=args.disk_cache if split == "train" else None)
     # make_dataset raises one clear error for unknown names, missing roots, empty splits
     return make_dataset(args.data, split=split, size=size, root=args.data_root, length=length, use_hdr=args.hdr)
 
@@ -205,6 +205,8 @@ def parse_args(argv=None):
     ap.add_argument("--hdr", action="store_true", help="HyperSim: tone-map color.hdf5 instead of reading tonemap.jpg")
     ap.add_argument("--train-scenes", type=int, default=None, help="size of the training set (default: all)")
     ap.add_argument("--cache-data", action="store_true", help="synthetic: keep rendered training scenes in memory")
+    ap.add_argument("--disk-cache", help="synthetic/world: render the --train-scenes training scenes once into this "
+                                         "folder (every core) and read them from there")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
     ap.add_argument("--preset", default=None, choices=["tiny", "small", "d16"],
                     help="model size (default tiny); --resume and --init of ours take the checkpoint's config")

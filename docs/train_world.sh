@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
-WORKERS=${WORKERS:-1}
+WORKERS=${WORKERS:-0}
+SCENES=${SCENES:-16000}  # training scenes, rendered once into $RUNS/cache (2.3 GB) and read from there
 VQ_STEPS=${VQ_STEPS:-3000}
 WARM_STEPS=${WARM_STEPS:-3000}
 CONT_STEPS=${CONT_STEPS:-900}
@@ -38,7 +39,8 @@ run() {  # run OUT ARGS...: a training run, resumed if it has a checkpoint (a fi
     local out=$1; shift
     local resume=""; [ -f "$out/last.state.pt" ] && resume="--resume"
     python train.py --data world --preset small --batch-size 32 --threads "$THREADS" --workers "$WORKERS" \
-        --val-every 250 --val-samples 64 --save-every 50 --out "$out" $resume "$@"
+        --train-scenes "$SCENES" --disk-cache $RUNS/cache --val-every 250 --val-samples 64 --save-every 50 \
+        --out "$out" $resume "$@"
 }
 
 run $RUNS/vqvae --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp bf16

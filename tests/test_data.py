@@ -300,7 +300,7 @@ def test_make_dataset(hypersim_root, tmp_path):
     assert data.make_dataset("Synthetic", "test")[0]["depth"].shape == (1, 64, 64)  # default size
     hs = data.make_dataset("hypersim", "train", size=32, root=hypersim_root)
     assert hs[0]["depth"].shape == (1, 32, 32)
-    with pytest.raises(ValueError, match="synthetic, hypersim"):
+    with pytest.raises(ValueError, match="synthetic, world, hypersim"):
         data.make_dataset("nyu", "train", 64)
     with pytest.raises(ValueError, match="needs root"):
         data.make_dataset("hypersim", "train", 64)
@@ -426,3 +426,33 @@ def test_resize_helpers():
     t = data.resize(torch.from_numpy(depth)[None, None].repeat(2, 1, 1, 1), 30, 40)
     assert t.shape == (2, 1, 30, 40) and torch.allclose(t[0, 0], torch.from_numpy(back))
     assert data.resize(torch.from_numpy(depth)[None], 8, 8).shape == (1, 8, 8)
+
+
+def test_world_items_mask_the_sky_and_fill_it_far():
+    ds = data.SyntheticScenes("val", size=24, length=12, world=True)
+    items = [ds[i] for i in range(len(ds))]
+    assert {tuple(it["normals"].shape) for it in items} == {(3, 24, 24)}
+    skies = [it for it in items if not it["valid"].all()]
+    assert skies, "no outdoor scene among 12 seeds"
+    for it in skies:
+        d, v = it["depth"][0], it["valid"][0]
+        assert torch.isfinite(d).all() and (d[~v] == d[v].max()).all()  # far where nothing was hit
+
+
+def test_disk_cache_reads_back_what_rendering_gives_and_resumes(tmp_path):
+    live = data.SyntheticScenes("train", size=16, length=6, world=True)
+    cached = data.SyntheticScenes("train", size=16, length=6, world=True, disk_cache=tmp_path)
+    for i in range(6):
+        a, b = live[i], cached[i]
+        assert torch.allclose(a["image"], b["image"], atol=0.5 / 255 + 1e-6)  # stored as uint8
+        assert torch.allclose(a["depth"], b["depth"], rtol=1e-3)             # stored as float16
+        assert torch.equal(a["valid"], b["valid"])
+        assert torch.allclose(a["normals"], b["normals"], atol=0.5 / 127 + 1e-6)
+    folder = next(tmp_path.iterdir())
+    done = np.load(folder / "done.npy", mmap_mode="r+")
+    done[3] = False  # as if interrupted before scene 3 was written
+    image = np.load(folder / "image.npy", mmap_mode="r+")
+    image[3] = 0
+    done.flush(), image.flush()
+    again = data.SyntheticScenes("train", size=16, length=6, world=True, disk_cache=tmp_path)
+    assert torch.allclose(again[3]["image"], live[3]["image"], atol=0.5 / 255 + 1e-6)  # scene 3 rendered again
