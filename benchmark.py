@@ -34,21 +34,11 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 import depthart as D
 import export as E
 import infer_trt as I
+from train import matmul_rate
 
 # The official VAR-d16 class-conditional generation of one 256x256 image takes about this long on the
 # 2-core development machine (figure from the issue that asked for this benchmark): d16 depth must beat it.
 VAR_D16_GENERATION_SECONDS = 8.5
-
-
-def matmul_rate(dtype=torch.float32, n: int = 2048, reps: int = 7) -> float:
-    """FLOP/s of one large square matmul (2 n^3 FLOPs), median of reps after 2 warm-up runs."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    times = []
-    for i in range(reps + 2):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times[2:])
 
 
 def count_flops(model: D.DepthART, image) -> tuple[int, dict]:

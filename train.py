@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import signal
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import depthart as D
@@ -478,38 +480,72 @@ def finish(args, model, step: int, signal_name, rank: int, world: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# Benchmark: training samples/s of each stage on this machine
+# Benchmark: training samples/s of each stage on this machine, and how close to its matmul rate
 # ---------------------------------------------------------------------------------------------
+def matmul_rate(dtype=torch.float32, n: int = 2048, reps: int = 7) -> float:
+    """FLOP/s of one large square matmul (2 n^3 FLOPs), median of reps after 2 warm-up runs: the
+    machine's practical ceiling, against which a training step's FLOP/s is read."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    times = []
+    for _ in range(reps + 2):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times[2:])
+
+
+def step_flops(loss_module, trainable, batch) -> int:
+    """FLOPs of one training step (forward and backward, 2 per multiply-add), counted by PyTorch."""
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = loss_module(batch["image"], batch["depth"], batch["valid"])
+        loss.backward()
+    for p in trainable.parameters():
+        p.grad = None
+    return counter.get_total_flops()
+
+
 def benchmark(args, warmup: int = 2, timed: int = 5):
+    """samples/s of every stage in FP32 and under BF16 autocast, FLOPs per step and the fraction of the
+    measured matmul rate (FP32 or BF16) that the step achieves."""
     torch.set_num_threads(args.threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = D.Config.preset(args.preset or "tiny")
-    scenes = SyntheticScenes("train", size=cfg.image_size, length=args.batch_size)
-    t = time.perf_counter()
+    scenes = SyntheticScenes("train", size=cfg.image_size, length=args.batch_size, world=args.data == "world")
+    t = time.process_time()
     batch = collate([scenes[i] for i in range(len(scenes))], device)
-    render = len(scenes) / (time.perf_counter() - t)
-    print(f"preset {args.preset or 'tiny'}, batch {args.batch_size}, {device.type}, {torch.get_num_threads()} CPU thread(s), "
-          f"median of {timed} steps after {warmup} warm-up; synthetic scenes render at {render:.0f}/s\n"
-          "| stage | samples/s | ms/step |\n|---|---|---|")
+    render = len(scenes) / (time.process_time() - t)
+    rates = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)} if device.type == "cpu" else {}
+    print(f"preset {args.preset or 'tiny'}, --data {args.data}, batch {args.batch_size}, {device.type}, "
+          f"{torch.get_num_threads()} thread(s), median of {timed} steps after {warmup} warm-up; scenes render at "
+          f"{render:.0f}/s of one core's time; matmul 2048^2: "
+          + ", ".join(f"{k.upper()} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items())
+          + "\n| stage | precision | samples/s | ms/step | GFLOP/step | of matmul rate |\n|---|---|---|---|---|---|")
     for stage, objective in (("vqvae", None), ("transformer", "var"), ("transformer", "depthart")):
-        torch.manual_seed(0)
-        model = D.DepthART(cfg).to(device)
-        trainable = set_modes(model, stage)
-        opt = torch.optim.AdamW(trainable.parameters(), lr=1e-4)
-        loss_module, times = StageLoss(model, stage, objective), []
-        for _ in range(warmup + timed):
-            t = time.perf_counter()
-            loss, _ = loss_module(batch["image"], batch["depth"], batch["valid"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable.parameters(), 2.0)
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        sec = float(np.median(times[warmup:]))
-        name = "vqvae (image + depth through the VQ-VAE)" if stage == "vqvae" else f"transformer --objective {objective}"
-        print(f"| {name} | {args.batch_size / sec:.1f} | {1000 * sec:.0f} |", flush=True)
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            model = D.DepthART(cfg).to(device)
+            trainable = set_modes(model, stage)
+            opt = torch.optim.AdamW(trainable.parameters(), lr=1e-4)
+            loss_module, times = StageLoss(model, stage, objective), []
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+            with autocast:
+                flops = step_flops(loss_module, trainable, batch)
+            for _ in range(warmup + timed):
+                t = time.perf_counter()
+                with autocast:
+                    loss, _ = loss_module(batch["image"], batch["depth"], batch["valid"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable.parameters(), 2.0)
+                opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            sec = float(np.median(times[warmup:]))
+            name = "vqvae (image + depth)" if stage == "vqvae" else f"transformer {objective}"
+            frac = f"{flops / sec / rates[precision]:.2f}" if rates else "-"
+            print(f"| {name} | {precision} | {args.batch_size / sec:.1f} | {1000 * sec:.0f} | {flops / 1e9:.1f} | {frac} |",
+                  flush=True)
 
 
 def main(argv=None):

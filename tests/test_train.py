@@ -210,8 +210,12 @@ def test_benchmark_prints_a_row_per_stage_and_objective(capsys):
     threads = torch.get_num_threads()
     train.benchmark(train.parse_args(["--benchmark", "--batch-size", "2", "--threads", "1"]), warmup=1, timed=1)
     torch.set_num_threads(threads)
-    table = capsys.readouterr().out
-    assert all(f"| {name}" in table for name in ("vqvae", "transformer --objective var", "transformer --objective depthart"))
+    rows = [r.split("|")[1:-1] for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "GFLOP" not in r]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        (name, p) for name in ("vqvae (image + depth)", "transformer var", "transformer depthart") for p in ("fp32", "bf16")]
+    for _, _, sps, ms, gflop, frac in rows:
+        assert float(sps) > 0 and float(ms) > 0 and float(gflop) > 0
+        assert 0 < float(frac) < 2  # a fraction of the matmul rate measured in the same run
 
 
 def load_checkpoint(path):
