@@ -40,6 +40,7 @@ Shape legend (names carry shapes, as in minVAR):
   B batch               C transformer width (1024)   Cv VQ-VAE latent channels (32)   V vocabulary (4096)
   H, W image size       h, w one token map's size    K scales (10)   L tokens of one modality (680)
   l tokens of one scale N tokens of several scales    A attention heads (16)   c channels per head (C/A)
+  P pixels or positions flattened (H*W, or B*h*w)   i a resize's input side   (VAR's official names use S for K)
 e.g. idx_Bl token indices of one scale, f_BCvhw a latent map, f_BNCv latents of several scales as a
 sequence, x_BLC transformer activations, logits_BlV one scale's logits.
 
@@ -160,9 +161,9 @@ def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     resizes are separable and linear, so resizing the rows of an identity matrix reads M off directly.
     As a constant MatMul the resize exports to ONNX with any exporter and never needs a cubic Resize.
     """
-    eye_11ss = torch.eye(src, dtype=torch.float64)[None, None]
+    eye_11ii = torch.eye(src, dtype=torch.float64)[None, None]
     kwargs = {"align_corners": False} if mode == "bicubic" else {}
-    return F.interpolate(eye_11ss, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
+    return F.interpolate(eye_11ii, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
 
 
 class Resampler(nn.Module):
@@ -217,8 +218,8 @@ class AttnBlock(nn.Module):
     def forward(self, x_BChw):
         B, C, h, w = x_BChw.shape
         q, k, v = self.qkv(self.norm(x_BChw)).reshape(B, 3, C, h * w).transpose(2, 3).unbind(1)  # B,hw,C
-        o_BNC = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
-        return x_BChw + self.proj_out(o_BNC.transpose(1, 2).reshape(B, C, h, w))
+        o_BPC = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x_BChw + self.proj_out(o_BPC.transpose(1, 2).reshape(B, C, h, w))
 
 
 class Downsample(nn.Module):
@@ -356,10 +357,10 @@ class ResidualQuantizer(nn.Module):
     def nearest(self, f_BCvhw: torch.Tensor) -> torch.Tensor:
         """Q: index of the nearest code (L2) at every position -> idx_Bl."""
         B, Cv, h, w = f_BCvhw.shape
-        f_NCv = f_BCvhw.permute(0, 2, 3, 1).reshape(-1, Cv)
+        f_PCv = f_BCvhw.permute(0, 2, 3, 1).reshape(-1, Cv)
         e_VCv = self.embedding.weight
-        dist_NV = (f_NCv.square().sum(1, keepdim=True) + e_VCv.square().sum(1)) - 2 * f_NCv @ e_VCv.T
-        return dist_NV.argmin(1).view(B, h * w)
+        dist_PV = (f_PCv.square().sum(1, keepdim=True) + e_VCv.square().sum(1)) - 2 * f_PCv @ e_VCv.T
+        return dist_PV.argmin(1).view(B, h * w)
 
     def eta(self, idx_Bl: torch.Tensor, si: int) -> torch.Tensor:
         """eta_si: code vectors of scale si, bicubic-upsampled to the full latent, then Phi -> f_BCvhw."""
@@ -581,8 +582,9 @@ class VAR(nn.Module):
         """Scale and position embedding of tokens begin..end-1 of a modality -> (1, l, C)."""
         return self.lvl_embed(self.lvl_1L[:, begin:end]) + self.pos_1LC[:, begin:end]
 
-    def embed(self, f_BlCv: torch.Tensor, begin: int, end: int) -> torch.Tensor:
-        return self.word_embed(f_BlCv) + self.lvl_pos(begin, end)
+    def embed(self, f_BNCv: torch.Tensor, begin: int, end: int) -> torch.Tensor:
+        """Latents of tokens begin..end-1 of a modality -> their embedded inputs x_BNC."""
+        return self.word_embed(f_BNCv) + self.lvl_pos(begin, end)
 
     def start_token(self, B: int) -> torch.Tensor:
         return (self.cond(B)[:, None] + self.pos_start + self.lvl_pos(0, 1)).expand(B, -1, -1)
@@ -611,7 +613,7 @@ def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = 
     if not torch.isfinite(depth_B1HW).all():
         raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
     B = depth_B1HW.shape[0]
-    d_BP = depth_B1HW.reshape(B, -1).float()  # P: all pixels of an image
+    d_BP = depth_B1HW.reshape(B, -1).float()
     if valid_B1HW is not None:
         d_BP = d_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))
     q_B = torch.nanquantile(d_BP, 0.98, dim=1)
