@@ -12,7 +12,8 @@ infer_trt.py rely on:
 Depth is returned in metres; mapping it to [-1, 1] is the model's job (depthart.py).
 
 Sections:
-  1. Reading user images robustly (read_image) and the one resize (resize, resize_image, resize_nearest).
+  1. Reading user images robustly (read_image, exif_focal_px) and the one resize (resize, resize_image,
+     resize_nearest); fit_square / unfit_square for images of any aspect ratio.
   2. SyntheticScenes: the procedural world of scenes.py as a dataset, split by seed ranges.
   3. HyperSim in its official layout (planar depth from the camera metadata, tone mapping).
   4. make_dataset, the one entry point the scripts use.
@@ -82,7 +83,7 @@ def _strict_pil(max_pixels: int):
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """Any PIL mode -> float32 (H, W, 3) in [0, 1]. Transparent pixels are composited onto white."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -129,7 +130,7 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
                                         "(decompression bomb guard)")
             img.load()  # decode now, inside the try, so truncated data raises here
             img = ImageOps.exif_transpose(img)
-            return _pil_to_rgb(img)
+            return pil_to_rgb(img)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -150,6 +151,24 @@ def package_file(package: str, path: str) -> Path:
     if not file.is_file():
         raise FileNotFoundError(f"{package} does not ship {path} ({file})")
     return file
+
+
+def exif_focal_px(path) -> float | None:
+    """The focal length in pixels from a photo's EXIF FocalLengthIn35mmFilm tag, or None without one.
+
+    A 35 mm equivalent focal length f35 maps the 36 x 24 mm frame's diagonal onto the image's diagonal
+    (the convention Depth Pro uses): f_px = f35 * hypot(W, H) / hypot(36, 24). Only the header is read."""
+    try:
+        with _strict_pil(MAX_IMAGE_PIXELS), Image.open(path) as img:
+            f35 = img.getexif().get_ifd(0x8769).get(0xA405)  # Exif IFD, FocalLengthIn35mmFilm
+            w, h = img.size
+    except Exception:  # noqa: BLE001 (no EXIF, or not an image: read_image reports the latter)
+        return None
+    try:
+        f35 = float(f35)
+    except (TypeError, ValueError):
+        return None
+    return f35 * math.hypot(w, h) / math.hypot(36.0, 24.0) if f35 > 0 else None
 
 
 def resize(x, H: int, W: int, mode: str = "bilinear", align_corners: bool = False):
@@ -178,6 +197,36 @@ def resize_image(img_HW3, size) -> torch.Tensor:
     h, w = (size, size) if np.isscalar(size) else size
     x_3HW = torch.as_tensor(np.asarray(img_HW3, dtype=np.float32)).permute(2, 0, 1)
     return resize(x_3HW, int(h), int(w)).clamp(0, 1).contiguous()
+
+
+FITS = ("pad", "squash")  # how an image of any aspect ratio becomes the model's square input
+
+
+def fit_square(x_CHW: np.ndarray, S: int, fit: str = "pad", mode: str = "bilinear"):
+    """(C, h, w) array -> ((C, S, S) model input, box) where box = (top, left, height, width) is the part
+    of the square the image fills (unfit_square crops the prediction back to it).
+
+    pad (the default): resize so the long side is S, keeping the aspect ratio, centre it, and fill the
+    rest by repeating the border pixels (edge padding; on held-out non-square scenes it scored better
+    than squashing, see README). squash: resize to S x S, distorting a non-square image."""
+    x_CHW = np.asarray(x_CHW, dtype=np.float32)
+    h, w = x_CHW.shape[-2:]
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
+    if fit == "squash" or h == w:
+        return resize(x_CHW, S, S, mode), (0, 0, S, S)
+    scale = S / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    top, left = (S - nh) // 2, (S - nw) // 2
+    padded = np.pad(resize(x_CHW, nh, nw, mode), ((0, 0), (top, S - nh - top), (left, S - nw - left)), mode="edge")
+    return padded, (top, left, nh, nw)
+
+
+def unfit_square(y_SS: np.ndarray, box, H: int, W: int, mode: str = "bilinear", align_corners: bool = False):
+    """A prediction (..., S, S) on fit_square's input -> (..., H, W) at the image's own size (box None: all of it)."""
+    y_SS = np.asarray(y_SS, np.float32)
+    top, left, nh, nw = box or (0, 0, *y_SS.shape[-2:])
+    return resize(y_SS[..., top:top + nh, left:left + nw], H, W, mode, align_corners)
 
 
 def resize_nearest(x_HW: np.ndarray, H: int, W: int) -> np.ndarray:

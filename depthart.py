@@ -804,6 +804,20 @@ def atomic_write(path, write):
         tmp.unlink(missing_ok=True)
 
 
+def writable_dir(path) -> Path:
+    """Create the folder if needed and prove a file can be written in it, before any work: else ValueError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / f".write-test{os.getpid()}").touch()
+        (path / f".write-test{os.getpid()}").unlink()
+    except OSError as e:
+        raise ValueError(f"cannot create or write in {path} ({e.strerror or e})") from None
+    return path
+
+
 def save_checkpoint(path, model: DepthART, meta: dict):
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta)}

@@ -1,7 +1,9 @@
 """Evaluate a relative-depth model on the published monocular depth benchmarks.
 
-    python evaluate.py --checkpoint CKPT --dataset nyuv2|ibims1|eth3d|tum|hypersim|synthetic|world \
-        --data-root DIR [--protocol depthart|marigold] [--out PREFIX] [--limit N]
+    python evaluate.py --checkpoint CKPT --dataset nyuv2|ibims1|eth3d|tum|hypersim|synthetic \
+        --data-root DIR [--protocol depthart|marigold] [--out PREFIX] [--limit N] [--fit squash|pad]
+    python evaluate.py --checkpoint CKPT --dataset world --scene-shape 64 96 --family box_room --fit pad
+    python evaluate.py --checkpoint CKPT --dataset ordinal        # WHDR on real photographs
 
 The metrics and the alignment of a relative prediction to metric ground truth live in metrics.py
 (training and the experiment score with them too). This file reads top to bottom:
@@ -37,9 +39,11 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
+import depthart as D
 import infer_trt
-from data import package_file, read_image, resize
+from data import FITS, fit_square, package_file, read_image, resize, unfit_square
 from metrics import align_least_squares, align_median, constant_depth, image_metrics, ramp_depth, whdr
+from scenes import render_world
 
 # --------------------------------------------------------------------------------------------
 # 1. Protocols. A protocol says how the image is resized to the model's input (the model's own
@@ -445,18 +449,34 @@ def read_tum(root, max_dt=TUM_MAX_DT):
 
 # HyperSim and the procedural synthetic scenes come from data.py's make_dataset, whose items
 # are {"image": (3, H, W) in [0, 1], "depth": (1, H, W) metres, "valid": (1, H, W) bool}.
+# A HyperSim frame that cannot be read is a counted skip here: the dataset's own __getitem__ (for
+# training) would substitute the next frame, which would then be scored twice.
 def read_data_module(kind, root=None, split="test", size=None):
     dataset = data.make_dataset(kind, split=split, size=size, root=root)
-    try:
-        items = (dataset[i] for i in range(len(dataset)))
-    except TypeError:
-        items = iter(dataset)
-    for i, item in enumerate(items):
+    load = getattr(dataset, "load", dataset.__getitem__)  # HyperSim.load: one frame, no substitution
+
+    def sample(i):
+        item = load(i)
         depth = np.asarray(item["depth"], dtype=np.float32)
         valid = np.asarray(item["valid"], dtype=bool)
-        yield {"name": f"{kind}_{split}_{i:05d}",
-               "image": np.asarray(item["image"], dtype=np.float32).transpose(1, 2, 0),
-               "depth": depth.reshape(depth.shape[-2:]), "valid": valid.reshape(valid.shape[-2:])}
+        return {"name": f"{kind}_{split}_{i:05d}",
+                "image": np.asarray(item["image"], dtype=np.float32).transpose(1, 2, 0),
+                "depth": depth.reshape(depth.shape[-2:]), "valid": valid.reshape(valid.shape[-2:])}
+
+    for i in range(len(dataset)):
+        yield _entry(f"{kind}_{split}_{i:05d}", lambda i=i: sample(i))
+
+
+# The new synthetic world (scenes.render_world) at any size, non-square included, with exact depth:
+# scene i of a split is seed SPLIT_START + i (data.py's held-out seed ranges), photometric augmentation off.
+def read_world(root=None, split="test", shape=(64, 96), family=None, length=1000):
+    first = {"val": data.VAL_SEED_START, "test": data.TEST_SEED_START}.get(split)
+    if first is None:
+        raise ValueError(f"world: split {split!r} is not held out; use val or test")
+    for i in range(length):
+        scene = render_world(first + i, size=tuple(shape), family=family, augment=False)
+        yield {"name": f"world_{scene['family']}_{first + i}", "image": scene["image"], "depth": scene["depth"],
+               "valid": scene["valid"]}
 
 
 READERS = {
@@ -466,7 +486,7 @@ READERS = {
     "tum": read_tum,
     "hypersim": lambda root, **kw: read_data_module("hypersim", root, **kw),
     "synthetic": lambda root, **kw: read_data_module("synthetic", root, **kw),
-    "world": lambda root, **kw: read_data_module("world", root, **kw),
+    "world": read_world,
 }
 
 
@@ -507,7 +527,7 @@ def _get_protocol(protocol):
     return PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
 
 
-def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size=4, progress=False):
+def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size=4, progress=False, fit="squash"):
     """Score predict on samples under protocol's rules for dataset.
 
     Per sample: drop it (counted by reason) if the reader could not read it, the image and depth
@@ -519,12 +539,14 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
     protocol = _get_protocol(protocol)
     rule = protocol.datasets[dataset]
     input_size = _as_size(input_size)
+    if fit not in FITS or (fit == "pad" and input_size[0] != input_size[1]):
+        raise ValueError(f"fit {fit!r}: expected squash, or pad with a square input size")
     skipped, per_image, plane_errors = Counter(), [], []
     pending = []
 
     def score(entry, pred_small):
         gt, mask = entry["depth"], entry["mask"]
-        pred = resize(np.asarray(pred_small, np.float32), *gt.shape, "bilinear", protocol.pred_align_corners)
+        pred = unfit_square(pred_small, entry["box"], *gt.shape, "bilinear", protocol.pred_align_corners)
         if not np.isfinite(pred[mask]).all():
             skipped[SKIP_NONFINITE] += 1
             return
@@ -540,8 +562,10 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
             return
         result = {"name": entry["name"], **image_metrics(aligned, gt, mask)}
         if entry.get("planes") and entry.get("K") is not None:
+            # the official iBims-1 evaluation scales the raw prediction per plane (median ratio); a
+            # least-squares shift (Marigold) would bend planes, so the planes never see the alignment
             planes = [(p["mask"] & mask, p.get("normal")) for p in entry["planes"]]
-            errors = planarity_errors(aligned, gt, planes, entry["K"])
+            errors = planarity_errors(pred, gt, planes, entry["K"])
             plane_errors.extend(errors)
             result["planes"] = len(errors)
         per_image.append(result)
@@ -574,8 +598,11 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
             continue
         # Keep only the resized image: full-size ETH3D images are ~300 MB each.
         image_3HW = np.asarray(sample["image"], np.float32).transpose(2, 0, 1)
-        model_input = np.clip(resize(image_3HW, *input_size, protocol.image_resize), 0.0, 1.0)
-        pending.append({"name": sample["name"], "input": model_input, "mask": mask,
+        if fit == "pad":  # keep the aspect ratio: pad to the square, crop the prediction back
+            model_input, box = fit_square(image_3HW, input_size[0], "pad", protocol.image_resize)
+        else:
+            model_input, box = resize(image_3HW, *input_size, protocol.image_resize), None
+        pending.append({"name": sample["name"], "input": np.clip(model_input, 0.0, 1.0), "mask": mask, "box": box,
                         "depth": np.asarray(sample["depth"], dtype=np.float32),
                         "planes": sample.get("planes"), "K": sample.get("K")})
         if len(pending) >= batch_size:
@@ -588,7 +615,7 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
     if plane_errors:
         metrics["pe_fla"] = float(np.mean([e[0] for e in plane_errors]))
         metrics["pe_ori"] = float(np.mean([e[1] for e in plane_errors]))
-    return {"dataset": dataset, "protocol": protocol.name, "input_size": list(input_size),
+    return {"dataset": dataset, "protocol": protocol.name, "input_size": list(input_size), "fit": fit,
             "n_images": len(per_image), "n_planes": len(plane_errors), "metrics": metrics,
             "skipped": dict(skipped), "per_image": per_image}
 
@@ -599,15 +626,16 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
 ORDINAL_PAIRS = Path(__file__).resolve().parent / "docs" / "ordinal_pairs.json"
 
 
-def ordinal_check(predict, input_size, pairs_path=ORDINAL_PAIRS) -> dict:
-    """WHDR per photograph and over all pairs; the prediction at the model's size is sampled at the
-    pairs' normalized coordinates."""
+def ordinal_check(predict, input_size, fit="pad", pairs_path=ORDINAL_PAIRS) -> dict:
+    """WHDR per photograph and over all pairs: the photograph is fitted to the model's square (fit),
+    the prediction taken back to the photograph's shape and sampled at the pairs' coordinates."""
     spec = json.loads(Path(pairs_path).read_text())
     rows = []
     for im in spec["images"]:
         image_3HW = read_image(package_file(im["package"], im["file"])).transpose(2, 0, 1)
-        x = np.clip(resize(image_3HW, *_as_size(input_size)), 0.0, 1.0)[None]
-        depth = np.asarray(predict(x), dtype=np.float32)[0, 0]
+        x, box = fit_square(image_3HW, _as_size(input_size)[0], fit)
+        pred = np.asarray(predict(np.clip(x, 0.0, 1.0)[None]), dtype=np.float32)[0, 0]
+        depth = unfit_square(pred, box, *image_3HW.shape[1:])
         rows.append({"photo": f"{im['package']}/{im['file']}", "pairs": len(im["pairs"]), "whdr": whdr(depth, im["pairs"])})
     n = sum(r["pairs"] for r in rows)
     return {"dataset": "ordinal", "photos": rows, "n_pairs": n,
@@ -658,7 +686,8 @@ def load_predictor(checkpoint, input_size=None):
 
 def format_table(result):
     protocol = result["protocol"]
-    lines = [f"{result['dataset']} / {protocol} protocol / input {result['input_size'][0]}x{result['input_size'][1]}",
+    lines = [f"{result['dataset']} / {protocol} protocol / input {result['input_size'][0]}x{result['input_size'][1]}"
+             f" ({result.get('fit', 'squash')})",
              f"{'metric':<16}{'value':>10}"]
     for key, label in METRIC_LABELS:
         if key in result["metrics"]:
@@ -710,17 +739,36 @@ def parse_args(argv=None):
     parser.add_argument("--scene-size", type=int, default=None,
                         help="size passed to data.make_dataset for hypersim / synthetic")
     parser.add_argument("--eth3d-shape", type=int, nargs=2, default=list(ETH3D_SHAPE), metavar=("H", "W"))
+    parser.add_argument("--scene-shape", type=int, nargs=2, default=[64, 96], metavar=("H", "W"),
+                        help="world: the rendered size (default 64 96; non-square allowed)")
+    parser.add_argument("--family", default=None, help="world: one scene family (box_room, room, corridor, ...)")
+    parser.add_argument("--fit", default="squash", choices=FITS,
+                        help="squash (default, the published protocols: resize to the square input) or pad "
+                             "(keep the aspect ratio, pad to the square, crop the prediction back)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.data_root is None and args.dataset not in ("synthetic", "world", "ordinal"):
-        raise SystemExit(f"evaluate.py: --data-root is required for {args.dataset}")
+    try:
+        return run(args)
+    except (ValueError, OSError, RuntimeError) as e:  # missing files, bad layouts, unwritable --out: one line
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args):
+    if args.dataset not in ("synthetic", "world", "ordinal"):
+        if args.data_root is None:
+            raise ValueError(f"--data-root is required for {args.dataset}")
+        if not Path(args.data_root).exists():
+            raise ValueError(f"--data-root {args.data_root}: no such file or folder")
+    if args.out:
+        D.writable_dir(Path(args.out).parent)  # before the evaluation, not after it
     predict, input_size = load_predictor(args.checkpoint, args.input_size)
     if args.dataset == "ordinal":
-        result = dict(ordinal_check(predict, input_size), checkpoint=args.checkpoint)
+        result = dict(ordinal_check(predict, input_size, args.fit), checkpoint=args.checkpoint, fit=args.fit)
         print(format_ordinal(result))
         if args.out:
             Path(f"{args.out}.json").parent.mkdir(parents=True, exist_ok=True)
@@ -731,13 +779,15 @@ def main(argv=None):
         options["split"] = args.split
     elif args.dataset == "eth3d":
         options["shape"] = tuple(args.eth3d_shape)
-    elif args.dataset in ("hypersim", "synthetic", "world"):
+    elif args.dataset in ("hypersim", "synthetic"):
         options.update(split=args.split, size=args.scene_size)
+    elif args.dataset == "world":
+        options.update(split=args.split, shape=args.scene_shape, family=args.family)
     samples = open_dataset(args.dataset, args.data_root, **options)
     if args.limit is not None:
         samples = itertools.islice(samples, args.limit)
     result = evaluate_dataset(samples, predict, args.protocol, args.dataset, input_size,
-                              batch_size=args.batch_size, progress=not args.no_progress)
+                              batch_size=args.batch_size, progress=not args.no_progress, fit=args.fit)
     result["checkpoint"] = args.checkpoint
     print(format_table(result))
     if args.out:

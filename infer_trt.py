@@ -1,8 +1,16 @@
-"""Depth maps for your images, on the fastest backend this machine has.
+"""Depth maps for your images and videos, on the fastest backend this machine has.
 
     python infer_trt.py photo.jpg
     python infer_trt.py photos/ "more/*.png" --out depth_out --scales --ply --fov 60
     python infer_trt.py photo.jpg --checkpoint runs/x/best.safetensors --backend ort
+    python infer_trt.py clip.mp4 --frames                 # a depth video (and 16-bit PNGs per frame)
+    python infer_trt.py frames/ --sequence --fps 24       # a folder of frames as one clip
+
+From Python (one import, one call; the best backend present, depth at the image's own size):
+
+    import infer_trt
+    model = infer_trt.load()                  # or load("runs/x/last.safetensors"), an .onnx, an .engine
+    depth = model.predict("photo.jpg")        # a path, a PIL image or an (H, W, 3) array -> (H, W) float32
 
 The model comes from `--checkpoint` (default weights/depthart_tiny.safetensors): one of our safetensors
 checkpoints, an exported .onnx graph, or a TensorRT .engine. For a checkpoint, the static ONNX graph is
@@ -14,21 +22,32 @@ batch size, the options and the export code), and the backend is the best one pr
     PyTorch
 
 `--backend trt|ort|torch` forces one. Every image is read with EXIF orientation applied (grayscale, RGBA,
-16-bit and CMYK files become RGB), resized to the model's square input, and the depth is resized back to
-the image's own size. Per image, into --out (default depth_out/):
+16-bit and CMYK files become RGB) and fitted to the model's square input without distortion (--fit pad:
+the long side resized to the square, the rest filled by repeating the border; --fit squash distorts it);
+the depth is cropped back and resized to the image's own size. Per image, into --out (default depth_out/):
 
-    NAME_depth.png        16-bit PNG: relative depth in [0, 1] times 65535 (0 = nearest possible)
+    NAME_depth.png        16-bit PNG: relative depth in [0, 1] times 65535 (0 = at the camera; scale only,
+                          so depth / 65535 is distance up to one unknown factor per image)
     NAME_depth_color.png  the same depth through a matplotlib colormap (--cmap)
     NAME_depth.npy        --npy: float32 (H, W) relative depth
-    NAME.ply              --ply: coloured point cloud, pinhole camera with horizontal --fov, z = relative depth
+    NAME.ply              --ply: coloured point cloud, pinhole camera with --fx --fy --cx --cy (pixels), else
+                          the focal length in the photo's EXIF (35 mm equivalent), else horizontal --fov;
+                          z = relative depth
     NAME_scales.png       --scales: the depth after every scale of the autoregressive refinement, coarse to fine
+
+A video file (.mp4, .mov, .avi, .mkv, .webm, ...) or, with --sequence, a folder of frames is one clip:
+frames stream through the backend (a temporary file in --out holds the small per-frame depth, so memory
+stays bounded), each frame's depth is scaled to its predecessor's (the median of their ratio), and
+NAME_depth.mp4 is coloured with one range for the whole clip, so it does not flicker; --frames also
+writes NAME_depth_frames/NNNNNN.png (16-bit, the clip's aligned depth over its maximum, 0 = at the camera).
 
 A bad input (missing, empty, truncated, not an image, a decompression bomb) costs one line and never stops
 the run; the run ends with a summary and exits 1 if anything failed. Files are written atomically and
 existing outputs are kept unless --overwrite.
 
 `load_backend(path)` gives evaluate.py the same backends: an object with .predict(images) for float32
-(B, 3, S, S) arrays in [0, 1] at the model size -> (B, 1, S, S), and .image_size.
+(B, 3, S, S) arrays in [0, 1] at the model size -> (B, 1, S, S), and .image_size. `load(path)` wraps
+one for images of any size (DepthModel.predict).
 """
 from __future__ import annotations
 
@@ -41,19 +60,21 @@ import sys
 import time
 from pathlib import Path
 
+import imageio_ffmpeg  # imageio's ffmpeg plugin (its wheel ships an ffmpeg binary): streams video in and out
 import numpy as np
 import onnxruntime as ort
 import torch
 from matplotlib import colormaps  # the colormap registry only: no pyplot, no GUI backend
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import depthart as D
 import export as E
-from data import read_image, resize
+from data import FITS, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square
 
-DEFAULT_CHECKPOINT = Path("weights/depthart_tiny.safetensors")
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "depthart_tiny.safetensors"  # any working dir
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".jfif"}
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 BACKENDS = ("auto", "trt", "ort", "torch")
 
 
@@ -229,6 +250,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    E.refuse_stage1(path)
     suffix = path.suffix.lower()
     if suffix in (".engine", ".plan", ".trt"):
         if backend not in ("auto", "trt"):
@@ -240,7 +262,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
         if backend in ("auto", "trt"):
             try:
                 return TrtBackend(E.build_engine(path, cache_dir or path.parent, log=log), log=log)
-            except (E.EngineUnavailable, RuntimeError) as e:
+            except (RuntimeError, OSError) as e:  # EngineUnavailable (no TensorRT, GPU, or writable folder)
                 if backend == "trt":
                     raise
                 log(f"TensorRT unavailable ({e}); using ONNX Runtime")
@@ -254,7 +276,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
             E.import_tensorrt(), E.gpu_description()
             graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
             return TrtBackend(E.build_engine(graph, graph.parent, log=log), log=log)
-        except (E.EngineUnavailable, RuntimeError) as e:  # missing, or present but failing: say why, go on
+        except (RuntimeError, OSError) as e:  # missing, present but failing, or unwritable: say why, go on
             if backend == "trt":
                 raise
             reasons.append(f"TensorRT unavailable: {e}")
@@ -265,11 +287,80 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
 
 
 # ----------------------------------------------------------------------------------------------
-# Images in
+# Images of any size through the square model, and the Python API
 # ----------------------------------------------------------------------------------------------
-def collect_inputs(items) -> tuple[list[Path], list[str]]:
-    """Files, folders (their image files, not recursive) and globs -> (paths, problems)."""
-    paths, problems = [], []
+def predict_arrays(backend: Backend, images: list, fit: str = "pad", scales: bool = False) -> list:
+    """RGB arrays (H, W, 3) in [0, 1] of any sizes -> per image (depth (H, W) float32 at the image's size,
+    the depth after every scale (K, h, w) on the image's part of the model square, or None)."""
+    S = backend.image_size
+    fitted = [fit_square(np.asarray(img, np.float32).transpose(2, 0, 1), S, fit) for img in images]
+    out = backend.run(np.clip(np.stack([x for x, _ in fitted]), 0, 1))
+    results = []
+    for i, (img, (_, box)) in enumerate(zip(images, fitted)):
+        depth = unfit_square(out["depth"][i, 0], box, *img.shape[:2])
+        results.append((depth, unfit_square(out["depth_scales"][i], box, box[2], box[3]) if scales else None))
+    return results
+
+
+def as_rgb(image) -> np.ndarray:
+    """A path, a PIL image or an array ((H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, uint16 or float
+    in [0, 1]) -> float32 (H, W, 3) in [0, 1]. Paths go through data.read_image (EXIF orientation applied)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(ImageOps.exif_transpose(image))
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 4:
+        a = a[..., :3]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 1:
+        raise ValueError(f"expected an image (H, W, 3) array, got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535
+    return np.clip(np.nan_to_num(a.astype(np.float32)), 0, 1)
+
+
+class DepthModel:
+    """A model for images of any size: `depth = model.predict(image)` (see load)."""
+
+    def __init__(self, backend: Backend, fit: str = "pad"):
+        if fit not in FITS:
+            raise ValueError(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
+        self.backend, self.fit = backend, fit
+
+    def predict(self, image) -> np.ndarray:
+        """A path, PIL image or (H, W, 3) array of any size -> relative depth (H, W) float32 in [0, 1],
+        0 = at the camera (scale only: one unknown factor per image)."""
+        return predict_arrays(self.backend, [as_rgb(image)], self.fit)[0][0]
+
+    __call__ = predict
+
+    def __repr__(self):
+        return f"DepthModel({self.backend.name}, fit={self.fit})"
+
+
+def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log=print) -> DepthModel:
+    """The Python API: `model = infer_trt.load()` then `model.predict(image)`.
+
+    path: a checkpoint (.safetensors), an .onnx graph or a TensorRT .engine; default the shipped model.
+    backend: auto (the best present: TensorRT, ONNX Runtime, PyTorch) or trt / ort / torch.
+    fit: pad (default, keeps the aspect ratio) or squash. The first call for a checkpoint exports and
+    caches its graph (log says so)."""
+    return DepthModel(load_backend(DEFAULT_CHECKPOINT if path is None else path, backend, cache_dir=cache_dir,
+                                   log=log), fit)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs: images, videos, folders of frames
+# ----------------------------------------------------------------------------------------------
+def collect_inputs(items, sequence: bool = False) -> tuple[list[Path], list, list[str]]:
+    """Files, folders (their image files, not recursive) and globs -> (images, clips, problems).
+
+    A clip is (name, source): a video file, or with sequence=True a folder's frames (a sorted list of paths)."""
+    paths, clips, problems = [], [], []
     for item in items:
         p = Path(item)
         if p.is_dir():
@@ -279,7 +370,10 @@ def collect_inputs(items) -> tuple[list[Path], list[str]]:
                 print(f"{item}: ignoring {len(files) - len(images)} files without an image extension")
             if not images:
                 problems.append(f"{item}: folder holds no image files")
-            paths += images
+            elif sequence:
+                clips.append((p.resolve().name, images))
+            else:
+                paths += images
         elif p.exists():
             paths.append(p)
         elif any(c in item for c in "*?["):
@@ -291,10 +385,14 @@ def collect_inputs(items) -> tuple[list[Path], list[str]]:
             problems.append(f"{item}: no such file or folder")
     seen, unique = set(), []
     for p in paths:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
+        if p.resolve() in seen:
+            continue
+        seen.add(p.resolve())
+        if p.suffix.lower() in VIDEO_EXTENSIONS:
+            clips.append((p.stem, p))
+        else:
             unique.append(p)
-    return unique, problems
+    return unique, clips, problems
 
 
 def output_stems(paths) -> list[str]:
@@ -343,17 +441,33 @@ def save_npy(path: Path, depth_hw: np.ndarray):
     D.atomic_write(path, write)
 
 
-def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, fov_deg: float, max_points: int = 1 << 20):
-    """Binary PLY point cloud: pinhole camera with horizontal field of view fov_deg at the image centre,
+def intrinsics(args, path, H: int, W: int) -> tuple[float, float, float, float, str]:
+    """(fx, fy, cx, cy, where from) in pixels of the H x W image: --fx/--fy/--cx/--cy, else the EXIF focal
+    length (35 mm equivalent), else the horizontal --fov; the principal point defaults to the centre."""
+    if args.fx or args.fy:
+        fx = args.fx or args.fy
+        fy, source = args.fy or fx, "--fx/--fy"
+    elif path is not None and (f := exif_focal_px(path)):
+        fx, fy, source = f, f, "EXIF FocalLengthIn35mmFilm"
+    else:
+        fx = fy = W / (2 * math.tan(math.radians(args.fov) / 2))
+        source = f"horizontal fov {args.fov} deg"
+    cx = (W - 1) / 2 if args.cx is None else args.cx
+    cy = (H - 1) / 2 if args.cy is None else args.cy
+    return fx, fy, cx, cy, source
+
+
+def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, K: tuple, max_points: int = 1 << 20):
+    """Binary PLY point cloud: pinhole camera K = (fx, fy, cx, cy, source) in pixels (0-based pixel centres),
     z = relative depth (so the cloud's scale is relative too), colours from the image. Large images are
     subsampled on a regular grid to at most max_points points."""
+    fx, fy, cx, cy, source = K
     H, W = depth_hw.shape
     step = max(1, math.ceil(math.sqrt(H * W / max_points)))
     v, u = np.mgrid[0:H:step, 0:W:step]
     z = depth_hw[::step, ::step]
-    f = W / (2 * math.tan(math.radians(fov_deg) / 2))
-    x = (u + 0.5 - W / 2) / f * z
-    y = -(v + 0.5 - H / 2) / f * z  # y up
+    x = (u - cx) / fx * z
+    y = -(v - cy) / fy * z  # y up
     rgb = (np.clip(image_hw3[::step, ::step], 0, 1) * 255).round().astype(np.uint8)
     keep = z > 0
     vertex = np.empty(int(keep.sum()), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
@@ -361,7 +475,7 @@ def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, fov_deg: f
     vertex["x"], vertex["y"], vertex["z"] = x[keep], y[keep], -z[keep]  # camera looks down -z
     vertex["red"], vertex["green"], vertex["blue"] = rgb[keep][:, 0], rgb[keep][:, 1], rgb[keep][:, 2]
     header = ("ply\nformat binary_little_endian 1.0\n"
-              f"comment DepthART relative depth, horizontal fov {fov_deg} deg\n"
+              f"comment DepthART relative depth; fx {fx:.3f} fy {fy:.3f} cx {cx:.3f} cy {cy:.3f} ({source})\n"
               f"element vertex {len(vertex)}\n"
               "property float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
@@ -389,9 +503,6 @@ def scales_strip(scales_khw: np.ndarray, H: int, W: int, cmap: str, panel_height
     return np.concatenate(parts, 1)
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
 def planned_outputs(out_dir: Path, stem: str, args) -> dict:
     outs = {"depth16": out_dir / f"{stem}_depth.png", "color": out_dir / f"{stem}_depth_color.png"}
     if args.npy:
@@ -403,53 +514,177 @@ def planned_outputs(out_dir: Path, stem: str, args) -> dict:
     return outs
 
 
-def write_outputs(todo: dict, image_hw3: np.ndarray, depth_SS: np.ndarray, scales_KSS, args):
+def write_outputs(todo: dict, path, image_hw3: np.ndarray, depth: np.ndarray, scales_khw, args):
     H, W = image_hw3.shape[:2]
-    depth = resize(depth_SS, H, W)
-    for kind, path in todo.items():
+    for kind, out in todo.items():
         if kind == "depth16":
-            save_png16(path, depth)
+            save_png16(out, depth)
         elif kind == "color":
-            save_rgb(path, colorize(depth, args.cmap))
+            save_rgb(out, colorize(depth, args.cmap))
         elif kind == "npy":
-            save_npy(path, depth)
+            save_npy(out, depth)
         elif kind == "ply":
-            save_ply(path, depth, image_hw3, args.fov)
+            save_ply(out, depth, image_hw3, intrinsics(args, path, H, W))
         elif kind == "scales":
-            save_rgb(path, scales_strip(scales_KSS, H, W, args.cmap))
+            save_rgb(out, scales_strip(scales_khw, H, W, args.cmap))
 
 
+# ----------------------------------------------------------------------------------------------
+# Clips: a video or a folder of frames -> one depth video without flicker
+# ----------------------------------------------------------------------------------------------
+def clip_frames(source, problems: list):
+    """(frames per second or None, iterator of (H, W, 3) float32 frames in [0, 1], frame count estimate).
+    A video streams through imageio's ffmpeg reader (a decoding error ends the clip with an exception);
+    a frame list goes through read_image one by one, and an unreadable frame costs a line in problems."""
+    if isinstance(source, list):
+        def read_all():
+            for p in source:
+                try:
+                    yield read_image(p)
+                except OSError as e:  # data.ImageReadError names the file and the reason
+                    problems.append(str(e))
+        return None, read_all(), len(source)
+    reader = imageio_ffmpeg.read_frames(str(source), pix_fmt="rgb24")
+    meta = next(reader)  # the first item is the stream's metadata
+    (w, h), fps = meta["size"], meta.get("fps") or None
+    total = round(meta["duration"] * fps) if fps and math.isfinite(meta.get("duration") or math.inf) else None
+
+    def frames():
+        try:
+            for frame in reader:
+                yield np.frombuffer(frame, np.uint8).reshape(h, w, 3).astype(np.float32) / 255
+        finally:
+            reader.close()
+    return fps, frames(), total
+
+
+def median_ratio(reference: np.ndarray, depth: np.ndarray) -> float:
+    """The scale that brings depth to reference: the median of their ratio where depth is not ~0."""
+    ok = depth > 1e-3
+    return float(np.median(reference[ok] / depth[ok])) if ok.any() else 1.0
+
+
+def write_video(path: Path, frames, fps: float):
+    """Colour frames (H, W, 3) uint8 -> H.264 MP4 (yuv420p, so odd sizes are padded by one pixel), atomically."""
+    def write(tmp):
+        writer = None
+        try:
+            for rgb in frames:
+                h, w = rgb.shape[:2]
+                if writer is None:
+                    writer = imageio_ffmpeg.write_frames(
+                        str(tmp), (w + w % 2, h + h % 2), fps=fps, codec="libx264", quality=None,
+                        pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+                        output_params=["-crf", "16", "-f", "mp4"])
+                    writer.send(None)  # start ffmpeg
+                writer.send(np.ascontiguousarray(np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")))
+        finally:
+            if writer is not None:
+                writer.close()
+    D.atomic_write(path, write)
+
+
+def run_clip(backend: Backend, name: str, source, out_dir: Path, args) -> tuple[int, list[str]]:
+    """One clip -> NAME_depth.mp4 (and NAME_depth_frames/ with --frames). Returns (frames written, problems).
+
+    Pass 1 streams the frames through the backend, scales each depth map to the previous one (median
+    ratio) and appends it, at the model's resolution, to a temporary file in out_dir, tracking the clip's
+    depth range; pass 2 resizes, colours with that one range and encodes. Memory holds a frame at a time."""
+    video = out_dir / f"{name}_depth.mp4"
+    frames_dir = out_dir / f"{name}_depth_frames"
+    if not args.overwrite and (video.exists() or (args.frames and frames_dir.exists())):
+        return 0, [f"{name}: keeping existing {video.name if video.exists() else frames_dir.name} "
+                   "(--overwrite replaces it)"]
+    problems = []
+    fps, frames, total = clip_frames(source, problems)
+    fps = args.fps or fps or 30.0
+    tmp = out_dir / f".{name}_depth.tmp{os.getpid()}"
+    shape, box_shape, n, lo, hi, prev = None, None, 0, math.inf, -math.inf, None
+    try:
+        with open(tmp, "wb") as f, tqdm(total=total, unit="frame", desc=name, dynamic_ncols=True) as bar:
+            for i, frame in enumerate(frames):
+                if shape is None:
+                    shape = frame.shape[:2]
+                elif frame.shape[:2] != shape:
+                    problems.append(f"{name}: frame {i} is {frame.shape[1]}x{frame.shape[0]}, the clip "
+                                    f"{shape[1]}x{shape[0]}: skipped")
+                    bar.update(1)
+                    continue
+                x, box = fit_square(frame.transpose(2, 0, 1), backend.image_size, args.fit)
+                depth = unfit_square(backend.run(x[None])["depth"][0, 0], box, box[2], box[3])  # crop only
+                depth = depth * (1.0 if prev is None else median_ratio(prev, depth))
+                lo, hi, prev, box_shape = min(lo, float(depth.min())), max(hi, float(depth.max())), depth, depth.shape
+                f.write(depth.astype(np.float32).tobytes())
+                n += 1
+                bar.update(1)
+        if n == 0:
+            return 0, problems + [f"{name}: no frame could be read"]
+        aligned = np.memmap(tmp, np.float32, "r", shape=(n, *box_shape))
+        if args.frames:
+            frames_dir.mkdir(exist_ok=True)
+            for i in tqdm(range(n), unit="frame", desc=f"{name} PNGs", dynamic_ncols=True):
+                save_png16(frames_dir / f"{i:06d}.png", resize(np.array(aligned[i]), *shape) / max(hi, 1e-8))
+        write_video(video, (colorize(resize(np.array(aligned[i]), *shape), args.cmap, lo, hi) for i in range(n)), fps)
+        del aligned
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n, problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("inputs", nargs="+", help="image files, folders (their images) or glob patterns")
+    p.add_argument("inputs", nargs="+", help="image or video files, folders (their images) or glob patterns")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
-                   help=f"checkpoint (.safetensors), graph (.onnx) or TensorRT engine (.engine); default {DEFAULT_CHECKPOINT}")
+                   help="checkpoint (.safetensors), graph (.onnx) or TensorRT engine (.engine); default the shipped "
+                        "weights/depthart_tiny.safetensors")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="force a backend (default: the best present)")
     p.add_argument("--out", default="depth_out", help="output folder (default depth_out/)")
+    p.add_argument("--fit", choices=FITS, default="pad",
+                   help="how an image meets the square model: pad (default; keeps the aspect ratio) or squash")
     p.add_argument("--batch", type=int, default=1, help="images per model call (graphs are exported per batch size)")
     p.add_argument("--fp16", action="store_true", help="use the FP16 graph (for TensorRT / CUDA; slower on the CPU)")
     p.add_argument("--cache-dir", help=f"where exported graphs and engines are cached (default {default_cache_dir()})")
     p.add_argument("--npy", action="store_true", help="also write the float32 depth as .npy")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply)")
-    p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view for --ply, degrees (default 60)")
+    for name in ("fx", "fy", "cx", "cy"):
+        p.add_argument(f"--{name}", type=float, help=f"--ply camera intrinsic {name} in pixels of the image")
+    p.add_argument("--fov", type=float, default=60.0,
+                   help="--ply without --fx and without an EXIF focal length: horizontal field of view, degrees (60)")
     p.add_argument("--scales", action="store_true", help="also write a strip of the depth after every scale")
     p.add_argument("--cmap", default="inferno_r", help="matplotlib colormap for the colour PNG (default inferno_r: near is bright)")
+    p.add_argument("--sequence", action="store_true", help="a folder argument is one clip of frames (sorted by name)")
+    p.add_argument("--fps", type=float, help="frame rate of the depth video (default: the video's own, 30 for --sequence)")
+    p.add_argument("--frames", action="store_true", help="clips: also write a 16-bit depth PNG per frame")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("fx", "fy", "fov", "fps"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            p.error(f"--{name} must be positive")
+    if args.batch < 1:
+        p.error("--batch must be at least 1")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    paths, failures = collect_inputs(args.inputs)
+    paths, clips, failures = collect_inputs(args.inputs, args.sequence)
     for problem in failures:
         print(problem)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
-        hint = (" (the default; it ships with a release: until then pass --checkpoint PATH to a .safetensors "
+        hint = (" (the default; it ships with the repository: pass --checkpoint PATH to a .safetensors "
                 "checkpoint from train.py, an .onnx graph from export.py or a TensorRT .engine)"
-                if args.checkpoint == str(DEFAULT_CHECKPOINT) else "")
+                if checkpoint == DEFAULT_CHECKPOINT else "")
         print(f"no checkpoint at {checkpoint}{hint}")
+        return 2
+    try:
+        out_dir = D.writable_dir(args.out)
+    except ValueError as e:
+        print(f"--out: {e}")
         return 2
     t0 = time.perf_counter()
     try:
@@ -463,9 +698,6 @@ def main(argv=None) -> int:
               f"or pass the checkpoint")
         return 2
     print(f"backend: {backend.name} (ready in {time.perf_counter() - t0:.1f} s)")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    S = backend.image_size
     written = skipped_files = skipped_images = 0
     pending = []  # (path, image, todo)
 
@@ -473,11 +705,10 @@ def main(argv=None) -> int:
         nonlocal written
         if not pending:
             return
-        batch = np.stack([resize(img.transpose(2, 0, 1), S, S) for _, img, _ in pending])
-        out = backend.run(np.clip(batch, 0, 1))
-        for i, (path, img, todo) in enumerate(pending):
+        results = predict_arrays(backend, [img for _, img, _ in pending], args.fit, args.scales)
+        for (path, img, todo), (depth, scales) in zip(pending, results):
             try:
-                write_outputs(todo, img, out["depth"][i, 0], out["depth_scales"][i] if args.scales else None, args)
+                write_outputs(todo, path, img, depth, scales, args)
                 written += 1
             except OSError as e:
                 failures.append(f"{path}: cannot write outputs ({e})")
@@ -511,9 +742,22 @@ def main(argv=None) -> int:
                 flush()
             bar.update(1)
         flush()
+    videos = 0
+    for name, source in clips:
+        try:
+            n, problems = run_clip(backend, name, source, out_dir, args)
+        except Exception as e:  # noqa: BLE001 (not a video, an unknown codec, a full disk: one line, go on)
+            n, problems = 0, [f"{source}: cannot make a depth video ({type(e).__name__}: {str(e).splitlines()[0]})"]
+        videos += n > 0
+        kept = [p for p in problems if "keeping existing" in p]
+        failures += [p for p in problems if p not in kept]
+        for line in problems:
+            print(line)
+        if n:
+            print(f"{name}: {n} frames -> {out_dir / (name + '_depth.mp4')}")
     summary = (f"{written} images written to {out_dir}/, {skipped_images} skipped (outputs exist; --overwrite "
                f"replaces them), {len(failures)} failed" + (f", {skipped_files} existing files kept" if skipped_files else "")
-               + f"; backend {backend.name}")
+               + (f", {videos} of {len(clips)} clips written" if clips else "") + f"; backend {backend.name}")
     print(summary)
     return 1 if failures else 0
 

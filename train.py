@@ -42,8 +42,11 @@ from metrics import median_aligned_scores
 matplotlib.use("Agg")  # curves are written to files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-CHECKPOINT = "last.safetensors"  # the whole DepthART state dict; config and run facts in the metadata
+CHECKPOINT = "last.safetensors"  # the whole DepthART state dict; config, run facts and settings in the metadata
 STATE = "last.state.pt"          # optimizer, scheduler, step, RNG, codebook hits: torch.save, weights_only-loadable
+# --resume restores every setting from the checkpoint; these alone may be given with another value
+RESUME_MAY_CHANGE = ("steps", "threads", "workers", "log_every", "val_every", "val_samples", "save_every")
+NOT_SETTINGS = ("out", "resume", "benchmark", "stop_after", "explicit")  # this invocation's, not the run's
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +174,8 @@ def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size:
                                      b["valid"][:, 0].cpu().numpy())
         rel, d1 = rel + r, d1 + d
     set_modes(model, stage)
-    return {"val_abs_rel": float(np.mean(rel)), "val_delta1": float(np.mean(d1)),
+    prefix = "val_" if stage == "transformer" else "val_vqvae_ceiling_"  # stage 1 scores a reconstruction
+    return {prefix + "abs_rel": float(np.mean(rel)), prefix + "delta1": float(np.mean(d1)),
             **{k: float(np.mean(v)) for k, v in extra.items()}}
 
 
@@ -182,14 +186,16 @@ def read_log(path: Path) -> list[dict]:
 def plot_curves(log_path: Path, png_path: Path):
     rows = read_log(log_path)
     train = [r for r in rows if "loss" in r]
-    val = [r for r in rows if "val_abs_rel" in r]
+    key = "val_" if any("val_abs_rel" in r for r in rows) else "val_vqvae_ceiling_"
+    val = [r for r in rows if key + "abs_rel" in r]
+    what = "val" if key == "val_" else "VQ-VAE ceiling (true tokens)"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
     if any("val_loss" in r for r in val):
         axes[0].plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
     axes[0].set_xlabel("step"), axes[0].set_yscale("log"), axes[0].legend()
-    axes[1].plot([r["step"] for r in val], [r["val_abs_rel"] for r in val], "o-", label="val AbsRel")
-    axes[1].plot([r["step"] for r in val], [r["val_delta1"] for r in val], "s-", label="val delta1")
+    axes[1].plot([r["step"] for r in val], [r[key + "abs_rel"] for r in val], "o-", label=f"{what} AbsRel")
+    axes[1].plot([r["step"] for r in val], [r[key + "delta1"] for r in val], "s-", label=f"{what} delta1")
     axes[1].set_xlabel("step"), axes[1].legend()
     fig.tight_layout()
     D.atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
@@ -200,6 +206,19 @@ def plot_curves(log_path: Path, png_path: Path):
 # Command line
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    # which flags the command line gave (whatever their value): --resume refuses those that contradict the run
+    unset = object()
+    ap.set_defaults(**{a.dest: unset for a in ap._actions if a.dest != "help"})
+    args.explicit = {k for k, v in vars(ap.parse_args(argv)).items() if v is not unset}
+    if args.out is None:
+        args.out = "runs/" + ("vqvae" if args.stage == "vqvae" else args.objective)
+    args.out = Path(args.out)
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="synthetic",
                     help="synthetic (built-in box rooms) | world (built-in richer world) | hypersim (needs --data-root)")
@@ -229,7 +248,10 @@ def parse_args(argv=None):
                          "of the rollout and is rarely faster there)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="run directory (default runs/vqvae, runs/var or runs/depthart)")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in --out exactly where it stopped, with every setting it was started with "
+                         "(only --steps, --threads, --workers, --log-every, --val-every, --val-samples, --save-every "
+                         "and --stop-after may be given with other values)")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--val-every", type=int, default=500)
     ap.add_argument("--val-samples", type=int, default=64)
@@ -239,11 +261,34 @@ def parse_args(argv=None):
     ap.add_argument("--stop-after", type=int, default=None, help="save and stop after this many steps of this invocation")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
     ap.add_argument("--benchmark", action="store_true", help="print samples/s of every stage and objective, then exit")
-    args = ap.parse_args(argv)
-    if args.out is None:
-        args.out = "runs/" + ("vqvae" if args.stage == "vqvae" else args.objective)
-    args.out = Path(args.out)
-    return args
+    return ap
+
+
+def settings(args) -> dict:
+    """The run's settings as JSON values: what the checkpoint and args.json record."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+
+
+def restore_settings(args):
+    """--resume: every setting comes from the checkpoint; a flag given with another value is a ValueError,
+    except RESUME_MAY_CHANGE (how far, how fast, how often to validate, log and save), which it overrides."""
+    path = args.out / CHECKPOINT
+    saved = D.checkpoint_meta(path).get("args")
+    if saved is None:
+        print(f"note: {path} records no settings (it predates them): resuming with the flags given", file=sys.stderr)
+        return
+    explicit = getattr(args, "explicit", set(vars(args)))
+    for key, value in saved.items():
+        if not hasattr(args, key) or (key in explicit and key in RESUME_MAY_CHANGE):
+            continue
+        given = getattr(args, key)
+        given = str(given) if isinstance(given, Path) else given
+        if key in explicit and given != value:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"--resume: {args.out} was started with {flag} {value}, not {given}; drop {flag} to "
+                             f"continue it, or start a new run from it with --init {path} (only "
+                             + ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE) + ", --stop-after may change)")
+        setattr(args, key, value)
 
 
 def check_args(args):
@@ -256,6 +301,7 @@ def check_args(args):
                          "and the scene folders")
     if args.data == "hypersim" and not Path(args.data_root).is_dir():
         raise ValueError(f"--data-root {args.data_root}: no such directory")
+    D.writable_dir(args.out)  # a file, /proc/x, a read-only folder: say so now, not at the first save
     for name in ("steps", "batch_size", "log_every", "val_every", "val_samples", "save_every", "restart_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -318,7 +364,7 @@ def restore(args, model, opt, sched, hits_V, device) -> tuple[int, float]:
 def save(args, model, opt, sched, hits_V, step: int, elapsed: float, device):
     """The checkpoint (weights + config) and the sidecar state that --resume needs, each written atomically."""
     meta = {"stage": args.stage, "objective": args.objective if args.stage == "transformer" else None,
-            "step": step, "data": args.data, "seed": args.seed}
+            "step": step, "data": args.data, "seed": args.seed, "args": settings(args)}
     D.save_checkpoint(args.out / CHECKPOINT, model, meta)
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
              "hits_V": hits_V.cpu(), "rng_cpu": torch.get_rng_state()}
@@ -332,8 +378,8 @@ def start_log(args, step: int) -> Path:
     out, log_path = args.out, args.out / "metrics.jsonl"
     if not args.resume and (out / CHECKPOINT).exists():
         print(f"note: starting a new run in {out}, replacing the one there (--resume continues it)", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    used = {**settings(args), "out": str(out), "resume": args.resume}  # after --resume restored the run's own
+    D.atomic_write(out / "args.json", lambda tmp: tmp.write_text(json.dumps(used, indent=1)))
     kept = [r for r in read_log(log_path) if r["step"] <= step] if args.resume else []
     D.atomic_write(log_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
     return log_path
@@ -386,6 +432,9 @@ class StopFlag:
 
 def train(args) -> Path:
     check_args(args)
+    if args.resume:
+        restore_settings(args)
+        check_args(args)
     rank, world, device = setup_distributed()
     torch.set_num_threads(args.threads or max(1, cpu_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if device.type == "cuda":

@@ -496,9 +496,82 @@ def test_hypersim_and_synthetic_go_through_data_make_dataset(monkeypatch):
     assert calls == [("synthetic", "val", 16, None)]
     assert len(samples) == 3 and samples[0]["image"].shape == (12, 16, 3)
     assert samples[0]["depth"].shape == (12, 16) and samples[0]["valid"].dtype == bool
-    result = ev.main(["--checkpoint", "ramp", "--dataset", "hypersim", "--data-root", "/nowhere",
+    root = str(Path(__file__).parent)  # any existing folder: make_dataset is faked
+    result = ev.main(["--checkpoint", "ramp", "--dataset", "hypersim", "--data-root", root,
                       "--input-size", "8", "--limit", "2", "--no-progress"])
-    assert calls[-1] == ("hypersim", "test", None, "/nowhere") and result["n_images"] == 2
+    assert calls[-1] == ("hypersim", "test", None, root) and result["n_images"] == 2
+
+
+class FramesWithABadOne:
+    """A HyperSim-like dataset: frame 1 cannot be read; __getitem__ substitutes the next frame (for training)."""
+
+    def __init__(self):
+        self.loaded = []
+
+    def __len__(self):
+        return 3
+
+    def load(self, i):
+        if i == 1:
+            raise OSError("truncated HDF5 file")
+        self.loaded.append(i)
+        import torch
+        depth = torch.full((1, 12, 16), 2.0 + i)
+        return {"image": torch.rand(3, 12, 16), "depth": depth, "valid": depth > 0}
+
+    def __getitem__(self, i):
+        try:
+            return self.load(i)
+        except OSError:
+            return self.load((i + 1) % 3)
+
+
+def test_an_unreadable_hypersim_frame_is_skipped_and_counted_not_replaced(monkeypatch):
+    monkeypatch.setattr(ev.data, "make_dataset", lambda kind, split, size, root: FramesWithABadOne())
+    result = ev.evaluate_dataset(ev.open_dataset("hypersim", "/root", split="test"), ev.Baseline(M.ramp_depth),
+                                 "depthart", "hypersim", 8)
+    assert result["n_images"] == 2 and result["skipped"] == {ev.SKIP_UNREADABLE: 1}
+    assert [r["name"] for r in result["per_image"]] == ["hypersim_test_00000", "hypersim_test_00002"]
+
+
+def test_marigold_planarity_uses_the_raw_prediction_median_scaled_per_plane(tmp_path):
+    make_ibims(tmp_path)
+    samples = list(ev.read_ibims1(tmp_path))
+
+    def affine(images):  # an affine function of the truth: least squares undoes it, per-plane scaling does not
+        return np.stack([0.05 * s["depth"][None] + 0.3 for s in samples[:len(images)]])
+
+    result = ev.evaluate_dataset(iter(samples), affine, "marigold", "ibims1", (IB_H, IB_W), batch_size=2)
+    s = samples[0]
+    mask = ev.evaluation_mask(s["depth"], s["valid"], ev.MARIGOLD.datasets["ibims1"])
+    planes = [(p["mask"] & mask, p["normal"]) for p in s["planes"]]
+    [(fla, ori)] = ev.planarity_errors(0.05 * s["depth"] + 0.3, s["depth"], planes, s["K"])  # the official way
+    assert result["metrics"]["pe_fla"] == pytest.approx(fla) and result["metrics"]["pe_ori"] == pytest.approx(ori)
+    [(fla_shifted, _)] = ev.planarity_errors(s["depth"], s["depth"], planes, s["K"])  # what the shifted one scores
+    assert result["metrics"]["abs_rel"] < 1e-3 and fla > 3 * fla_shifted  # least squares hid the bent plane
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "nyuv2", "--data-root", "/no/such/dir"], "--data-root /no/such/dir: no such file or folder"),
+    (["--dataset", "nyuv2"], "--data-root is required for nyuv2"),
+    (["--dataset", "synthetic", "--out", "/proc/depthart-test/r"], "cannot create or write in /proc/depthart-test"),
+    (["--dataset", "world", "--checkpoint", "no/model.safetensors"], "no/model.safetensors does not exist"),
+])
+def test_cli_mistakes_are_one_line_from_any_directory(tmp_path, args, message):
+    checkpoint = [] if "--checkpoint" in args else ["--checkpoint", "ramp"]
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *checkpoint, *args, "--no-progress"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("evaluate.py: error: "), proc.stderr
+    assert message in lines[0]
+
+
+def test_world_scenes_of_any_shape_padded_or_squashed():
+    samples = list(ev.open_dataset("world", None, split="test", shape=(24, 40), family="box_room", length=2))
+    assert samples[0]["image"].shape == (24, 40, 3) and samples[0]["name"].startswith("world_box_room_")
+    for fit in ("squash", "pad"):
+        result = ev.evaluate_dataset(iter(samples), ev.Baseline(M.ramp_depth, 16), "depthart", "world", 16, fit=fit)
+        assert result["n_images"] == 2 and result["fit"] == fit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,11 +601,15 @@ def test_ordinal_pairs_are_real_photographs_never_textures():
         assert Path(im["file"]).stem not in scenes.TEXTURES
 
 
-def test_ordinal_check_scores_every_photograph():
-    result = ev.ordinal_check(ev.Baseline(M.ramp_depth, 32), 32)
+@pytest.mark.parametrize("fit", ["squash", "pad"])
+def test_ordinal_check_scores_every_photograph(fit):
+    # The ramp ("floor near, top far") taken back to the photograph's shape still grows strictly upwards,
+    # so a pair is right exactly when its nearer point lies on a lower pixel row.
+    result = ev.ordinal_check(ev.Baseline(M.ramp_depth, 32), 32, fit)
     spec = json.loads(ev.ORDINAL_PAIRS.read_text())
     assert [r["pairs"] for r in result["photos"]] == [len(im["pairs"]) for im in spec["images"]]
-    ramp = M.ramp_depth(32, 32)
     for r, im in zip(result["photos"], spec["images"]):
-        assert r["whdr"] == pytest.approx(M.whdr(ramp, im["pairs"]))
+        row = lambda xy: min(int(np.rint(xy[1] * im["height"])), im["height"] - 1)  # noqa: E731
+        wrong = [row(p[p["nearer"]]) <= row(p["b" if p["nearer"] == "a" else "a"]) for p in im["pairs"]]
+        assert r["whdr"] == pytest.approx(np.mean(wrong)), im["file"]
     assert 0 < result["whdr"] < 1

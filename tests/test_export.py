@@ -1,5 +1,6 @@
 """Tests of export.py on the tiny preset: one static graph, token-exact in ONNX Runtime, deployable."""
 import hashlib
+import json
 
 import numpy as np
 import onnx
@@ -155,3 +156,87 @@ def test_graph_checker_catches_what_tensorrt_would_refuse():
     old = graph_with(helper.make_node("Relu", ["x"], ["y"]), ["B", 4])
     old.opset_import[0].version = 13
     assert "opset 13" in " ".join(E.graph_problems(old))
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorRT engine building with a fake TensorRT (tests/conftest.py): timing caches, unwritable folders
+# ---------------------------------------------------------------------------------------------
+def test_timing_cache_is_keyed_by_tensorrt_and_gpu(fake_tensorrt, tmp_path):
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"graph")
+    trt = fake_tensorrt("NVIDIA H100 80GB HBM3", "9.0")
+    engine = E.build_engine(graph, tmp_path, log=lambda s: None)
+    assert engine.is_file() and trt.built == 1 and trt.caches == [b""]
+    h100_cache = tmp_path / "timing-trt10.9.0-nvidia-h100-80gb-hbm3-sm90.cache"
+    assert h100_cache.read_bytes() == b"timings measured here"
+    trt = fake_tensorrt("NVIDIA A100-SXM4-40GB", "8.0")  # another GPU: another engine, never the H100's timings
+    other = E.build_engine(graph, tmp_path, log=lambda s: None)
+    assert other != engine and trt.caches == [b""]
+    assert (tmp_path / "timing-trt10.9.0-nvidia-a100-sxm4-40gb-sm80.cache").is_file()
+    trt = fake_tensorrt("NVIDIA H100 80GB HBM3", "9.0")
+    assert E.build_engine(graph, tmp_path, log=lambda s: None) == engine and trt.built == 0  # reused
+
+
+def test_a_rejected_or_failing_timing_cache_is_dropped_and_said(fake_tensorrt, tmp_path):
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"graph")
+    cache = tmp_path / E.timing_cache_name("10.9.0", "NVIDIA H100 80GB HBM3", "9.0")
+    cache.write_bytes(b"foreign timings")
+    trt, lines = fake_tensorrt(accept_cache=False), []
+    E.build_engine(graph, tmp_path / "a", timing_cache=cache, log=lines.append)
+    assert trt.caches == [b"foreign timings", b""] and trt.built == 1
+    assert any("does not fit" in ln for ln in lines)
+    cache.write_bytes(b"foreign timings")
+    trt, lines = fake_tensorrt(fail_with_cache=True), []
+    E.build_engine(graph, tmp_path / "b", timing_cache=cache, log=lines.append)
+    assert trt.built == 1 and any("retrying without it" in ln for ln in lines)
+
+
+def test_an_unwritable_engine_folder_is_engine_unavailable(fake_tensorrt, tmp_path):
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"graph")
+    (tmp_path / "a-file").write_text("x")
+    fake_tensorrt()
+    with pytest.raises(E.EngineUnavailable, match="cannot write the engine"):
+        E.build_engine(graph, tmp_path / "a-file" / "engines", log=lambda s: None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line mistakes: one line, non-zero exit, nothing lost
+# ---------------------------------------------------------------------------------------------
+class FlipOneToken:
+    """An ONNX Runtime session whose greedy tokens differ from PyTorch's at one position."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, names, feeds):
+        out = self.session.run(names, feeds)
+        i = [o.name for o in self.session.get_outputs()].index("tokens")
+        out[i] = out[i].copy()
+        out[i][0, -1] = (out[i][0, -1] + 1) % 512
+        return out
+
+
+def test_token_flips_say_what_they_mean_and_which_flag_accepts_them(tmp_path, capsys, monkeypatch):
+    real = E.ort_session
+    monkeypatch.setattr(E, "ort_session", lambda m, threads=None: FlipOneToken(real(m, threads)))
+    out = tmp_path / "x.onnx"
+    assert E.main(["--preset", "tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "near-tied logits" in err[0] and "--allow-token-flips" in err[0] and not out.exists()
+    assert E.main(["--preset", "tiny", "--out", str(out), "--allow-token-flips"]) == 0
+    agreement = json.loads(out.with_suffix(".json").read_text())["fp32_check"]["token_agreement_per_scale"]
+    assert out.is_file() and agreement[-1] < 1.0 and agreement[0] == 1.0
+
+
+@pytest.mark.parametrize("out", ["folder", "/proc/depthart-test/x.onnx"])
+def test_unwritable_out_is_one_line_before_the_export(tmp_path, capsys, out):
+    out = str(tmp_path) if out == "folder" else out
+    assert E.main(["--preset", "tiny", "--out", out]) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1 and "export.py: error:" in captured.err
+    assert "traced" not in captured.out  # refused before minutes of work

@@ -1,17 +1,24 @@
 """Tests of infer_trt.py end to end on a tiny checkpoint written here: images of every mode, bad files."""
 import json
+import math
 import os
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import data
 import depthart as D
 import export as E
 import infer_trt as I
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +132,13 @@ def test_load_backend_reads_an_onnx_graph_directly(first_run):
 
 
 def test_missing_default_checkpoint_says_what_to_pass(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    code, text = run_main(["photo.jpg"], capsys)
+    monkeypatch.setattr(I, "DEFAULT_CHECKPOINT", tmp_path / "weights" / "missing.safetensors")
+    code, text = run_main(["photo.jpg", "--checkpoint", str(I.DEFAULT_CHECKPOINT)], capsys)
     assert code == 2 and "--checkpoint" in text and str(I.DEFAULT_CHECKPOINT) in text
+
+
+def test_default_checkpoint_does_not_depend_on_the_working_directory():
+    assert I.DEFAULT_CHECKPOINT.is_absolute() and I.DEFAULT_CHECKPOINT.is_file()
 
 
 def test_forced_tensorrt_without_tensorrt_is_one_line_and_exit_2(checkpoint, folder, tmp_path, capsys, monkeypatch):
@@ -142,6 +153,177 @@ def test_forced_tensorrt_without_tensorrt_is_one_line_and_exit_2(checkpoint, fol
 
 
 def test_output_names_stay_unique():
-    from pathlib import Path
     stems = I.output_stems([Path("a/x.jpg"), Path("b/x.jpg"), Path("c/x.png"), Path("y.png")])
     assert len(set(stems)) == 4 and stems[0] == "x" and stems[-1] == "y"
+
+
+# ---------------------------------------------------------------------------------------------
+# Any aspect ratio, the Python API, point-cloud intrinsics, stage-1 checkpoints, --out mistakes
+# ---------------------------------------------------------------------------------------------
+def test_fit_square_pads_and_crops_back_exactly():
+    yy, xx = np.meshgrid(np.linspace(0, 1, 32), np.linspace(0, 1, 64), indexing="ij")
+    x = np.stack([yy, xx, yy * xx]).astype(np.float32)  # smooth, 2:1: halves to 16 x 32 in a 32 square
+    padded, box = data.fit_square(x, 32, "pad")
+    assert padded.shape == (3, 32, 32) and box == (8, 0, 16, 32)
+    np.testing.assert_array_equal(padded[:, :8], np.repeat(padded[:, 8:9], 8, 1))  # edge padding above
+    back = data.unfit_square(padded, box, 32, 64)
+    assert back.shape == (3, 32, 64) and np.abs(back - x).mean() < 0.01  # down and up again: the geometry kept
+    squashed, box = data.fit_square(x, 32, "squash")
+    assert squashed.shape == (3, 32, 32) and box == (0, 0, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def ort_backend(checkpoint, first_run):
+    return I.load_backend(checkpoint, "ort", cache_dir=first_run[2])
+
+
+def test_python_api_takes_paths_pil_images_and_arrays_of_any_size(ort_backend, folder):
+    d, good, _ = folder
+    model = I.DepthModel(ort_backend)
+    from_path = model.predict(d / "rotated.jpg")
+    assert from_path.shape == good["rotated"] and from_path.dtype == np.float32
+    with Image.open(d / "rotated.jpg") as im:  # EXIF rotation applied to PIL images too
+        np.testing.assert_allclose(model.predict(im), from_path, atol=1e-6)
+    rgb8 = (data.read_image(d / "cmyk.jpg") * 255).round().astype(np.uint8)
+    assert model.predict(rgb8).shape == (60, 60)
+    assert model.predict(rgb8[:, :40].astype(np.float32) / 255).shape == (60, 40)
+    assert model.predict(np.zeros((20, 90), np.uint8)).shape == (20, 90)  # grey
+    with pytest.raises(ValueError, match="expected an image"):
+        model.predict(np.zeros((4, 4, 2)))
+
+
+def test_ply_intrinsics_from_flags_then_exif_then_fov(tmp_path):
+    rgb = Image.fromarray(np.zeros((30, 40, 3), np.uint8))
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 28  # FocalLengthIn35mmFilm
+    rgb.save(tmp_path / "exif.jpg", exif=exif)
+    rgb.save(tmp_path / "plain.jpg")
+    f_exif = 28 * math.hypot(40, 30) / math.hypot(36, 24)
+    assert data.exif_focal_px(tmp_path / "exif.jpg") == pytest.approx(f_exif)
+    assert data.exif_focal_px(tmp_path / "plain.jpg") is None
+    args = I.parse_args(["x", "--fov", "90"])
+    assert I.intrinsics(args, tmp_path / "exif.jpg", 30, 40)[:4] == pytest.approx((f_exif, f_exif, 19.5, 14.5))
+    assert I.intrinsics(args, tmp_path / "plain.jpg", 30, 40)[:4] == pytest.approx((20, 20, 19.5, 14.5))
+    args = I.parse_args(["x", "--fx", "50", "--cx", "10"])
+    K = I.intrinsics(args, tmp_path / "exif.jpg", 30, 40)
+    assert K[:4] == (50, 50, 10, 14.5) and K[4] == "--fx/--fy"
+    depth = np.full((30, 40), 2.0, np.float32)
+    I.save_ply(tmp_path / "c.ply", depth, np.zeros((30, 40, 3)), K)
+    raw = (tmp_path / "c.ply").read_bytes()
+    header, body = raw.split(b"end_header\n")
+    assert b"fx 50.000" in header
+    v = np.frombuffer(body, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")])
+    assert v["x"][0] == pytest.approx((0 - 10) / 50 * 2) and v["y"][0] == pytest.approx(14.5 / 50 * 2)
+
+
+def test_a_stage1_checkpoint_is_refused_in_one_line(checkpoint, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    stage1 = tmp_path / "vqvae.safetensors"
+    save_file(load_file(str(checkpoint)), str(stage1),
+              metadata={"config": json.dumps(D.Config.tiny().to_dict()), "meta": json.dumps({"stage": "vqvae"})})
+    with pytest.raises(ValueError, match="stage-1"):
+        I.load(stage1, backend="torch")
+    code, text = run_main(["x.png", "--checkpoint", str(stage1), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "stage-1 (VQ-VAE only) checkpoint" in text.splitlines()[-1]
+
+
+@pytest.mark.parametrize("out", ["file", "/proc/depthart-test"])
+def test_unusable_out_is_one_line_before_any_work(checkpoint, folder, tmp_path, capsys, out):
+    if out == "file":
+        out = tmp_path / "a-file"
+        out.write_text("x")
+    code, text = run_main([str(folder[0] / "grey.png"), "--checkpoint", str(checkpoint), "--out", str(out)], capsys)
+    assert code == 2 and len(text.strip().splitlines()) == 1 and text.startswith("--out: ") and str(out) in text
+
+
+def test_cli_runs_from_another_directory_and_errors_are_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    res = subprocess.run([sys.executable, str(ROOT / "infer_trt.py"), "nothing.png", "--out", "a-file"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "--out: a-file exists and is a file, not a folder"
+
+
+# ---------------------------------------------------------------------------------------------
+# Videos and frame sequences
+# ---------------------------------------------------------------------------------------------
+def write_clip(path, frames, fps):
+    import imageio_ffmpeg
+    h, w = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", quality=None,
+                                         macro_block_size=1, ffmpeg_log_level="error", output_params=["-crf", "12"])
+    writer.send(None)
+    for f in frames:
+        writer.send(np.ascontiguousarray(f))
+    writer.close()
+
+
+def read_clip(path):
+    import imageio_ffmpeg
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    w, h = meta["size"]
+    return meta, np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]).astype(np.float64)
+
+
+def test_a_three_second_video_through_the_cli_is_a_steady_depth_video(checkpoint, first_run, tmp_path):
+    from scenes import render_world
+    scene = render_world(data.TEST_SEED_START, size=(48, 80), family="box_room", augment=False)
+    still = (scene["image"] * 255).round().astype(np.uint8)
+    write_clip(tmp_path / "clip.mp4", [still] * 30, fps=10)  # 3 s of a static scene at 10 fps
+    res = subprocess.run([sys.executable, str(ROOT / "infer_trt.py"), "clip.mp4", "--checkpoint", str(checkpoint),
+                          "--backend", "ort", "--cache-dir", str(first_run[2]), "--out", "out", "--frames"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "clip: 30 frames" in res.stdout
+    meta, frames = read_clip(tmp_path / "out" / "clip_depth.mp4")
+    assert frames.shape == (30, 48, 80, 3) and meta["fps"] == 10
+    change = np.abs(np.diff(frames, axis=0)).mean()  # mean change of a colour level from frame to frame
+    print(f"static scene: mean frame-to-frame change {change:.3f} of 255")
+    assert change < 1.0
+    pngs = sorted((tmp_path / "out" / "clip_depth_frames").glob("*.png"))
+    assert len(pngs) == 30 and np.asarray(Image.open(pngs[0])).shape == (48, 80)
+    assert not [p for p in os.listdir(tmp_path / "out") if p.startswith(".")]  # the temporary file is gone
+
+
+class ScaleJitter(I.Backend):
+    """A backend whose depth is right up to a random scale per call: what a relative-depth model gives."""
+    name, image_size = "jitter", 32
+
+    def __init__(self):
+        self.rng = np.random.default_rng(0)
+
+    def _run(self, images):
+        ramp = 0.2 + 0.6 * np.linspace(0, 1, 32, dtype=np.float32)[:, None].repeat(32, 1)
+        return {"depth": (ramp * self.rng.uniform(0.5, 1.0))[None, None].repeat(len(images), 0)}
+
+
+def test_sequence_frames_are_scaled_to_one_another_and_a_bad_frame_costs_a_line(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((24, 40, 3), 100, np.uint8)).save(frames / f"{i:03d}.png")
+    (frames / "004.png").write_bytes(b"not a png")
+    args = I.parse_args([str(frames), "--sequence", "--fps", "5"])
+    (_, [(name, source)], problems) = I.collect_inputs([str(frames)], sequence=True)
+    assert name == "frames" and len(source) == 8 and not problems
+    n, problems = I.run_clip(ScaleJitter(), name, source, tmp_path, args)
+    assert n == 7 and len(problems) == 1 and "004.png" in problems[0]
+    meta, video = read_clip(tmp_path / "frames_depth.mp4")
+    assert video.shape == (7, 24, 40, 3) and meta["fps"] == 5
+    assert np.abs(np.diff(video, axis=0)).mean() < 1.0  # the per-call scales are gone
+    assert I.median_ratio(np.full(4, 2.0), np.full(4, 0.5)) == 4.0
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorRT paths with a fake TensorRT module
+# ---------------------------------------------------------------------------------------------
+def test_unwritable_engine_folder_falls_back_to_onnxruntime(first_run, fake_tensorrt, tmp_path):
+    fake = fake_tensorrt()
+    graph = next(first_run[2].rglob("*b1-opset*.onnx"))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")  # a folder that cannot be created, even by root
+    lines = []
+    backend = I.load_backend(graph, "auto", cache_dir=blocked / "engines", log=lines.append)
+    assert isinstance(backend, I.OrtBackend) and fake.built == 1
+    assert any("cannot write the engine" in ln for ln in lines), lines

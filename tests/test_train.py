@@ -64,8 +64,9 @@ def test_stage1_trains_restarts_dead_codes_and_checkpoints(vqvae_run):
     assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in train_rows)
     assert any(r["restarted"] > 0 for r in train_rows)  # a fresh codebook has dead codes
     assert 0 < train_rows[-1]["code_usage"] <= 1
-    val = [r for r in log if "val_abs_rel" in r]
-    assert val and {"val_delta1", "val_image_l1", "val_depth_l1"} <= set(val[-1])
+    val = [r for r in log if "val_vqvae_ceiling_abs_rel" in r]  # stage 1 scores a reconstruction, and says so
+    assert val and {"val_vqvae_ceiling_delta1", "val_image_l1", "val_depth_l1"} <= set(val[-1])
+    assert not any("val_abs_rel" in r for r in log)
     assert (vqvae_run / "curves.png").stat().st_size > 1000
     model, cfg, meta = load_checkpoint(vqvae_run / train.CHECKPOINT)
     assert cfg == D.Config.tiny() and meta["stage"] == "vqvae" and meta["step"] == 2
@@ -113,6 +114,32 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, sta
         with pytest.raises(SystemExit):
             run(tmp_path / "b", *common, "--objective", "var", "--steps", "5", "--resume")
         assert same_weights(straight, resumed)
+
+
+def test_resume_with_only_resume_restores_every_setting(tmp_path, capsys):
+    common = ["--stage", "vqvae", "--steps", "4", "--batch-size", "3", "--lr", "0.0037", "--val-every", "100",
+              "--restart-every", "3"]
+    straight = run(tmp_path / "a", *common)
+    run(tmp_path / "b", *common, "--stop-after", "2")
+    resumed = run_bare(tmp_path / "b", "--resume")  # nothing else: every setting from the checkpoint
+    assert same_weights(straight, resumed)
+    used = json.loads((tmp_path / "b" / "args.json").read_text())
+    assert used["batch_size"] == 3 and used["lr"] == 0.0037 and used["train_scenes"] == 8 and used["resume"] is True
+    assert used["steps"] == 4 and used["threads"] == 1
+    assert D.checkpoint_meta(resumed)["args"]["lr"] == 0.0037
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # a setting that differs from the run's: one line, nothing changed
+        run_bare(tmp_path / "b", "--resume", "--steps", "6", "--batch-size", "16")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "started with --batch-size 3, not 16" in err[0]
+    assert same_weights(straight, resumed) and D.checkpoint_meta(resumed)["step"] == 4
+    run_bare(tmp_path / "b", "--resume", "--steps", "5", "--val-every", "5", "--threads", "1")  # these may change
+    assert D.checkpoint_meta(resumed)["step"] == 5
+
+
+def run_bare(out, *args):
+    train.main(["--out", str(out), *args])
+    return out / train.CHECKPOINT
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
@@ -188,10 +215,14 @@ def test_trains_on_hypersim_in_the_official_layout(tmp_path):
     (["--data", "hypersim", "--data-root", "/nonexistent/hypersim"], "/nonexistent/hypersim: no such directory"),
     (["--resume"], "last.safetensors does not exist"),
     (["--init", "/nonexistent/model.safetensors"], "/nonexistent/model.safetensors does not exist"),
+    (["--out", "/proc/depthart-test"], "cannot create or write in /proc/depthart-test"),
+    (["--out", "FILE"], "exists and is a file"),
 ])
 def test_bad_arguments_are_one_clear_line(tmp_path, args, message):
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    (tmp_path / "FILE").write_text("x")
+    out = [] if "--out" in args else ["--out", str(tmp_path)]
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, *out],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)  # from another directory
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0], res.stderr

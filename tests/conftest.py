@@ -1,0 +1,93 @@
+"""Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed)."""
+import types
+
+import pytest
+
+
+def make_fake_tensorrt(version="10.9.0", accept_cache=True, fail_with_cache=False):
+    """A module with the slice of the TensorRT 10/11 Python API that export.build_engine uses.
+
+    Records every timing cache it is given (trt.caches) and every engine built (trt.built); set_timing_cache
+    rejects non-empty caches unless accept_cache; a build with a non-empty cache fails if fail_with_cache."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__, trt.accept_cache, trt.fail_with_cache = version, accept_cache, fail_with_cache
+    trt.caches, trt.built = [], 0
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class TimingCache:
+        def __init__(self, data):
+            self.data = data
+
+        def serialize(self):
+            return b"timings measured here"
+
+    class Config:
+        cache = None
+
+        def set_memory_pool_limit(self, pool, size):
+            pass
+
+        def clear_flag(self, flag):
+            pass
+
+        def create_timing_cache(self, data):
+            trt.caches.append(bytes(data))
+            return TimingCache(bytes(data))
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            if cache.data and not trt.accept_cache:
+                return False
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def build_serialized_network(self, network, config):
+            if trt.fail_with_cache and config.cache is not None and config.cache.data:
+                return None
+            trt.built += 1
+            return b"serialized engine"
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            return True
+
+    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
+    trt.BuilderFlag = types.SimpleNamespace(TF32=0)
+    return trt
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """Install a fake TensorRT and a fake GPU; returns a function (gpu name, capability, **options) -> module."""
+    import export as E
+
+    def install(gpu="NVIDIA H100 80GB HBM3", cc="9.0", **options):
+        trt = make_fake_tensorrt(**options)
+        monkeypatch.setitem(__import__("sys").modules, "tensorrt", trt)
+        monkeypatch.setattr(E, "gpu_description", lambda: (gpu, cc))
+        return trt
+    return install
