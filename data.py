@@ -8,6 +8,9 @@ infer_trt.py rely on:
              finite everywhere: pixels without ground truth are filled, see "valid"
     "valid": bool    (1, H, W), False where the ground truth had no depth
     "name":  str     (optional)
+    "normals": float32 (3, H, W), where the dataset has them (the world scenes; HyperSim with normals=True):
+             unit camera-frame surface normals, x right, y down, z forward (the OpenCV camera), facing
+             the camera (z <= 0), 0 where invalid; "valid" then also marks where the normals are known
 
 Depth is returned in metres; mapping it to [-1, 1] is the model's job (depthart.py).
 
@@ -371,6 +374,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
 #   ROOT/SCENE/images/scene_cam_XX_final_preview/frame.IIII.tonemap.jpg         8-bit colour
 #   ROOT/SCENE/images/scene_cam_XX_final_hdf5/frame.IIII.color.hdf5             float16 linear HDR
 #   ROOT/SCENE/images/scene_cam_XX_geometry_hdf5/frame.IIII.render_entity_id.hdf5  (optional) -1 = no geometry
+#   ROOT/SCENE/images/scene_cam_XX_geometry_hdf5/frame.IIII.normal_cam.hdf5  (normals=True) float16 (768, 1024, 3)
 #
 # depth_meters is the Euclidean distance from the camera centre to the surface, not planar
 # depth; it is NaN where a ray hit nothing (windows, openings).
@@ -500,6 +504,25 @@ def read_hdf5(path) -> np.ndarray:
         return np.asarray(f["dataset"][()]).astype(np.float32)  # float16 on disk: widen before any maths
 
 
+def hypersim_normals(normal_HW3: np.ndarray, camera) -> tuple[np.ndarray, np.ndarray]:
+    """HyperSim's normal_cam.hdf5 -> (unit normals (H, W, 3) float32 in our camera frame, valid (H, W)).
+
+    HyperSim's camera space is OpenGL's: +x right, +y up, +z backward, the camera looking down -z (github
+    apple/ml-hypersim: README, "camera space"; issue #104); ours is x right, y down, z forward, so
+    (x, y, z) -> (x, -y, -z). The normals are the artists' and, as the authors note (issue #26), can be
+    zero, not unit length, or point away from the camera: zero or non-finite ones are invalid, the rest are
+    renormalized, and those facing away from the camera (n . ray > 0, rays from hypersim_rays) are flipped.
+    Invalid pixels hold 0.
+    """
+    n = np.asarray(normal_HW3, dtype=np.float64)
+    length = np.linalg.norm(n, axis=-1)
+    valid_HW = np.isfinite(length) & (length > 1e-3)
+    n = np.where(valid_HW[..., None], n / np.where(valid_HW, length, 1.0)[..., None], 0.0)
+    away = (n * hypersim_rays(camera, *n.shape[:2])).sum(-1) > 0
+    n[away] *= -1
+    return (n * np.array([1.0, -1.0, -1.0])).astype(np.float32), valid_HW
+
+
 def fill_invalid_nearest(depth_HW: np.ndarray, valid_HW: np.ndarray) -> np.ndarray:
     """Give every invalid pixel the depth of the nearest valid pixel (Euclidean, in pixels).
 
@@ -522,13 +545,15 @@ def hypersim_paths(root, scene: str, camera: str, frame_id: int) -> dict:
     frame = f"frame.{frame_id:04d}"
     return {"depth": img_dir / f"scene_{camera}_geometry_hdf5" / f"{frame}.depth_meters.hdf5",
             "entity": img_dir / f"scene_{camera}_geometry_hdf5" / f"{frame}.render_entity_id.hdf5",
+            "normals": img_dir / f"scene_{camera}_geometry_hdf5" / f"{frame}.normal_cam.hdf5",
             "tonemap": img_dir / f"scene_{camera}_final_preview" / f"{frame}.tonemap.jpg",
             "hdr": img_dir / f"scene_{camera}_final_hdf5" / f"{frame}.color.hdf5"}
 
 
 def load_hypersim_frame(root, scene: str, camera: str, frame_id: int, camera_row, use_hdr: bool = False,
-                        size: int | None = None) -> dict:
-    """One frame as numpy: image (S, S, 3), planar depth (S, S) with holes filled, valid (S, S).
+                        size: int | None = None, normals: bool = False) -> dict:
+    """One frame as numpy: image (S, S, 3), planar depth (S, S) with holes filled, valid (S, S)
+    [, normals (S, S, 3) from normal_cam.hdf5 (hypersim_normals), valid then also requiring a normal].
 
     size None keeps the native resolution. Depth and mask are resized by nearest sampling
     *before* the holes are filled (as the official code does): the fill then works on 16x fewer
@@ -539,6 +564,9 @@ def load_hypersim_frame(root, scene: str, camera: str, frame_id: int, camera_row
     valid_HW = np.isfinite(depth_HW) & (depth_HW > 0)
     if paths["entity"].exists():  # the official validity mask, where it was downloaded
         valid_HW &= read_hdf5(paths["entity"]) != -1
+    if normals:
+        normals_HW3, valid_n = hypersim_normals(read_hdf5(paths["normals"]), camera_row)
+        valid_HW &= valid_n
     if use_hdr:
         img_HW3 = hypersim_tonemap(read_hdf5(paths["hdr"]), valid_HW)
     else:
@@ -549,8 +577,13 @@ def load_hypersim_frame(root, scene: str, camera: str, frame_id: int, camera_row
         img_HW3 = resize_image(img_HW3, size).permute(1, 2, 0).numpy()
         depth_HW = resize_nearest(depth_HW, size, size)
         valid_HW = resize_nearest(valid_HW, size, size)
+        if normals:
+            normals_HW3 = resize_nearest(normals_HW3, size, size)
     depth_HW = fill_invalid_nearest(depth_HW, valid_HW)
-    return {"image": img_HW3, "depth": depth_HW.astype(np.float32), "valid": valid_HW}
+    frame = {"image": img_HW3, "depth": depth_HW.astype(np.float32), "valid": valid_HW}
+    if normals:
+        frame["normals"] = np.where(valid_HW[..., None], normals_HW3, 0.0).astype(np.float32)
+    return frame
 
 
 class HyperSim(torch.utils.data.Dataset):
@@ -564,8 +597,8 @@ class HyperSim(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, split: str = "train", size: int | None = 256, use_hdr: bool = False,
-                 limit: int | None = None):
-        self.root, self.split, self.size, self.use_hdr = Path(root), split, size, use_hdr
+                 limit: int | None = None, normals: bool = False):
+        self.root, self.split, self.size, self.use_hdr, self.normals = Path(root), split, size, use_hdr, normals
         split_csv, camera_csv = self.root / HYPERSIM_SPLIT_CSV, self.root / HYPERSIM_CAMERA_CSV
         _require_hypersim_layout(self.root, split_csv, camera_csv)
         listed, self.excluded = hypersim_frames(split_csv, split)
@@ -579,13 +612,14 @@ class HyperSim(torch.utils.data.Dataset):
                 self.no_camera += 1
                 continue
             paths = hypersim_paths(self.root, scene, cam, fid)
-            if paths["depth"].is_file() and paths[colour].is_file():
+            if paths["depth"].is_file() and paths[colour].is_file() and (not normals or paths["normals"].is_file()):
                 self.frames.append((scene, cam, fid))
             else:
                 self.missing += 1
         summary = (f"HyperSim {split} at {self.root}: {len(self.frames)} frames usable of {len(listed)} public "
                    f"listed; {self.excluded} excluded as known-bad, {self.missing} missing on disk "
-                   f"({'depth_meters.hdf5 / color.hdf5' if use_hdr else 'depth_meters.hdf5 / tonemap.jpg'}), "
+                   f"({'depth_meters.hdf5 / color.hdf5' if use_hdr else 'depth_meters.hdf5 / tonemap.jpg'}"
+                   f"{' / normal_cam.hdf5' if normals else ''}), "
                    f"{self.no_camera} without camera parameters")
         (log.warning if self.missing or self.no_camera else log.info)(summary)
         if not self.frames:
@@ -597,11 +631,14 @@ class HyperSim(torch.utils.data.Dataset):
 
     def load(self, i: int) -> dict:
         scene, cam, fid = self.frames[i]
-        f = load_hypersim_frame(self.root, scene, cam, fid, self.cameras[scene], self.use_hdr, self.size)
-        return {"image": torch.from_numpy(np.ascontiguousarray(f["image"].transpose(2, 0, 1))),
+        f = load_hypersim_frame(self.root, scene, cam, fid, self.cameras[scene], self.use_hdr, self.size, self.normals)
+        item = {"image": torch.from_numpy(np.ascontiguousarray(f["image"].transpose(2, 0, 1))),
                 "depth": torch.from_numpy(np.ascontiguousarray(f["depth"]))[None],
                 "valid": torch.from_numpy(np.ascontiguousarray(f["valid"]))[None],
                 "name": f"{scene}/{cam}/{fid:04d}"}
+        if self.normals:
+            item["normals"] = torch.from_numpy(np.ascontiguousarray(f["normals"].transpose(2, 0, 1)))
+        return item
 
     def __getitem__(self, i: int) -> dict:
         n = len(self.frames)
@@ -636,14 +673,18 @@ DATASETS = ("synthetic", "world", "hypersim")
 
 
 def make_dataset(name: str, split: str = "train", size: int | None = None, root=None,
-                 length: int | None = None, use_hdr: bool = False):
+                 length: int | None = None, use_hdr: bool = False, normals: bool = False):
     """A dataset by name: "synthetic" (the box rooms), "world" (the richer world) or "hypersim" (needs root).
+    normals=True: items carry "normals" (the world always does; HyperSim reads normal_cam.hdf5; the box rooms
+    have none, a ValueError).
 
     size: output side (None: 64 for synthetic, HyperSim's native 1024 x 768). length: number of
     synthetic scenes (default per split: DEFAULT_SYNTHETIC_LENGTH), or at most that many
     HyperSim frames.
     """
     key = str(name).lower()
+    if normals and key == "synthetic":
+        raise ValueError("the 'synthetic' box rooms have no normals; use 'world' (the synthetic world) or 'hypersim'")
     if key in ("synthetic", "world"):
         return SyntheticScenes(split, size=64 if size is None else size, length=length, world=key == "world")
     if key == "hypersim":
@@ -652,5 +693,5 @@ def make_dataset(name: str, split: str = "train", size: int | None = None, root=
                              f"{HYPERSIM_CAMERA_CSV} and the scene folders (ROOT/ai_XXX_YYY/images/...)")
         root = Path(root)
         _require_hypersim_layout(root, root / HYPERSIM_SPLIT_CSV, root / HYPERSIM_CAMERA_CSV)
-        return HyperSim(root, split, size=size, use_hdr=use_hdr, limit=length)
+        return HyperSim(root, split, size=size, use_hdr=use_hdr, limit=length, normals=normals)
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")

@@ -52,6 +52,10 @@ Extensions beyond the paper are config switches, all off in `d16`:
                   scale and position. A from-scratch tiny model otherwise learns the first token and then
                   predicts each scale from coarser depth alone, ignoring the image for thousands of steps;
                   the shortcut made the image matter ~15x sooner in a CPU prototype.
+  target          "normals" predicts camera-frame surface normals instead of depth. Nothing but the
+                  normalization in and out changes (normalize_normals, normals_from_decoder): the three
+                  components go to the VQ-VAE as its three channels, and the same objectives, rollout and
+                  export apply. "Depth" below reads "the target" for such a model.
 
 This module imports torch and safetensors and nothing of ours: every other file imports it.
 """
@@ -73,6 +77,9 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------
 # 1. Config
 # ----------------------------------------------------------------------------------------------
+TARGETS = ("depth", "normals")  # the dense targets the second modality can be (see section 5)
+
+
 @dataclass
 class Config:
     image_size: int = 256
@@ -91,6 +98,7 @@ class Config:
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
     image_shortcut: bool = False   # extension (see module docstring); off for the paper
+    target: str = "depth"          # what the model predicts: "depth" (the paper) or "normals" (extension)
 
     def __post_init__(self):
         self.patch_nums = tuple(self.patch_nums)
@@ -101,6 +109,8 @@ class Config:
                              f"x VQ-VAE downsampling {down}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; expected one of {', '.join(TARGETS)}")
 
     @property
     def tokens_per_modality(self) -> int:  # L
@@ -629,6 +639,23 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     return ((x_B3HW.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
 
 
+def normalize_normals(normals_B3HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit camera-frame normals (x right, y down, z forward; facing the camera, so z <= 0) -> the VQ-VAE's
+    input: the components are already in [-1, 1], so they go in as they are; invalid pixels become
+    (0, 0, -1), a surface facing the camera, the most common normal and a neutral fill."""
+    n_B3HW = normals_B3HW.float().clamp(-1, 1)
+    if valid_B1HW is None:
+        return n_B3HW
+    facing = torch.tensor([0.0, 0.0, -1.0], device=n_B3HW.device).view(1, 3, 1, 1)
+    return torch.where(valid_B1HW, n_B3HW, facing)
+
+
+def normals_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
+    """Decoder output -> unit normals (B, 3, H, W): clamp to [-1, 1], then renormalize to unit length."""
+    n_B3HW = x_B3HW.clamp(-1, 1)
+    return n_B3HW / n_B3HW.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
 def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
     """VAR's objective (paper Eq. 3): targets x_k are the VQ-VAE's own decomposition of the depth latent
     f_D, and the inputs are built from the same x_k -> (idx_Bl per scale, cumulative f_hat per scale)."""
@@ -752,7 +779,7 @@ class DepthART(nn.Module):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         with torch.no_grad():
             img_BLCv = self.encode_image(image_B3HW)
-            f_D = self.vae.encode(normalize_depth(depth_B1HW, valid_B1HW))
+            f_D = self.vae.encode(self.normalize_target(depth_B1HW, valid_B1HW))  # depth_B1HW: (B,3,H,W) normals
             if objective == "var":
                 targets, f_hats = teacher_forcing_targets(self.vae.quantize, f_D)
             else:
@@ -765,27 +792,44 @@ class DepthART(nn.Module):
             acc = (logits_BLV.argmax(-1) == target_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": acc}
 
-    def decode_depth(self, f_hats: list) -> torch.Tensor:
-        """Partial sums f_hat (a list of k) -> relative depth after each of them (B, k, H, W) in [0, 1], from
-        one batched decoder call. All K partial sums give the paper's Fig. 7, coarse to fine."""
+    def normalize_target(self, target: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+        """The target (depth (B, 1, H, W) or normals (B, 3, H, W), as cfg.target says) -> the VQ-VAE's input."""
+        return (normalize_normals if self.cfg.target == "normals" else normalize_depth)(target, valid_B1HW)
+
+    def target_from_decoder(self, x_B3HW: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> relative depth (B, 1, H, W) in [0, 1], or unit normals (B, 3, H, W)."""
+        return (normals_from_decoder if self.cfg.target == "normals" else depth_from_decoder)(x_B3HW)
+
+    def decode_target(self, f_hats: list) -> torch.Tensor:
+        """Partial sums f_hat (a list of k) -> the target after each of them, from one batched decoder call:
+        relative depth (B, k, H, W) in [0, 1], or unit normals (B, k, 3, H, W). All K partial sums give
+        the paper's Fig. 7, coarse to fine."""
         k, B = len(f_hats), f_hats[0].shape[0]
-        depth = depth_from_decoder(self.vae.decode(torch.cat(f_hats, 0)))
-        return depth.view(k, B, *depth.shape[-2:]).transpose(0, 1)
+        y = self.target_from_decoder(self.vae.decode(torch.cat(f_hats, 0)))  # (k B, 1 or 3, H, W)
+        y = y.view(k, B, *y.shape[1:]).transpose(0, 1)
+        return y[:, :, 0] if self.cfg.target == "depth" else y
+
+    def last_scale(self, y: torch.Tensor) -> torch.Tensor:
+        """decode_target's output -> the prediction after its last scale: depth (B, 1, H, W), normals (B, 3, H, W)."""
+        return y[:, -1:] if self.cfg.target == "depth" else y[:, -1]
 
     @torch.no_grad()
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False) -> torch.Tensor:
-        """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near).
+        """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near), or unit
+        normals (B, 3, H, W) for a normals model.
 
-        all_scales=True returns (B, K, H, W): the depth after every scale, the last being the prediction.
+        all_scales=True returns the target after every scale, (B, K, H, W) or (B, K, 3, H, W), the last
+        being the prediction.
         """
         _, f_hats = self.rollout(self.encode_image(image_B3HW))
-        return self.decode_depth(f_hats if all_scales else f_hats[-1:])
+        y = self.decode_target(f_hats if all_scales else f_hats[-1:])
+        return y if all_scales else self.last_scale(y)
 
     @torch.no_grad()
     def vqvae_ceiling(self, depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
-        """Depth decoded from the VQ-VAE's own tokens of the true depth: the best any transformer on this
-        VQ-VAE can predict (stage 1's validation figure) -> (B, 1, H, W)."""
-        return depth_from_decoder(self.vae.reconstruct(normalize_depth(depth_B1HW, valid_B1HW)))
+        """The target decoded from the VQ-VAE's own tokens of the true target: the best any transformer on this
+        VQ-VAE can predict (stage 1's validation figure) -> (B, 1, H, W) depth or (B, 3, H, W) normals."""
+        return self.target_from_decoder(self.vae.reconstruct(self.normalize_target(depth_B1HW, valid_B1HW)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -73,6 +74,7 @@ class Unrolled(nn.Module):
     Exactly DepthART.predict: tracing records each scale of `rollout` as its own static step.
     `tokens` concatenates the greedy token maps of all scales (scale k is tokens[:, bounds[k]:bounds[k+1]]);
     it exists so that the export can be checked token for token, and is dropped unless asked for.
+    A normals model (cfg.target "normals") outputs normals (B,3,H,W) [, normals_scales (B,K,3,H,W)] instead.
     """
 
     def __init__(self, model: D.DepthART, all_scales: bool = False):
@@ -83,13 +85,14 @@ class Unrolled(nn.Module):
         m = self.model
         z, f_hats = m.rollout(m.encode_image(image_B3HW))
         if self.all_scales:
-            depth_scales = m.decode_depth(f_hats)
-            return depth_scales[:, -1:], depth_scales, torch.cat(z, 1)
-        return m.decode_depth(f_hats[-1:]), torch.cat(z, 1)
+            scales = m.decode_target(f_hats)
+            return m.last_scale(scales), scales, torch.cat(z, 1)
+        return m.last_scale(m.decode_target(f_hats[-1:])), torch.cat(z, 1)
 
 
-def output_names(all_scales: bool) -> list[str]:
-    return ["depth"] + (["depth_scales"] if all_scales else []) + ["tokens"]
+def output_names(all_scales: bool, target: str = "depth") -> list[str]:
+    """The graph's outputs, named after the target: depth[, depth_scales] or normals[, normals_scales], tokens."""
+    return [target] + ([f"{target}_scales"] if all_scales else []) + ["tokens"]
 
 
 def trace(model: D.DepthART, batch: int = 1, all_scales: bool = False, opset: int = OPSET):
@@ -100,7 +103,7 @@ def trace(model: D.DepthART, batch: int = 1, all_scales: bool = False, opset: in
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python ints from shapes: shapes are fixed here
         torch.onnx.export(Unrolled(model, all_scales).eval(), (image,), buf, dynamo=False,
-                          opset_version=opset, input_names=["image"], output_names=output_names(all_scales),
+                          opset_version=opset, input_names=["image"], output_names=output_names(all_scales, model.cfg.target),
                           do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
 
@@ -379,8 +382,10 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
 
     Returns per-scale token agreement (fraction of equal tokens), the depth's max |error| and, with
     require_exact, raises TokenFlips unless every token matches, ParityError unless depth is within 1e-4.
+    (For a normals model "depth" in the report is the normals output: the same check on unit vectors.)
     """
     sess = ort_session(onnx_model)
+    target = model.cfg.target
     names = [o.name for o in sess.get_outputs()]
     K, bounds = len(model.cfg.patch_nums), model.bounds
     rounds = rounds or max(2, -(-6 // batch))  # enough batches to see all six kinds of test image
@@ -397,10 +402,10 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
         for k in range(K):
             equal[k] += int((out["tokens"][:, bounds[k]:bounds[k + 1]] == z[k].numpy()).sum())
             total[k] += z[k].numel()
-        diff = np.abs(out["depth"].astype(np.float32) - ref_depth.numpy())
+        diff = np.abs(out[target].astype(np.float32) - ref_depth.numpy())
         depth_err, depth_sum = max(depth_err, float(diff.max())), depth_sum + float(diff.mean()) / rounds
         if all_scales:
-            scales_err = max(scales_err, float(np.abs(out["depth_scales"].astype(np.float32)
+            scales_err = max(scales_err, float(np.abs(out[f"{target}_scales"].astype(np.float32)
                                                       - ref_scales.numpy()).max()))
     agree = equal / total
     report = {"token_agreement_per_scale": [round(float(a), 6) for a in agree],
@@ -444,7 +449,7 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     problems = graph_problems(graph)
     if problems:
         raise RuntimeError("exported graph is not deployable: " + "; ".join(problems))
-    report = {"batch": batch, "image_size": model.cfg.image_size, "all_scales": all_scales, "opset": OPSET,
+    report = {"batch": batch, "image_size": model.cfg.image_size, "target": model.cfg.target, "all_scales": all_scales, "opset": OPSET,
               "operators": dict(sorted(ops.items())), "fp16": fp16}
     pbytes = parameter_bytes(model)
     report["weight_bytes_ratio_fp32"] = initializer_bytes(graph) / pbytes
@@ -470,7 +475,7 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
             except Exception as e:  # an ORT CPU build that cannot run some FP16 op: say so, keep the graph
                 report["fp16_check"] = f"not run: ONNX Runtime CPU failed on the FP16 graph ({type(e).__name__}: {e})"
                 log("  " + report["fp16_check"])
-    wanted = ["depth"] + (["depth_scales"] if all_scales else []) + (["tokens"] if tokens else [])
+    wanted = output_names(all_scales, model.cfg.target)[:-1] + (["tokens"] if tokens else [])
     graph = keep_outputs(graph, wanted)
     if graph.ByteSize() >= 2**31:
         raise RuntimeError("graph over protobuf's 2 GiB limit: external-data export is not implemented "
@@ -481,7 +486,7 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     report.update(path=str(out_path), outputs=wanted, sha256=hashlib.sha256(data).hexdigest(),
                   megabytes=round(len(data) / 2**20, 2), export_seconds=round(time.perf_counter() - t0, 1))
     log(f"wrote {out_path} ({report['megabytes']} MB, outputs {', '.join(wanted)}, "
-        f"{'float16' if fp16 else 'float32'} inside, float32 image in and depth out)")
+        f"{'float16' if fp16 else 'float32'} inside, float32 image in and {model.cfg.target} out)")
     return report
 
 
@@ -633,9 +638,11 @@ def main(argv=None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="our .safetensors checkpoint (config in its metadata)")
     src.add_argument("--preset", help="tiny or d16 with random (non-trivial) weights, to test the pipeline")
+    p.add_argument("--target", choices=D.TARGETS, default="depth", help="--preset: what the random model predicts")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--batch", type=int, default=1, help="batch size, fixed in the graph (default 1)")
-    p.add_argument("--all-scales", action="store_true", help="also output depth_scales (B,K,H,W): depth after every scale")
+    p.add_argument("--all-scales", action="store_true", help="also output depth_scales (B,K,H,W): depth after every scale "
+                                                               "(normals_scales (B,K,3,H,W) for a normals model)")
     p.add_argument("--tokens", action="store_true", help="also output tokens (B,L) int64: greedy tokens of all scales")
     p.add_argument("--fp16", action="store_true", help="write an FP16 graph (float32 input and outputs)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison with PyTorch")
@@ -664,7 +671,7 @@ def run(args) -> int:
         refuse_stage1(args.checkpoint)
         model = D.DepthART.from_checkpoint(args.checkpoint)
     else:
-        cfg = D.Config.preset(args.preset)
+        cfg = dataclasses.replace(D.Config.preset(args.preset), target=args.target)
         torch.manual_seed(0)
         model = lively(D.DepthART(cfg))
         print(f"preset {args.preset}: random weights (residual branches scaled up so the transformer is not an identity)")

@@ -1,9 +1,10 @@
-"""Scores of a depth prediction against ground truth, shared by training, evaluation and the experiment.
+"""Scores of a depth or normals prediction against ground truth, shared by training, evaluation and the experiment.
 
 Every function takes numpy arrays of one image: pred and gt (same shape, gt in metres) and a boolean
 valid mask, and scores the valid pixels; a dataset figure is the mean over images. The model predicts
 relative depth, so a prediction is aligned to the ground truth first (median scale, or least-squares
-scale and shift). Also here: the trivial predictors every model must beat.
+scale and shift). Surface normals need no alignment: they are scored by the angle between predicted and
+true normals (section 4). Also here: the trivial predictors every model must beat.
 """
 from __future__ import annotations
 
@@ -167,3 +168,47 @@ def ramp_depth(H: int, W: int) -> np.ndarray:
     """
     rows = np.linspace(2.0, 1.0, H, dtype=np.float32) if H > 1 else np.ones(1, np.float32)
     return np.broadcast_to(rows[:, None], (H, W)).copy()
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Surface normals: angular error in degrees, the standard of Eigen & Fergus (ICCV 2015), Bansal et
+#    al. (CVPR 2016) and later normal estimators: mean and median angle over an image's valid pixels,
+#    and the fraction of them within 11.25, 22.5 and 30 degrees (per image here; a dataset figure is the
+#    mean over images).
+# --------------------------------------------------------------------------------------------
+
+ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
+
+
+def angular_errors(pred_3HW, gt_3HW, valid_HW) -> np.ndarray:
+    """Angle in degrees between predicted and true normals at every valid pixel -> (P,) float64.
+
+    Both are renormalized first (a prediction need not be unit length; a zero vector scores 90 degrees),
+    and the cosine is clipped to [-1, 1] against rounding."""
+    valid = np.asarray(valid_HW, dtype=bool)
+    p = np.asarray(pred_3HW, dtype=np.float64)[:, valid]
+    g = np.asarray(gt_3HW, dtype=np.float64)[:, valid]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = (p * g).sum(0) / (np.linalg.norm(p, axis=0) * np.linalg.norm(g, axis=0))
+    return np.degrees(np.arccos(np.clip(np.nan_to_num(cos, nan=0.0), -1.0, 1.0)))
+
+
+def normal_metrics(pred_3HW, gt_3HW, valid_HW) -> dict:
+    """Mean and median angular error (degrees) and the fraction of pixels within 11.25 / 22.5 / 30 degrees."""
+    e = angular_errors(pred_3HW, gt_3HW, valid_HW)
+    return {"mean_angle": float(e.mean()), "median_angle": float(np.median(e)),
+            **{f"within_{t:g}": float(np.mean(e < t)) for t in ANGLE_THRESHOLDS}}
+
+
+def mean_normal_metrics(preds, gts, valids) -> dict:
+    """normal_metrics per image ((N, 3, H, W) predictions, truths and (N, H, W) masks), averaged over images."""
+    rows = [normal_metrics(p, g, m) for p, g, m in zip(preds, gts, valids)]
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def facing_camera(H: int, W: int) -> np.ndarray:
+    """The trivial normals predictor: every pixel faces the camera, (0, 0, -1) in the camera frame (x right,
+    y down, z forward) -> (3, H, W)."""
+    n = np.zeros((3, H, W), dtype=np.float32)
+    n[2] = -1.0
+    return n

@@ -4,6 +4,8 @@ On a laptop CPU, with the built-in synthetic rooms (nothing to download):
     python train.py --data synthetic --preset tiny --stage vqvae --steps 3000 --batch-size 32 --lr 1e-3 --out runs/vqvae
     python train.py --data synthetic --stage transformer --objective var \
         --init-vae runs/vqvae/last.safetensors --steps 3000 --batch-size 32 --lr 1e-3 --out runs/var
+Surface normals instead of depth (the synthetic world or HyperSim carry them; see README, Surface normals):
+    python train.py --data world --target normals --stage vqvae --steps 1000 --lr 1e-3 --out runs/normals_vqvae
 On HyperSim with the official VAR checkpoints, on N GPUs (the paper's optimizer and schedule are the defaults):
     torchrun --nproc_per_node N train.py --data hypersim --data-root /data/hypersim --preset d16 --workers 8 \
         --stage transformer --objective depthart --init-vae vae_ch160v4096z32.pth --init-var var_d16.pth --out runs/d16
@@ -16,6 +18,7 @@ signal quits at once). `python train.py --benchmark` prints the samples/s of eve
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import json
@@ -37,7 +40,7 @@ from tqdm import tqdm
 
 import depthart as D
 from data import SyntheticScenes, make_dataset
-from metrics import median_aligned_scores
+from metrics import mean_normal_metrics, median_aligned_scores
 
 matplotlib.use("Agg")  # curves are written to files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -88,7 +91,8 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 def collate(items: list[dict], device="cpu") -> dict:
-    return {k: torch.stack([it[k] for it in items]).to(device) for k in ("image", "depth", "valid")}
+    keys = ("image", "depth", "valid") + (("normals",) if "normals" in items[0] else ())
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in keys}
 
 
 def make_data(args, split: str, size: int):
@@ -98,15 +102,17 @@ def make_data(args, split: str, size: int):
         return SyntheticScenes(split, size=size, length=length, cache=args.cache_data or split == "val",
                                world=args.data == "world", disk_cache=args.disk_cache if split == "train" else None)
     # make_dataset raises one clear error for unknown names, missing roots, empty splits
-    return make_dataset(args.data, split=split, size=size, root=args.data_root, length=length, use_hdr=args.hdr)
+    return make_dataset(args.data, split=split, size=size, root=args.data_root, length=length, use_hdr=args.hdr,
+                        normals=args.target == "normals")
 
 
 # ---------------------------------------------------------------------------------------------
 # Losses: one module whose forward does everything, so DistributedDataParallel sees one forward
 # ---------------------------------------------------------------------------------------------
-def vae_inputs(image, depth, valid) -> torch.Tensor:
-    """Stage 1 trains one VQ-VAE on both modalities: images, and depth maps repeated to 3 channels."""
-    return torch.cat((D.normalize_image(image), D.normalize_depth(depth, valid)))
+def vae_inputs(model: D.DepthART, image, target, valid) -> torch.Tensor:
+    """Stage 1 trains one VQ-VAE on both modalities: images, and depth maps repeated to 3 channels (or
+    normal maps, whose three components are the three channels)."""
+    return torch.cat((D.normalize_image(image), model.normalize_target(target, valid)))
 
 
 class StageLoss(torch.nn.Module):
@@ -114,11 +120,11 @@ class StageLoss(torch.nn.Module):
         super().__init__()
         self.model, self.stage, self.objective = model, stage, objective
 
-    def forward(self, image, depth, valid):
+    def forward(self, image, target, valid):  # target: depth (B,1,H,W), or normals (B,3,H,W) for a normals model
         if self.stage == "transformer":  # DepthART.loss: frozen VQ-VAE, no-grad rollout, one parallel forward
-            return self.model.loss(image, depth, self.objective, valid)
+            return self.model.loss(image, target, self.objective, valid)
         # Stage 1: L1 reconstruction (sharper edges than MSE) + the VQ-VAE's codebook/commitment loss.
-        x = vae_inputs(image, depth, valid)
+        x = vae_inputs(self.model, image, target, valid)
         rec, vq_loss, idx_list = self.model.vae(x)
         rec_loss = F.l1_loss(rec, x)
         loss = rec_loss + vq_loss
@@ -153,30 +159,37 @@ def restart_dead_codes(vae: D.VQVAE, hits_V: torch.Tensor, x: torch.Tensor, gene
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size: int, device) -> dict:
-    """Stage 2: the model's predictions (and the validation loss). Stage 1: the depth decoded from the
-    VQ-VAE's own tokens of the true depth, the ceiling any transformer on this VQ-VAE can reach
-    (and the reconstruction L1 of images and depth)."""
+    """Stage 2: the model's predictions (and the validation loss). Stage 1: the target decoded from the
+    VQ-VAE's own tokens of the true target, the ceiling any transformer on this VQ-VAE can reach
+    (and the reconstruction L1 of images and targets). Depth: AbsRel and delta1 after median-scale
+    alignment; normals: mean and median angular error and the fraction within 11.25 degrees."""
     model.eval()
-    rel, d1, extra = [], [], {}
+    target = model.cfg.target
+    scores, extra = [], {}
     for i in range(0, len(val_set), batch_size):
         b = collate([val_set[j] for j in range(i, min(i + batch_size, len(val_set)))], device)
         if stage == "transformer":
             pred = model.predict(b["image"])
-            extra.setdefault("val_loss", []).append(model.loss(b["image"], b["depth"], objective, b["valid"])[0].item())
+            extra.setdefault("val_loss", []).append(model.loss(b["image"], b[target], objective, b["valid"])[0].item())
         else:
-            x = vae_inputs(b["image"], b["depth"], b["valid"])
+            x = vae_inputs(model, b["image"], b[target], b["valid"])
             rec = model.vae.reconstruct(x)
             n = len(b["image"])
             extra.setdefault("val_image_l1", []).append(F.l1_loss(rec[:n], x[:n]).item())
-            extra.setdefault("val_depth_l1", []).append(F.l1_loss(rec[n:], x[n:]).item())
-            pred = D.depth_from_decoder(rec[n:])
-        r, d = median_aligned_scores(pred[:, 0].double().cpu().numpy(), b["depth"][:, 0].cpu().numpy(),
-                                     b["valid"][:, 0].cpu().numpy())
-        rel, d1 = rel + r, d1 + d
+            extra.setdefault(f"val_{target}_l1", []).append(F.l1_loss(rec[n:], x[n:]).item())
+            pred = model.target_from_decoder(rec[n:])
+        valid = b["valid"][:, 0].cpu().numpy()
+        if target == "normals":
+            m = mean_normal_metrics(pred.double().cpu().numpy(), b["normals"].cpu().numpy(), valid)
+            scores.append({k: m[k] for k in ("mean_angle", "median_angle", "within_11.25")} | {"n": len(valid)})
+        else:
+            r, d = median_aligned_scores(pred[:, 0].double().cpu().numpy(), b["depth"][:, 0].cpu().numpy(), valid)
+            scores.append({"abs_rel": float(np.mean(r)), "delta1": float(np.mean(d)), "n": len(valid)})
     set_modes(model, stage)
     prefix = "val_" if stage == "transformer" else "val_vqvae_ceiling_"  # stage 1 scores a reconstruction
-    return {prefix + "abs_rel": float(np.mean(rel)), prefix + "delta1": float(np.mean(d1)),
-            **{k: float(np.mean(v)) for k, v in extra.items()}}
+    total = sum(sc["n"] for sc in scores)
+    return {prefix + k: sum(sc[k] * sc["n"] for sc in scores) / total for k in scores[0] if k != "n"} | \
+        {k: float(np.mean(v)) for k, v in extra.items()}
 
 
 def read_log(path: Path) -> list[dict]:
@@ -186,16 +199,17 @@ def read_log(path: Path) -> list[dict]:
 def plot_curves(log_path: Path, png_path: Path):
     rows = read_log(log_path)
     train = [r for r in rows if "loss" in r]
-    key = "val_" if any("val_abs_rel" in r for r in rows) else "val_vqvae_ceiling_"
-    val = [r for r in rows if key + "abs_rel" in r]
+    key = "val_" if any("val_loss" in r for r in rows) else "val_vqvae_ceiling_"
+    names = ("mean_angle", "within_11.25") if any(key + "mean_angle" in r for r in rows) else ("abs_rel", "delta1")
+    val = [r for r in rows if key + names[0] in r]
     what = "val" if key == "val_" else "VQ-VAE ceiling (true tokens)"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
     if any("val_loss" in r for r in val):
         axes[0].plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
     axes[0].set_xlabel("step"), axes[0].set_yscale("log"), axes[0].legend()
-    axes[1].plot([r["step"] for r in val], [r[key + "abs_rel"] for r in val], "o-", label=f"{what} AbsRel")
-    axes[1].plot([r["step"] for r in val], [r[key + "delta1"] for r in val], "s-", label=f"{what} delta1")
+    for name, marker in zip(names, ("o-", "s-")):
+        axes[1].plot([r["step"] for r in val], [r[key + name] for r in val], marker, label=f"{what} {name}")
     axes[1].set_xlabel("step"), axes[1].legend()
     fig.tight_layout()
     D.atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
@@ -231,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
     ap.add_argument("--preset", default=None, choices=["tiny", "small", "d16"],
                     help="model size (default tiny); --resume and --init of ours take the checkpoint's config")
+    ap.add_argument("--target", default=None, choices=D.TARGETS,
+                    help="what the model predicts: depth (default) or normals (camera-frame surface normals; needs "
+                         "--data world or hypersim); --init and --resume of ours default to the checkpoint's")
     ap.add_argument("--stage", default="transformer", choices=["vqvae", "transformer"])
     ap.add_argument("--objective", default="depthart", choices=["depthart", "var"], help="stage 2 only")
     ap.add_argument("--init", help="whole-model checkpoint of ours to start from (e.g. a var run)")
@@ -296,6 +313,9 @@ def check_args(args):
     if args.data not in ("synthetic", "world", "hypersim"):
         raise ValueError(f"unknown --data {args.data!r}: expected 'synthetic' or 'world' (built in) or 'hypersim' "
                          "(with --data-root)")
+    if args.target == "normals" and args.data == "synthetic":
+        raise ValueError("--target normals: the 'synthetic' box rooms have no normals; use --data world (the synthetic "
+                         "world, exact normals) or --data hypersim (normal_cam.hdf5)")
     if args.data == "hypersim" and not args.data_root:
         raise ValueError("--data hypersim needs --data-root: the directory holding metadata_images_split_scene_v1.csv "
                          "and the scene folders")
@@ -310,15 +330,19 @@ def check_args(args):
 
 
 def model_config(args) -> D.Config:
-    """The run's own config when resuming, an --init checkpoint's config, else the preset."""
+    """The run's own config when resuming, an --init checkpoint's config, else the preset; --target, when
+    given, sets what the model predicts (a depth model's weights can start a normals model: same shapes)."""
     path = args.out / CHECKPOINT if args.resume else args.init
     md = D.checkpoint_metadata(path) if path else {}
     if "config" in md:
         cfg = D.Config.from_dict(json.loads(md["config"]))
-        if args.preset and cfg != D.Config.preset(args.preset):
+        if args.preset and dataclasses.replace(cfg, target="depth") != D.Config.preset(args.preset):
             print(f"note: using the config of {path}, not preset {args.preset}", file=sys.stderr)
-        return cfg
-    return D.Config.preset(args.preset or "tiny")
+    else:
+        cfg = D.Config.preset(args.preset or "tiny")
+    if args.target is None:
+        args.target = cfg.target  # recorded with the run's settings
+    return dataclasses.replace(cfg, target=args.target)
 
 
 def cpu_cores() -> int:
@@ -363,7 +387,7 @@ def restore(args, model, opt, sched, hits_V, device) -> tuple[int, float]:
 
 def save(args, model, opt, sched, hits_V, step: int, elapsed: float, device):
     """The checkpoint (weights + config) and the sidecar state that --resume needs, each written atomically."""
-    meta = {"stage": args.stage, "objective": args.objective if args.stage == "transformer" else None,
+    meta = {"stage": args.stage, "objective": args.objective if args.stage == "transformer" else None, "target": args.target,
             "step": step, "data": args.data, "seed": args.seed, "args": settings(args)}
     D.save_checkpoint(args.out / CHECKPOINT, model, meta)
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
@@ -400,7 +424,8 @@ def codebook_upkeep(args, model, stats: dict, hits_V, batch: dict, step: int, wo
         dist.all_reduce(hits_V)
     used = float((hits_V > 0).float().mean())
     gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-    restarted = restart_dead_codes(model.vae, hits_V, vae_inputs(batch["image"], batch["depth"], batch["valid"]), gen)
+    restarted = restart_dead_codes(model.vae, hits_V, vae_inputs(model, batch["image"], batch[model.cfg.target],
+                                                                 batch["valid"]), gen)
     if world > 1:  # every rank continues from rank 0's codebook
         dist.broadcast(model.vae.quantize.embedding.weight.data, 0)
     hits_V.zero_()
@@ -477,7 +502,7 @@ def train(args) -> Path:
             t0 = time.perf_counter()
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             with autocast():
-                loss, stats = loss_module(batch["image"], batch["depth"], batch["valid"])
+                loss, stats = loss_module(batch["image"], batch[cfg.target], batch["valid"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), args.clip)
