@@ -12,6 +12,14 @@ From Python (one import, one call; the best backend present, depth at the image'
     model = infer_trt.load()                  # or load("runs/x/last.safetensors"), an .onnx, an .engine
     depth = model.predict("photo.jpg")        # a path, a PIL image or an (H, W, 3) array -> (H, W) float32
 
+A normals model (a checkpoint trained with train.py --target normals, or `--target normals`, whose default is
+the shipped weights/depthart_normals_tiny.safetensors) writes surface normals instead, per image:
+
+    NAME_normals.png      RGB = (n + 1) / 2 of unit camera-frame normals (x right, y down, z forward; a
+                          surface facing the camera, (0, 0, -1), is (128, 128, 0))
+    NAME_normals.npy      --npy: float32 (H, W, 3) unit normals
+    NAME_scales.png       --scales: the normals after every scale
+
 The model comes from `--checkpoint` (default weights/depthart_tiny.safetensors): one of our safetensors
 checkpoints, an exported .onnx graph, or a TensorRT .engine. For a checkpoint, the static ONNX graph is
 exported once and cached (--cache-dir, default ~/.cache/depthart, keyed by the checkpoint's hash, the
@@ -73,6 +81,7 @@ import export as E
 from data import FITS, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "depthart_tiny.safetensors"  # any working dir
+DEFAULT_NORMALS_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("depthart_normals_tiny.safetensors")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".jfif"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 BACKENDS = ("auto", "trt", "ort", "torch")
@@ -91,13 +100,21 @@ class Backend:
     name = "?"
     image_size: int
     batch: int | None = None  # fixed batch of a graph or engine; None: any
-    has_scales: bool = False   # whether run() also returns depth_scales
+    has_scales: bool = False   # whether run() also returns depth_scales (normals_scales)
+    target: str = "depth"      # what the model predicts: "depth" (B,1,S,S) or "normals" (B,3,S,S)
+
+    def outputs_of(self, names) -> list[str]:
+        """The outputs a backend returns, from a graph's or engine's output names (tokens are never returned)."""
+        self.target = "normals" if "normals" in names else "depth"
+        self.has_scales = f"{self.target}_scales" in names
+        return [n for n in names if n in (self.target, f"{self.target}_scales")]
 
     def _run(self, images: np.ndarray) -> dict:
         raise NotImplementedError
 
     def run(self, images) -> dict:
-        """float32 (B,3,S,S) in [0,1] -> {'depth': (B,1,S,S)[, 'depth_scales': (B,K,S,S)]} float32."""
+        """float32 (B,3,S,S) in [0,1] -> {'depth': (B,1,S,S)[, 'depth_scales': (B,K,S,S)]} float32, or for a
+        normals model {'normals': (B,3,S,S)[, 'normals_scales': (B,K,3,S,S)]}."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         S = self.image_size
         if images.ndim != 4 or images.shape[1:] != (3, S, S):
@@ -112,10 +129,10 @@ class Backend:
             out = self._run(chunk)
             parts.append({k: np.asarray(v, dtype=np.float32)[:n] for k, v in out.items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else \
-            {"depth": np.zeros((0, 1, S, S), np.float32)}
+            {self.target: np.zeros((0, 3 if self.target == "normals" else 1, S, S), np.float32)}
 
     def predict(self, images) -> np.ndarray:
-        return self.run(images)["depth"]
+        return self.run(images)[self.target]
 
     __call__ = predict
 
@@ -124,16 +141,16 @@ class TorchBackend(Backend):
     def __init__(self, model, all_scales: bool = False):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.eval().to(self.device)
-        self.image_size, self.has_scales = model.cfg.image_size, all_scales
+        self.image_size, self.has_scales, self.target = model.cfg.image_size, all_scales, model.cfg.target
         self.name = f"torch ({self.device}, eager, cached greedy rollout)"
 
     def _run(self, images):
         x = torch.from_numpy(images).to(self.device)
         with torch.no_grad():
             if not self.has_scales:
-                return {"depth": self.model.predict(x).cpu().numpy()}
-            scales = self.model.predict(x, all_scales=True).cpu().numpy()
-            return {"depth": scales[:, -1:], "depth_scales": scales}
+                return {self.target: self.model.predict(x).cpu().numpy()}
+            scales = self.model.predict(x, all_scales=True)
+            return {self.target: self.model.last_scale(scales).cpu().numpy(), f"{self.target}_scales": scales.cpu().numpy()}
 
 
 def _cuda_present() -> bool:
@@ -160,12 +177,12 @@ class OrtBackend(Backend):
         shape = self.session.get_inputs()[0].shape
         self.batch, self.image_size = int(shape[0]), int(shape[2])
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.has_scales = "depth_scales" in self.outputs
+        self.returned = self.outputs_of(self.outputs)
         self.name = f"onnxruntime {ort.__version__} ({', '.join(self.providers)}) on {Path(onnx_path).name}"
 
     def _run(self, images):
         values = self.session.run(None, {"image": images})
-        return {k: v for k, v in zip(self.outputs, values) if k in ("depth", "depth_scales")}
+        return {k: v for k, v in zip(self.outputs, values) if k in self.returned}
 
 
 class TrtBackend(Backend):
@@ -195,7 +212,7 @@ class TrtBackend(Backend):
         self.stream = torch.cuda.Stream()
         shape = self.buffers["image"].shape
         self.batch, self.image_size = int(shape[0]), int(shape[2])
-        self.has_scales = "depth_scales" in self.outputs
+        self.returned = self.outputs_of(self.outputs)
         self.name = f"TensorRT {trt.__version__} engine {Path(engine_path).name}"
 
     def _run(self, images):
@@ -203,7 +220,7 @@ class TrtBackend(Backend):
             self.buffers["image"].copy_(torch.from_numpy(images), non_blocking=False)
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
-            out = {k: self.buffers[k].float().cpu().numpy() for k in self.outputs if k in ("depth", "depth_scales")}
+            out = {k: self.buffers[k].float().cpu().numpy() for k in self.returned}
         self.stream.synchronize()
         return out
 
@@ -289,16 +306,26 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
 # ----------------------------------------------------------------------------------------------
 # Images of any size through the square model, and the Python API
 # ----------------------------------------------------------------------------------------------
+def unit_channels_last(n_3HW: np.ndarray) -> np.ndarray:
+    """Normals (..., 3, H, W), resized (so no longer unit) -> unit normals (..., H, W, 3)."""
+    n = np.moveaxis(n_3HW, -3, -1)
+    return (n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)).astype(np.float32)
+
+
 def predict_arrays(backend: Backend, images: list, fit: str = "pad", scales: bool = False) -> list:
     """RGB arrays (H, W, 3) in [0, 1] of any sizes -> per image (depth (H, W) float32 at the image's size,
-    the depth after every scale (K, h, w) on the image's part of the model square, or None)."""
-    S = backend.image_size
+    the depth after every scale (K, h, w) on the image's part of the model square, or None). A normals
+    model gives unit normals (H, W, 3) and (K, h, w, 3) instead (resized, then renormalized)."""
+    S, t = backend.image_size, backend.target
     fitted = [fit_square(np.asarray(img, np.float32).transpose(2, 0, 1), S, fit) for img in images]
     out = backend.run(np.clip(np.stack([x for x, _ in fitted]), 0, 1))
     results = []
     for i, (img, (_, box)) in enumerate(zip(images, fitted)):
-        depth = unfit_square(out["depth"][i, 0], box, *img.shape[:2])
-        results.append((depth, unfit_square(out["depth_scales"][i], box, box[2], box[3]) if scales else None))
+        y = unfit_square(out[t][i, 0] if t == "depth" else out[t][i], box, *img.shape[:2])
+        ys = unfit_square(out[f"{t}_scales"][i], box, box[2], box[3]) if scales else None
+        if t == "normals":
+            y, ys = unit_channels_last(y), None if ys is None else unit_channels_last(ys)
+        results.append((y, ys))
     return results
 
 
@@ -333,7 +360,8 @@ class DepthModel:
 
     def predict(self, image) -> np.ndarray:
         """A path, PIL image or (H, W, 3) array of any size -> relative depth (H, W) float32 in [0, 1],
-        0 = at the camera (scale only: one unknown factor per image)."""
+        0 = at the camera (scale only: one unknown factor per image); a normals model: unit camera-frame
+        normals (H, W, 3) float32 (x right, y down, z forward)."""
         return predict_arrays(self.backend, [as_rgb(image)], self.fit)[0][0]
 
     __call__ = predict
@@ -487,23 +515,36 @@ def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, K: tuple, 
     D.atomic_write(path, write)
 
 
+def normals_to_rgb(normals_hw3: np.ndarray) -> np.ndarray:
+    """Unit normals (H, W, 3) -> uint8 RGB = (n + 1) / 2, the usual normal-map picture."""
+    return np.round((np.clip(normals_hw3, -1, 1) + 1) / 2 * 255).astype(np.uint8)
+
+
 def scales_strip(scales_khw: np.ndarray, H: int, W: int, cmap: str, panel_height: int = 256) -> np.ndarray:
     """The depth after every scale, side by side with the image's aspect ratio, at one shared colour
-    scale (the final depth's range)."""
+    scale (the final depth's range); normals (K, h, w, 3) as normal-map pictures."""
     K = len(scales_khw)
     ph = min(panel_height, H)
     pw = max(1, round(W * ph / H))
-    panels = resize(scales_khw, ph, pw)
+    normals = scales_khw.ndim == 4
+    panels = unit_channels_last(resize(np.moveaxis(scales_khw, -1, -3), ph, pw)) if normals else resize(scales_khw, ph, pw)
     final = scales_khw[-1]
     lo, hi = float(final.min()), float(final.max())
     gap = np.full((ph, 2, 3), 255, np.uint8)
     parts = []
     for k in range(K):
-        parts += [colorize(panels[k], cmap, lo, hi)] + ([gap] if k < K - 1 else [])
+        parts += [normals_to_rgb(panels[k]) if normals else colorize(panels[k], cmap, lo, hi)] + ([gap] if k < K - 1 else [])
     return np.concatenate(parts, 1)
 
 
-def planned_outputs(out_dir: Path, stem: str, args) -> dict:
+def planned_outputs(out_dir: Path, stem: str, args, target: str = "depth") -> dict:
+    if target == "normals":
+        outs = {"normals": out_dir / f"{stem}_normals.png"}
+        if args.npy:
+            outs["npy"] = out_dir / f"{stem}_normals.npy"
+        if args.scales:
+            outs["scales"] = out_dir / f"{stem}_scales.png"
+        return outs
     outs = {"depth16": out_dir / f"{stem}_depth.png", "color": out_dir / f"{stem}_depth_color.png"}
     if args.npy:
         outs["npy"] = out_dir / f"{stem}_depth.npy"
@@ -517,7 +558,9 @@ def planned_outputs(out_dir: Path, stem: str, args) -> dict:
 def write_outputs(todo: dict, path, image_hw3: np.ndarray, depth: np.ndarray, scales_khw, args):
     H, W = image_hw3.shape[:2]
     for kind, out in todo.items():
-        if kind == "depth16":
+        if kind == "normals":  # depth holds the unit normals (H, W, 3) of a normals model
+            save_rgb(out, normals_to_rgb(depth))
+        elif kind == "depth16":
             save_png16(out, depth)
         elif kind == "color":
             save_rgb(out, colorize(depth, args.cmap))
@@ -638,9 +681,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("inputs", nargs="+", help="image or video files, folders (their images) or glob patterns")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+    p.add_argument("--checkpoint", default=None,
                    help="checkpoint (.safetensors), graph (.onnx) or TensorRT engine (.engine); default the shipped "
                         "weights/depthart_tiny.safetensors")
+    p.add_argument("--target", choices=D.TARGETS, default=None,
+                   help="what to predict: depth or normals; the checkpoint says which it predicts, and --target "
+                        "normals without --checkpoint takes the shipped weights/depthart_normals_tiny.safetensors")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="force a backend (default: the best present)")
     p.add_argument("--out", default="depth_out", help="output folder (default depth_out/)")
     p.add_argument("--fit", choices=FITS, default="pad",
@@ -666,6 +712,10 @@ def parse_args(argv=None):
             p.error(f"--{name} must be positive")
     if args.batch < 1:
         p.error("--batch must be at least 1")
+    if args.checkpoint is None:
+        args.checkpoint = str(DEFAULT_NORMALS_CHECKPOINT if args.target == "normals" else DEFAULT_CHECKPOINT)
+    if args.target == "normals" and args.ply:
+        p.error("--ply needs depth: a normals model has none")
     return args
 
 
@@ -678,7 +728,7 @@ def main(argv=None) -> int:
     if not checkpoint.exists():
         hint = (" (the default; it ships with the repository: pass --checkpoint PATH to a .safetensors "
                 "checkpoint from train.py, an .onnx graph from export.py or a TensorRT .engine)"
-                if checkpoint == DEFAULT_CHECKPOINT else "")
+                if checkpoint in (DEFAULT_CHECKPOINT, DEFAULT_NORMALS_CHECKPOINT) else "")
         print(f"no checkpoint at {checkpoint}{hint}")
         return 2
     try:
@@ -694,8 +744,14 @@ def main(argv=None) -> int:
         print(f"cannot run {checkpoint} on backend {args.backend}: {type(e).__name__}: {e}")
         return 2
     if args.scales and not backend.has_scales:
-        print(f"--scales needs a depth_scales output, which {checkpoint} lacks: export it with --all-scales, "
-              f"or pass the checkpoint")
+        print(f"--scales needs a {backend.target}_scales output, which {checkpoint} lacks: export it with "
+              f"--all-scales, or pass the checkpoint")
+        return 2
+    if args.target and backend.target != args.target:
+        print(f"--target {args.target}: {checkpoint} predicts {backend.target}")
+        return 2
+    if backend.target == "normals" and (args.ply or clips):
+        print("a normals model writes normal maps of images: --ply and videos need a depth model")
         return 2
     print(f"backend: {backend.name} (ready in {time.perf_counter() - t0:.1f} s)")
     written = skipped_files = skipped_images = 0
@@ -717,7 +773,7 @@ def main(argv=None) -> int:
 
     with tqdm(total=len(paths), unit="img", disable=len(paths) < 2 or None, dynamic_ncols=True) as bar:
         for path, stem in zip(paths, output_stems(paths)):
-            outs = planned_outputs(out_dir, stem, args)
+            outs = planned_outputs(out_dir, stem, args, backend.target)
             todo = {k: p for k, p in outs.items() if args.overwrite or not p.exists()}
             if len(todo) < len(outs):
                 skipped_files += len(outs) - len(todo)
