@@ -4,6 +4,7 @@
         --data-root DIR [--protocol depthart|marigold] [--out PREFIX] [--limit N] [--fit squash|pad]
     python evaluate.py --checkpoint CKPT --dataset world --scene-shape 64 96 --family box_room --fit pad
     python evaluate.py --checkpoint CKPT --dataset ordinal        # WHDR on real photographs
+    python evaluate.py --checkpoint NORMALS_CKPT --dataset nyuv2-normals|hypersim|world [--data-root DIR]
 
 The metrics and the alignment of a relative prediction to metric ground truth live in metrics.py
 (training and the experiment score with them too). This file reads top to bottom:
@@ -13,7 +14,11 @@ The metrics and the alignment of a relative prediction to metric ground truth li
 3. readers for each dataset in its official published layout,
 4. `evaluate_dataset`: resize in, predict, resize back, align, score, aggregate, with every
    skipped image counted by reason (never averaged in as a zero),
-5. baseline predictors (`const`, `ramp`) and the command line.
+5. baseline predictors (`const`, `ramp`; `facing` for normals) and the command line.
+
+A normals model (or `--target normals`) is scored by `evaluate_normals` instead: angular errors
+(metrics.normal_metrics) over valid pixels, per image then averaged, with no alignment (normals have
+no unknown scale); the protocols' resizes apply, their depth ranges and alignments do not.
 
 A *predictor* is any callable `predict(images) -> depth` taking float32 images (B, 3, h, w) in
 [0, 1], already resized to the model's input size, and returning relative depth (B, 1, h', w')
@@ -42,7 +47,8 @@ import data
 import depthart as D
 import infer_trt
 from data import FITS, fit_square, package_file, read_image, resize, unfit_square
-from metrics import align_least_squares, align_median, constant_depth, image_metrics, ramp_depth, whdr
+from metrics import (align_least_squares, align_median, constant_depth, facing_camera, image_metrics, normal_metrics,
+                     ramp_depth, whdr)
 from scenes import render_world
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +290,40 @@ def read_nyuv2(root, split="test", depth_key="rawDepths"):
             yield _entry(name, load)
 
 
+# NYUv2 surface normals: the ground truth of GeoNet (Qi et al., CVPR 2018; github xjqi/GeoNet) for the
+# 654 test images of the standard split, as redistributed in DSINE's evaluation set (Bae & Davison,
+# CVPR 2024; github baegwangbin/DSINE: the dsine_eval download, data/datasets/nyuv2/__init__.py, and
+# split/test.txt, which lists the 654 files), the layout later normal estimators read:
+#   ROOT/test/NNNNNN_img.png      8-bit RGB, 640x480; NNNNNN = the 0-based index in the labeled set
+#   ROOT/test/NNNNNN_normal.png   8-bit RGB: n = value / 255 * 2 - 1; (0, 0, 0) = no ground truth
+#   ROOT/test/NNNNNN_intrins.npy  (3, 3) camera matrix (not needed here)
+# Convention: DSINE's normals point along the camera rays (its RayReLU, models/dsine/submodules.py, keeps
+# cos(n, ray) > 0 for rays ((u - cx) / fx, (v - cy) / fy, 1)), i.e. they are our facing-the-camera normals
+# (x right, y down, z forward) negated; the reader returns ours.
+def nyuv2_normals_from_png(rgb_HW3) -> tuple[np.ndarray, np.ndarray]:
+    """DSINE/GeoNet NYUv2 normal PNG (uint8) -> (unit normals (H, W, 3) in our frame, valid (H, W))."""
+    rgb = np.asarray(rgb_HW3)
+    valid = rgb.astype(np.int64).sum(-1) > 0
+    n = -(rgb.astype(np.float64) / 255.0 * 2.0 - 1.0)
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)  # 8-bit rounding
+    return np.where(valid[..., None], n, 0.0).astype(np.float32), valid
+
+
+def read_nyuv2_normals(root, split="test"):
+    folder = _require(Path(root) / split, f"NYUv2 normals {split}/ folder (DSINE's dsine_eval/nyuv2 layout)")
+    images = sorted(folder.glob("*_img.png"))
+    if not images:
+        raise FileNotFoundError(f"no NNNNNN_img.png files in {folder} (DSINE's dsine_eval/nyuv2 layout)")
+    for img in images:
+        name = f"nyu_normals_{img.name[:-len('_img.png')]}"
+
+        def load(img=img, name=name):
+            normals, valid = nyuv2_normals_from_png(read_png_array(img.with_name(img.name.replace("_img.png", "_normal.png")))[..., :3])
+            return {"name": name, "image": read_image(img), "normals": normals, "valid": valid}
+
+        yield _entry(name, load)
+
+
 # iBims-1, the ibims1_core_raw release (chosen over ibims1_core_mat: plain files, no MATLAB
 # structs): imagelist.txt, rgb/NAME.png, depth/NAME.png (uint16, metres = value * 50 / 65535),
 # mask_invalid/NAME.png and mask_transp/NAME.png (nonzero = usable), calib/NAME.txt
@@ -451,17 +491,20 @@ def read_tum(root, max_dt=TUM_MAX_DT):
 # are {"image": (3, H, W) in [0, 1], "depth": (1, H, W) metres, "valid": (1, H, W) bool}.
 # A HyperSim frame that cannot be read is a counted skip here: the dataset's own __getitem__ (for
 # training) would substitute the next frame, which would then be scored twice.
-def read_data_module(kind, root=None, split="test", size=None):
-    dataset = data.make_dataset(kind, split=split, size=size, root=root)
+def read_data_module(kind, root=None, split="test", size=None, normals=False):
+    dataset = data.make_dataset(kind, split=split, size=size, root=root, normals=normals)
     load = getattr(dataset, "load", dataset.__getitem__)  # HyperSim.load: one frame, no substitution
 
     def sample(i):
         item = load(i)
         depth = np.asarray(item["depth"], dtype=np.float32)
         valid = np.asarray(item["valid"], dtype=bool)
-        return {"name": f"{kind}_{split}_{i:05d}",
-                "image": np.asarray(item["image"], dtype=np.float32).transpose(1, 2, 0),
-                "depth": depth.reshape(depth.shape[-2:]), "valid": valid.reshape(valid.shape[-2:])}
+        out = {"name": f"{kind}_{split}_{i:05d}",
+               "image": np.asarray(item["image"], dtype=np.float32).transpose(1, 2, 0),
+               "depth": depth.reshape(depth.shape[-2:]), "valid": valid.reshape(valid.shape[-2:])}
+        if normals:
+            out["normals"] = np.asarray(item["normals"], dtype=np.float32).transpose(1, 2, 0)
+        return out
 
     for i in range(len(dataset)):
         yield _entry(f"{kind}_{split}_{i:05d}", lambda i=i: sample(i))
@@ -476,7 +519,7 @@ def read_world(root=None, split="test", shape=(64, 96), family=None, length=1000
     for i in range(length):
         scene = render_world(first + i, size=tuple(shape), family=family, augment=False)
         yield {"name": f"world_{scene['family']}_{first + i}", "image": scene["image"], "depth": scene["depth"],
-               "valid": scene["valid"]}
+               "valid": scene["valid"], "normals": scene["normals"]}
 
 
 READERS = {
@@ -487,7 +530,9 @@ READERS = {
     "hypersim": lambda root, **kw: read_data_module("hypersim", root, **kw),
     "synthetic": lambda root, **kw: read_data_module("synthetic", root, **kw),
     "world": read_world,
+    "nyuv2-normals": read_nyuv2_normals,
 }
+NORMALS_DATASETS = ("nyuv2-normals", "hypersim", "world")  # the readers with normals
 
 
 def open_dataset(name, root, **options):
@@ -620,6 +665,56 @@ def evaluate_dataset(samples, predict, protocol, dataset, input_size, batch_size
             "skipped": dict(skipped), "per_image": per_image}
 
 
+def evaluate_normals(samples, predict, input_size, batch_size=4, progress=False, fit="squash",
+                     image_resize="bilinear", dataset="normals"):
+    """Score a normals predictor (images (B, 3, S, S) -> normals (B, 3, S, S)) on samples with "image",
+    "normals" (H, W, 3, our camera frame) and "valid": the prediction is resized bilinearly to the ground
+    truth, renormalized, and scored by normal_metrics over valid pixels; per image, then averaged. No
+    alignment. Unreadable entries, size mismatches and empty masks are counted skips, as in evaluate_dataset."""
+    input_size = _as_size(input_size)
+    skipped, per_image, pending = Counter(), [], []
+
+    def flush():
+        if not pending:
+            return
+        preds = np.asarray(predict(np.stack([e.pop("input") for e in pending])), dtype=np.float32)
+        if preds.ndim != 4 or preds.shape[:2] != (len(pending), 3):
+            raise ValueError(f"predictor returned shape {preds.shape}, expected ({len(pending)}, 3, h, w): not a normals model")
+        for entry, pred in zip(pending, preds):
+            pred = unfit_square(pred, entry["box"], *entry["valid"].shape)
+            if not np.isfinite(pred[:, entry["valid"]]).all():
+                skipped[SKIP_NONFINITE] += 1
+                continue
+            per_image.append({"name": entry["name"], **normal_metrics(pred, entry["normals"].transpose(2, 0, 1), entry["valid"])})
+        pending.clear()
+
+    for sample in tqdm(samples, desc=f"{dataset} (normals)", unit="img", file=sys.stderr) if progress else samples:
+        if "skip" in sample:
+            skipped[sample["skip"]] += 1
+            continue
+        if sample["image"].shape[:2] != sample["valid"].shape or sample["normals"].shape[:2] != sample["valid"].shape:
+            skipped[SKIP_SIZE] += 1
+            continue
+        if not sample["valid"].any():
+            skipped[SKIP_EMPTY] += 1
+            continue
+        image_3HW = np.asarray(sample["image"], np.float32).transpose(2, 0, 1)
+        if fit == "pad":
+            x, box = fit_square(image_3HW, input_size[0], "pad", image_resize)
+        else:
+            x, box = resize(image_3HW, *input_size, image_resize), None
+        pending.append({"name": sample["name"], "input": np.clip(x, 0.0, 1.0).astype(np.float32), "box": box,
+                        "normals": np.asarray(sample["normals"], np.float32), "valid": np.asarray(sample["valid"], bool)})
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    keys = ("mean_angle", "median_angle", "within_11.25", "within_22.5", "within_30")
+    metrics = {k: float(np.mean([r[k] for r in per_image])) if per_image else float("nan") for k in keys}
+    return {"dataset": dataset, "protocol": "normals (no alignment)", "input_size": list(input_size), "fit": fit,
+            "n_images": len(per_image), "n_planes": 0, "metrics": metrics, "skipped": dict(skipped),
+            "per_image": per_image}
+
+
 # The ordinal check: real photographs that Python packages ship, with point pairs labelled by
 # looking ("A is nearer than B"); scored by WHDR (metrics.whdr). No photograph of it is a texture
 # of the synthetic world (scenes.TEXTURES).
@@ -654,34 +749,39 @@ def format_ordinal(result) -> str:
 
 
 class Baseline:
-    """A predictor that ignores the image: the same depth map (metrics.py's) for every input."""
+    """A predictor that ignores the image: the same depth map (metrics.py's) for every input, or the same
+    normal map ((3, h, w), target "normals")."""
 
-    def __init__(self, depth_map, image_size=256):
-        self.depth_map, self.image_size = depth_map, image_size
+    def __init__(self, depth_map, image_size=256, target="depth"):
+        self.depth_map, self.image_size, self.target = depth_map, image_size, target
 
     def predict(self, images):
         b, _, h, w = images.shape
-        return np.broadcast_to(self.depth_map(h, w)[None, None], (b, 1, h, w)).copy()
+        y = self.depth_map(h, w)
+        return np.broadcast_to(y.reshape(1, -1, h, w), (b, y.size // (h * w), h, w)).copy()
 
     __call__ = predict
 
 
-BASELINES = {"const": constant_depth, "ramp": ramp_depth}
+BASELINES = {"const": constant_depth, "ramp": ramp_depth, "facing": facing_camera}  # facing: normals
 
 METRIC_LABELS = [
     ("abs_rel", "AbsRel"), ("delta1", "delta1"), ("delta2", "delta2"), ("delta3", "delta3"),
     ("bad_d1", "bad d1 (>1.25)"), ("rmse", "RMSE (m)"), ("pe_fla", "pe-fla (cm)"), ("pe_ori", "pe-ori (deg)"),
+    ("mean_angle", "mean angle (deg)"), ("median_angle", "median (deg)"), ("within_11.25", "< 11.25 deg"),
+    ("within_22.5", "< 22.5 deg"), ("within_30", "< 30 deg"),
 ]
 
 
 def load_predictor(checkpoint, input_size=None):
-    """const / ramp baselines, or infer_trt.load_backend(checkpoint) for a model file.
-    Returns (predict callable, model input size)."""
+    """const / ramp / facing baselines, or infer_trt.load_backend(checkpoint) for a model file.
+    Returns (predict callable, model input size, target: "depth" or "normals")."""
     if checkpoint in BASELINES:
-        predictor = Baseline(BASELINES[checkpoint], image_size=input_size or 256)
-        return predictor.predict, predictor.image_size
+        target = "normals" if checkpoint == "facing" else "depth"
+        predictor = Baseline(BASELINES[checkpoint], image_size=input_size or 256, target=target)
+        return predictor.predict, predictor.image_size, target
     backend = infer_trt.load_backend(checkpoint)
-    return backend.predict, input_size or backend.image_size
+    return backend.predict, input_size or backend.image_size, backend.target
 
 
 def format_table(result):
@@ -725,9 +825,11 @@ def write_outputs(result, prefix):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
-                        help="model file for infer_trt.load_backend (.safetensors, .onnx, .engine), or const / ramp")
+                        help="model file for infer_trt.load_backend (.safetensors, .onnx, .engine), or const / ramp "
+                             "(depth) / facing (normals: every pixel facing the camera)")
     parser.add_argument("--dataset", required=True, choices=sorted(READERS) + ["ordinal"],
-                        help="a benchmark, the built-in synthetic scenes, or ordinal (docs/ordinal_pairs.json)")
+                        help="a benchmark, the built-in synthetic scenes, or ordinal (docs/ordinal_pairs.json); "
+                             f"normals: {', '.join(NORMALS_DATASETS)}")
     parser.add_argument("--data-root", default=None, help="dataset folder in its published layout")
     parser.add_argument("--protocol", default="depthart", choices=sorted(PROTOCOLS))
     parser.add_argument("--out", default=None, help="write PREFIX.json and PREFIX.csv")
@@ -766,7 +868,11 @@ def run(args):
             raise ValueError(f"--data-root {args.data_root}: no such file or folder")
     if args.out:
         D.writable_dir(Path(args.out).parent)  # before the evaluation, not after it
-    predict, input_size = load_predictor(args.checkpoint, args.input_size)
+    predict, input_size, target = load_predictor(args.checkpoint, args.input_size)
+    if target == "normals":
+        return run_normals(args, predict, input_size)
+    if args.dataset == "nyuv2-normals":
+        raise ValueError(f"--dataset nyuv2-normals scores normals; {args.checkpoint} predicts depth")
     if args.dataset == "ordinal":
         result = dict(ordinal_check(predict, input_size, args.fit), checkpoint=args.checkpoint, fit=args.fit)
         print(format_ordinal(result))
@@ -788,12 +894,34 @@ def run(args):
         samples = itertools.islice(samples, args.limit)
     result = evaluate_dataset(samples, predict, args.protocol, args.dataset, input_size,
                               batch_size=args.batch_size, progress=not args.no_progress, fit=args.fit)
+    return report(result, args)
+
+
+def report(result, args):
     result["checkpoint"] = args.checkpoint
     print(format_table(result))
     if args.out:
         for path in write_outputs(result, args.out):
             print(f"wrote {path}")
     return result
+
+
+def run_normals(args, predict, input_size):
+    """A normals model: angular errors on a dataset with normals (no protocol alignment)."""
+    if args.dataset not in NORMALS_DATASETS:
+        raise ValueError(f"{args.checkpoint} predicts normals; --dataset must be one with normals: "
+                         f"{', '.join(NORMALS_DATASETS)}")
+    options = {"split": args.split}
+    if args.dataset == "hypersim":
+        options.update(size=args.scene_size, normals=True)
+    elif args.dataset == "world":
+        options.update(shape=args.scene_shape, family=args.family)
+    samples = open_dataset(args.dataset, args.data_root, **options)
+    if args.limit is not None:
+        samples = itertools.islice(samples, args.limit)
+    result = evaluate_normals(samples, predict, input_size, args.batch_size, not args.no_progress, args.fit,
+                              _get_protocol(args.protocol).image_resize, args.dataset)
+    return report(result, args)
 
 
 if __name__ == "__main__":
