@@ -12,6 +12,11 @@ all (teacher-forced loss and AbsRel with the right images and with shuffled ones
 Writes PREFIX.json, PREFIX.md (the README's table) and PREFIX_scales.png (error against scale).
 It also measures exposure bias: token accuracy per scale with the true past against the model's
 own greedy past. `--gallery CKPT --out docs/gallery.png` draws the README's picture instead.
+
+Normals models (train.py --target normals; the runs say so in their checkpoints) are scored the same way
+on held-out scenes of the synthetic world (which has exact normals): mean angular error and the fraction
+of pixels within 11.25 degrees in place of AbsRel and delta1 (no alignment), and the trivial predictors
+are every pixel facing the camera and the mean training normal map.
 """
 from __future__ import annotations
 
@@ -27,22 +32,33 @@ from skimage import data as skdata
 
 import depthart as D
 from data import SyntheticScenes, resize_image
-from metrics import constant_depth, median_aligned_scores, ramp_depth
+from metrics import constant_depth, facing_camera, mean_normal_metrics, median_aligned_scores, ramp_depth
 from train import read_log
 
 matplotlib.use("Agg")  # figures go to files
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
-def load_val(n: int, size: int):
-    """The held-out synthetic scenes (their own seed range) as stacked tensors."""
-    items = [SyntheticScenes("val", size=size, length=n)[i] for i in range(n)]
-    return {k: torch.stack([it[k] for it in items]) for k in ("image", "depth", "valid")}
+# The two figures reported per target (error first, lower is better; then an accuracy, higher is better).
+METRICS = {"depth": ("abs_rel", "delta1"), "normals": ("mean_angle", "within_11.25")}
+LABELS = {"abs_rel": "AbsRel", "delta1": "delta1", "mean_angle": "mean angle (deg)", "within_11.25": "< 11.25 deg"}
 
 
-def scores(pred_N1HW: torch.Tensor, val) -> dict:
-    """AbsRel and delta1 after median-scale alignment, averaged over images."""
-    rel, d1 = median_aligned_scores(pred_N1HW[:, 0].double().numpy(), val["depth"][:, 0].numpy(),
+def load_val(n: int, size: int, target: str = "depth"):
+    """The held-out synthetic scenes (their own seed range) as stacked tensors: the box rooms for depth,
+    the synthetic world (exact normals) for normals."""
+    scenes = SyntheticScenes("val", size=size, length=n, world=target == "normals")
+    items = [scenes[i] for i in range(n)]
+    return {k: torch.stack([it[k] for it in items]) for k in ("image", "depth", "valid", "normals") if k in items[0]}
+
+
+def scores(pred: torch.Tensor, val) -> dict:
+    """Depth (N, 1, H, W): AbsRel and delta1 after median-scale alignment; normals (N, 3, H, W): mean angle
+    and the fraction within 11.25 degrees (no alignment); averaged over images."""
+    if "normals" in val:
+        m = mean_normal_metrics(pred.double().numpy(), val["normals"].numpy(), val["valid"][:, 0].numpy())
+        return {k: m[k] for k in METRICS["normals"]}
+    rel, d1 = median_aligned_scores(pred[:, 0].double().numpy(), val["depth"][:, 0].numpy(),
                                     val["valid"][:, 0].numpy())
     return {"abs_rel": float(np.mean(rel)), "delta1": float(np.mean(d1))}
 
@@ -58,19 +74,19 @@ def per_scale(model: D.DepthART, val, bs: int = 50) -> list[dict]:
     exposure bias: token accuracy with the true past (teacher forcing, targets = the VQ-VAE's tokens)
     against accuracy with the model's own greedy past (targets = DepthART's dynamic targets for that
     walk). Where the two are close there is little for DepthART to gain."""
-    K = len(model.cfg.patch_nums)
+    K, target = len(model.cfg.patch_nums), model.cfg.target
     depths, entropy = [[] for _ in range(K)], [[] for _ in range(K)]
     hits_tf, hits_own = torch.zeros(K), torch.zeros(K)
     for b in batches(val, bs):
         img_BLCv = model.encode_image(b["image"])
         own_z, f_hats, logits = model.rollout(img_BLCv, return_logits=True)
-        f_D = model.vae.encode(D.normalize_depth(b["depth"], b["valid"]))
+        f_D = model.vae.encode(model.normalize_target(b[target], b["valid"]))
         true_z, true_f_hats = model.vae.quantize(f_D)
         tf_BL = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(true_f_hats)).argmax(-1)
         dyn_z, _ = D.dynamic_targets(model.vae.quantize, f_D, own_z)
-        depths_BKHW = model.decode_depth(f_hats)
+        depths_BKHW = model.decode_target(f_hats)  # (B, K, 3, H, W) for normals
         for k in range(K):
-            depths[k].append(depths_BKHW[:, k:k + 1])
+            depths[k].append(model.last_scale(depths_BKHW[:, :k + 1]))
             logp = logits[k].log_softmax(-1)
             entropy[k].append(-(logp.exp() * logp).sum(-1).mean(1))
             hits_tf[k] += (tf_BL[:, model.bounds[k]:model.bounds[k + 1]] == true_z[k]).float().mean(1).sum()
@@ -89,7 +105,8 @@ def image_use(model: D.DepthART, val, bs: int = 50) -> dict:
     n = len(val["image"])
     shuffled = dict(val, image=val["image"][torch.arange(n).roll(1)])  # every image paired with another scene
     for name, v in (("right", val), ("shuffled", shuffled)):
-        losses = [model.loss(b["image"], b["depth"], "var", b["valid"])[0].item() * len(b["image"]) for b in batches(v, bs)]
+        losses = [model.loss(b["image"], b[model.cfg.target], "var", b["valid"])[0].item() * len(b["image"])
+                  for b in batches(v, bs)]
         pred = torch.cat([model.predict(b["image"]) for b in batches(v, bs)])
         out[name] = {"var_loss": sum(losses) / n, **scores(pred, v)}
     return out
@@ -98,12 +115,19 @@ def image_use(model: D.DepthART, val, bs: int = 50) -> dict:
 @torch.no_grad()
 def vqvae_ceiling(model: D.DepthART, val, bs: int = 50) -> dict:
     """Decoding the VQ-VAE's own tokens of the true depth: the best any transformer on it can do."""
-    return scores(torch.cat([model.vqvae_ceiling(b["depth"], b["valid"]) for b in batches(val, bs)]), val)
+    return scores(torch.cat([model.vqvae_ceiling(b[model.cfg.target], b["valid"]) for b in batches(val, bs)]), val)
 
 
 def trivial_baselines(val, n_train: int, size: int) -> dict:
-    """Constant depth, a ramp growing with image height, and the mean (median-normalized) training depth."""
+    """Constant depth, a ramp growing with image height, and the mean (median-normalized) training depth;
+    for normals: every pixel facing the camera, and the mean training normal map (renormalized)."""
     N = len(val["image"])
+    if "normals" in val:
+        train = SyntheticScenes("train", size=size, length=n_train, world=True)
+        mean_n = sum(train[i]["normals"] for i in range(n_train))
+        mean_n = mean_n / mean_n.norm(dim=0, keepdim=True).clamp_min(1e-6)
+        return {"facing the camera": scores(torch.from_numpy(facing_camera(size, size)).expand(N, 3, size, size), val),
+                "mean_train_normals": scores(mean_n.expand(N, 3, size, size), val)}
     same = lambda depth_map: torch.from_numpy(depth_map(size, size)).expand(N, 1, size, size)  # noqa: E731
     train = SyntheticScenes("train", size=size, length=n_train)
     mean_map = torch.zeros(1, size, size)
@@ -140,7 +164,8 @@ def summarize(runs: list[dict]) -> dict:
     K = len(runs[0]["scales"])
     def stat(values):
         return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
-    return {"per_scale": [{key: stat([r["scales"][k][key] for r in runs]) for key in ("abs_rel", "delta1", "entropy")}
+    keys = METRICS["normals" if "mean_angle" in runs[0]["scales"][0] else "depth"] + ("entropy",)
+    return {"per_scale": [{key: stat([r["scales"][k][key] for r in runs]) for key in keys}
                           | {"scale": runs[0]["scales"][k]["scale"]} for k in range(K)],
             "train_seconds": stat([r.get("train_seconds", math.nan) for r in runs]),
             "steps": stat([r.get("steps", math.nan) for r in runs]),
@@ -148,25 +173,27 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| predictor | AbsRel | delta1 | steps | training time per run |", "|---|---|---|---|---|"]
+    err, acc = METRICS[result.get("target", "depth")]
+    f = ".2f" if err == "mean_angle" else ".3f"
+    lines = [f"| predictor | {LABELS[err]} | {LABELS[acc]} | steps | training time per run |", "|---|---|---|---|---|"]
     for name, s in result["baselines"].items():
-        lines.append(f"| {name} | {s['abs_rel']:.3f} | {s['delta1']:.3f} | | |")
-    lines.append(f"| VQ-VAE ceiling (true tokens) | {result['ceiling']['abs_rel']:.3f} | "
-                 f"{result['ceiling']['delta1']:.3f} | | |")
+        lines.append(f"| {name} | {s[err]:{f}} | {s[acc]:.3f} | | |")
+    lines.append(f"| VQ-VAE ceiling (true tokens) | {result['ceiling'][err]:{f}} | "
+                 f"{result['ceiling'][acc]:.3f} | | |")
     for name, g in result["groups"].items():
         last, t = g["summary"]["per_scale"][-1], g["summary"]["train_seconds"]
-        lines.append(f"| {name} (mean of {g['summary']['n_runs']}; min-max) | {last['abs_rel']['mean']:.3f} "
-                     f"({last['abs_rel']['min']:.3f}-{last['abs_rel']['max']:.3f}) | {last['delta1']['mean']:.3f} "
-                     f"({last['delta1']['min']:.3f}-{last['delta1']['max']:.3f}) | {g['summary']['steps']['mean']:.0f} | "
+        lines.append(f"| {name} (mean of {g['summary']['n_runs']}; min-max) | {last[err]['mean']:{f}} "
+                     f"({last[err]['min']:{f}}-{last[err]['max']:{f}}) | {last[acc]['mean']:.3f} "
+                     f"({last[acc]['min']:.3f}-{last[acc]['max']:.3f}) | {g['summary']['steps']['mean']:.0f} | "
                      f"{t['mean'] / 60:.1f} min ({t['min'] / 60:.1f}-{t['max'] / 60:.1f}) |")
-    lines += ["", "AbsRel / delta1 / token entropy (nats) after each scale, mean over runs:", "",
+    lines += ["", f"{LABELS[err]} / {LABELS[acc]} / token entropy (nats) after each scale, mean over runs:", "",
               "| scale | " + " | ".join(result["groups"]) + " |", "|---" * (1 + len(result["groups"])) + "|"]
     K = len(next(iter(result["groups"].values()))["summary"]["per_scale"])
     for k in range(K):
         cells = []
         for g in result["groups"].values():
             s = g["summary"]["per_scale"][k]
-            cells.append(f"{s['abs_rel']['mean']:.3f} / {s['delta1']['mean']:.3f} / {s['entropy']['mean']:.2f}")
+            cells.append(f"{s[err]['mean']:{f}} / {s[acc]['mean']:.3f} / {s['entropy']['mean']:.2f}")
         lines.append(f"| {g['summary']['per_scale'][k]['scale']} | " + " | ".join(cells) + " |")
     lines += ["", "Token accuracy per scale, teacher-forced (true past) / own greedy rollout (dynamic targets), "
               "mean over runs:", "", "| scale | " + " | ".join(result["groups"]) + " |",
@@ -178,30 +205,32 @@ def markdown(result: dict) -> str:
             cells.append(f"{np.mean([x['acc_teacher_forced'] for x in e]):.3f} / "
                          f"{np.mean([x['acc_own_rollout'] for x in e]):.3f}")
         lines.append(f"| {g['runs'][0]['scales'][k]['scale']} | " + " | ".join(cells) + " |")
-    lines += ["", "Image use (teacher-forced loss, AbsRel) with the right images vs shuffled images:", "",
-              "| run | loss right | loss shuffled | AbsRel right | AbsRel shuffled |", "|---|---|---|---|---|"]
+    lines += ["", f"Image use (teacher-forced loss, {LABELS[err]}) with the right images vs shuffled images:", "",
+              f"| run | loss right | loss shuffled | {LABELS[err]} right | {LABELS[err]} shuffled |", "|---|---|---|---|---|"]
     for g in result["groups"].values():
         for r in g["runs"]:
             u = r["image_use"]
             lines.append(f"| {r['run']} | {u['right']['var_loss']:.3f} | {u['shuffled']['var_loss']:.3f} | "
-                         f"{u['right']['abs_rel']:.3f} | {u['shuffled']['abs_rel']:.3f} |")
+                         f"{u['right'][err]:{f}} | {u['shuffled'][err]:{f}} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: Path):
+    err = METRICS[result.get("target", "depth")][0]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, g in result["groups"].items():
         ps = g["summary"]["per_scale"]
         x = [s["scale"] for s in ps]
-        ax.plot(x, [s["abs_rel"]["mean"] for s in ps], marker="o", label=name)
-        ax.fill_between(x, [s["abs_rel"]["min"] for s in ps], [s["abs_rel"]["max"] for s in ps], alpha=0.2)
+        ax.plot(x, [s[err]["mean"] for s in ps], marker="o", label=name)
+        ax.fill_between(x, [s[err]["min"] for s in ps], [s[err]["max"] for s in ps], alpha=0.2)
     for name, s in result["baselines"].items():
-        ax.axhline(s["abs_rel"], ls=":", lw=1, color="gray")
-        ax.text(x[0], s["abs_rel"], name, fontsize=7, color="gray", va="bottom")
-    ax.axhline(result["ceiling"]["abs_rel"], ls="--", lw=1, color="k")
-    ax.text(x[0], result["ceiling"]["abs_rel"], "VQ-VAE ceiling", fontsize=7, va="bottom")
+        ax.axhline(s[err], ls=":", lw=1, color="gray")
+        ax.text(x[0], s[err], name, fontsize=7, color="gray", va="bottom")
+    ax.axhline(result["ceiling"][err], ls="--", lw=1, color="k")
+    ax.text(x[0], result["ceiling"][err], "VQ-VAE ceiling", fontsize=7, va="bottom")
     ax.set_xlabel("token map size after the scale (partial sum decoded)")
-    ax.set_ylabel("AbsRel (median-aligned), held-out scenes")
+    ax.set_ylabel("AbsRel (median-aligned), held-out scenes" if err == "abs_rel" else
+                  "mean angular error (degrees), held-out world scenes")
     ax.set_xticks(x)
     ax.legend()
     ax.set_title("Error against scale: min-max over seeds shaded")
@@ -216,10 +245,12 @@ def gallery(checkpoint, path: Path, n_synthetic: int = 1):
     per row the input, the depth after every scale (the partial sum decoded) and, where known, the truth."""
     model = D.DepthART.from_checkpoint(checkpoint)
     cfg = model.cfg
+    normals = cfg.target == "normals"
     rows = [(name, resize_image(getattr(skdata, name)() / 255.0, cfg.image_size), None)
             for name in ("astronaut", "coffee", "chelsea")]
-    val = SyntheticScenes("val", size=cfg.image_size, length=n_synthetic)
-    rows += [(f"held-out scene {i}", val[i]["image"], val[i]["depth"][0]) for i in range(n_synthetic)]
+    val = SyntheticScenes("val", size=cfg.image_size, length=n_synthetic, world=normals)
+    rows += [(f"held-out scene {i}", val[i]["image"], val[i]["normals"] if normals else val[i]["depth"][0])
+             for i in range(n_synthetic)]
     depth_BKHW = model.predict(torch.stack([r[1] for r in rows]), all_scales=True)
     K = depth_BKHW.shape[1]
     fig, axes = plt.subplots(len(rows), K + 2, figsize=(1.45 * (K + 2), 1.55 * len(rows)), squeeze=False)
@@ -229,18 +260,23 @@ def gallery(checkpoint, path: Path, n_synthetic: int = 1):
         # every scale on the final prediction's colour range, so the refinement is visible as change
         lo, hi = depth_BKHW[i, -1].min().item(), depth_BKHW[i, -1].max().item()
         for k in range(K):
-            axes[i, k + 1].imshow(depth_BKHW[i, k].numpy(), cmap="magma_r", vmin=lo, vmax=hi)
+            if normals:  # RGB = (n + 1) / 2
+                axes[i, k + 1].imshow(((depth_BKHW[i, k] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy())
+            else:
+                axes[i, k + 1].imshow(depth_BKHW[i, k].numpy(), cmap="magma_r", vmin=lo, vmax=hi)
             if i == 0:
                 axes[i, k + 1].set_title(f"after {cfg.patch_nums[k]}x{cfg.patch_nums[k]}", fontsize=7)
         if truth_HW is not None:
-            axes[i, -1].imshow(truth_HW.numpy(), cmap="magma_r")
-            axes[i, -1].set_title("true depth", fontsize=7)
+            axes[i, -1].imshow(((truth_HW + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy() if normals else truth_HW.numpy(),
+                               cmap=None if normals else "magma_r")
+            axes[i, -1].set_title(f"true {cfg.target}", fontsize=7)
     axes[0, 0].set_title("input", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
         if not ax.images:
             ax.axis("off")
-    fig.suptitle(f"{Path(checkpoint).name}: depth after each scale (near = light, far = dark)", fontsize=8)
+    fig.suptitle(f"{Path(checkpoint).name}: " + ("normals after each scale (RGB = (n + 1) / 2, camera frame x right, "
+                 "y down, z forward)" if normals else "depth after each scale (near = light, far = dark)"), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -275,9 +311,13 @@ def main(argv=None):
         evaluated = []
         for run in runs:
             if val is None:
-                val = load_val(args.n_val, D.DepthART.from_checkpoint(checkpoint_of(run)).cfg.image_size)
+                cfg = D.DepthART.from_checkpoint(checkpoint_of(run)).cfg
+                val, result["target"] = load_val(args.n_val, cfg.image_size, cfg.target), cfg.target
             r, model = evaluate_run(run, val)
-            print(f"{name}: {run}: AbsRel per scale", [round(s["abs_rel"], 3) for s in r["scales"]], flush=True)
+            if model.cfg.target != result["target"]:
+                raise SystemExit(f"experiment.py: {run} predicts {model.cfg.target}, the first run {result['target']}")
+            err = METRICS[result["target"]][0]
+            print(f"{name}: {run}: {LABELS[err]} per scale", [round(s[err], 3) for s in r["scales"]], flush=True)
             evaluated.append(r)
         result["groups"][name] = {"runs": evaluated, "summary": summarize(evaluated)}
     size = model.cfg.image_size
