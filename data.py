@@ -239,7 +239,7 @@ def resize_nearest(x_HW: np.ndarray, H: int, W: int) -> np.ndarray:
     foreground edge and the wall behind it. ("nearest-exact"; torch's plain "nearest" samples
     the top-left of each block instead of its centre.)
     """
-    h, w = x_HW.shape
+    h, w = x_HW.shape[:2]  # (h, w) or (h, w, C): channels last ride along
     rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
     return x_HW[rows[:, None], cols[None, :]]

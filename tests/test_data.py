@@ -456,3 +456,56 @@ def test_disk_cache_reads_back_what_rendering_gives_and_resumes(tmp_path):
     done.flush(), image.flush()
     again = data.SyntheticScenes("train", size=16, length=6, world=True, disk_cache=tmp_path)
     assert torch.allclose(again[3]["image"], live[3]["image"], atol=0.5 / 255 + 1e-6)  # scene 3 rendered again
+
+
+# =============================================================================================
+# HyperSim surface normals (normal_cam.hdf5 beside the depth file, in the official layout)
+# =============================================================================================
+
+def _hypersim_normal_fixture():
+    """(768, 1024, 3) float16 normals in HyperSim's camera space (+x right, +y up, +z toward the viewer):
+    top half a wall facing the camera (0, 0, 1), bottom quarter a floor (0, 1, 0), with the artist errors
+    of apple/ml-hypersim issue #26: a block pointing away (0, 0, -1), a block of zeros, a block of NaN, a
+    block of length 2, and a wall tilted 30 degrees about the vertical axis."""
+    n = np.zeros((768, 1024, 3), np.float32)
+    n[:384, :, 2] = 1.0
+    n[576:, :, 1] = 1.0
+    n[384:576] = [math.sin(math.radians(30)), 0.0, math.cos(math.radians(30))]
+    n[0:10, 0:10] = [0.0, 0.0, -1.0]   # inward-pointing: flipped by the reader
+    n[0:10, 20:30] = 0.0               # zero: invalid
+    n[0:10, 40:50] = np.nan            # no geometry: invalid
+    n[0:10, 60:70] = [0.0, 0.0, 2.0]   # not unit length: renormalized
+    return n.astype(np.float16)
+
+
+def test_hypersim_normals_convention(real_camera):
+    normals, valid = data.hypersim_normals(_hypersim_normal_fixture(), real_camera)
+    assert normals.dtype == np.float32 and normals.shape == (768, 1024, 3)
+    assert not valid[0:10, 20:30].any() and not valid[0:10, 40:50].any() and valid.sum() == 768 * 1024 - 200
+    assert (normals[~valid] == 0).all()
+    np.testing.assert_allclose(normals[100, 500], [0, 0, -1], atol=1e-6)    # wall: faces the camera, z forward
+    np.testing.assert_allclose(normals[700, 500], [0, -1, 0], atol=1e-6)    # floor: up is -y (y down)
+    np.testing.assert_allclose(normals[5, 5], [0, 0, -1], atol=1e-6)        # pointed away: flipped
+    np.testing.assert_allclose(normals[5, 65], [0, 0, -1], atol=1e-6)       # length 2: renormalized
+    s, c = math.sin(math.radians(30)), math.cos(math.radians(30))
+    np.testing.assert_allclose(normals[450, 500], [s, 0, -c], atol=2e-3)    # tilt keeps x, flips z (float16)
+    np.testing.assert_allclose(np.linalg.norm(normals[valid], axis=-1), 1, atol=1e-6)
+
+
+def test_hypersim_reads_normal_cam_beside_the_depth(hypersim_root, real_camera):
+    paths = data.hypersim_paths(hypersim_root, SCENE, CAM, 0)
+    assert paths["normals"] == paths["depth"].with_name("frame.0000.normal_cam.hdf5")
+    with pytest.raises(ValueError, match="no usable frames"):  # normals asked for, none downloaded
+        data.HyperSim(hypersim_root, "train", size=64, normals=True)
+    _write_hdf5(paths["normals"], _hypersim_normal_fixture())
+    ds = data.make_dataset("hypersim", "train", size=64, root=hypersim_root, normals=True)
+    item = ds[0]
+    assert item["normals"].shape == (3, 64, 64) and item["normals"].dtype == torch.float32
+    valid = item["valid"][0]
+    assert not valid[0, 1] and valid[0, 0]  # the zero block at the top left (nearest sampling at 64 px)
+    np.testing.assert_allclose(item["normals"][:, 10, 32].numpy(), [0, 0, -1], atol=1e-6)
+    np.testing.assert_allclose(item["normals"][:, 60, 32].numpy(), [0, -1, 0], atol=1e-6)
+    assert (item["normals"][:, ~valid] == 0).all()
+    assert "normals" not in data.HyperSim(hypersim_root, "train", size=64)[0]  # depth-only readers are unchanged
+    with pytest.raises(ValueError, match="box rooms have no normals"):
+        data.make_dataset("synthetic", normals=True)

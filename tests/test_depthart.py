@@ -257,3 +257,62 @@ def test_config_round_trip_and_unknown_preset():
         D.Config.preset("huge")
     with pytest.raises(ValueError, match="image_size"):
         D.Config(image_size=128)
+
+
+# --- surface normals: the second target ----------------------------------------------------------
+def normals_batch(B=2, S=64, seed=1):
+    """Images and unit camera-frame normals facing the camera: a floor (y up = -y), a wall tilted about y."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(B, 3, S, S, generator=g)
+    n = torch.zeros(B, 3, S, S)
+    n[:, 1, S // 2:] = -1.0  # floor: pointing up
+    tilt = torch.rand(B, generator=g).view(B, 1, 1) * 0.8
+    n[:, 0, :S // 2], n[:, 2, :S // 2] = tilt.sin(), -tilt.cos()
+    return image, n
+
+
+def test_normals_round_trip_through_the_normalization():
+    _, n = normals_batch()
+    valid = torch.ones(2, 1, 64, 64, dtype=torch.bool)
+    valid[:, :, :4] = False
+    x = D.normalize_normals(n, valid)
+    assert x.shape == (2, 3, 64, 64) and x.abs().max() <= 1
+    assert torch.equal(x[:, :, 4:], n[:, :, 4:])  # in directly, no rescaling
+    assert torch.equal(x[:, :, :4], torch.tensor([0.0, 0.0, -1.0]).view(1, 3, 1, 1).expand(2, 3, 4, 64))  # facing
+    assert torch.allclose(D.normals_from_decoder(x), x, atol=1e-6)  # unit vectors come back unchanged
+    out = D.normals_from_decoder(torch.tensor([[0.3, -3.0, -0.2]]).view(1, 3, 1, 1))  # clamp, then unit length
+    assert torch.allclose(out.norm(dim=1), torch.ones(1, 1, 1)) and torch.allclose(out[0, :, 0, 0], F.normalize(
+        torch.tensor([0.3, -1.0, -0.2]), dim=0))
+
+
+@pytest.mark.parametrize("objective", ["var", "depthart"])
+def test_one_batch_of_normals_overfits(objective):
+    torch.manual_seed(0)
+    cfg = D.Config.tiny()
+    cfg.target = "normals"
+    model = D.DepthART(cfg)
+    model.vae.requires_grad_(False)
+    image, normals = normals_batch(B=2)
+    opt = torch.optim.AdamW(model.var.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        loss, _ = model.loss(image, normals, objective)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
+    pred = model.predict(image)
+    scales = model.predict(image, all_scales=True)
+    assert pred.shape == (2, 3, 64, 64) and scales.shape == (2, 6, 3, 64, 64)
+    assert torch.allclose(pred.norm(dim=1), torch.ones(2, 64, 64), atol=1e-5) and torch.equal(scales[:, -1], pred)
+
+
+def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
+    cfg = D.Config.tiny()
+    cfg.target = "normals"
+    D.save_checkpoint(tmp_path / "n.safetensors", D.DepthART(cfg), {"stage": "transformer"})
+    assert D.DepthART.from_checkpoint(tmp_path / "n.safetensors").cfg.target == "normals"
+    assert D.Config.from_dict({k: v for k, v in D.Config.tiny().to_dict().items() if k != "target"}).target == "depth"
+    with pytest.raises(ValueError, match="unknown target 'albedo'"):
+        D.Config(target="albedo")
