@@ -613,3 +613,89 @@ def test_ordinal_check_scores_every_photograph(fit):
         wrong = [row(p[p["nearer"]]) <= row(p["b" if p["nearer"] == "a" else "a"]) for p in im["pairs"]]
         assert r["whdr"] == pytest.approx(np.mean(wrong)), im["file"]
     assert 0 < result["whdr"] < 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Surface normals: angular metrics worked by hand, the NYUv2 normals reader, the CLI.
+# ---------------------------------------------------------------------------------------------
+
+def _normals(*vectors):
+    """(3, 1, N) normal map from N (x, y, z) vectors."""
+    return np.array(vectors, dtype=np.float64).T[:, None, :]
+
+
+def test_angular_metrics_by_hand():
+    facing = _normals([0, 0, -1], [0, 0, -1], [0, 0, -1], [0, 0, -1])
+    valid = np.ones((1, 4), bool)
+    same = M.normal_metrics(facing, facing, valid)
+    assert same == {"mean_angle": 0.0, "median_angle": 0.0, "within_11.25": 1.0, "within_22.5": 1.0, "within_30": 1.0}
+    flipped = _normals([1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, -1])  # two 90-degree flips, two right
+    r = M.normal_metrics(flipped, facing, valid)
+    assert r["mean_angle"] == pytest.approx(45.0) and r["median_angle"] == pytest.approx(45.0)
+    assert r["within_11.25"] == r["within_30"] == 0.5
+    # a known tilt: 20 degrees about x (and unnormalized, which must not matter), and 180 degrees
+    t = math.radians(20)
+    tilted = _normals([0, math.sin(t), -math.cos(t)], [0, 3 * math.sin(t), -3 * math.cos(t)], [0, 0, 1], [0, 0, -1])
+    e = M.angular_errors(tilted, facing, valid)
+    np.testing.assert_allclose(e, [20, 20, 180, 0], atol=1e-9)
+    r = M.normal_metrics(tilted, facing, valid)
+    assert r["mean_angle"] == pytest.approx(55.0) and r["median_angle"] == pytest.approx(20.0)
+    assert (r["within_11.25"], r["within_22.5"], r["within_30"]) == (0.25, 0.75, 0.75)
+    # only valid pixels count; per image, then averaged over images
+    valid_one = np.array([[False, False, True, False]])
+    assert M.normal_metrics(tilted, facing, valid_one)["mean_angle"] == pytest.approx(180.0)
+    both = M.mean_normal_metrics(np.stack([flipped, facing]), np.stack([facing, facing]), np.stack([valid, valid]))
+    assert both["mean_angle"] == pytest.approx(22.5) and both["within_11.25"] == pytest.approx(0.75)
+    assert M.facing_camera(2, 3).shape == (3, 2, 3) and (M.facing_camera(2, 3)[2] == -1).all()
+
+
+def _write_nyu_normals(root, index, normal_ours_HW3, valid_HW):
+    """One frame in DSINE's dsine_eval/nyuv2 layout: DSINE's normals are ours negated, 8-bit (n + 1) / 2."""
+    test = root / "test"
+    test.mkdir(parents=True, exist_ok=True)
+    H, W = valid_HW.shape
+    Image.fromarray(np.full((H, W, 3), 120, np.uint8)).save(test / f"{index:06d}_img.png")
+    png = np.rint((-normal_ours_HW3 + 1) / 2 * 255).astype(np.uint8) * valid_HW[..., None]
+    Image.fromarray(png).save(test / f"{index:06d}_normal.png")
+    np.save(test / f"{index:06d}_intrins.npy", np.eye(3))
+
+
+def test_nyuv2_normals_reader_in_dsine_layout(tmp_path):
+    H, W = 6, 8
+    n = np.zeros((H, W, 3))
+    n[:3, :, 2] = -1.0  # a wall facing the camera
+    n[3:, :, 1] = -1.0  # a floor
+    valid = np.ones((H, W), bool)
+    valid[0, 0] = False
+    _write_nyu_normals(tmp_path, 0, n, valid)
+    _write_nyu_normals(tmp_path, 8, n, np.ones((H, W), bool))
+    (tmp_path / "test" / "000013_img.png").write_bytes(b"")  # a listed frame without its normal PNG
+    samples = list(ev.read_nyuv2_normals(tmp_path))
+    assert [s["name"] for s in samples] == ["nyu_normals_000000", "nyu_normals_000008", "nyu_normals_000013"]
+    assert samples[2]["skip"] in (ev.SKIP_MISSING, ev.SKIP_UNREADABLE)
+    s = samples[0]
+    assert s["image"].shape == (H, W, 3) and s["normals"].shape == (H, W, 3) and not s["valid"][0, 0] and s["valid"].sum() == 47
+    np.testing.assert_allclose(s["normals"][1, 1], [0, 0, -1], atol=1e-2)
+    np.testing.assert_allclose(s["normals"][4, 1], [0, -1, 0], atol=1e-2)
+    np.testing.assert_allclose(np.linalg.norm(s["normals"][s["valid"]], axis=-1), 1, atol=1e-6)
+    # the facing-the-camera predictor: 0 degrees on the wall, 90 on the floor
+    result = ev.main(["--checkpoint", "facing", "--dataset", "nyuv2-normals", "--data-root", str(tmp_path),
+                      "--input-size", "8", "--no-progress"])
+    assert result["n_images"] == 2 and sum(result["skipped"].values()) == 1
+    assert result["metrics"]["within_11.25"] == pytest.approx((23 / 47 + 24 / 48) / 2, abs=1e-6)
+    assert result["metrics"]["mean_angle"] == pytest.approx((24 * 90 / 47 + 24 * 90 / 48) / 2, abs=1.0)  # 8-bit PNGs
+
+
+def test_normals_and_depth_datasets_do_not_mix(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ev.main(["--checkpoint", "facing", "--dataset", "synthetic", "--no-progress"])
+    assert "must be one with normals" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ev.main(["--checkpoint", "const", "--dataset", "nyuv2-normals", "--data-root", str(tmp_path), "--no-progress"])
+    assert "scores normals" in capsys.readouterr().err
+
+
+def test_facing_baseline_on_world_normals():
+    result = ev.main(["--checkpoint", "facing", "--dataset", "world", "--limit", "3", "--input-size", "32",
+                      "--scene-shape", "32", "48", "--no-progress"])
+    assert result["n_images"] == 3 and 0 < result["metrics"]["mean_angle"] < 180
