@@ -422,9 +422,12 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
             f"positions (agreement per scale {' '.join(f'{a:.4f}' for a in agree)}): near-tied logits, which an "
             "undertrained model has many of, flip under float reordering; pass --allow-token-flips to accept "
             "this and write the graph (the agreement is kept in its .json report)", report)
-    if require_exact and not (depth_err <= 1e-4 and scales_err <= 1e-4):
-        raise ParityError(f"ONNX Runtime depth differs from PyTorch by up to {max(depth_err, scales_err):.2e} "
-                          "(tolerance 1e-4) with identical tokens: the graph computes something else", report)
+    # Normals are decoder outputs renormalized to unit length, which magnifies the rounding of a short
+    # decoder vector (an untrained or coarse-scale one) by 1 / its length: 1e-3 there (0.06 degrees).
+    tol = 1e-3 if target == "normals" else 1e-4
+    if require_exact and not (depth_err <= tol and scales_err <= tol):
+        raise ParityError(f"ONNX Runtime {target} differs from PyTorch by up to {max(depth_err, scales_err):.2e} "
+                          f"(tolerance {tol:g}) with identical tokens: the graph computes something else", report)
     return report
 
 

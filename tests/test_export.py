@@ -240,3 +240,26 @@ def test_unwritable_out_is_one_line_before_the_export(tmp_path, capsys, out):
     captured = capsys.readouterr()
     assert len(captured.err.strip().splitlines()) == 1 and "export.py: error:" in captured.err
     assert "traced" not in captured.out  # refused before minutes of work
+
+
+def test_a_normals_checkpoint_exports_with_parity(tmp_path):
+    """A tiny model with target normals: the graph outputs unit normals (and their per-scale maps) named
+    after the target, token-exact and within 1e-3 of PyTorch (renormalizing a random decoder's short vectors
+    magnifies float rounding; see export.verify)."""
+    cfg = D.Config.tiny()
+    cfg.target = "normals"
+    torch.manual_seed(0)
+    model = E.lively(D.DepthART(cfg))
+    D.save_checkpoint(tmp_path / "normals.safetensors", model, {"stage": "transformer", "target": "normals"})
+    out = tmp_path / "normals.onnx"
+    assert E.main(["--checkpoint", str(tmp_path / "normals.safetensors"), "--out", str(out), "--all-scales"]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["target"] == "normals" and report["outputs"] == ["normals", "normals_scales"]
+    assert min(report["fp32_check"]["token_agreement_per_scale"]) == 1.0
+    assert report["fp32_check"]["depth_max_abs_err"] <= 1e-3 and report["fp32_check"]["depth_mean_abs_err"] < 1e-5
+    sess = E.ort_session(out)
+    images = E.sample_images(1, 64)
+    normals, scales = sess.run(None, {"image": images.numpy()})
+    assert normals.shape == (1, 3, 64, 64) and scales.shape == (1, 6, 3, 64, 64)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(normals, model.predict(images).numpy(), atol=1e-3)
