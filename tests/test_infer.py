@@ -327,3 +327,30 @@ def test_unwritable_engine_folder_falls_back_to_onnxruntime(first_run, fake_tens
     backend = I.load_backend(graph, "auto", cache_dir=blocked / "engines", log=lines.append)
     assert isinstance(backend, I.OrtBackend) and fake.built == 1
     assert any("cannot write the engine" in ln for ln in lines), lines
+
+
+def test_a_normals_model_writes_normal_maps_npy_and_the_strip(tmp_path, capsys):
+    from safetensors.torch import save_file
+    cfg = D.Config.tiny()
+    cfg.target = "normals"
+    torch.manual_seed(0)
+    model = E.lively(D.DepthART(cfg))
+    ckpt = tmp_path / "normals.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt),
+              metadata={"config": json.dumps(cfg.to_dict())})
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 70, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    for backend in ("torch", "ort"):
+        code, text = run_main([str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--backend", backend, "--npy",
+                               "--scales", "--out", str(out), "--overwrite", "--cache-dir", str(tmp_path / "cache")], capsys)
+        assert code == 0, text
+        assert sorted(p.name for p in out.iterdir()) == ["a_normals.npy", "a_normals.png", "a_scales.png"]
+        n = np.load(out / "a_normals.npy")
+        assert n.shape == (40, 70, 3) and np.allclose(np.linalg.norm(n, axis=-1), 1, atol=1e-5)
+        rgb = np.asarray(Image.open(out / "a_normals.png"))
+        assert rgb.shape == (40, 70, 3) and np.abs(rgb.astype(float) - (n + 1) / 2 * 255).max() <= 0.51
+    assert np.asarray(Image.open(out / "a_scales.png")).shape[1] > 6 * 70  # six panels side by side
+    code, text = run_main([str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--target", "depth", "--backend", "torch",
+                           "--out", str(out)], capsys)
+    assert code == 2 and "predicts normals" in text
+    assert I.load(ckpt, backend="torch").predict(tmp_path / "a.png").shape == (40, 70, 3)

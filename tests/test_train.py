@@ -217,6 +217,7 @@ def test_trains_on_hypersim_in_the_official_layout(tmp_path):
     (["--init", "/nonexistent/model.safetensors"], "/nonexistent/model.safetensors does not exist"),
     (["--out", "/proc/depthart-test"], "cannot create or write in /proc/depthart-test"),
     (["--out", "FILE"], "exists and is a file"),
+    (["--target", "normals"], "box rooms have no normals; use --data world"),
 ])
 def test_bad_arguments_are_one_clear_line(tmp_path, args, message):
     (tmp_path / "FILE").write_text("x")
@@ -252,3 +253,21 @@ def test_benchmark_prints_a_row_per_stage_and_objective(capsys):
 def load_checkpoint(path):
     model = D.DepthART.from_checkpoint(path)
     return model, model.cfg, D.checkpoint_meta(path)
+
+
+@pytest.mark.parametrize("objective", ["var", "depthart"])
+def test_normals_train_both_stages_on_the_world(tmp_path, objective):
+    """--target normals: stage 1 learns images and normal maps, stage 2 either objective from it; the
+    checkpoint records the target, and --init carries it on without the flag."""
+    common = ["--data", "world", "--batch-size", "4", "--val-every", "2", "--val-samples", "4", "--threads", "1",
+              "--log-every", "1"]
+    train.main([*common, "--target", "normals", "--stage", "vqvae", "--steps", "2", "--out", str(tmp_path / "vq")])
+    train.main([*common, "--stage", "transformer", "--objective", objective, "--init", str(tmp_path / "vq" / train.CHECKPOINT),
+            "--steps", "2", "--out", str(tmp_path / "tr")])
+    model = D.DepthART.from_checkpoint(tmp_path / "tr" / train.CHECKPOINT)
+    assert model.cfg.target == "normals" and D.checkpoint_meta(tmp_path / "tr" / train.CHECKPOINT)["target"] == "normals"
+    rows = train.read_log(tmp_path / "tr" / "metrics.jsonl")
+    assert any("val_mean_angle" in r and 0 <= r["val_within_11.25"] <= 1 for r in rows)
+    assert any("val_vqvae_ceiling_mean_angle" in r and "val_normals_l1" in r
+               for r in train.read_log(tmp_path / "vq" / "metrics.jsonl"))
+    assert (tmp_path / "tr" / "curves.png").is_file()

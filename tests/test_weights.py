@@ -97,3 +97,21 @@ def test_the_readme_python_api_example_runs(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     with Image.open(ROOT / "examples" / "room.png") as im:
         assert f"({im.height}, {im.width}) float32" in res.stdout
+
+
+NORMALS_WEIGHTS = I.DEFAULT_NORMALS_CHECKPOINT
+
+
+@pytest.mark.skipif(not NORMALS_WEIGHTS.is_file(),
+                    reason=f"{NORMALS_WEIGHTS.name} is not shipped yet (bash docs/train_normals.sh makes it)")
+def test_shipped_normals_model_beats_facing_the_camera():
+    """The shipped normals model on 48 held-out world scenes: a lower mean angular error and more pixels
+    within 11.25 degrees than predicting every surface facing the camera."""
+    torch.set_num_threads(2)
+    model = D.DepthART.from_checkpoint(NORMALS_WEIGHTS)
+    assert model.cfg.target == "normals" and D.checkpoint_meta(NORMALS_WEIGHTS).get("stage") == "transformer"
+    val = experiment.load_val(48, model.cfg.image_size, "normals")
+    with torch.no_grad():
+        ours = experiment.scores(model.predict(val["image"]), val)
+    facing = experiment.trivial_baselines(val, n_train=8, size=model.cfg.image_size)["facing the camera"]
+    assert ours["mean_angle"] < facing["mean_angle"] and ours["within_11.25"] > facing["within_11.25"], (ours, facing)
