@@ -492,7 +492,7 @@ def read_tum(root, max_dt=TUM_MAX_DT):
 # A HyperSim frame that cannot be read is a counted skip here: the dataset's own __getitem__ (for
 # training) would substitute the next frame, which would then be scored twice.
 def read_data_module(kind, root=None, split="test", size=None, normals=False):
-    dataset = data.make_dataset(kind, split=split, size=size, root=root, normals=normals)
+    dataset = data.make_dataset(kind, split=split, size=size, root=root, **({"normals": True} if normals else {}))
     load = getattr(dataset, "load", dataset.__getitem__)  # HyperSim.load: one frame, no substitution
 
     def sample(i):
