@@ -52,10 +52,8 @@ Extensions beyond the paper are config switches, all off in `d16`:
                   scale and position. A from-scratch tiny model otherwise learns the first token and then
                   predicts each scale from coarser depth alone, ignoring the image for thousands of steps;
                   the shortcut made the image matter ~15x sooner in a CPU prototype.
-  target          "normals" predicts camera-frame surface normals instead of depth. Nothing but the
-                  normalization in and out changes (normalize_normals, normals_from_decoder): the three
-                  components go to the VQ-VAE as its three channels, and the same objectives, rollout and
-                  export apply. "Depth" below reads "the target" for such a model.
+  target          "normals" predicts camera-frame surface normals instead of depth: only the normalization
+                  in and out changes (normalize_normals, normals_from_decoder); "depth" below then reads "normals".
 
 This module imports torch and safetensors and nothing of ours: every other file imports it.
 """
@@ -77,7 +75,7 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------
 # 1. Config
 # ----------------------------------------------------------------------------------------------
-TARGETS = ("depth", "normals")  # the dense targets the second modality can be (see section 5)
+TARGETS = ("depth", "normals")  # what the second modality can be (normalizations in section 5)
 
 
 @dataclass
@@ -640,14 +638,11 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_normals(normals_B3HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
-    """Unit camera-frame normals (x right, y down, z forward; facing the camera, so z <= 0) -> the VQ-VAE's
-    input: the components are already in [-1, 1], so they go in as they are; invalid pixels become
-    (0, 0, -1), a surface facing the camera, the most common normal and a neutral fill."""
+    """Unit camera-frame normals (x right, y down, z forward; facing the camera) -> the VQ-VAE's input: already
+    in [-1, 1], they go in as they are; invalid pixels become (0, 0, -1), facing the camera (a neutral fill)."""
     n_B3HW = normals_B3HW.float().clamp(-1, 1)
-    if valid_B1HW is None:
-        return n_B3HW
     facing = torch.tensor([0.0, 0.0, -1.0], device=n_B3HW.device).view(1, 3, 1, 1)
-    return torch.where(valid_B1HW, n_B3HW, facing)
+    return n_B3HW if valid_B1HW is None else torch.where(valid_B1HW, n_B3HW, facing)
 
 
 def normals_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
