@@ -616,13 +616,13 @@ METRIC_LABELS = [
 ]
 
 
-def load_predictor(checkpoint, input_size=None):
-    """const / ramp baselines, or infer_trt.load_backend(checkpoint) for a model file.
-    Returns (predict callable, model input size)."""
+def load_predictor(checkpoint, input_size=None, sampling="greedy", seed=None):
+    """const / ramp baselines, or infer_trt.load_backend(checkpoint) for a model file (greedy on the best
+    backend, or the release's sampler in PyTorch). Returns (predict callable, model input size)."""
     if checkpoint in BASELINES:
         predictor = Baseline(BASELINES[checkpoint], image_size=input_size or 256)
         return predictor.predict, predictor.image_size
-    backend = infer_trt.load_backend(checkpoint)
+    backend = infer_trt.load_backend(checkpoint, sampling=sampling, seed=seed)
     return backend.predict, input_size or backend.image_size
 
 
@@ -666,7 +666,11 @@ def write_outputs(result, prefix):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
-                        help="model file for infer_trt.load_backend (.safetensors, .onnx, .engine), or const / ramp")
+                        help="model file for infer_trt.load_backend (.safetensors of ours or the DepthART release, "
+                             ".onnx, .engine), or const / ramp")
+    parser.add_argument("--sampling", choices=["greedy", "release"], default="greedy",
+                        help="greedy (default; every backend) or the DepthART release's sampler (PyTorch)")
+    parser.add_argument("--seed", type=int, default=None, help="--sampling release: seed of its draws")
     parser.add_argument("--dataset", required=True, choices=sorted(READERS))
     parser.add_argument("--data-root", default=None, help="dataset folder in its published layout")
     parser.add_argument("--protocol", default="depthart", choices=sorted(PROTOCOLS))
@@ -687,7 +691,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.data_root is None and args.dataset not in ("synthetic",):
         raise SystemExit(f"evaluate.py: --data-root is required for {args.dataset}")
-    predict, input_size = load_predictor(args.checkpoint, args.input_size)
+    predict, input_size = load_predictor(args.checkpoint, args.input_size, args.sampling, args.seed)
     options = {}
     if args.dataset == "nyuv2":
         options["split"] = args.split
@@ -700,7 +704,7 @@ def main(argv=None):
         samples = itertools.islice(samples, args.limit)
     result = evaluate_dataset(samples, predict, args.protocol, args.dataset, input_size,
                               batch_size=args.batch_size, progress=not args.no_progress)
-    result["checkpoint"] = args.checkpoint
+    result["checkpoint"], result["sampling"], result["seed"] = args.checkpoint, args.sampling, args.seed
     print(format_table(result))
     if args.out:
         for path in write_outputs(result, args.out):

@@ -5,7 +5,8 @@
     python infer_trt.py photo.jpg --checkpoint runs/x/best.safetensors --backend ort
 
 The model comes from `--checkpoint` (default weights/depthart_tiny.safetensors): one of our safetensors
-checkpoints, an exported .onnx graph, or a TensorRT .engine. For a checkpoint, the static ONNX graph is
+checkpoints, the DepthART release's model.safetensors, an exported .onnx graph, or a TensorRT .engine.
+Decoding is greedy; `--sampling release --seed N` runs the release's sampler in PyTorch instead. For a checkpoint, the static ONNX graph is
 exported once and cached (--cache-dir, default ~/.cache/depthart, keyed by the checkpoint's hash, the
 batch size, the options and the export code), and the backend is the best one present:
 
@@ -100,18 +101,24 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    def __init__(self, model, all_scales: bool = False):
+    """PyTorch eager. sampling="release" runs the release's sampler, its draws from one generator seeded with
+    `seed` (None: torch's global generator, unseeded, as the release); images are drawn for in input order."""
+
+    def __init__(self, model, all_scales: bool = False, sampling: str = "greedy", seed: int | None = None):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.eval().to(self.device)
-        self.image_size, self.has_scales = model.cfg.image_size, all_scales
-        self.name = f"torch ({self.device}, eager, cached greedy rollout)"
+        self.image_size, self.has_scales, self.sampling = model.cfg.image_size, all_scales, sampling
+        self.generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        how = "greedy" if sampling == "greedy" else f"release sampler, seed {seed}"
+        self.name = f"torch ({self.device}, eager, cached rollout, {how})"
 
     def _run(self, images):
         x = torch.from_numpy(images).to(self.device)
         with torch.no_grad():
+            scales = self.model.predict(x, all_scales=self.has_scales, sampling=self.sampling,
+                                        generator=self.generator).cpu().numpy()
             if not self.has_scales:
-                return {"depth": self.model.predict(x).cpu().numpy()}
-            scales = self.model.predict(x, all_scales=True).cpu().numpy()
+                return {"depth": scales}
             return {"depth": scales[:, -1:], "depth_scales": scales}
 
 
@@ -216,20 +223,29 @@ def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, fp16: boo
 
 
 def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1, all_scales: bool = False,
-                 fp16: bool = False, cache_dir=None, log=print) -> Backend:
-    """A Backend for a checkpoint (.safetensors), an ONNX graph (.onnx) or a TensorRT engine (.engine).
+                 fp16: bool = False, cache_dir=None, log=print, sampling: str = "greedy", seed: int | None = None) -> Backend:
+    """A Backend for a checkpoint (.safetensors: ours or the DepthART release's model.safetensors), an ONNX
+    graph (.onnx) or a TensorRT engine (.engine).
 
     backend: auto (TensorRT, then ONNX Runtime, then PyTorch), or trt / ort / torch to force one.
     batch, all_scales and fp16 choose the exported graph of a checkpoint; a given .onnx or .engine
-    brings its own. Returns an object with .predict(images (B,3,S,S) float32 [0,1]) -> (B,1,S,S) and
-    .image_size.
+    brings its own. Graphs and engines decode greedily; sampling="release" (the release's sampler, seeded
+    with `seed`) runs in PyTorch. Returns an object with .predict(images (B,3,S,S) float32 [0,1]) ->
+    (B,1,S,S) and .image_size.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if sampling not in ("greedy", "release"):
+        raise ValueError(f"unknown sampling {sampling!r}; choose greedy or release")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     suffix = path.suffix.lower()
+    if sampling == "release":
+        if backend not in ("auto", "torch") or suffix in (".onnx", ".engine", ".plan", ".trt"):
+            raise ValueError("--sampling release runs in PyTorch only (exported graphs decode greedily): "
+                             "pass a .safetensors checkpoint and --backend auto or torch")
+        return TorchBackend(D.DepthART.from_checkpoint(path), all_scales, sampling, seed)
     if suffix in (".engine", ".plan", ".trt"):
         if backend not in ("auto", "trt"):
             raise ValueError(f"{path} is a TensorRT engine: only the trt backend runs it")
@@ -423,6 +439,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("inputs", nargs="+", help="image files, folders (their images) or glob patterns")
+    p.add_argument("--sampling", choices=["greedy", "release"], default="greedy",
+                   help="greedy (default; deterministic; every backend) or the DepthART release's sampler (PyTorch)")
+    p.add_argument("--seed", type=int, default=None, help="--sampling release: seed of its draws (default unseeded)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help=f"checkpoint (.safetensors), graph (.onnx) or TensorRT engine (.engine); default {DEFAULT_CHECKPOINT}")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="force a backend (default: the best present)")
@@ -454,7 +473,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales, fp16=args.fp16,
-                               cache_dir=args.cache_dir)
+                               cache_dir=args.cache_dir, sampling=args.sampling, seed=args.seed)
     except (ImportError, OSError, ValueError, RuntimeError) as e:  # EngineUnavailable is a RuntimeError
         print(f"cannot run {checkpoint} on backend {args.backend}: {type(e).__name__}: {e}")
         return 2

@@ -104,13 +104,13 @@ def vae_inputs(image, depth, valid) -> torch.Tensor:
 
 
 class StageLoss(torch.nn.Module):
-    def __init__(self, model: D.DepthART, stage: str, objective: str):
+    def __init__(self, model: D.DepthART, stage: str, objective: str, release_loss: bool = False):
         super().__init__()
-        self.model, self.stage, self.objective = model, stage, objective
+        self.model, self.stage, self.objective, self.release_loss = model, stage, objective, release_loss
 
     def forward(self, image, depth, valid):
         if self.stage == "transformer":  # DepthART.loss: frozen VQ-VAE, no-grad rollout, one parallel forward
-            return self.model.loss(image, depth, self.objective, valid)
+            return self.model.loss(image, depth, self.objective, valid, self.release_loss)
         # Stage 1: L1 reconstruction (sharper edges than MSE) + the VQ-VAE's codebook/commitment loss.
         x = vae_inputs(image, depth, valid)
         rec, vq_loss, idx_list = self.model.vae(x)
@@ -204,11 +204,15 @@ def parse_args(argv=None):
     ap.add_argument("--train-scenes", type=int, default=None, help="size of the training set (default: all)")
     ap.add_argument("--cache-data", action="store_true", help="synthetic: keep rendered training scenes in memory")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
-    ap.add_argument("--preset", default=None, choices=["tiny", "d16"],
+    ap.add_argument("--preset", default=None, choices=["tiny", "d16", "release"],
                     help="model size (default tiny); --resume and --init of ours take the checkpoint's config")
     ap.add_argument("--stage", default="transformer", choices=["vqvae", "transformer"])
     ap.add_argument("--objective", default="depthart", choices=["depthart", "var"], help="stage 2 only")
-    ap.add_argument("--init", help="whole-model checkpoint of ours to start from (e.g. a var run)")
+    ap.add_argument("--init", help="whole-model checkpoint to start from: ours (e.g. a var run) or the DepthART "
+                                   "release's model.safetensors (fine-tunes the paper's model)")
+    ap.add_argument("--release-loss", action="store_true",
+                    help="stage 2: the DepthART release's variant: cross-entropy on scales 1..K-1, and at the last "
+                         "scale a soft Gumbel-softmax mixture pulled toward f_D by 10 x MSE (default off)")
     ap.add_argument("--init-vae", help="VQ-VAE weights: official vae_ch160v4096z32.pth or a checkpoint of ours")
     ap.add_argument("--init-var", help="transformer weights: official var_d16.pth or a checkpoint of ours")
     ap.add_argument("--steps", type=int, default=1000, help="total optimizer steps of the run")
@@ -259,9 +263,8 @@ def check_args(args):
 def model_config(args) -> D.Config:
     """The run's own config when resuming, an --init checkpoint's config, else the preset."""
     path = args.out / CHECKPOINT if args.resume else args.init
-    md = D.checkpoint_metadata(path) if path else {}
-    if "config" in md:
-        cfg = D.Config.from_dict(json.loads(md["config"]))
+    cfg = D.checkpoint_config(path) if path else None
+    if cfg is not None:
         if args.preset and cfg != D.Config.preset(args.preset):
             print(f"note: using the config of {path}, not preset {args.preset}", file=sys.stderr)
         return cfg
@@ -312,6 +315,8 @@ def save(args, model, opt, sched, hits_V, step: int, elapsed: float, device):
     """The checkpoint (weights + config) and the sidecar state that --resume needs, each written atomically."""
     meta = {"stage": args.stage, "objective": args.objective if args.stage == "transformer" else None,
             "step": step, "data": args.data, "seed": args.seed}
+    if args.stage == "transformer" and args.release_loss:
+        meta["release_loss"] = True
     D.save_checkpoint(args.out / CHECKPOINT, model, meta)
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
              "hits_V": hits_V.cpu(), "rng_cpu": torch.get_rng_state()}
@@ -400,7 +405,7 @@ def train(args) -> Path:
     hits_V = torch.zeros(cfg.vocab_size, device=device)  # stage 1: code hits since the last restart check
     step, elapsed = restore(args, model, opt, sched, hits_V, device) if args.resume else (0, 0.0)
 
-    loss_module = StageLoss(model, args.stage, args.objective)
+    loss_module = StageLoss(model, args.stage, args.objective, args.release_loss)
     if world > 1:  # only the trained half has parameters that need gradients; DDP averages exactly those
         loss_module = torch.nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
