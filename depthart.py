@@ -19,7 +19,7 @@ Read top to bottom:
   3. Multi-scale residual VQ-VAE paper Sec. 3.1 and Fig. 2 (left); VAR's Algorithm 1 and 2
   4. VAR transformer             paper Sec. 3.2: AdaLN blocks, block-causal attention, KV cache
   5. DepthART                    paper Fig. 2 (right): image prefix; teacher_forcing_targets (Eq. 3) and
-                                 dynamic_targets (Eq. 4-5); one greedy rollout for training and inference
+                                 dynamic_targets (Eq. 4-5); one rollout (greedy; or the release's sampler)
   6. Checkpoints                 ours (safetensors), VAR's official .pth files, the DepthART release
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
@@ -439,13 +439,9 @@ class VQVAE(nn.Module):
 # 4. VAR transformer (VAR's module names, so var_d16.pth loads)
 # ----------------------------------------------------------------------------------------------
 class SelfAttention(nn.Module):
-    """Multi-head attention, in one of two forms (Config.attention):
-
-    l2     VAR's: L2-normalized q, k and a learnable per-head temperature. Normalized q.k lies in [-1, 1];
-           exp(scale_mul) (at most 100) sets each head's sharpness.
-    plain  the DepthART release's: softmax(q k^T * scale), scale = 1 / sqrt(head_dim) / tau (1/32 at d16).
-    An optional KV cache (a dict) lets inference feed one scale at a time.
-    """
+    """Multi-head attention. l2 (VAR's): L2-normalized q, k, so q.k lies in [-1, 1], and a learnable per-head
+    temperature exp(scale_mul) (at most 100); plain (the DepthART release's): softmax(q k^T / sqrt(c) / tau).
+    An optional KV cache (a dict) lets inference feed one scale at a time."""
 
     def __init__(self, width: int, heads: int, attention: str = "l2", tau: float = 4.0):
         super().__init__()
@@ -607,7 +603,7 @@ class VAR(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. DepthART: image prefix, the two objectives' targets, one greedy rollout, inference
+# 5. DepthART: image prefix, the two objectives' targets, one rollout (greedy or sampled), inference
 # ----------------------------------------------------------------------------------------------
 def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
     return image_B3HW * 2 - 1  # [0, 1] -> [-1, 1], the VQ-VAE's input range
@@ -638,11 +634,9 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
 
 
 def release_sample(logits_BlV, generator=None, top_k: int = 900, top_p: float = 0.9, n: int = 5) -> torch.Tensor:
-    """The DepthART release's sampler (its DepthART.autoregressive_infer_cfg) -> n draws per token (B, l, n).
-
-    Keep the top_k logits (ties with the k-th included), then, of those, drop the least likely whose total
-    probability is at most 1 - top_p (the most likely always stays); draw n times with replacement.
-    """
+    """The DepthART release's sampler (its autoregressive_infer_cfg) -> n draws per token (B, l, n): keep the
+    top_k logits, then drop the least likely of those while their probability sums to at most 1 - top_p (the
+    most likely always stays); draw n times with replacement."""
     B, l, V = logits_BlV.shape
     kth_Bl1 = logits_BlV.topk(min(top_k, V), -1, largest=True, sorted=False)[0].amin(-1, keepdim=True)
     logits_BlV = logits_BlV.masked_fill(logits_BlV < kth_Bl1, -torch.inf)
@@ -761,12 +755,8 @@ class DepthART(nn.Module):
             n = x_BNC.shape[1]
             bias = None if cache else self.var.prefix_attn_bias[..., :n, :n]
             logits_BlV = self.var(x_BNC, bias, caches)[:, -pn * pn:]
-            if sampling == "greedy":
-                idx_Bl = logits_BlV.argmax(-1)
-                f_hat = f_hat + quant.eta(idx_Bl, si)
-            else:
-                idx_Bl = release_sample(logits_BlV, generator)
-                f_hat = f_hat + quant.eta(quant.embedding(idx_Bl).mean(2), si)
+            idx_Bl = logits_BlV.argmax(-1) if sampling == "greedy" else release_sample(logits_BlV, generator)
+            f_hat = f_hat + quant.eta(idx_Bl if idx_Bl.ndim == 2 else quant.embedding(idx_Bl).mean(2), si)
             z.append(idx_Bl), f_hats.append(f_hat), logits.append(logits_BlV)
             if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to the next scale
                 nxt_BlCv = quant.resample(f_hat, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
@@ -876,24 +866,21 @@ def checkpoint_config(path) -> Config | None:
     """The config a checkpoint carries: ours in its metadata; the DepthART release's read off its shapes
     (plain attention; VAR's heads are 64 wide at every size); None for bare weights such as VAR's .pth."""
     md = checkpoint_metadata(path)
-    if "config" in md:
-        return Config.from_dict(json.loads(md["config"]))
-    if Path(path).suffix in PICKLES:
-        return None
+    if "config" in md or Path(path).suffix in PICKLES:
+        return Config.from_dict(json.loads(md["config"])) if "config" in md else None
     with safetensors.safe_open(str(path), "pt") as f:
         shape = {k.removeprefix("module."): f.get_slice(k).get_shape() for k in f.keys()}
     if RELEASE_KEY not in shape:
         return None
     try:
-        width, z = shape["word_embed.weight"]
-        cfg = Config(attention="plain", width=width, heads=width // 64, z_channels=z, vae_ch=shape[RELEASE_KEY][0],
-                     depth=1 + max(int(k.split(".")[1]) for k in shape if k.startswith("blocks.")),
-                     vocab_size=shape["head.weight"][0], num_classes=shape["class_emb.weight"][0] - 1)
+        (width, z), blocks = shape["word_embed.weight"], [int(k.split(".")[1]) for k in shape if k[:7] == "blocks."]
+        cfg = Config(attention="plain", width=width, heads=width // 64, z_channels=z, depth=1 + max(blocks),
+                     vae_ch=shape[RELEASE_KEY][0], vocab_size=shape["head.weight"][0],
+                     num_classes=shape["class_emb.weight"][0] - 1)
         if shape["pos_1LC"][1] != cfg.tokens_per_modality:
             raise ValueError(f"pos_1LC holds {shape['pos_1LC'][1]} positions, not {cfg.tokens_per_modality}")
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: DepthART release keys, but not a model we can build "
-                         f"({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: DepthART release keys, but no model we can build ({type(e).__name__}: {e})") from None
     return cfg
 
 
@@ -910,7 +897,7 @@ RELEASE_KEY = "vae_proxy.encoder.conv_in.weight"
 PICKLES = (".pth", ".pt", ".bin")
 
 
-def from_release_keys(sd: dict, what: str = "checkpoint") -> dict:
+def from_release_keys(sd: dict) -> dict:
     """Official key: the release's names -> ours (`vae_proxy.` -> `vae.`, the rest -> `var.`), either alias."""
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     out = {}
@@ -920,8 +907,6 @@ def from_release_keys(sd: dict, what: str = "checkpoint") -> dict:
         if k.startswith("vae_quant_proxy."):
             k = "vae_proxy.quantize." + k.removeprefix("vae_quant_proxy.")
             if k in sd:  # both aliases stored: one tensor, twice
-                if not torch.equal(sd[k], v):
-                    raise ValueError(f"{what}: {k} and its alias under vae_quant_proxy. differ")
                 continue
         out["vae." + k.removeprefix("vae_proxy.") if k.startswith("vae_proxy.") else "var." + k] = v
     return out
@@ -933,7 +918,7 @@ def read_state_dict(path) -> dict:
     path = str(path)
     if path.endswith(".safetensors"):
         sd = safetensors.torch.load_file(path)
-        return from_release_keys(sd, path) if {RELEASE_KEY, "module." + RELEASE_KEY} & set(sd) else sd
+        return from_release_keys(sd) if {RELEASE_KEY, "module." + RELEASE_KEY} & set(sd) else sd
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickles with code in them, truncated files, non-checkpoints
@@ -948,8 +933,7 @@ def read_state_dict(path) -> dict:
 
 def load_weights(module: nn.Module, state_dict: dict, what: str = "checkpoint", ignore_unused: bool = False):
     """load_state_dict(strict=True), but naming every missing and unexpected key and shape mismatch.
-    ignore_unused: unexpected keys are named in one line on stderr and skipped (as the release's own loader,
-    strict=False, skips them silently)."""
+    ignore_unused: unexpected keys are named in one line on stderr and skipped (the release's loader skips them)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     extra = sorted(set(state_dict) - set(own))
@@ -970,8 +954,7 @@ def load_weights(module: nn.Module, state_dict: dict, what: str = "checkpoint", 
 
 def load_file(model: DepthART, path):
     """A whole-model checkpoint into model: ours strictly; the release's with unused keys named and skipped."""
-    sd = read_state_dict(path)
-    load_weights(model, sd, str(path), ignore_unused="config" not in checkpoint_metadata(path))
+    load_weights(model, read_state_dict(path), str(path), ignore_unused="config" not in checkpoint_metadata(path))
 
 
 def init_weights(model: DepthART, init=None, init_vae=None, init_var=None):
