@@ -95,8 +95,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", default="tiny", help="tiny (default) or d16, random weights")
-    src.add_argument("--checkpoint", help="our .safetensors checkpoint instead of random weights")
+    src.add_argument("--preset", default="tiny", help="tiny (default), d16 or release (d16 with the release's plain attention), random weights")
+    src.add_argument("--checkpoint", help="a .safetensors checkpoint (ours or the DepthART release's) instead of random weights")
     p.add_argument("--reps", type=int, help="timed runs per path (default: tiny 20, d16 3)")
     p.add_argument("--images", type=int, default=6, help="distinct test images, cycled (default 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")

@@ -14,13 +14,13 @@ and train.py runs `--objective var` first, then `--objective depthart --init` fr
 
 Read top to bottom:
 
-  1. Config                      presets `d16` (the paper) and `tiny` (a 2-core CPU)
+  1. Config                      presets `d16` (the paper), `release` (the authors' weights), `tiny` (a CPU)
   2. Fixed resampling matrices   bicubic / area resizes as constant matrices, M @ x @ M.T
   3. Multi-scale residual VQ-VAE paper Sec. 3.1 and Fig. 2 (left); VAR's Algorithm 1 and 2
   4. VAR transformer             paper Sec. 3.2: AdaLN blocks, block-causal attention, KV cache
   5. DepthART                    paper Fig. 2 (right): image prefix; teacher_forcing_targets (Eq. 3) and
-                                 dynamic_targets (Eq. 4-5); one greedy rollout for training and inference
-  6. Checkpoints                 ours (safetensors) and VAR's official .pth files
+                                 dynamic_targets (Eq. 4-5); one rollout (greedy; or the release's sampler)
+  6. Checkpoints                 ours (safetensors), VAR's official .pth files, the DepthART release
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_k: area resize to scale k, eta_i: Phi_i after bicubic upsampling of token map i):
@@ -45,7 +45,8 @@ e.g. idx_Bl token indices of one scale, f_BCvhw a latent map, f_BNCv latents of 
 sequence, x_BLC transformer activations, logits_BlV one scale's logits.
 
 Constructs marked "official key" exist only so that VAR's released checkpoints load with strict key
-matching (`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes).
+matching (`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes), or
+so that the authors' DepthART release (github bulatko/DepthART, `model.safetensors`) maps onto ours.
 
 Extensions beyond the paper are config switches, all off in `d16`:
   image_shortcut  adds, at every depth position, a linear projection of the image token at the same
@@ -62,6 +63,7 @@ from __future__ import annotations
 import math
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,6 +99,8 @@ class Config:
     norm_eps: float = 1e-6
     image_shortcut: bool = False   # extension (see module docstring); off for the paper
     target: str = "depth"          # what the model predicts: "depth" (the paper) or "normals" (extension)
+    attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain": the release's
+    attn_tau: float = 4.0          # plain attention only: softmax(q k^T / sqrt(head_dim) / tau)
 
     def __post_init__(self):
         self.patch_nums = tuple(self.patch_nums)
@@ -109,6 +113,8 @@ class Config:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.target not in TARGETS:
             raise ValueError(f"unknown target {self.target!r}; expected one of {', '.join(TARGETS)}")
+        if self.attention not in ("l2", "plain"):
+            raise ValueError(f"attention must be 'l2' or 'plain', got {self.attention!r}")
 
     @property
     def tokens_per_modality(self) -> int:  # L
@@ -118,6 +124,12 @@ class Config:
     def d16(cls) -> "Config":
         """The paper: VAR-d16 (310M) on vae_ch160v4096z32, 256x256 input, 680 tokens per modality."""
         return cls()
+
+    @classmethod
+    def release(cls) -> "Config":
+        """The authors' released DepthART (github bulatko/DepthART, model.safetensors): d16 fine-tuned from
+        var_d16.pth with plain attention (their config: cos_attn False, tau 4), the only change from d16."""
+        return cls(attention="plain")
 
     @classmethod
     def tiny(cls) -> "Config":
@@ -146,7 +158,7 @@ class Config:
 
     @classmethod
     def preset(cls, name: str) -> "Config":
-        presets = {"d16": cls.d16, "tiny": cls.tiny, "small": cls.small}
+        presets = {"d16": cls.d16, "release": cls.release, "tiny": cls.tiny, "small": cls.small}
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
         return presets[name]()
@@ -371,10 +383,12 @@ class ResidualQuantizer(nn.Module):
         return dist_PV.argmin(1).view(B, h * w)
 
     def eta(self, idx_Bl: torch.Tensor, si: int) -> torch.Tensor:
-        """eta_si: code vectors of scale si, bicubic-upsampled to the full latent, then Phi -> f_BCvhw."""
-        B, l = idx_Bl.shape
+        """eta_si: code vectors of scale si, bicubic-upsampled to the full latent, then Phi -> f_BCvhw.
+        idx_Bl are token indices, or already code vectors h_BlCv (the release's sampler averages codes)."""
+        B, l = idx_Bl.shape[:2]
         pn, last = self.patch_nums[si], self.patch_nums[-1]
-        h_BCvhw = self.embedding(idx_Bl).transpose(1, 2).reshape(B, -1, pn, pn)
+        h_BlCv = idx_Bl if idx_Bl.is_floating_point() else self.embedding(idx_Bl)
+        h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, -1, pn, pn)
         return self.quant_resi.qresi_ls[self.phi_of_scale[si]](self.resample(h_BCvhw, last, "bicubic"))
 
     def forward(self, f_BCvhw: torch.Tensor):
@@ -444,16 +458,16 @@ class VQVAE(nn.Module):
 # 4. VAR transformer (VAR's module names, so var_d16.pth loads)
 # ----------------------------------------------------------------------------------------------
 class SelfAttention(nn.Module):
-    """Multi-head attention with L2-normalized q, k and a learnable per-head temperature (VAR's).
+    """Multi-head attention. l2 (VAR's): L2-normalized q, k, so q.k lies in [-1, 1], and a learnable per-head
+    temperature exp(scale_mul) (at most 100); plain (the DepthART release's): softmax(q k^T / sqrt(c) / tau).
+    An optional KV cache (a dict) lets inference feed one scale at a time."""
 
-    Normalized q.k lies in [-1, 1]; exp(scale_mul) (at most 100) sets each head's sharpness. An
-    optional KV cache (a dict) lets inference feed one scale at a time.
-    """
-
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, attention: str = "l2", tau: float = 4.0):
         super().__init__()
-        self.heads = heads
-        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.heads, self.l2 = heads, attention == "l2"
+        self.scale = 1.0 if self.l2 else 1 / math.sqrt(width // heads) / tau
+        if self.l2:
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
         # VAR trains no k bias (the q and v biases suffice); the official checkpoint stores this zero
@@ -466,14 +480,15 @@ class SelfAttention(nn.Module):
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, C // self.heads)
         q_BALc, k_BALc, v_BALc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        q_BALc = F.normalize(q_BALc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
-        k_BALc = F.normalize(k_BALc, dim=-1)
+        if self.l2:
+            q_BALc = F.normalize(q_BALc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
+            k_BALc = F.normalize(k_BALc, dim=-1)
         if cache is not None:  # append this step's keys and values to everything seen before
             if "k" in cache:
                 k_BALc, v_BALc = torch.cat((cache["k"], k_BALc), 2), torch.cat((cache["v"], v_BALc), 2)
             cache["k"], cache["v"] = k_BALc, v_BALc
         mask = None if attn_bias is None else attn_bias.to(q_BALc.dtype)
-        o_BALc = F.scaled_dot_product_attention(q_BALc, k_BALc, v_BALc, attn_mask=mask, scale=1.0)
+        o_BALc = F.scaled_dot_product_attention(q_BALc, k_BALc, v_BALc, attn_mask=mask, scale=self.scale)
         return self.proj(o_BALc.transpose(1, 2).reshape(B, L, C))
 
 
@@ -492,7 +507,7 @@ class AdaLNBlock(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         C = cfg.width
-        self.attn = SelfAttention(C, cfg.heads)
+        self.attn = SelfAttention(C, cfg.heads, cfg.attention, cfg.attn_tau)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio))
         self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
@@ -552,9 +567,10 @@ class VAR(nn.Module):
         if cfg.image_shortcut:  # extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
         # Official keys: VAR's levels of one modality (lvl_1L, read by lvl_pos) and its depth-only mask
-        # (attn_bias_for_masking, never read here: the prefix mask below replaces it).
+        # (attn_bias_for_masking, never read here: the prefix mask below replaces it; the release deletes it).
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
-        self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]))
+        self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]),
+                             persistent=cfg.attention == "l2")
         # With the image prefix, image tokens and the depth start token form level 0 (they all see each
         # other); depth scale k is level k. Sequence: [image L tokens | depth start | depth scales 2..K].
         prefix_levels = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
@@ -607,7 +623,7 @@ class VAR(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. DepthART: image prefix, the two objectives' targets, one greedy rollout, inference
+# 5. DepthART: image prefix, the two objectives' targets, one rollout (greedy or sampled), inference
 # ----------------------------------------------------------------------------------------------
 def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
     return image_B3HW * 2 - 1  # [0, 1] -> [-1, 1], the VQ-VAE's input range
@@ -651,6 +667,21 @@ def normals_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     return n_B3HW / n_B3HW.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
+def release_sample(logits_BlV, generator=None, top_k: int = 900, top_p: float = 0.9, n: int = 5) -> torch.Tensor:
+    """The DepthART release's sampler (its autoregressive_infer_cfg) -> n draws per token (B, l, n): keep the
+    top_k logits, then drop the least likely of those while their probability sums to at most 1 - top_p (the
+    most likely always stays); draw n times with replacement."""
+    B, l, V = logits_BlV.shape
+    kth_Bl1 = logits_BlV.topk(min(top_k, V), -1, largest=True, sorted=False)[0].amin(-1, keepdim=True)
+    logits_BlV = logits_BlV.masked_fill(logits_BlV < kth_Bl1, -torch.inf)
+    sorted_BlV, order_BlV = logits_BlV.sort(-1)  # ascending
+    drop_BlV = sorted_BlV.softmax(-1).cumsum(-1) <= 1 - top_p
+    drop_BlV[..., -1] = False
+    logits_BlV = logits_BlV.masked_fill(drop_BlV.scatter(-1, order_BlV, drop_BlV), -torch.inf)
+    probs_NV = logits_BlV.softmax(-1).view(-1, V)
+    return torch.multinomial(probs_NV, n, replacement=True, generator=generator).view(B, l, n)
+
+
 def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
     """VAR's objective (paper Eq. 3): targets x_k are the VQ-VAE's own decomposition of the depth latent
     f_D, and the inputs are built from the same x_k -> (idx_Bl per scale, cumulative f_hat per scale)."""
@@ -688,12 +719,14 @@ class DepthART(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device="cpu") -> "DepthART":
-        """One of our safetensors checkpoints (config in its metadata) -> the model, in eval mode."""
-        md = checkpoint_metadata(path)
-        if "config" not in md:
-            raise ValueError(f"{path}: no config in the safetensors metadata; not a depthart checkpoint")
-        model = cls(Config.from_dict(json.loads(md["config"])))
-        load_weights(model, read_state_dict(path), str(path))
+        """A one-file checkpoint -> the model, in eval mode: ours (config in its metadata) or the authors'
+        DepthART release (model.safetensors; recognised by its keys, config read off its shapes)."""
+        cfg = checkpoint_config(path)
+        if cfg is None:
+            raise ValueError(f"{path}: neither a depthart checkpoint (no config in its metadata) nor the DepthART "
+                             f"release (no {RELEASE_KEY}); VAR's .pth pair loads with --init-vae / --init-var")
+        model = cls(cfg)
+        load_file(model, path)
         return model.to(device).eval()
 
     def check_image(self, image_B3HW: torch.Tensor):
@@ -735,8 +768,11 @@ class DepthART(nn.Module):
                            self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
         return self.var(x_BNC, self.var.prefix_attn_bias)[:, self.L:]
 
-    def rollout(self, img_BLCv: torch.Tensor, return_logits: bool = False, cache: bool = True):
-        """Greedy generation, one scale per transformer call (VAR's Algorithm 2 with argmax).
+    def rollout(self, img_BLCv: torch.Tensor, return_logits: bool = False, cache: bool = True,
+                sampling: str = "greedy", generator: torch.Generator | None = None):
+        """Generation, one scale per transformer call (VAR's Algorithm 2): greedy argmax by default, or
+        sampling="release": the release's sampler (release_sample), whose token map is the mean of 5 drawn code
+        vectors; z then holds the draws (B, l, 5) and `generator` (None: torch's global one) the randomness.
 
         The first call runs the image prefix and the depth start token together (level 0 sees all of
         level 0); every later call adds one scale. With the KV cache (inference, training, export) a call
@@ -753,8 +789,8 @@ class DepthART(nn.Module):
             n = x_BNC.shape[1]
             bias = None if cache else self.var.prefix_attn_bias[..., :n, :n]
             logits_BlV = self.var(x_BNC, bias, caches)[:, -pn * pn:]
-            idx_Bl = logits_BlV.argmax(-1)
-            f_hat = f_hat + quant.eta(idx_Bl, si)
+            idx_Bl = logits_BlV.argmax(-1) if sampling == "greedy" else release_sample(logits_BlV, generator)
+            f_hat = f_hat + quant.eta(idx_Bl if idx_Bl.ndim == 2 else quant.embedding(idx_Bl).mean(2), si)
             z.append(idx_Bl), f_hats.append(f_hat), logits.append(logits_BlV)
             if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to the next scale
                 nxt_BlCv = quant.resample(f_hat, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
@@ -762,13 +798,16 @@ class DepthART(nn.Module):
                 x_BNC = x_BlC if cache else torch.cat((x_BNC, x_BlC), 1)
         return (z, f_hats, logits) if return_logits else (z, f_hats)
 
-    def loss(self, image_B3HW, depth_B1HW, objective: str = "depthart", valid_B1HW=None):
+    def loss(self, image_B3HW, depth_B1HW, objective: str = "depthart", valid_B1HW=None, release_loss=False):
         """Cross-entropy of the depth tokens under one of the two objectives -> (loss, stats dict).
 
         var:       teacher forcing: targets and inputs from the VQ-VAE's decomposition of f_D.
         depthart:  a no-grad cached greedy rollout walks z (exactly as inference does); dynamic targets
                    and inputs come from that walk. One block-causal forward over those inputs then gives
                    the logits the sequential cached rollout computed, now with gradients.
+        release_loss: the DepthART release's variant: cross-entropy on scales 1..K-1 only; at the last scale
+                   a soft Gumbel-softmax (tau 1) mixture of all codes completes f_hat, pulled toward f_D by
+                   10 x MSE (as its code describes; as published, that term never reaches its optimizer).
         """
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
@@ -782,10 +821,16 @@ class DepthART(nn.Module):
             inputs = self.vae.quantize.next_inputs(f_hats)
         logits_BLV = self.parallel_logits(img_BLCv, inputs)
         target_BL = torch.cat(targets, 1)
-        loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
+        n = self.bounds[-2] if release_loss else self.L  # the release: no cross-entropy at the last scale
+        loss = F.cross_entropy(logits_BLV[:, :n].reshape(-1, logits_BLV.shape[-1]), target_BL[:, :n].reshape(-1))
         with torch.no_grad():
-            acc = (logits_BLV.argmax(-1) == target_BL).float().mean()
-        return loss, {"loss": loss.detach(), "token_acc": acc}
+            stats = {"token_acc": (logits_BLV.argmax(-1) == target_BL).float().mean()}
+        if release_loss:
+            quant = self.vae.quantize
+            soft_BlCv = F.gumbel_softmax(logits_BLV[:, n:], tau=1.0, hard=False) @ quant.embedding.weight
+            stats["f_mse"] = F.mse_loss(f_hats[-2] + quant.eta(soft_BlCv, len(self.cfg.patch_nums) - 1), f_D)
+            loss = loss + 10 * stats["f_mse"]
+        return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in stats.items()}}
 
     def normalize_target(self, target: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
         """The target (depth (B, 1, H, W) or normals (B, 3, H, W), as cfg.target says) -> the VQ-VAE's input."""
@@ -809,14 +854,18 @@ class DepthART(nn.Module):
         return y[:, -1:] if self.cfg.target == "depth" else y[:, -1]
 
     @torch.no_grad()
-    def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False) -> torch.Tensor:
+    def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, sampling: str = "greedy",
+                generator: torch.Generator | None = None) -> torch.Tensor:
         """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near), or unit
         normals (B, 3, H, W) for a normals model.
 
         all_scales=True returns the target after every scale, (B, K, H, W) or (B, K, 3, H, W), the last
-        being the prediction.
+        being the prediction. sampling: "greedy" (deterministic; what export unrolls) or "release" (the
+        release's sampler, see rollout).
         """
-        _, f_hats = self.rollout(self.encode_image(image_B3HW))
+        if sampling not in ("greedy", "release"):
+            raise ValueError(f"unknown sampling {sampling!r}: expected 'greedy' or 'release'")
+        _, f_hats = self.rollout(self.encode_image(image_B3HW), sampling=sampling, generator=generator)
         y = self.decode_target(f_hats if all_scales else f_hats[-1:])
         return y if all_scales else self.last_scale(y)
 
@@ -828,7 +877,8 @@ class DepthART(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Checkpoints: our safetensors (config in the metadata), official .pth (weights only), clear errors
+# 6. Checkpoints: our safetensors (config in the metadata), official .pth (weights only), the DepthART
+#    release, clear errors
 # ----------------------------------------------------------------------------------------------
 def atomic_write(path, write):
     """write(tmp) beside path, fsync, then rename over path: a crash never leaves half a file."""
@@ -868,7 +918,7 @@ def checkpoint_metadata(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix in (".pth", ".pt", ".bin"):
+    if path.suffix in PICKLES:
         return {}
     try:
         with safetensors.safe_open(str(path), "pt") as f:
@@ -877,20 +927,68 @@ def checkpoint_metadata(path) -> dict:
         raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
 
 
+def checkpoint_config(path) -> Config | None:
+    """The config a checkpoint carries: ours in its metadata; the DepthART release's read off its shapes
+    (plain attention; VAR's heads are 64 wide at every size); None for bare weights such as VAR's .pth."""
+    md = checkpoint_metadata(path)
+    if "config" in md or Path(path).suffix in PICKLES:
+        return Config.from_dict(json.loads(md["config"])) if "config" in md else None
+    with safetensors.safe_open(str(path), "pt") as f:
+        shape = {k.removeprefix("module."): f.get_slice(k).get_shape() for k in f.keys()}
+    if RELEASE_KEY not in shape:
+        return None
+    try:
+        (width, z), blocks = shape["word_embed.weight"], [int(k.split(".")[1]) for k in shape if k[:7] == "blocks."]
+        cfg = Config(attention="plain", width=width, heads=width // 64, z_channels=z, depth=1 + max(blocks),
+                     vae_ch=shape[RELEASE_KEY][0], vocab_size=shape["head.weight"][0],
+                     num_classes=shape["class_emb.weight"][0] - 1)
+        if shape["pos_1LC"][1] != cfg.tokens_per_modality:
+            raise ValueError(f"pos_1LC holds {shape['pos_1LC'][1]} positions, not {cfg.tokens_per_modality}")
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: DepthART release keys, but no model we can build ({type(e).__name__}: {e})") from None
+    return cfg
+
+
 def checkpoint_meta(path) -> dict:
     """What train.py recorded about a checkpoint of ours: stage, objective, step, data, seed."""
     return json.loads(checkpoint_metadata(path).get("meta", "{}"))
 
 
+# Official key: the DepthART release keeps the transformer's keys at the top level and the VQ-VAE under
+# `vae_proxy.`; its quantizer is registered twice (`vae_proxy.quantize.` and the alias `vae_quant_proxy.`,
+# one set of tensors, saved under either name); `normalizer.alpha/beta` (2, -1: normalize_depth's constants)
+# are never read at inference. A DDP-wrapped save would prefix every key with `module.`.
+RELEASE_KEY = "vae_proxy.encoder.conv_in.weight"
+PICKLES = (".pth", ".pt", ".bin")
+
+
+def from_release_keys(sd: dict) -> dict:
+    """Official key: the release's names -> ours (`vae_proxy.` -> `vae.`, the rest -> `var.`), either alias."""
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("normalizer."):
+            continue
+        if k.startswith("vae_quant_proxy."):
+            k = "vae_proxy.quantize." + k.removeprefix("vae_quant_proxy.")
+            if k in sd:  # both aliases stored: one tensor, twice
+                continue
+        out["vae." + k.removeprefix("vae_proxy.") if k.startswith("vae_proxy.") else "var." + k] = v
+    return out
+
+
 def read_state_dict(path) -> dict:
-    """Read a state dict from .safetensors, or from .pth with torch.load(weights_only=True)."""
+    """Read a state dict in our key names: .safetensors (ours, or the release's mapped by from_release_keys),
+    or .pth with torch.load(weights_only=True)."""
     path = str(path)
     if path.endswith(".safetensors"):
-        return safetensors.torch.load_file(path)
+        sd = safetensors.torch.load_file(path)
+        return from_release_keys(sd) if {RELEASE_KEY, "module." + RELEASE_KEY} & set(sd) else sd
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickles with code in them, truncated files, non-checkpoints
-        raise ValueError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {why})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -898,11 +996,15 @@ def read_state_dict(path) -> dict:
     return sd
 
 
-def load_weights(module: nn.Module, state_dict: dict, what: str = "checkpoint"):
-    """load_state_dict(strict=True), but naming every missing and unexpected key and shape mismatch."""
+def load_weights(module: nn.Module, state_dict: dict, what: str = "checkpoint", ignore_unused: bool = False):
+    """load_state_dict(strict=True), but naming every missing and unexpected key and shape mismatch.
+    ignore_unused: unexpected keys are named in one line on stderr and skipped (the release's loader skips them)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     extra = sorted(set(state_dict) - set(own))
+    if ignore_unused and extra:
+        print(f"note: {what}: {len(extra)} keys not used: {', '.join(extra)}", file=sys.stderr)
+        state_dict, extra = {k: v for k, v in state_dict.items() if k in own}, []
     shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
     if missing or extra or shapes:
@@ -915,11 +1017,17 @@ def load_weights(module: nn.Module, state_dict: dict, what: str = "checkpoint"):
     module.load_state_dict(state_dict, strict=True)
 
 
+def load_file(model: DepthART, path):
+    """A whole-model checkpoint into model: ours strictly; the release's with unused keys named and skipped."""
+    load_weights(model, read_state_dict(path), str(path), ignore_unused="config" not in checkpoint_metadata(path))
+
+
 def init_weights(model: DepthART, init=None, init_vae=None, init_var=None):
-    """Start a model from checkpoints: `init` a whole model of ours; `init_vae` / `init_var` the official
-    vae_ch160v4096z32.pth / var_d16.pth (VAR's releases), or the `vae.` / `var.` half of one of ours."""
+    """Start a model from checkpoints: `init` a whole model (ours, or the DepthART release's model.safetensors);
+    `init_vae` / `init_var` the official vae_ch160v4096z32.pth / var_d16.pth (VAR's releases), or the `vae.` /
+    `var.` half of one of ours."""
     if init:
-        load_weights(model, read_state_dict(init), str(init))
+        load_file(model, init)
     for part, path in (("vae", init_vae), ("var", init_var)):
         if path:
             sd = read_state_dict(path)

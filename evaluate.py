@@ -773,14 +773,15 @@ METRIC_LABELS = [
 ]
 
 
-def load_predictor(checkpoint, input_size=None):
-    """const / ramp / facing baselines, or infer_trt.load_backend(checkpoint) for a model file.
+def load_predictor(checkpoint, input_size=None, sampling="greedy", seed=None):
+    """const / ramp / facing baselines, or infer_trt.load_backend(checkpoint) for a model file (greedy on the
+    best backend, or the release's sampler in PyTorch).
     Returns (predict callable, model input size, target: "depth" or "normals")."""
     if checkpoint in BASELINES:
         target = "normals" if checkpoint == "facing" else "depth"
         predictor = Baseline(BASELINES[checkpoint], image_size=input_size or 256, target=target)
         return predictor.predict, predictor.image_size, target
-    backend = infer_trt.load_backend(checkpoint)
+    backend = infer_trt.load_backend(checkpoint, sampling=sampling, seed=seed)
     return backend.predict, input_size or backend.image_size, backend.target
 
 
@@ -825,8 +826,11 @@ def write_outputs(result, prefix):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
-                        help="model file for infer_trt.load_backend (.safetensors, .onnx, .engine), or const / ramp "
-                             "(depth) / facing (normals: every pixel facing the camera)")
+                        help="model file for infer_trt.load_backend (.safetensors of ours or the DepthART release, "
+                             ".onnx, .engine), or const / ramp (depth) / facing (normals: every pixel facing the camera)")
+    parser.add_argument("--sampling", choices=["greedy", "release"], default="greedy",
+                        help="greedy (default; every backend) or the DepthART release's sampler (PyTorch)")
+    parser.add_argument("--seed", type=int, default=None, help="--sampling release: seed of its draws")
     parser.add_argument("--dataset", required=True, choices=sorted(READERS) + ["ordinal"],
                         help="a benchmark, the built-in synthetic scenes, or ordinal (docs/ordinal_pairs.json); "
                              f"normals: {', '.join(NORMALS_DATASETS)}")
@@ -868,7 +872,7 @@ def run(args):
             raise ValueError(f"--data-root {args.data_root}: no such file or folder")
     if args.out:
         D.writable_dir(Path(args.out).parent)  # before the evaluation, not after it
-    predict, input_size, target = load_predictor(args.checkpoint, args.input_size)
+    predict, input_size, target = load_predictor(args.checkpoint, args.input_size, args.sampling, args.seed)
     if target == "normals":
         return run_normals(args, predict, input_size)
     if args.dataset == "nyuv2-normals":
@@ -898,7 +902,7 @@ def run(args):
 
 
 def report(result, args):
-    result["checkpoint"] = args.checkpoint
+    result["checkpoint"], result["sampling"], result["seed"] = args.checkpoint, args.sampling, args.seed
     print(format_table(result))
     if args.out:
         for path in write_outputs(result, args.out):

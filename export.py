@@ -23,7 +23,10 @@ What the exporter writes and how it is checked:
     the depth error instead;
   * the initializer bytes are compared with the model's parameter bytes: unrolling shares weights
     between steps, so the ratio stays near 1 (constant resampling matrices add a little, weights the
-    graph never reads, like unused class-embedding rows, take a little away).
+    graph never reads, like unused class-embedding rows, take a little away);
+  * graphs with more than 512 MiB of weights (d16: 1.6 GB in FP32, 0.8 GB in FP16) keep them as ONNX
+    external data in NAME.onnx.data beside NAME.onnx, so no size or batch meets protobuf's 2 GiB limit;
+    ONNX Runtime and TensorRT read both files from the graph's path. Every check runs on the written files.
 """
 from __future__ import annotations
 
@@ -33,9 +36,12 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -55,6 +61,7 @@ OPSET = 17
 OPSET_RANGE = (17, 20)  # what TensorRT 10's parser accepts (opset 9..20) intersected with what we allow
 FORBIDDEN_OPS = {"Loop", "If", "Scan", "ScatterND", "ScatterElements", "Scatter"}
 FOLD_MAX_ELEMENTS = 4096  # constant-fold only small results (shape arithmetic), never copies of weights
+EXTERNAL_DATA_BYTES = 2**29  # graphs with more weight bytes than this store them in NAME.onnx.data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,6 +362,34 @@ def sample_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.stack([kinds[i % len(kinds)]() for i in range(n)]).clamp(0, 1).float()
 
 
+def save_graph(graph, path, external: bool):
+    """Write a graph atomically: NAME.onnx alone, or with external=True NAME.onnx plus NAME.onnx.data holding
+    every initializer (ONNX external data, beyond protobuf's 2 GiB). The graph in memory keeps its weights."""
+    path, data_name = Path(path), Path(path).name + ".data"
+    if not external:
+        data = graph.SerializeToString()
+        D.atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        (path.parent / data_name).unlink(missing_ok=True)  # a stale external-data file of an earlier export
+        return
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        onnx.save_model(graph, str(tmp_dir / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        onnx.load_external_data_for_model(graph, str(tmp_dir))  # save_model moved the weights out: back in
+        for name in (data_name, path.name):  # the data first: NAME.onnx never points at a missing file
+            with open(tmp_dir / name, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_dir / name, path.parent / name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def graph_files(path) -> list[Path]:
+    """The files of a written graph: NAME.onnx [and NAME.onnx.data]."""
+    path = Path(path)
+    return [path] + [p for p in [path.with_name(path.name + ".data")] if p.exists()]
+
+
 def ort_session(model_or_path, threads: int | None = None):
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -434,9 +469,19 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
 # ----------------------------------------------------------------------------------------------
 # The export, end to end
 # ----------------------------------------------------------------------------------------------
+def verify_written(model: D.DepthART, graph, external: bool, where, **kw) -> dict:
+    """verify() on the graph as written to disk (in a temporary folder in `where`), loaded from its path."""
+    with tempfile.TemporaryDirectory(dir=where, prefix=".verify.") as d:
+        save_graph(graph, Path(d) / "graph.onnx", external)
+        return verify(model, Path(d) / "graph.onnx", **kw)
+
+
 def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False, tokens: bool = False,
-           fp16: bool = False, check: bool = True, exact: bool = True, log=print) -> dict:
+           fp16: bool = False, check: bool = True, exact: bool = True, external_data: bool | None = None,
+           log=print) -> dict:
     """Trace, tidy, check and save one graph (written atomically); returns a report dict.
+
+    external_data: store the weights in NAME.onnx.data (None: when they exceed EXTERNAL_DATA_BYTES).
 
     exact=False reports token agreement and depth error instead of failing on them: greedy argmax over
     near-tied logits (an undertrained model, a codebook with near-duplicate codes) can flip under float
@@ -458,8 +503,11 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     report["weight_bytes_ratio_fp32"] = initializer_bytes(graph) / pbytes
     log(f"  constants {initializer_bytes(graph) / 2**20:.2f} MiB vs parameters {pbytes / 2**20:.2f} MiB: "
         f"ratio {report['weight_bytes_ratio_fp32']:.3f}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    external = initializer_bytes(graph) > EXTERNAL_DATA_BYTES if external_data is None else external_data
     if check:
-        report["fp32_check"] = verify(model, graph, batch, all_scales, require_exact=exact, log=log)
+        report["fp32_check"] = verify_written(model, graph, external, out_path.parent, batch=batch,
+                                              all_scales=all_scales, require_exact=exact, log=log)
         if not exact and min(report["fp32_check"]["token_agreement_per_scale"]) < 1:
             log("  warning: ONNX Runtime and PyTorch disagree on some near-tied tokens (figures above)")
     if fp16:
@@ -468,27 +516,26 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
         if problems:
             raise RuntimeError("FP16 graph is not deployable: " + "; ".join(problems))
         report["weight_bytes_ratio_fp16"] = initializer_bytes(graph) / parameter_bytes(model, 2)
+        external = initializer_bytes(graph) > EXTERNAL_DATA_BYTES if external_data is None else external_data
         log(f"  FP16 graph: constants {initializer_bytes(graph) / 2**20:.2f} MiB, ratio to FP16 parameters "
             f"{report['weight_bytes_ratio_fp16']:.3f}; input and outputs stay float32")
         if check:
             log("  FP16 in ONNX Runtime (CPU) vs PyTorch FP32; ORT runs ops it has no CPU FP16 kernel for in FP32 "
                 "(casts inserted), so this shows FP16 storage rounding rather than GPU FP16 arithmetic:")
             try:
-                report["fp16_check"] = verify(model, graph, batch, all_scales, require_exact=False, log=log)
+                report["fp16_check"] = verify_written(model, graph, external, out_path.parent, batch=batch,
+                                                      all_scales=all_scales, require_exact=False, log=log)
             except Exception as e:  # an ORT CPU build that cannot run some FP16 op: say so, keep the graph
                 report["fp16_check"] = f"not run: ONNX Runtime CPU failed on the FP16 graph ({type(e).__name__}: {e})"
                 log("  " + report["fp16_check"])
     wanted = output_names(all_scales, model.cfg.target)[:-1] + (["tokens"] if tokens else [])
     graph = keep_outputs(graph, wanted)
-    if graph.ByteSize() >= 2**31:
-        raise RuntimeError("graph over protobuf's 2 GiB limit: external-data export is not implemented "
-                           "(d16 in FP32 is 1.6 GiB)")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    data = graph.SerializeToString()
-    D.atomic_write(out_path, lambda tmp: tmp.write_bytes(data))
-    report.update(path=str(out_path), outputs=wanted, sha256=hashlib.sha256(data).hexdigest(),
-                  megabytes=round(len(data) / 2**20, 2), export_seconds=round(time.perf_counter() - t0, 1))
-    log(f"wrote {out_path} ({report['megabytes']} MB, outputs {', '.join(wanted)}, "
+    save_graph(graph, out_path, external)
+    files = graph_files(out_path)
+    report.update(path=str(out_path), outputs=wanted, external_data=external, sha256=file_sha256(out_path),
+                  megabytes=round(sum(f.stat().st_size for f in files) / 2**20, 2),
+                  export_seconds=round(time.perf_counter() - t0, 1))
+    log(f"wrote {' + '.join(str(f) for f in files)} ({report['megabytes']} MB, outputs {', '.join(wanted)}, "
         f"{'float16' if fp16 else 'float32'} inside, float32 image in and {model.cfg.target} out)")
     return report
 
@@ -544,7 +591,9 @@ def engine_path_for(onnx_path, engine_dir=None) -> Path:
     trt = import_tensorrt()
     name, cc = gpu_description()
     onnx_path = Path(onnx_path)
-    return Path(engine_dir or onnx_path.parent) / engine_name(onnx_path.read_bytes(), trt.__version__, name, cc)
+    files = graph_files(onnx_path)  # with external data, the weights are in the second file
+    key = onnx_path.read_bytes() if len(files) == 1 else "".join(file_sha256(f) for f in files).encode()
+    return Path(engine_dir or onnx_path.parent) / engine_name(key, trt.__version__, name, cc)
 
 
 def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_cache=None, log=print) -> Path:
@@ -639,8 +688,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="our .safetensors checkpoint (config in its metadata)")
-    src.add_argument("--preset", help="tiny or d16 with random (non-trivial) weights, to test the pipeline")
+    src.add_argument("--checkpoint", help="a .safetensors checkpoint: ours, or the DepthART release's model.safetensors")
+    src.add_argument("--preset", help="tiny, small, d16 or release with random (non-trivial) weights, to test the pipeline")
     p.add_argument("--target", choices=D.TARGETS, default="depth", help="--preset: what the random model predicts")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--batch", type=int, default=1, help="batch size, fixed in the graph (default 1)")
@@ -652,6 +701,8 @@ def main(argv=None) -> int:
     p.add_argument("--allow-token-flips", action="store_true",
                    help="write the graph even if some near-tied greedy tokens differ from PyTorch (undertrained "
                         "models); the per-scale agreement is reported")
+    p.add_argument("--external-data", action="store_true",
+                   help="store the weights in OUT.data (default: when over 512 MiB, e.g. d16 and the release)")
     p.add_argument("--engine", action="store_true", help="also build a TensorRT engine next to the graph")
     p.add_argument("--engine-dir", help="where engines go (default: beside the graph)")
     p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT workspace limit (default 4096 MiB)")
@@ -679,7 +730,8 @@ def run(args) -> int:
         model = lively(D.DepthART(cfg))
         print(f"preset {args.preset}: random weights (residual branches scaled up so the transformer is not an identity)")
     report = export(model, args.out, batch=args.batch, all_scales=args.all_scales, tokens=args.tokens,
-                    fp16=args.fp16, check=not args.no_check, exact=not args.allow_token_flips)
+                    fp16=args.fp16, check=not args.no_check, exact=not args.allow_token_flips,
+                    external_data=args.external_data or None)
     print("operators: " + ", ".join(f"{k} {v}" for k, v in report["operators"].items()))
     Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     if args.engine:

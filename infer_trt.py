@@ -21,7 +21,8 @@ the shipped weights/depthart_normals_tiny.safetensors) writes surface normals in
     NAME_scales.png       --scales: the normals after every scale
 
 The model comes from `--checkpoint` (default weights/depthart_tiny.safetensors): one of our safetensors
-checkpoints, an exported .onnx graph, or a TensorRT .engine. For a checkpoint, the static ONNX graph is
+checkpoints, the DepthART release's model.safetensors, an exported .onnx graph, or a TensorRT .engine.
+Decoding is greedy; `--sampling release --seed N` runs the release's sampler in PyTorch instead. For a checkpoint, the static ONNX graph is
 exported once and cached (--cache-dir, default ~/.cache/depthart, keyed by the checkpoint's hash, the
 batch size, the options and the export code), and the backend is the best one present:
 
@@ -138,19 +139,26 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    def __init__(self, model, all_scales: bool = False):
+    """PyTorch eager. sampling="release" runs the release's sampler, its draws from one generator seeded with
+    `seed` (None: torch's global generator, unseeded, as the release); images are drawn for in input order."""
+
+    def __init__(self, model, all_scales: bool = False, sampling: str = "greedy", seed: int | None = None):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.eval().to(self.device)
         self.image_size, self.has_scales, self.target = model.cfg.image_size, all_scales, model.cfg.target
-        self.name = f"torch ({self.device}, eager, cached greedy rollout)"
+        self.sampling = sampling
+        self.generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        how = "greedy" if sampling == "greedy" else f"release sampler, seed {seed}"
+        self.name = f"torch ({self.device}, eager, cached rollout, {how})"
 
     def _run(self, images):
         x = torch.from_numpy(images).to(self.device)
         with torch.no_grad():
+            scales = self.model.predict(x, all_scales=self.has_scales, sampling=self.sampling,
+                                        generator=self.generator).cpu().numpy()
             if not self.has_scales:
-                return {self.target: self.model.predict(x).cpu().numpy()}
-            scales = self.model.predict(x, all_scales=True)
-            return {self.target: self.model.last_scale(scales).cpu().numpy(), f"{self.target}_scales": scales.cpu().numpy()}
+                return {self.target: scales}
+            return {self.target: self.model.last_scale(torch.from_numpy(scales)).numpy(), f"{self.target}_scales": scales}
 
 
 def _cuda_present() -> bool:
@@ -254,21 +262,30 @@ def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, fp16: boo
 
 
 def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1, all_scales: bool = False,
-                 fp16: bool = False, cache_dir=None, log=print) -> Backend:
-    """A Backend for a checkpoint (.safetensors), an ONNX graph (.onnx) or a TensorRT engine (.engine).
+                 fp16: bool = False, cache_dir=None, log=print, sampling: str = "greedy", seed: int | None = None) -> Backend:
+    """A Backend for a checkpoint (.safetensors: ours or the DepthART release's model.safetensors), an ONNX
+    graph (.onnx) or a TensorRT engine (.engine).
 
     backend: auto (TensorRT, then ONNX Runtime, then PyTorch), or trt / ort / torch to force one.
     batch, all_scales and fp16 choose the exported graph of a checkpoint; a given .onnx or .engine
-    brings its own. Returns an object with .predict(images (B,3,S,S) float32 [0,1]) -> (B,1,S,S) and
-    .image_size.
+    brings its own. Graphs and engines decode greedily; sampling="release" (the release's sampler, seeded
+    with `seed`) runs in PyTorch. Returns an object with .predict(images (B,3,S,S) float32 [0,1]) ->
+    (B,1,S,S) and .image_size.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if sampling not in ("greedy", "release"):
+        raise ValueError(f"unknown sampling {sampling!r}; choose greedy or release")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     E.refuse_stage1(path)
     suffix = path.suffix.lower()
+    if sampling == "release":
+        if backend not in ("auto", "torch") or suffix in (".onnx", ".engine", ".plan", ".trt"):
+            raise ValueError("--sampling release runs in PyTorch only (exported graphs decode greedily): "
+                             "pass a .safetensors checkpoint and --backend auto or torch")
+        return TorchBackend(D.DepthART.from_checkpoint(path), all_scales, sampling, seed)
     if suffix in (".engine", ".plan", ".trt"):
         if backend not in ("auto", "trt"):
             raise ValueError(f"{path} is a TensorRT engine: only the trt backend runs it")
@@ -687,6 +704,9 @@ def parse_args(argv=None):
     p.add_argument("--target", choices=D.TARGETS, default=None,
                    help="what to predict: depth or normals; the checkpoint says which it predicts, and --target "
                         "normals without --checkpoint takes the shipped weights/depthart_normals_tiny.safetensors")
+    p.add_argument("--sampling", choices=["greedy", "release"], default="greedy",
+                   help="greedy (default; deterministic; every backend) or the DepthART release's sampler (PyTorch)")
+    p.add_argument("--seed", type=int, default=None, help="--sampling release: seed of its draws (default unseeded)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="force a backend (default: the best present)")
     p.add_argument("--out", default="depth_out", help="output folder (default depth_out/)")
     p.add_argument("--fit", choices=FITS, default="pad",
@@ -739,7 +759,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales, fp16=args.fp16,
-                               cache_dir=args.cache_dir)
+                               cache_dir=args.cache_dir, sampling=args.sampling, seed=args.seed)
     except (ImportError, OSError, ValueError, RuntimeError) as e:  # EngineUnavailable is a RuntimeError
         print(f"cannot run {checkpoint} on backend {args.backend}: {type(e).__name__}: {e}")
         return 2

@@ -116,13 +116,13 @@ def vae_inputs(model: D.DepthART, image, target, valid) -> torch.Tensor:
 
 
 class StageLoss(torch.nn.Module):
-    def __init__(self, model: D.DepthART, stage: str, objective: str):
+    def __init__(self, model: D.DepthART, stage: str, objective: str, release_loss: bool = False):
         super().__init__()
-        self.model, self.stage, self.objective = model, stage, objective
+        self.model, self.stage, self.objective, self.release_loss = model, stage, objective, release_loss
 
     def forward(self, image, target, valid):  # target: depth (B,1,H,W), or normals (B,3,H,W) for a normals model
         if self.stage == "transformer":  # DepthART.loss: frozen VQ-VAE, no-grad rollout, one parallel forward
-            return self.model.loss(image, target, self.objective, valid)
+            return self.model.loss(image, target, self.objective, valid, self.release_loss)
         # Stage 1: L1 reconstruction (sharper edges than MSE) + the VQ-VAE's codebook/commitment loss.
         x = vae_inputs(self.model, image, target, valid)
         rec, vq_loss, idx_list = self.model.vae(x)
@@ -243,14 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--disk-cache", help="synthetic/world: render the --train-scenes training scenes once into this "
                                          "folder (every core) and read them from there")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
-    ap.add_argument("--preset", default=None, choices=["tiny", "small", "d16"],
+    ap.add_argument("--preset", default=None, choices=["tiny", "small", "d16", "release"],
                     help="model size (default tiny); --resume and --init of ours take the checkpoint's config")
     ap.add_argument("--target", default=None, choices=D.TARGETS,
                     help="what the model predicts: depth (default) or normals (camera-frame surface normals; needs "
                          "--data world or hypersim); --init and --resume of ours default to the checkpoint's")
     ap.add_argument("--stage", default="transformer", choices=["vqvae", "transformer"])
     ap.add_argument("--objective", default="depthart", choices=["depthart", "var"], help="stage 2 only")
-    ap.add_argument("--init", help="whole-model checkpoint of ours to start from (e.g. a var run)")
+    ap.add_argument("--init", help="whole-model checkpoint to start from: ours (e.g. a var run) or the DepthART "
+                                   "release's model.safetensors (fine-tunes the paper's model)")
+    ap.add_argument("--release-loss", action="store_true",
+                    help="stage 2: the DepthART release's variant: cross-entropy on scales 1..K-1, and at the last "
+                         "scale a soft Gumbel-softmax mixture pulled toward f_D by 10 x MSE (default off)")
     ap.add_argument("--init-vae", help="VQ-VAE weights: official vae_ch160v4096z32.pth or a checkpoint of ours")
     ap.add_argument("--init-var", help="transformer weights: official var_d16.pth or a checkpoint of ours")
     ap.add_argument("--steps", type=int, default=1000, help="total optimizer steps of the run")
@@ -333,9 +337,8 @@ def model_config(args) -> D.Config:
     """The run's own config when resuming, an --init checkpoint's config, else the preset; --target, when
     given, sets what the model predicts (a depth model's weights can start a normals model: same shapes)."""
     path = args.out / CHECKPOINT if args.resume else args.init
-    md = D.checkpoint_metadata(path) if path else {}
-    if "config" in md:
-        cfg = D.Config.from_dict(json.loads(md["config"]))
+    cfg = D.checkpoint_config(path) if path else None
+    if cfg is not None:
         if args.preset and dataclasses.replace(cfg, target="depth") != D.Config.preset(args.preset):
             print(f"note: using the config of {path}, not preset {args.preset}", file=sys.stderr)
     else:
@@ -389,6 +392,8 @@ def save(args, model, opt, sched, hits_V, step: int, elapsed: float, device):
     """The checkpoint (weights + config) and the sidecar state that --resume needs, each written atomically."""
     meta = {"stage": args.stage, "objective": args.objective if args.stage == "transformer" else None, "target": args.target,
             "step": step, "data": args.data, "seed": args.seed, "args": settings(args)}
+    if args.stage == "transformer" and args.release_loss:
+        meta["release_loss"] = True
     D.save_checkpoint(args.out / CHECKPOINT, model, meta)
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
              "hits_V": hits_V.cpu(), "rng_cpu": torch.get_rng_state()}
@@ -481,7 +486,7 @@ def train(args) -> Path:
     hits_V = torch.zeros(cfg.vocab_size, device=device)  # stage 1: code hits since the last restart check
     step, elapsed = restore(args, model, opt, sched, hits_V, device) if args.resume else (0, 0.0)
 
-    loss_module = StageLoss(model, args.stage, args.objective)
+    loss_module = StageLoss(model, args.stage, args.objective, args.release_loss)
     if world > 1:  # only the trained half has parameters that need gradients; DDP averages exactly those
         loss_module = torch.nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)

@@ -253,7 +253,7 @@ def test_depth_normalization_is_scale_only_with_the_98th_percentile():
 def test_config_round_trip_and_unknown_preset():
     cfg = D.Config.tiny()
     assert D.Config.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="known presets: d16, tiny"):
+    with pytest.raises(ValueError, match="known presets: d16, release, tiny"):
         D.Config.preset("huge")
     with pytest.raises(ValueError, match="image_size"):
         D.Config(image_size=128)

@@ -1,9 +1,10 @@
-"""Parity with the official VAR code (github.com/FoundationVision/VAR), given the same weights.
+"""Parity with the official VAR code (github.com/FoundationVision/VAR) and the official DepthART code
+(github.com/bulatko/DepthART), given the same weights.
 
-Runs only when VAR_REPO points at a checkout of that repository; it is imported from there at test
-time and never copied into ours:
+Parts 1-3 run only when VAR_REPO points at a checkout of VAR, part 4 only when DEPTHART_REPO points at a
+checkout of DepthART; both are imported from there at test time and never copied into ours:
 
-    VAR_REPO=/path/to/VAR python -m pytest -q tests/test_official_parity.py -s
+    VAR_REPO=/path/to/VAR DEPTHART_REPO=/path/to/DepthART python -m pytest -q tests/test_official_parity.py -s
 
 Both sides get the same random weights, perturbed so that nothing is trivially an identity (AdaLN
 gammas of order 1 instead of 1e-5, nonzero biases, random Phi convolutions, random GroupNorm affines,
@@ -20,6 +21,11 @@ the scale of the reference values.
      pure-VAR path; the d16 state dict loads strictly into ours with identical keys, shapes, dtypes.
   3. The official cached sampler (greedy: top_k=1, cfg=0, null class) against a greedy cached loop
      over our blocks (float32, as the official sampler runs).
+  4. The DepthART release: the official model class (depth 2, width 256, 4 heads, plain attention, the d16
+     schedule and vocabulary, a real VQ-VAE of width 64) with lively random weights, saved as its training
+     does (safetensors.torch.save_model) and loaded by DepthART.from_checkpoint. Greedy tokens at every scale
+     against DepthVAR.autoregressive_infer_cfg (exact), depth within 1e-4, and the release sampler's draws
+     against DepthART.autoregressive_infer_cfg under the same generator state (exact), float32.
 """
 import os
 import sys
@@ -35,39 +41,72 @@ import torch.nn.functional as F
 import depthart as D
 
 VAR_REPO = os.environ.get("VAR_REPO")
-if not VAR_REPO:
-    pytest.skip("VAR_REPO is not set: point it at a checkout of github.com/FoundationVision/VAR "
-                "to compare depthart.py with the official code", allow_module_level=True)
-if not (Path(VAR_REPO) / "models" / "var.py").is_file() or not (Path(VAR_REPO) / "dist.py").is_file():
+DEPTHART_REPO = os.environ.get("DEPTHART_REPO")
+if not (VAR_REPO or DEPTHART_REPO):
+    pytest.skip("neither VAR_REPO nor DEPTHART_REPO is set: point them at checkouts of github.com/FoundationVision/VAR "
+                "and github.com/bulatko/DepthART to compare depthart.py with the official code", allow_module_level=True)
+if VAR_REPO and not ((Path(VAR_REPO) / "models" / "var.py").is_file() and (Path(VAR_REPO) / "dist.py").is_file()):
     pytest.fail(f"VAR_REPO={VAR_REPO!r} is not a checkout of FoundationVision/VAR "
                 "(no models/var.py and dist.py there)", pytrace=False)
+RELEASE_CODE = Path(DEPTHART_REPO or ".") / "mde" / "models" / "train_models" / "var_utils"
+if DEPTHART_REPO and not (RELEASE_CODE / "depthart.py").is_file():
+    pytest.fail(f"DEPTHART_REPO={DEPTHART_REPO!r} is not a checkout of bulatko/DepthART (no {RELEASE_CODE}/depthart.py)",
+                pytrace=False)
+needs_var = pytest.mark.skipif(not VAR_REPO, reason="VAR_REPO is not set")
+needs_depthart = pytest.mark.skipif(not DEPTHART_REPO, reason="DEPTHART_REPO is not set")
 
 
-def _import_official():
-    """The official modules do `import dist` and `from models import ...` from their repository root.
-    models/var.py imports huggingface_hub only for a mixin of a class we do not use: stub it if absent."""
-    sys.path.insert(0, str(Path(VAR_REPO).resolve()))
-    stubbed = False
+def _with_hub_stub(do_import):
+    """The official models import huggingface_hub only for a mixin we never use: stub it if absent."""
     try:
         import huggingface_hub  # noqa: F401
+        return do_import()
     except ImportError:
         stub = types.ModuleType("huggingface_hub")
         stub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
         sys.modules["huggingface_hub"] = stub
-        stubbed = True
-    try:
+        try:
+            return do_import()
+        finally:
+            del sys.modules["huggingface_hub"]
+
+
+def _import_official():
+    """The official modules do `import dist` and `from models import ...` from their repository root."""
+    sys.path.insert(0, str(Path(VAR_REPO).resolve()))
+
+    def do_import():
         import models.var
         from models.var import VAR
         from models.vqvae import VQVAE
-    finally:
-        if stubbed:
-            del sys.modules["huggingface_hub"]
-    where = Path(models.var.__file__).resolve()
+        return models.var, VAR, VQVAE
+    module, VAR, VQVAE = _with_hub_stub(do_import)
+    where = Path(module.__file__).resolve()
     assert Path(VAR_REPO).resolve() in where.parents, f"imported another `models` package: {where}"
-    return models.var, VAR, VQVAE
+    return module, VAR, VQVAE
 
 
-official_var_module, OfficialVAR, OfficialVQVAE = _import_official()
+def _import_release():
+    """The DepthART modules, without running the `mde` packages' __init__ files (they import the training
+    stack: rocket, datasets, launchers): those packages are registered empty, with their real paths."""
+    root = Path(DEPTHART_REPO).resolve()
+    for name in ("mde", "mde.models", "mde.models.train_models", "mde.capsules"):
+        if name not in sys.modules:
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [str(root.joinpath(*name.split(".")))]
+            sys.modules[name] = pkg
+    sys.path.insert(0, str(root))
+
+    def do_import():
+        from mde.capsules.normalizers.normalizers import NormalizerUTSQuant
+        from mde.models.train_models.var_utils import depthart, depth_var, vqvae
+        return depthart, depth_var.DepthVAR, vqvae.VQVAE, NormalizerUTSQuant
+    mods = _with_hub_stub(do_import)
+    assert root in Path(mods[0].__file__).resolve().parents
+    return mods
+
+
+official_var_module, OfficialVAR, OfficialVQVAE = _import_official() if VAR_REPO else (None,) * 3
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.cuda.amp.autocast:FutureWarning")  # the official forward's
 
 PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -174,14 +213,17 @@ def vae_run():
     return r
 
 
+@needs_var
 def test_vqvae_encoder_features(vae_run):
     check("VQ-VAE encoder features quant_conv(encoder(x)) [f64]", vae_run["f_ours"], vae_run["f_off"], F64)
 
 
+@needs_var
 def test_vqvae_phi_of_each_scale_is_the_official_one(vae_run):
     assert all(a is b for a, b in zip(vae_run["phi_ours"], vae_run["phi_off"]))
 
 
+@needs_var
 def test_vqvae_tokens_at_every_scale_are_identical(vae_run):
     differ = []
     for si, (a, b) in enumerate(zip(vae_run["idx_ours"], vae_run["idx_off"])):
@@ -194,17 +236,20 @@ def test_vqvae_tokens_at_every_scale_are_identical(vae_run):
     assert sum(differ) == 0
 
 
+@needs_var
 def test_vqvae_cumulative_fhat_per_scale(vae_run):
     for si, (a, b) in enumerate(zip(vae_run["fhats_ours"], vae_run["fhats_off"])):
         check(f"f_hat after scale {si} (pn {PATCH_NUMS[si]}) [f64]", a, b, F64)
 
 
+@needs_var
 def test_vqvae_teacher_forcing_inputs(vae_run):
     # The official idxBl_to_var_input accumulates in float32; ours stays in float64.
     check("teacher-forcing input idxBl_to_var_input [f32] vs next_inputs [f64]", vae_run["tf_ours"],
           vae_run["tf_off"], F32)
 
 
+@needs_var
 def test_vqvae_reconstructions(vae_run):
     check("reconstruction fhat_to_img vs decode(rebuild(idx)) [f64]", vae_run["img_ours"], vae_run["img_fhat_off"], F64)
     check("reconstruction idxBl_to_img [f32] vs decode(rebuild(idx)) [f64]", vae_run["img_ours"],
@@ -232,6 +277,7 @@ def build_small_pair(dtype: torch.dtype):
     return [m.to(dtype).eval() for m in (vae_off, var_off, vae_ours, var_ours)]
 
 
+@needs_var
 @torch.no_grad()
 def test_transformer_blocks_and_logits():
     _, var_off, _, var_ours = build_small_pair(torch.float64)
@@ -259,6 +305,7 @@ def test_transformer_blocks_and_logits():
           h_off, F64)
 
 
+@needs_var
 @torch.no_grad()
 def test_official_forward_with_teacher_forcing_equals_our_pure_var_path():
     """VAR.forward(label 1000, teacher-forcing input) vs start_token + embed + VAR(x, block-causal mask).
@@ -283,6 +330,7 @@ def test_official_forward_with_teacher_forcing_equals_our_pure_var_path():
     assert torch.equal(logits_ours.argmax(-1), logits_off.argmax(-1))
 
 
+@needs_var
 def test_d16_state_dict_loads_strictly_with_identical_keys_shapes_dtypes(monkeypatch):
     # Names, shapes and dtypes only: skip the 310M-parameter initialization (build_vae_var does the
     # same for speed); ours is built on the meta device.
@@ -303,6 +351,7 @@ def test_d16_state_dict_loads_strictly_with_identical_keys_shapes_dtypes(monkeyp
 # ------------------------------------------------------------------------------------------------
 # 3. The official cached sampler, greedy, against a greedy cached loop over our blocks
 # ------------------------------------------------------------------------------------------------
+@needs_var
 @torch.no_grad()
 def test_official_greedy_cached_sampler_equals_our_cached_loop(monkeypatch):
     """autoregressive_infer_cfg(top_k=1, cfg=0, label 1000) doubles the batch for guidance; with ratio 0
@@ -343,3 +392,117 @@ def test_official_greedy_cached_sampler_equals_our_cached_loop(monkeypatch):
     check("sampler final f_hat", f_hat, seen["f_hat"], F32)
     print(f"  sampler: greedy tokens identical at all {len(pns)} scales; "
           f"distinct tokens at the finest scale {int(seen['idx'][-1].unique().numel())}")
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. The DepthART release: its model class, saved as its training saves, loaded by our one loader
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def release_run(tmp_path_factory):
+    """Build the official DepthART (its eval config's structure at a small size), give it lively weights,
+    save it with safetensors.torch.save_model, load it with DepthART.from_checkpoint, run both sides."""
+    import safetensors.torch
+    t0 = time.perf_counter()
+    depthart_mod, OffDepthVAR, OffVQVAE, Normalizer = _import_release()
+    torch.manual_seed(8)
+    vae = OffVQVAE(vocab_size=4096, v_patch_nums=PATCH_NUMS,
+                   ddconfig=dict(dropout=0.0, z_channels=32, num_res_blocks=2, in_channels=3, ch=64,
+                                 ch_mult=[1, 1, 2, 2, 4], using_mid_sa=True, using_sa=True),
+                   quantconfig=dict(using_znorm=False, beta=0.25,
+                                    resiconfig=dict(quant_resi=0.5, share_quant_resi=4, default_qresi_counts=0)))
+    off = depthart_mod.DepthART(
+        vae_local=vae, num_classes=1000, patch_nums=PATCH_NUMS, embed_dim=256, depth=2, shared_aln=False,
+        cond_drop_rate=0.1, drop_path_rate=0.0667, rec_loss=True, normalizer=Normalizer(affine=True, alpha=2, beta=-1),
+        BlockConfig=dict(num_heads=4, mlp_ratio=4, drop=0, attn_drop=0, tau=4, cos_attn=False)).eval()
+    g = torch.Generator().manual_seed(9)
+    image = torch.rand(2, 3, 256, 256, generator=g)
+    with torch.no_grad():
+        code_std = vae.quant_conv(vae.encoder(image * 2 - 1)).std().item()
+        perturb_vqvae(vae, code_std, seed=10)
+    lively_release(off, seed=11)
+    path = tmp_path_factory.mktemp("release") / "model.safetensors"
+    safetensors.torch.save_model(off, str(path))
+    ours = D.DepthART.from_checkpoint(path)
+    r = {"path": path, "cfg": ours.cfg}
+
+    logits = []
+    get_logits = off.get_logits
+    off.get_logits = lambda *a, **k: logits.append(get_logits(*a, **k)) or logits[-1]
+    draws = []
+    sample = depthart_mod.sample_with_top_k_top_p_
+    depthart_mod.sample_with_top_k_top_p_ = lambda *a, **k: draws.append(sample(*a, **k)) or draws[-1]
+    try:
+        with torch.no_grad():
+            r["greedy_off"] = OffDepthVAR.autoregressive_infer_cfg(off, B=2, image=image).mean(1, keepdim=True)
+            r["tokens_off"] = [lg.argmax(-1) for lg in logits]
+            torch.manual_seed(12)
+            r["sampled_off"] = off.autoregressive_infer_cfg(B=2, image=image).mean(1, keepdim=True)
+            r["draws_off"] = draws
+    finally:
+        depthart_mod.sample_with_top_k_top_p_ = sample
+    with torch.no_grad():
+        img = ours.encode_image(image)
+        r["tokens_ours"], f_hats, r["logits_ours"] = ours.rollout(img, return_logits=True)
+        r["logits_off"] = logits[:len(PATCH_NUMS)]
+        r["greedy_ours"] = ours.decode_target(f_hats[-1:])
+        r["draws_ours"], f_hats = ours.rollout(img, sampling="release", generator=torch.Generator().manual_seed(12))
+        r["sampled_ours"] = ours.decode_target(f_hats[-1:])
+    print(f"\n  [DepthART release (depth 2, width 256, VQ-VAE ch 64): built, saved, loaded, run in "
+          f"{time.perf_counter() - t0:.1f} s]")
+    return r
+
+
+@torch.no_grad()
+def lively_release(off: nn.Module, seed: int):
+    """Weights far from VAR's near-identity init: every transformer parameter perturbed, AdaLN gammas of order 1,
+    distinct position embeddings, and a head sharp enough that top-k and then top-p both remove codes."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in off.named_parameters():
+        if not name.startswith("vae_proxy."):
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    for lin in [b.ada_lin[-1] for b in off.blocks] + [off.head_nm.ada_lin[-1]]:
+        lin.bias.normal_(0, 0.5, generator=g)
+    off.class_emb.weight.normal_(0, 1, generator=g)
+    off.pos_1LC.normal_(0, 1, generator=g)
+    off.lvl_embed.weight.normal_(0, 1, generator=g)
+    off.head.weight.normal_(0, 0.15, generator=g)
+
+
+@needs_depthart
+def test_release_file_is_recognised_and_loads(release_run):
+    cfg = release_run["cfg"]
+    assert (cfg.attention, cfg.depth, cfg.width, cfg.heads, cfg.vae_ch) == ("plain", 2, 256, 4, 64)
+    import safetensors
+    with safetensors.safe_open(str(release_run["path"]), "pt") as f:
+        keys = set(f.keys())
+    print(f"  saved file: {len(keys)} tensors; quantizer under "
+          f"{'vae_proxy.quantize.' if 'vae_proxy.quantize.embedding.weight' in keys else 'vae_quant_proxy.'}")
+
+
+@needs_depthart
+def test_release_greedy_tokens_and_depth_equal_the_official_greedy_decoder(release_run):
+    r = release_run
+    for si, (a, b) in enumerate(zip(r["tokens_ours"], r["tokens_off"])):
+        check(f"release greedy logits, scale {si}", r["logits_ours"][si], r["logits_off"][si], F32)
+        assert torch.equal(a, b), f"greedy tokens differ at scale {si}: {int((a != b).sum())} of {a.numel()}"
+    print(f"  greedy tokens identical at all {len(PATCH_NUMS)} scales; distinct at the finest "
+          f"{int(r['tokens_off'][-1].unique().numel())}")
+    diff = (r["greedy_ours"] - r["greedy_off"]).abs().max().item()
+    print(f"  greedy depth max|ours - official| {diff:.2e}")
+    assert diff <= 1e-4
+
+
+@needs_depthart
+def test_release_sampler_draws_equal_the_official_sampler(release_run):
+    r = release_run
+    for si, (a, b) in enumerate(zip(r["draws_ours"], r["draws_off"])):
+        assert a.shape == b.shape, (si, a.shape, b.shape)
+        assert torch.equal(a, b), f"sampled tokens differ at scale {si}: {int((a != b).sum())} of {a.numel()}"
+    greedy = r["tokens_off"][-1][..., None]
+    off_argmax = (r["draws_off"][-1] != greedy).float().mean().item()
+    print(f"  release sampler: draws identical at all {len(PATCH_NUMS)} scales; at the finest scale "
+          f"{off_argmax:.0%} of the draws differ from the argmax")
+    assert off_argmax > 0.05, "degenerate test: the sampler almost always draws the argmax"
+    diff = (r["sampled_ours"] - r["sampled_off"]).abs().max().item()
+    print(f"  sampled depth max|ours - official| {diff:.2e}")
+    assert diff <= 1e-4
