@@ -144,6 +144,20 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         raise ImageReadError(p, f"corrupt or truncated image data ({type(e).__name__}: {e})") from e
 
 
+def writable_dir(path) -> Path:
+    """Create the folder if needed and prove a file can be written in it, before any work: else ValueError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / f".write-test{os.getpid()}").touch()
+        (path / f".write-test{os.getpid()}").unlink()
+    except OSError as e:
+        raise ValueError(f"cannot create or write in {path} ({e.strerror or e})") from None
+    return path
+
+
 def package_file(package: str, path: str) -> Path:
     """A data file that an installed package ships (e.g. scikit-image's photographs), found without
     importing the package; FileNotFoundError names what is missing."""

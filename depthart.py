@@ -133,25 +133,17 @@ class Config:
 
     @classmethod
     def tiny(cls) -> "Config":
-        """Same structure, sized to train to something useful on a 2-core CPU in about two hours.
-
-        64x64 input and 3 downsamplings give an 8x8 latent; six scales (1,2,3,4,6,8) give 130 tokens
-        per modality, so a training sequence is 260 tokens (d16: 1360), and a batch of 32 runs at tens
-        of samples per second. A 512-code book is enough for 8x8 maps of smooth depth and simple scenes.
-        The transformer (4 blocks, width 128: 1.2M weights in its blocks, 1.3M in all; VQ-VAE 1.1M) trains at
-        tens of samples per second on two cores; `image_shortcut` is on because a tiny transformer trained from
-        scratch otherwise ignores the image (see the module docstring).
-        """
+        """Same structure, sized to train on a 2-core CPU in about two hours: 64x64 input, an 8x8 latent, six
+        scales (130 tokens per modality, so a training sequence is 260 tokens; d16: 1360), 512 codes, a 4-block
+        width-128 transformer (1.3M weights; VQ-VAE 1.1M) with `image_shortcut` (see the module docstring)."""
         return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
                    num_classes=0, image_shortcut=True)
 
     @classmethod
     def small(cls) -> "Config":
-        """The CPU default for real photographs: 128x128 input (four downsamplings to an 8x8 latent, 16
-        pixels per token as in d16), 1024 codes, a 6-block width-192 transformer (4.3M weights).
-        On two cores it trains at about 9 (VQ-VAE, FP32; ~25 with BF16 autocast) and 18-23 (transformer)
-        samples/s at batch 16: `python train.py --benchmark --preset small --data world`."""
+        """For real photographs on a CPU: 128x128 input, four downsamplings to an 8x8 latent (16 pixels per
+        token, as d16), 1024 codes, a 6-block width-192 transformer (4.3M weights; VQ-VAE 1.2M)."""
         return cls(image_size=128, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=1024, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 1, 2, 4, 4), vae_res_blocks=1, depth=6, width=192, heads=6,
                    num_classes=0, image_shortcut=True)
@@ -857,12 +849,8 @@ class DepthART(nn.Module):
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, sampling: str = "greedy",
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near), or unit
-        normals (B, 3, H, W) for a normals model.
-
-        all_scales=True returns the target after every scale, (B, K, H, W) or (B, K, 3, H, W), the last
-        being the prediction. sampling: "greedy" (deterministic; what export unrolls) or "release" (the
-        release's sampler, see rollout).
-        """
+        normals (B, 3, H, W); all_scales: the target after every scale (B, K[, 3], H, W). sampling: "greedy"
+        (deterministic; what export unrolls) or "release" (the release's sampler, see rollout)."""
         if sampling not in ("greedy", "release"):
             raise ValueError(f"unknown sampling {sampling!r}: expected 'greedy' or 'release'")
         _, f_hats = self.rollout(self.encode_image(image_B3HW), sampling=sampling, generator=generator)
@@ -891,20 +879,6 @@ def atomic_write(path, write):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def writable_dir(path) -> Path:
-    """Create the folder if needed and prove a file can be written in it, before any work: else ValueError."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / f".write-test{os.getpid()}").touch()
-        (path / f".write-test{os.getpid()}").unlink()
-    except OSError as e:
-        raise ValueError(f"cannot create or write in {path} ({e.strerror or e})") from None
-    return path
 
 
 def save_checkpoint(path, model: DepthART, meta: dict):

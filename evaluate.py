@@ -44,9 +44,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
-import depthart as D
 import infer_trt
-from data import FITS, fit_square, package_file, read_image, resize, unfit_square
+from data import FITS, fit_square, package_file, read_image, resize, unfit_square, writable_dir
 from metrics import (align_least_squares, align_median, constant_depth, facing_camera, image_metrics, normal_metrics,
                      ramp_depth, whdr)
 from scenes import render_world
@@ -871,7 +870,7 @@ def run(args):
         if not Path(args.data_root).exists():
             raise ValueError(f"--data-root {args.data_root}: no such file or folder")
     if args.out:
-        D.writable_dir(Path(args.out).parent)  # before the evaluation, not after it
+        writable_dir(Path(args.out).parent)  # before the evaluation, not after it
     predict, input_size, target = load_predictor(args.checkpoint, args.input_size, args.sampling, args.seed)
     if target == "normals":
         return run_normals(args, predict, input_size)

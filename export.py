@@ -56,6 +56,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import depthart as D
+from data import writable_dir
 
 OPSET = 17
 OPSET_RANGE = (17, 20)  # what TensorRT 10's parser accepts (opset 9..20) intersected with what we allow
@@ -720,7 +721,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; name the .onnx file to write")
-    D.writable_dir(out.parent)  # before minutes of export, not after
+    writable_dir(out.parent)  # before minutes of export, not after
     if args.checkpoint:
         refuse_stage1(args.checkpoint)
         model = D.DepthART.from_checkpoint(args.checkpoint)

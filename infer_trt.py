@@ -79,7 +79,7 @@ from tqdm import tqdm
 
 import depthart as D
 import export as E
-from data import FITS, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square
+from data import FITS, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square, writable_dir
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "depthart_tiny.safetensors"  # any working dir
 DEFAULT_NORMALS_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("depthart_normals_tiny.safetensors")
@@ -752,7 +752,7 @@ def main(argv=None) -> int:
         print(f"no checkpoint at {checkpoint}{hint}")
         return 2
     try:
-        out_dir = D.writable_dir(args.out)
+        out_dir = writable_dir(args.out)
     except ValueError as e:
         print(f"--out: {e}")
         return 2

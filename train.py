@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import depthart as D
-from data import SyntheticScenes, make_dataset
+from data import SyntheticScenes, make_dataset, writable_dir
 from metrics import mean_normal_metrics, median_aligned_scores
 
 matplotlib.use("Agg")  # curves are written to files; never open a window
@@ -325,7 +325,7 @@ def check_args(args):
                          "and the scene folders")
     if args.data == "hypersim" and not Path(args.data_root).is_dir():
         raise ValueError(f"--data-root {args.data_root}: no such directory")
-    D.writable_dir(args.out)  # a file, /proc/x, a read-only folder: say so now, not at the first save
+    writable_dir(args.out)  # a file, /proc/x, a read-only folder: say so now, not at the first save
     for name in ("steps", "batch_size", "log_every", "val_every", "val_samples", "save_every", "restart_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
