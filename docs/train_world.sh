@@ -41,6 +41,10 @@ run() {  # run OUT ARGS...: a training run, resumed if it has a checkpoint (a fi
     python train.py --data world --preset small --batch-size 32 --threads "$THREADS" --workers "$WORKERS" \
         --train-scenes "$SCENES" --disk-cache $RUNS/cache --val-every 250 --val-samples 64 --save-every 50 \
         --out "$out" $resume "$@"
+    # A run stopped by a signal saves and exits 0: the next stage must not start from it.
+    local steps; steps=$(printf '%s\n' "$@" | grep -A1 -x -- --steps | tail -n1)
+    python -c "import sys, depthart as D; sys.exit(D.checkpoint_meta('$out/last.safetensors')['step'] < $steps)" \
+        || { echo "$out stopped before step $steps: run this script again to continue"; exit 0; }
 }
 
 run $RUNS/vqvae --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp bf16
