@@ -156,20 +156,25 @@ def test_the_image_changes_the_prediction(tiny):
         assert not torch.equal(tiny.predict(image), tiny.predict(image.flip(0)))
 
 
-@pytest.mark.parametrize("objective", ["var", "depthart"])
-def test_one_batch_overfits(objective):
-    torch.manual_seed(0)
-    model = D.DepthART(D.Config.tiny())
+def overfit(model, image, target, objective, steps=100) -> list:
+    """Train the transformer (VQ-VAE frozen) on one batch; the loss after every step."""
     model.vae.requires_grad_(False)
-    image, depth = batch(B=2)
     opt = torch.optim.AdamW(model.var.parameters(), lr=3e-3)
     losses = []
-    for _ in range(100):
-        loss, _ = model.loss(image, depth, objective)
+    for _ in range(steps):
+        loss, _ = model.loss(image, target, objective)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("objective", ["var", "depthart"])
+def test_one_batch_overfits(objective):
+    torch.manual_seed(0)
+    model = D.DepthART(D.Config.tiny())
+    losses = overfit(model, *batch(B=2), objective)
     print(objective, "loss", losses[0], "->", losses[-1])
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
 
@@ -291,16 +296,8 @@ def test_one_batch_of_normals_overfits(objective):
     cfg = D.Config.tiny()
     cfg.target = "normals"
     model = D.DepthART(cfg)
-    model.vae.requires_grad_(False)
     image, normals = normals_batch(B=2)
-    opt = torch.optim.AdamW(model.var.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(100):
-        loss, _ = model.loss(image, normals, objective)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit(model, image, normals, objective)
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
     pred = model.predict(image)
     scales = model.predict(image, all_scales=True)
