@@ -4,7 +4,8 @@ The preset's scale schedule is fixed (tiny: 6 scales, d16: 10), so the whole of 
 single graph with static shapes: image encoding and the image prefix, every cached transformer step with
 greedy argmax, the residual accumulation of the latent, and the decoder. The KV cache grows by
 concatenation from step to step, which is a new static shape per step rather than a loop, so the graph
-has no Loop, If or ScatterND node and TensorRT can compile it whole (REFERENCE.md Sec. 5).
+has no Loop, If or ScatterND node and TensorRT can compile it whole (a growing KV cache inside an ONNX
+Loop has no static shape per iteration, which TensorRT needs).
 
     python export.py --checkpoint weights/depthart_tiny.safetensors --out depthart_tiny.onnx
     python export.py --preset tiny --out /tmp/tiny.onnx --batch 2 --all-scales --fp16
@@ -290,7 +291,7 @@ def parameter_bytes(model: nn.Module, bytes_per_element: int | None = None) -> i
 def to_fp16(model, keep_io_fp32: bool = True):
     """FP32 graph -> FP16 graph: float initializers, Constants and Casts to float become float16.
 
-    TensorRT 11 builds FP16 kernels only where the graph's tensors are FP16 (REFERENCE.md Sec. 5). With
+    TensorRT 11 builds FP16 kernels only where the graph's tensors are FP16 (its networks are strongly typed). With
     keep_io_fp32 the input `image` and float outputs stay float32 (a Cast at each end), so callers need
     not change. Resize's `roi` and `scales` inputs must stay float32 by the ONNX spec.
     """

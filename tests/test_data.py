@@ -115,7 +115,7 @@ def test_planar_depth_on_the_real_tilt_shift_frame(real_camera, real_distance):
     rel = np.abs(planar - fov_only) / planar
     print(f"\nai_037_002 planar depth {planar.min():.4f}..{planar.max():.4f} m; "
           f"fov-only formula off by max {rel.max():.4%}, mean {rel.mean():.4%}")
-    assert 0.03 < rel.max() < 0.08  # REFERENCE.md: up to 5.7% on tilt-shift scenes
+    assert 0.03 < rel.max() < 0.08  # the fov formula is off by up to 5.7% on tilt-shift scenes
     # The tilt-shift matrix is exact too: a plane seen through it comes back flat.
     M = data.hypersim_m_cam_from_uv(real_camera)
     assert abs(M[0, 2]) > 0.01 and abs(M[2, 1]) > 0.001  # genuinely off-axis
