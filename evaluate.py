@@ -85,7 +85,7 @@ class Protocol:
 # F.interpolate(bilinear, align_corners=True), scale by the median of g/p, metrics averaged per
 # image. Valid = (depth > near) & (depth <= far). NYUv2 is cropped by 8 pixels on every side
 # (image and depth). One deviation: the official loaders also downsample ETH3D/NYUv2/TUM ground
-# truth to 256x256 (nearest) before scoring; here the GT keeps its size (the paper's protocol text).
+# truth to 256x256 (nearest) before scoring; here the GT keeps its size and the prediction is upsampled to it.
 DEPTHART = Protocol(
     name="depthart",
     alignment="median",
