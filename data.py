@@ -267,7 +267,7 @@ def resize_nearest(x_HW: np.ndarray, H: int, W: int) -> np.ndarray:
 # train items use seeds [0, VAL_SEED_START).
 VAL_SEED_START = 10_000_000    # val items use seeds [10_000_000, 20_000_000)
 TEST_SEED_START = 20_000_000   # test items (evaluate.py's default split) use seeds from 20_000_000
-_SEED_START = {"train": 0, "val": VAL_SEED_START, "test": TEST_SEED_START}
+SPLIT_SEED_START = {"train": 0, "val": VAL_SEED_START, "test": TEST_SEED_START}
 _SEED_STOP = {"train": VAL_SEED_START, "val": TEST_SEED_START, "test": 2 ** 63}
 DEFAULT_SYNTHETIC_LENGTH = {"train": 100_000, "val": 1_000, "test": 1_000}
 
@@ -290,14 +290,14 @@ class SyntheticScenes(torch.utils.data.Dataset):
     def __init__(self, split: str = "train", size: int = 64, length: int | None = None,
                  seed_offset: int = 0, cache: bool = False, antialias: bool = True, world: bool = False,
                  disk_cache=None):
-        if split not in _SEED_START:
-            raise ValueError(f"SyntheticScenes: unknown split {split!r}; expected one of {sorted(_SEED_START)}")
+        if split not in SPLIT_SEED_START:
+            raise ValueError(f"SyntheticScenes: unknown split {split!r}; expected one of {sorted(SPLIT_SEED_START)}")
         self.split, self.size, self.antialias, self.world = split, int(size), antialias, world
         self.length = DEFAULT_SYNTHETIC_LENGTH[split] if length is None else int(length)
-        self.first_seed = _SEED_START[split] + int(seed_offset)
+        self.first_seed = SPLIT_SEED_START[split] + int(seed_offset)
         if self.length < 0 or seed_offset < 0 or self.first_seed + self.length > _SEED_STOP[split]:
             raise ValueError(f"SyntheticScenes {split}: seeds {self.first_seed}..{self.first_seed + self.length - 1} "
-                             f"leave the split's range [{_SEED_START[split]}, {_SEED_STOP[split]})")
+                             f"leave the split's range [{SPLIT_SEED_START[split]}, {_SEED_STOP[split]})")
         self._cache = {} if cache else None
         self.disk = None if disk_cache is None else self._fill_disk_cache(Path(disk_cache))
 

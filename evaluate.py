@@ -512,9 +512,9 @@ def read_data_module(kind, root=None, split="test", size=None, normals=False):
 # The new synthetic world (scenes.render_world) at any size, non-square included, with exact depth:
 # scene i of a split is seed SPLIT_START + i (data.py's held-out seed ranges), photometric augmentation off.
 def read_world(root=None, split="test", shape=(64, 96), family=None, length=1000):
-    first = {"val": data.VAL_SEED_START, "test": data.TEST_SEED_START}.get(split)
-    if first is None:
+    if split not in ("val", "test"):
         raise ValueError(f"world: split {split!r} is not held out; use val or test")
+    first = data.SPLIT_SEED_START[split]
     for i in range(length):
         scene = render_world(first + i, size=tuple(shape), family=family, augment=False)
         yield {"name": f"world_{scene['family']}_{first + i}", "image": scene["image"], "depth": scene["depth"],

@@ -80,6 +80,7 @@ from tqdm import tqdm
 import depthart as D
 import export as E
 from data import FITS, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square, writable_dir
+from metrics import align_median
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "depthart_tiny.safetensors"  # any working dir
 DEFAULT_NORMALS_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("depthart_normals_tiny.safetensors")
@@ -618,12 +619,6 @@ def clip_frames(source, problems: list):
     return fps, frames(), total
 
 
-def median_ratio(reference: np.ndarray, depth: np.ndarray) -> float:
-    """The scale that brings depth to reference: the median of their ratio where depth is not ~0."""
-    ok = depth > 1e-3
-    return float(np.median(reference[ok] / depth[ok])) if ok.any() else 1.0
-
-
 def write_video(path: Path, frames, fps: float):
     """Colour frames (H, W, 3) uint8 -> H.264 MP4 (yuv420p, so odd sizes are padded by one pixel), atomically."""
     def write(tmp):
@@ -672,7 +667,8 @@ def run_clip(backend: Backend, name: str, source, out_dir: Path, args) -> tuple[
                     continue
                 x, box = fit_square(frame.transpose(2, 0, 1), backend.image_size, args.fit)
                 depth = unfit_square(backend.run(x[None])["depth"][0, 0], box, box[2], box[3])  # crop only
-                depth = depth * (1.0 if prev is None else median_ratio(prev, depth))
+                if prev is not None and (depth > 1e-3).any():  # the scale that brings this frame to the last
+                    depth = align_median(depth, prev, depth > 1e-3)
                 lo, hi, prev, box_shape = min(lo, float(depth.min())), max(hi, float(depth.max())), depth, depth.shape
                 f.write(depth.astype(np.float32).tobytes())
                 n += 1

@@ -10,6 +10,7 @@
 # renders exact ones). Stage 1 starts from the shipped depth model's VQ-VAE (it already encodes images) and
 # learns normal maps beside images; a teacher-forced warm start follows; from it, for seeds 0, 1, 2: teacher
 # forcing, DepthART, and teacher forcing for as long as the seed's DepthART run took (equal wall clock).
+# Stage 1 runs under BF16 autocast (nearly 2x faster on this CPU; no quality cost in the README's paired check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -33,7 +34,7 @@ run() {  # run OUT ARGS...: a training run, resumed if it has a checkpoint (a fi
         --out "$out" $resume "$@"
 }
 
-run "$RUNS/vqvae" --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --init-vae weights/depthart_tiny.safetensors
+run "$RUNS/vqvae" --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp bf16 --init-vae weights/depthart_tiny.safetensors
 run "$RUNS/var" --stage transformer --objective var --init-vae "$RUNS/vqvae/last.safetensors" --steps "$WARM_STEPS" --lr 1e-3
 
 for seed in $SEEDS; do
