@@ -740,6 +740,9 @@ def main(argv=None) -> int:
     paths, clips, failures = collect_inputs(args.inputs, args.sequence)
     for problem in failures:
         print(problem)
+    if not paths and not clips:  # nothing readable: say so before spending seconds on a backend
+        print(f"nothing to run: {len(failures)} input(s) named, none readable")
+        return 1
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
         hint = (" (the default; it ships with the repository: pass --checkpoint PATH to a .safetensors "

@@ -101,6 +101,14 @@ def test_good_images_written_bad_ones_one_line_each_exit_1(first_run, folder, ca
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary files left behind
 
 
+def test_nothing_readable_is_said_before_any_backend_loads(tmp_path, capsys):
+    code, text = run_main([str(tmp_path / "missing.jpg"), str(tmp_path), "--out", str(tmp_path / "out")], capsys)
+    lines = text.splitlines()
+    assert code == 1 and len(lines) == 3 and "backend" not in text and not (tmp_path / "out").exists()
+    assert "missing.jpg: no such file" in lines[0] and "holds no image files" in lines[1]
+    assert lines[2] == "nothing to run: 2 input(s) named, none readable"
+
+
 def test_rerun_without_overwrite_skips_and_keeps_files(first_run, capsys):
     args, out, cache = first_run
     before = {p: os.stat(out / p).st_mtime_ns for p in os.listdir(out)}
