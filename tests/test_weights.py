@@ -102,8 +102,6 @@ def test_the_readme_python_api_example_runs(tmp_path):
 NORMALS_WEIGHTS = I.DEFAULT_NORMALS_CHECKPOINT
 
 
-@pytest.mark.skipif(not NORMALS_WEIGHTS.is_file(),
-                    reason=f"{NORMALS_WEIGHTS.name} is not shipped yet (bash docs/train_normals.sh makes it)")
 def test_shipped_normals_model_beats_facing_the_camera():
     """The shipped normals model on 48 held-out world scenes: a lower mean angular error and more pixels
     within 11.25 degrees than predicting every surface facing the camera."""
