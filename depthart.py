@@ -881,8 +881,11 @@ def atomic_write(path, write):
         tmp.unlink(missing_ok=True)
 
 
-def save_checkpoint(path, model: DepthART, meta: dict):
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_checkpoint(path, model: DepthART, meta: dict, dtype: torch.dtype | None = None):
+    """dtype=torch.float16 stores the floating-point tensors in half precision (half the file, for shipping;
+    loading casts them back to the model's float32)."""
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+          for k, v in model.state_dict().items()}
     metadata = {"config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta)}
     atomic_write(path, lambda tmp: safetensors.torch.save_file(sd, str(tmp), metadata=metadata))
 

@@ -313,3 +313,19 @@ def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
     assert D.Config.from_dict({k: v for k, v in D.Config.tiny().to_dict().items() if k != "target"}).target == "depth"
     with pytest.raises(ValueError, match="unknown target 'albedo'"):
         D.Config(target="albedo")
+
+
+def test_a_half_precision_checkpoint_is_half_the_file_and_loads_back_to_float32(tmp_path):
+    torch.manual_seed(0)
+    model = D.DepthART(D.Config.tiny()).eval()
+    D.save_checkpoint(tmp_path / "full.safetensors", model, {"stage": "transformer"})
+    D.save_checkpoint(tmp_path / "half.safetensors", model, {"stage": "transformer"}, dtype=torch.float16)
+    full, half = (tmp_path / "full.safetensors").stat().st_size, (tmp_path / "half.safetensors").stat().st_size
+    assert half < 0.55 * full
+    loaded = D.DepthART.from_checkpoint(tmp_path / "half.safetensors")
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype, name  # float32 again, integer buffers untouched
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
+        else:
+            assert torch.equal(a, b), name
