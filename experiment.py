@@ -31,7 +31,8 @@ import torch
 from skimage import data as skdata
 
 import depthart as D
-from data import SyntheticScenes, resize_image
+from data import SyntheticScenes, fit_square, package_file, read_image, resize_image
+from evaluate import ORDINAL_PAIRS
 from metrics import constant_depth, facing_camera, mean_normal_metrics, median_aligned_scores, ramp_depth
 from train import read_log
 
@@ -239,16 +240,28 @@ def plot(result: dict, path: Path):
     plt.close(fig)
 
 
+def photographs(which: str, size: int) -> list:
+    """(name, image (3, size, size)) of the gallery's photographs: three of scikit-image's, squashed to the
+    square ("skimage"), or the ordinal check's ten, padded to the square as the check sees them ("ordinal")."""
+    if which == "skimage":
+        return [(name, resize_image(getattr(skdata, name)() / 255.0, size)) for name in ("astronaut", "coffee", "chelsea")]
+    images = json.loads(ORDINAL_PAIRS.read_text())["images"]
+    return [(Path(im["file"]).stem, torch.from_numpy(np.clip(fit_square(
+        read_image(package_file(im["package"], im["file"])).transpose(2, 0, 1), size, "pad")[0], 0, 1)))
+        for im in images]
+
+
 @torch.no_grad()
-def gallery(checkpoint, path: Path, n_synthetic: int = 1):
-    """The README's picture: photographs shipped with scikit-image and a held-out synthetic scene;
-    per row the input, the depth after every scale (the partial sum decoded) and, where known, the truth."""
+def gallery(checkpoint, path: Path, n_synthetic: int = 1, photos: str = "skimage"):
+    """The README's picture: photographs (see photographs()) and a held-out synthetic scene of the world
+    the model learned; per row the input, the prediction after every scale (the partial sum decoded) and,
+    where known, the truth."""
     model = D.DepthART.from_checkpoint(checkpoint)
     cfg = model.cfg
     normals = cfg.target == "normals"
-    rows = [(name, resize_image(getattr(skdata, name)() / 255.0, cfg.image_size), None)
-            for name in ("astronaut", "coffee", "chelsea")]
-    val = SyntheticScenes("val", size=cfg.image_size, length=n_synthetic, world=normals)
+    rows = [(name, image, None) for name, image in photographs(photos, cfg.image_size)]
+    world = normals or D.checkpoint_meta(checkpoint).get("data") == "world"
+    val = SyntheticScenes("val", size=cfg.image_size, length=n_synthetic, world=world)
     rows += [(f"held-out scene {i}", val[i]["image"], val[i]["normals"] if normals else val[i]["depth"][0])
              for i in range(n_synthetic)]
     depth_BKHW = model.predict(torch.stack([r[1] for r in rows]), all_scales=True)
@@ -292,11 +305,13 @@ def main(argv=None):
     ap.add_argument("--out", default="docs/experiment")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--gallery", metavar="CKPT", help="write only the picture of CKPT on photographs to --out")
+    ap.add_argument("--photos", choices=["skimage", "ordinal"], default="skimage",
+                    help="--gallery: three scikit-image photographs, or the ordinal check's ten")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.gallery:
-        gallery(args.gallery, Path(f"{args.out}.png" if not args.out.endswith(".png") else args.out))
+        gallery(args.gallery, Path(f"{args.out}.png" if not args.out.endswith(".png") else args.out), photos=args.photos)
         return
     if not args.group:
         ap.error("give --group NAME=RUN[,RUN...] (one per objective), or --gallery CKPT")

@@ -53,3 +53,21 @@ def test_gallery_draws_photographs_and_a_held_out_scene(tmp_path):
     from PIL import Image
     image = Image.open(tmp_path / "gallery.png")
     assert image.width > image.height > 200  # 4 rows of input + 6 scales + truth
+
+
+def test_gallery_of_the_ordinal_photographs_pads_them_and_shows_a_world_scene(tmp_path, monkeypatch):
+    photos = experiment.photographs("ordinal", 64)
+    assert len(photos) == 10 and all(tuple(img.shape) == (3, 64, 64) for _, img in photos)
+    name, img = photos[0]
+    assert name == "astronaut" and 0 <= img.min() and img.max() <= 1
+    wide = [img for name, img in photos if name == "coffee"][0]  # 600x400: padded above and below
+    assert torch.equal(wide[:, 0], wide[:, 1]) and not torch.equal(wide[:, 32], wide[:, 33])
+    worlds = []
+    scenes = experiment.SyntheticScenes
+    monkeypatch.setattr(experiment, "SyntheticScenes", lambda *a, **kw: worlds.append(kw["world"]) or scenes(*a, **kw))
+    ckpt = tmp_path / "m.safetensors"
+    D.save_checkpoint(ckpt, D.DepthART(D.Config.tiny()), {"stage": "transformer", "data": "world"})
+    experiment.main(["--gallery", str(ckpt), "--photos", "ordinal", "--out", str(tmp_path / "g.png")])
+    from PIL import Image
+    image = Image.open(tmp_path / "g.png")
+    assert worlds == [True] and image.height > image.width  # 11 rows: 10 photographs and the held-out scene
