@@ -27,24 +27,31 @@ if [ "${1:-}" = "--park" ]; then  # stop the stage that is running (it saves on 
     while pgrep -f "train.py --data world" >/dev/null; do sleep 2; done
     rm -rf "$PARKED"; mkdir -p "$PARKED"
     for d in "$RUNS"/*/; do
-        [ -f "$d/last.state.pt" ] || continue
+        [ -f "$d/last.safetensors" ] || continue
         mkdir -p "$PARKED/$(basename "$d")"
-        cp "$d"/last.safetensors "$d"/last.state.pt "$d"/metrics.jsonl "$d"/args.json "$PARKED/$(basename "$d")/"
+        cp "$d"/last.safetensors "$d"/metrics.jsonl "$d"/args.json "$PARKED/$(basename "$d")/"
+        # the optimizer state only where the run is unfinished: a finished run is only read (--init, the experiment)
+        python -c "import json, sys, depthart as D; sys.exit(D.checkpoint_meta('$d/last.safetensors')['step'] >= json.load(open('$d/args.json'))['steps'])" \
+            && cp "$d"/last.state.pt "$PARKED/$(basename "$d")/"
     done
     du -sh "$PARKED"; exit 0
 fi
 if [ -d "$PARKED" ] && [ ! -d "$RUNS" ]; then mkdir -p "$RUNS" && cp -r "$PARKED"/* "$RUNS"/; fi
 
-run() {  # run OUT ARGS...: a training run, resumed if it has a checkpoint (a finished one resumes to its end)
+finished() {  # finished OUT STEPS: OUT's checkpoint has reached STEPS
+    [ -f "$1/last.safetensors" ] && python -c "import sys, depthart as D; sys.exit(D.checkpoint_meta('$1/last.safetensors')['step'] < $2)"
+}
+
+run() {  # run OUT ARGS...: a training run, resumed if it has a checkpoint, skipped if it is finished
     local out=$1; shift
+    local steps; steps=$(printf '%s\n' "$@" | grep -A1 -x -- --steps | tail -n1)
+    if finished "$out" "$steps"; then echo "$out: finished ($steps steps)"; return 0; fi
     local resume=""; [ -f "$out/last.state.pt" ] && resume="--resume"
     python train.py --data world --preset small --batch-size 32 --threads "$THREADS" --workers "$WORKERS" \
         --train-scenes "$SCENES" --disk-cache $RUNS/cache --val-every 250 --val-samples 64 --save-every 50 \
         --out "$out" $resume "$@"
     # A run stopped by a signal saves and exits 0: the next stage must not start from it.
-    local steps; steps=$(printf '%s\n' "$@" | grep -A1 -x -- --steps | tail -n1)
-    python -c "import sys, depthart as D; sys.exit(D.checkpoint_meta('$out/last.safetensors')['step'] < $steps)" \
-        || { echo "$out stopped before step $steps: run this script again to continue"; exit 0; }
+    finished "$out" "$steps" || { echo "$out stopped before step $steps: run this script again to continue"; exit 0; }
 }
 
 run $RUNS/vqvae --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp bf16
@@ -55,7 +62,10 @@ for seed in $SEEDS; do
         --steps "$CONT_STEPS" --lr "$CONT_LR" --seed "$seed"
     run $RUNS/cont_depthart_s$seed --stage transformer --objective depthart --init $RUNS/var/last.safetensors \
         --steps "$CONT_STEPS" --lr "$CONT_LR" --seed "$seed"
-    # Equal wall clock: as many teacher-forced steps as fit in the DepthART run's training time.
+    # Equal wall clock: as many teacher-forced steps as fit in the DepthART run's training time. Batches and
+    # learning rate depend on the step alone, not on --steps (tests/test_train.py checks it), so the seed's
+    # teacher-forcing run, copied and resumed to that many steps, is that run without repeating its first steps.
+    [ -d $RUNS/cont_var_time_s$seed ] || cp -r $RUNS/cont_var_s$seed $RUNS/cont_var_time_s$seed
     equal=$(python -c "from pathlib import Path; from experiment import run_info; t = lambda r: run_info(Path(r))['train_seconds']
 print(round($CONT_STEPS * t('$RUNS/cont_depthart_s$seed') / t('$RUNS/cont_var_s$seed')))")
     run $RUNS/cont_var_time_s$seed --stage transformer --objective var --init $RUNS/var/last.safetensors \

@@ -116,6 +116,18 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, sta
         assert same_weights(straight, resumed)
 
 
+def test_a_finished_run_extended_with_more_steps_equals_the_longer_run(tmp_path):
+    """What docs/train_world.sh's equal-time runs rely on: batches and learning rate depend on the step, not
+    on --steps, so a copy of a finished 2-step run resumed to 4 steps is the 4-step run."""
+    common = ["--stage", "transformer", "--objective", "var", "--val-every", "3", "--lr", "1e-3"]  # b validates at 2, a not
+    longer = run(tmp_path / "a", *common, "--steps", "4")
+    run(tmp_path / "b", *common, "--steps", "2")
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    extended = run(tmp_path / "c", *common, "--steps", "4", "--resume")
+    assert same_weights(longer, extended) and not same_weights(longer, tmp_path / "b" / train.CHECKPOINT)
+    assert [r["step"] for r in rows(tmp_path / "c") if "loss" in r] == [1, 2, 3, 4]
+
+
 def test_resume_with_only_resume_restores_every_setting(tmp_path, capsys):
     common = ["--stage", "vqvae", "--steps", "4", "--batch-size", "3", "--lr", "0.0037", "--val-every", "100",
               "--restart-every", "3"]
