@@ -740,9 +740,6 @@ def main(argv=None) -> int:
     paths, clips, failures = collect_inputs(args.inputs, args.sequence)
     for problem in failures:
         print(problem)
-    if not paths and not clips:  # nothing readable: say so before spending seconds on a backend
-        print(f"nothing to run: {len(failures)} input(s) named, none readable")
-        return 1
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
         hint = (" (the default; it ships with the repository: pass --checkpoint PATH to a .safetensors "
@@ -755,6 +752,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"--out: {e}")
         return 2
+    if not paths and not clips:  # nothing readable: say so before spending seconds on a backend
+        print(f"nothing to run: {len(failures)} input(s) named, none readable")
+        return 1
     t0 = time.perf_counter()
     try:
         backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales, fp16=args.fp16,
