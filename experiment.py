@@ -45,12 +45,20 @@ METRICS = {"depth": ("abs_rel", "delta1"), "normals": ("mean_angle", "within_11.
 LABELS = {"abs_rel": "AbsRel", "delta1": "delta1", "mean_angle": "mean angle (deg)", "within_11.25": "< 11.25 deg"}
 
 
-def load_val(n: int, size: int, target: str = "depth"):
-    """The held-out synthetic scenes (their own seed range) as stacked tensors: the box rooms for depth,
-    the synthetic world (exact normals) for normals."""
-    scenes = SyntheticScenes("val", size=size, length=n, world=target == "normals")
+def learned_world(checkpoint) -> bool:
+    """Whether a checkpoint learned the synthetic world (--data world; every normals model) rather than the
+    box rooms: its held-out scenes, baselines and pictures come from the same world."""
+    meta = D.checkpoint_meta(checkpoint)
+    return meta.get("data") == "world" or D.checkpoint_config(checkpoint).target == "normals"
+
+
+def load_val(n: int, size: int, target: str = "depth", world: bool | None = None):
+    """The held-out synthetic scenes (their own seed range) as stacked tensors: the box rooms, or the
+    synthetic world (world=True; the default for normals, which only the world has)."""
+    scenes = SyntheticScenes("val", size=size, length=n, world=target == "normals" if world is None else world)
     items = [scenes[i] for i in range(n)]
-    return {k: torch.stack([it[k] for it in items]) for k in ("image", "depth", "valid", "normals") if k in items[0]}
+    keys = ("image", "depth", "valid") + (("normals",) if target == "normals" else ())  # world items carry both
+    return {k: torch.stack([it[k] for it in items]) for k in keys}
 
 
 def scores(pred: torch.Tensor, val) -> dict:
@@ -119,7 +127,7 @@ def vqvae_ceiling(model: D.DepthART, val, bs: int = 50) -> dict:
     return scores(torch.cat([model.vqvae_ceiling(b[model.cfg.target], b["valid"]) for b in batches(val, bs)]), val)
 
 
-def trivial_baselines(val, n_train: int, size: int) -> dict:
+def trivial_baselines(val, n_train: int, size: int, world: bool = False) -> dict:
     """Constant depth, a ramp growing with image height, and the mean (median-normalized) training depth;
     for normals: every pixel facing the camera, and the mean training normal map (renormalized)."""
     N = len(val["image"])
@@ -130,7 +138,7 @@ def trivial_baselines(val, n_train: int, size: int) -> dict:
         return {"facing the camera": scores(torch.from_numpy(facing_camera(size, size)).expand(N, 3, size, size), val),
                 "mean_train_normals": scores(mean_n.expand(N, 3, size, size), val)}
     same = lambda depth_map: torch.from_numpy(depth_map(size, size)).expand(N, 1, size, size)  # noqa: E731
-    train = SyntheticScenes("train", size=size, length=n_train)
+    train = SyntheticScenes("train", size=size, length=n_train, world=world)
     mean_map = torch.zeros(1, size, size)
     for i in range(n_train):
         d = train[i]["depth"]
@@ -260,8 +268,7 @@ def gallery(checkpoint, path: Path, n_synthetic: int = 1, photos: str = "skimage
     cfg = model.cfg
     normals = cfg.target == "normals"
     rows = [(name, image, None) for name, image in photographs(photos, cfg.image_size)]
-    world = normals or D.checkpoint_meta(checkpoint).get("data") == "world"
-    val = SyntheticScenes("val", size=cfg.image_size, length=n_synthetic, world=world)
+    val = SyntheticScenes("val", size=cfg.image_size, length=n_synthetic, world=learned_world(checkpoint))
     rows += [(f"held-out scene {i}", val[i]["image"], val[i]["normals"] if normals else val[i]["depth"][0])
              for i in range(n_synthetic)]
     depth_BKHW = model.predict(torch.stack([r[1] for r in rows]), all_scales=True)
@@ -326,8 +333,9 @@ def main(argv=None):
         evaluated = []
         for run in runs:
             if val is None:
-                cfg = D.DepthART.from_checkpoint(checkpoint_of(run)).cfg
-                val, result["target"] = load_val(args.n_val, cfg.image_size, cfg.target), cfg.target
+                cfg, world = D.checkpoint_config(checkpoint_of(run)), learned_world(checkpoint_of(run))
+                val, result["target"] = load_val(args.n_val, cfg.image_size, cfg.target, world), cfg.target
+                result["scenes"] = "world" if world else "box rooms"
             r, model = evaluate_run(run, val)
             if model.cfg.target != result["target"]:
                 raise SystemExit(f"experiment.py: {run} predicts {model.cfg.target}, the first run {result['target']}")
@@ -336,7 +344,7 @@ def main(argv=None):
             evaluated.append(r)
         result["groups"][name] = {"runs": evaluated, "summary": summarize(evaluated)}
     size = model.cfg.image_size
-    result["baselines"] = trivial_baselines(val, args.n_train_mean, size)
+    result["baselines"] = trivial_baselines(val, args.n_train_mean, size, result["scenes"] == "world")
     result["ceiling"] = vqvae_ceiling(model, val)
     result["n_val"] = args.n_val
     out = Path(args.out)

@@ -32,10 +32,24 @@ def test_experiment_reports_every_scale_baselines_and_image_use(tmp_path):
         assert abs(eb[0]["acc_teacher_forced"] - eb[0]["acc_own_rollout"]) < 1e-6
         assert all(0 <= e["acc_teacher_forced"] <= 1 and 0 <= e["acc_own_rollout"] <= 1 for e in eb)
         assert len(result["groups"][name]["summary"]["per_scale"]) == K
-    assert set(result["baselines"]) == {"constant", "ramp", "mean_train_depth"}
+    assert set(result["baselines"]) == {"constant", "ramp", "mean_train_depth"} and result["scenes"] == "box rooms"
     table = (tmp_path / "exp.md").read_text()
     assert "| constant |" in table and "VQ-VAE ceiling" in table
     assert (tmp_path / "exp_scales.png").stat().st_size > 1000
+
+
+def test_a_world_model_is_scored_on_held_out_world_scenes_against_world_baselines(tmp_path, monkeypatch):
+    worlds = []
+    scenes = experiment.SyntheticScenes
+    monkeypatch.setattr(experiment, "SyntheticScenes", lambda *a, **kw: worlds.append((a[0], kw.get("world")))
+                        or scenes(*a, **kw))
+    run = tmp_path / "run"
+    run.mkdir()
+    D.save_checkpoint(run / train.CHECKPOINT, D.DepthART(D.Config.tiny()), {"stage": "transformer", "data": "world"})
+    assert experiment.learned_world(run / train.CHECKPOINT)
+    experiment.main(["--group", f"a={run}", "--n-val", "2", "--n-train-mean", "2", "--out", str(tmp_path / "exp")])
+    assert worlds == [("val", True), ("train", True)]  # held-out scenes, then the mean training depth map
+    assert json.loads((tmp_path / "exp.json").read_text())["scenes"] == "world"
 
 
 def test_scores_are_zero_for_a_scaled_copy_of_the_truth():
