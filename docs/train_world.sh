@@ -23,20 +23,23 @@ RUNS=runs/world
 PARKED=weights/resume
 
 if [ "${1:-}" = "--park" ]; then  # stop the stage that is running (it saves on SIGTERM) and keep its checkpoint
-    pkill -TERM -f "train.py --data world" || true
-    while pgrep -f "train.py --data world" >/dev/null; do sleep 2; done
+    pkill -TERM -f "train.py --data world --preset small" || true  # not a normals run (train_normals.sh)
+    while pgrep -f "train.py --data world --preset small" >/dev/null; do sleep 2; done
     rm -rf "$PARKED"; mkdir -p "$PARKED"
     for d in "$RUNS"/*/; do
         [ -f "$d/last.safetensors" ] || continue
         mkdir -p "$PARKED/$(basename "$d")"
         cp "$d"/last.safetensors "$d"/metrics.jsonl "$d"/args.json "$PARKED/$(basename "$d")/"
-        # the optimizer state only where the run is unfinished: a finished run is only read (--init, the experiment)
-        python -c "import json, sys, depthart as D; sys.exit(D.checkpoint_meta('$d/last.safetensors')['step'] >= json.load(open('$d/args.json'))['steps'])" \
-            && cp "$d"/last.state.pt "$PARKED/$(basename "$d")/"
+        # The optimizer state where a run may go on: unfinished runs, and the teacher-forcing runs (an equal-time
+        # run extends a copy of one). Other finished runs are only read (--init, the experiment).
+        if [[ "$(basename "$d")" == cont_var_* ]] || python -c "import json, sys, depthart as D
+sys.exit(D.checkpoint_meta('$d/last.safetensors')['step'] >= json.load(open('$d/args.json'))['steps'])"; then
+            cp "$d"/last.state.pt "$PARKED/$(basename "$d")/"
+        fi
     done
     du -sh "$PARKED"; exit 0
 fi
-if [ -d "$PARKED" ] && [ ! -d "$RUNS" ]; then mkdir -p "$RUNS" && cp -r "$PARKED"/* "$RUNS"/; fi
+if [ -d "$PARKED" ] && [ ! -d "$RUNS" ]; then mkdir -p "$RUNS" && cp -r "$PARKED"/. "$RUNS"/; fi
 
 finished() {  # finished OUT STEPS: OUT's checkpoint has reached STEPS
     [ -f "$1/last.safetensors" ] && python -c "import sys, depthart as D; sys.exit(D.checkpoint_meta('$1/last.safetensors')['step'] < $2)"
