@@ -344,7 +344,7 @@ def main(argv=None):
             evaluated.append(r)
         result["groups"][name] = {"runs": evaluated, "summary": summarize(evaluated)}
     size = model.cfg.image_size
-    result["baselines"] = trivial_baselines(val, args.n_train_mean, size, result["scenes"] == "world")
+    result["baselines"] = trivial_baselines(val, args.n_train_mean, size, world)
     result["ceiling"] = vqvae_ceiling(model, val)
     result["n_val"] = args.n_val
     out = Path(args.out)

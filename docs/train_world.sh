@@ -22,6 +22,10 @@ SEEDS=${SEEDS:-"0 1 2"}
 RUNS=runs/world
 PARKED=weights/resume
 
+finished() {  # finished OUT STEPS: OUT's checkpoint has reached STEPS
+    [ -f "$1/last.safetensors" ] && python -c "import sys, depthart as D; sys.exit(D.checkpoint_meta('$1/last.safetensors')['step'] < $2)"
+}
+
 if [ "${1:-}" = "--park" ]; then  # stop the stage that is running (it saves on SIGTERM) and keep its checkpoint
     pkill -TERM -f "train.py --data world --preset small" || true  # not a normals run (train_normals.sh)
     while pgrep -f "train.py --data world --preset small" >/dev/null; do sleep 2; done
@@ -32,18 +36,14 @@ if [ "${1:-}" = "--park" ]; then  # stop the stage that is running (it saves on 
         cp "$d"/last.safetensors "$d"/metrics.jsonl "$d"/args.json "$PARKED/$(basename "$d")/"
         # The optimizer state where a run may go on: unfinished runs, and the teacher-forcing runs (an equal-time
         # run extends a copy of one). Other finished runs are only read (--init, the experiment).
-        if [[ "$(basename "$d")" == cont_var_* ]] || python -c "import json, sys, depthart as D
-sys.exit(D.checkpoint_meta('$d/last.safetensors')['step'] >= json.load(open('$d/args.json'))['steps'])"; then
+        if [[ "$(basename "$d")" == cont_var_* ]] \
+            || ! finished "$d" "$(python -c "import json; print(json.load(open('$d/args.json'))['steps'])")"; then
             cp "$d"/last.state.pt "$PARKED/$(basename "$d")/"
         fi
     done
     du -sh "$PARKED"; exit 0
 fi
 if [ -d "$PARKED" ] && [ ! -d "$RUNS" ]; then mkdir -p "$RUNS" && cp -r "$PARKED"/. "$RUNS"/; fi
-
-finished() {  # finished OUT STEPS: OUT's checkpoint has reached STEPS
-    [ -f "$1/last.safetensors" ] && python -c "import sys, depthart as D; sys.exit(D.checkpoint_meta('$1/last.safetensors')['step'] < $2)"
-}
 
 run() {  # run OUT ARGS...: a training run, resumed if it has a checkpoint, skipped if it is finished
     local out=$1; shift
