@@ -162,10 +162,41 @@ def checkpoint_of(run: Path) -> Path:
     return run / "last.safetensors" if run.is_dir() else run
 
 
-def evaluate_run(run: Path, val) -> dict:
-    model = D.DepthART.from_checkpoint(checkpoint_of(run))
-    return {"run": str(run), **run_info(run if run.is_dir() else run.parent),
-            "scales": per_scale(model, val), "image_use": image_use(model, val)}, model
+def scores_file(run: Path, n_val: int) -> Path:
+    return run / f"scores_{n_val}.json"
+
+
+def scored(run: Path, n_val: int) -> dict | None:
+    """The scores kept in a run directory (scores_N.json), if they are those of its checkpoint, or of a run that was
+    parked without its weights (docs/train_world.sh --park keeps only finished, scored runs that way)."""
+    record, ckpt = scores_file(run, n_val), checkpoint_of(run)
+    if not run.is_dir() or not record.exists():
+        return None
+    kept = json.loads(record.read_text())
+    return kept if not ckpt.exists() or kept["checkpoint"] == checkpoint_id(ckpt) else None
+
+
+def checkpoint_id(ckpt: Path) -> str:
+    """Which weights were scored: the training step, or the file's time for a checkpoint that has none."""
+    step = D.checkpoint_meta(ckpt).get("step")
+    return f"step {step}" if step is not None else f"mtime_ns {ckpt.stat().st_mtime_ns}"
+
+
+def evaluate_run(run: Path, val, n_val: int) -> dict:
+    """A run's scores on the n_val held-out scenes, measured once per checkpoint step and kept beside it."""
+    kept = scored(run, n_val)
+    if kept is not None:
+        return kept
+    ckpt = checkpoint_of(run)
+    if not ckpt.exists():
+        raise SystemExit(f"experiment.py: {run} has neither a checkpoint nor scores on {n_val} scenes")
+    model = D.DepthART.from_checkpoint(ckpt)
+    r = {"run": str(run), **run_info(run if run.is_dir() else run.parent),
+         "checkpoint": checkpoint_id(ckpt), "target": model.cfg.target,
+         "scales": per_scale(model, val), "image_use": image_use(model, val)}
+    if run.is_dir():
+        D.atomic_write(scores_file(run, n_val), lambda tmp: tmp.write_text(json.dumps(r)))
+    return r
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -314,11 +345,25 @@ def main(argv=None):
     ap.add_argument("--gallery", metavar="CKPT", help="write only the picture of CKPT on photographs to --out")
     ap.add_argument("--photos", choices=["skimage", "ordinal"], default="skimage",
                     help="--gallery: three scikit-image photographs, or the ordinal check's ten")
+    ap.add_argument("--score", nargs="+", metavar="RUN",
+                    help="only score these run directories and keep the scores beside them (scores_N.json)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.gallery:
         gallery(args.gallery, Path(f"{args.out}.png" if not args.out.endswith(".png") else args.out), photos=args.photos)
+        return
+    if args.score:  # what docs/train_world.sh runs after each training run: its scores, kept beside it
+        for run in map(Path, args.score):
+            if scored(run, args.n_val) is None:
+                ckpt = checkpoint_of(run)
+                if not ckpt.exists():
+                    ap.error(f"{run} has neither a checkpoint nor scores on {args.n_val} scenes")
+                cfg = D.checkpoint_config(ckpt)
+                evaluate_run(run, load_val(args.n_val, cfg.image_size, cfg.target, learned_world(ckpt)), args.n_val)
+            r = scored(run, args.n_val)
+            err = METRICS[r["target"]][0]
+            print(f"{run}: {r['checkpoint']}, {LABELS[err]} per scale", [round(x[err], 3) for x in r["scales"]])
         return
     if not args.group:
         ap.error("give --group NAME=RUN[,RUN...] (one per objective), or --gallery CKPT")
@@ -328,24 +373,25 @@ def main(argv=None):
         if not runs:
             ap.error(f"--group {spec!r}: expected NAME=RUN[,RUN...]")
         groups[name] = [Path(r) for r in runs.split(",")]
-    result, model, val = {"groups": {}}, None, None
+    # The held-out scenes follow the first run that still has its checkpoint (size, target, world or box rooms).
+    first = next((r for runs in groups.values() for r in runs if checkpoint_of(r).exists()), None)
+    if first is None:
+        ap.error("none of the runs has a checkpoint (last.safetensors): nothing tells the held-out scenes")
+    cfg, world = D.checkpoint_config(checkpoint_of(first)), learned_world(checkpoint_of(first))
+    val = load_val(args.n_val, cfg.image_size, cfg.target, world)
+    result = {"groups": {}, "target": cfg.target, "scenes": "world" if world else "box rooms"}
+    err = METRICS[cfg.target][0]
     for name, runs in groups.items():
         evaluated = []
         for run in runs:
-            if val is None:
-                cfg, world = D.checkpoint_config(checkpoint_of(run)), learned_world(checkpoint_of(run))
-                val, result["target"] = load_val(args.n_val, cfg.image_size, cfg.target, world), cfg.target
-                result["scenes"] = "world" if world else "box rooms"
-            r, model = evaluate_run(run, val)
-            if model.cfg.target != result["target"]:
-                raise SystemExit(f"experiment.py: {run} predicts {model.cfg.target}, the first run {result['target']}")
-            err = METRICS[result["target"]][0]
+            r = evaluate_run(run, val, args.n_val)
+            if r["target"] != cfg.target:
+                raise SystemExit(f"experiment.py: {run} predicts {r['target']}, {first} {cfg.target}")
             print(f"{name}: {run}: {LABELS[err]} per scale", [round(s[err], 3) for s in r["scales"]], flush=True)
             evaluated.append(r)
         result["groups"][name] = {"runs": evaluated, "summary": summarize(evaluated)}
-    size = model.cfg.image_size
-    result["baselines"] = trivial_baselines(val, args.n_train_mean, size, world)
-    result["ceiling"] = vqvae_ceiling(model, val)
+    result["baselines"] = trivial_baselines(val, args.n_train_mean, cfg.image_size, world)
+    result["ceiling"] = vqvae_ceiling(D.DepthART.from_checkpoint(checkpoint_of(first)), val)
     result["n_val"] = args.n_val
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

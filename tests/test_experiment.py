@@ -1,6 +1,7 @@
 """experiment.py end to end on two untrained tiny checkpoints: table, JSON and plot come out consistent."""
 import json
 
+import pytest
 import torch
 
 import depthart as D
@@ -85,3 +86,27 @@ def test_gallery_of_the_ordinal_photographs_pads_them_and_shows_a_world_scene(tm
     from PIL import Image
     image = Image.open(tmp_path / "g.png")
     assert worlds == [True] and image.height > image.width  # 11 rows: 10 photographs and the held-out scene
+
+
+def test_a_scored_run_parked_without_its_weights_keeps_its_scores_and_a_moved_on_checkpoint_is_rescored(tmp_path):
+    torch.manual_seed(0)
+    keep, parked = tmp_path / "keep", tmp_path / "parked"
+    for run in (keep, parked):
+        run.mkdir()
+        D.save_checkpoint(run / train.CHECKPOINT, D.DepthART(D.Config.tiny()), {"stage": "transformer", "step": 5})
+    experiment.main(["--score", str(parked), "--n-val", "2"])
+    before = json.loads((parked / "scores_2.json").read_text())
+    assert before["checkpoint"] == "step 5" and len(before["scales"]) == len(D.Config.tiny().patch_nums)
+    (parked / train.CHECKPOINT).unlink()  # what --park does to a finished, scored run
+    assert experiment.scored(parked, 2) == before and experiment.scored(parked, 3) is None
+    experiment.main(["--group", f"a={keep}", "--group", f"b={parked}", "--n-val", "2", "--n-train-mean", "2",
+                     "--out", str(tmp_path / "exp")])
+    result = json.loads((tmp_path / "exp.json").read_text())
+    assert result["groups"]["b"]["runs"][0]["scales"] == before["scales"]
+    # the run that kept its weights trains on: its scores are measured again, not read back
+    D.save_checkpoint(keep / train.CHECKPOINT, D.DepthART(D.Config.tiny()), {"stage": "transformer", "step": 9})
+    assert experiment.scored(keep, 2) is None
+    experiment.main(["--score", str(keep), "--n-val", "2"])
+    assert experiment.scored(keep, 2)["checkpoint"] == "step 9"
+    with pytest.raises(SystemExit):  # neither weights nor scores
+        experiment.main(["--score", str(tmp_path / "nothing"), "--n-val", "2"])
