@@ -10,7 +10,7 @@
 # scenes as soon as it ends (experiment.py --score keeps scores_300.json beside it), so that a finished run
 # nobody trains from any more parks as its logs and scores, without its 22 MB of weights.
 # Order: stage 1 (VQ-VAE, BF16 autocast), a teacher-forced warm start, then from the warm start for
-# seeds 0, 1, 2: teacher forcing, DepthART, and teacher forcing for DepthART's wall-clock time.
+# seeds 0, 1, 2: DepthART, teacher forcing, and teacher forcing for DepthART's wall-clock time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -105,12 +105,14 @@ run $RUNS/vqvae --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp bf16
 run $RUNS/var --stage transformer --objective var --init-vae $RUNS/vqvae/last.safetensors --steps "$WARM_STEPS" --lr 1e-3
 
 for seed in $SEEDS; do
-    run $RUNS/cont_var_s$seed --stage transformer --objective var --init $RUNS/var/last.safetensors \
-        --steps "$CONT_STEPS" --lr "$CONT_LR" --seed "$seed"
+    # DepthART first: parked after it (scored, shipped), a seed leaves no weights behind, and the teacher-forcing
+    # run, whose optimizer state its equal-time extension needs, is followed by that extension at once.
     run $RUNS/cont_depthart_s$seed --stage transformer --objective depthart --init $RUNS/var/last.safetensors \
         --steps "$CONT_STEPS" --lr "$CONT_LR" --seed "$seed"
     # The first seed's DepthART run is the default model: shipped now, so that parking can leave its weights behind.
     [ "$seed" != "${SEEDS%% *}" ] || ship $RUNS/cont_depthart_s$seed/last.safetensors
+    run $RUNS/cont_var_s$seed --stage transformer --objective var --init $RUNS/var/last.safetensors \
+        --steps "$CONT_STEPS" --lr "$CONT_LR" --seed "$seed"
     # Equal wall clock: as many teacher-forced steps as fit in the DepthART run's training time. Batches and
     # learning rate depend on the step alone, not on --steps (tests/test_train.py checks it), so the seed's
     # teacher-forcing run, copied and resumed to that many steps, is that run without repeating its first steps.
