@@ -12,6 +12,8 @@ all (teacher-forced loss and AbsRel with the right images and with shuffled ones
 Writes PREFIX.json, PREFIX.md (the README's table) and PREFIX_scales.png (error against scale).
 It also measures exposure bias: token accuracy per scale with the true past against the model's
 own greedy past. `--gallery CKPT --out docs/gallery.png` draws the README's picture instead.
+A run directory keeps its scores (scores_N.json, for N held-out scenes): `--score RUN` measures them
+alone when a run ends, and the experiment reads them back while the checkpoint has not moved on.
 
 Normals models (train.py --target normals; the runs say so in their checkpoints) are scored the same way
 on held-out scenes of the synthetic world (which has exact normals): mean angular error and the fraction
