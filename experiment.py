@@ -74,6 +74,12 @@ def scores(pred: torch.Tensor, val) -> dict:
     return {"abs_rel": float(np.mean(rel)), "delta1": float(np.mean(d1))}
 
 
+def held_out(checkpoint, n: int):
+    """(config, world?, held-out scenes) for a checkpoint: n scenes of what it learned, at its size and target."""
+    cfg, world = D.checkpoint_config(checkpoint), learned_world(checkpoint)
+    return cfg, world, load_val(n, cfg.image_size, cfg.target, world)
+
+
 def batches(val, bs: int):
     for i in range(0, len(val["image"]), bs):
         yield {k: v[i:i + bs] for k, v in val.items()}
@@ -357,13 +363,9 @@ def main(argv=None):
         return
     if args.score:  # what docs/train_world.sh runs after each training run: its scores, kept beside it
         for run in map(Path, args.score):
-            if scored(run, args.n_val) is None:
-                ckpt = checkpoint_of(run)
-                if not ckpt.exists():
-                    ap.error(f"{run} has neither a checkpoint nor scores on {args.n_val} scenes")
-                cfg = D.checkpoint_config(ckpt)
-                evaluate_run(run, load_val(args.n_val, cfg.image_size, cfg.target, learned_world(ckpt)), args.n_val)
-            r = scored(run, args.n_val)
+            ckpt = checkpoint_of(run)
+            val = held_out(ckpt, args.n_val)[2] if scored(run, args.n_val) is None and ckpt.exists() else None
+            r = evaluate_run(run, val, args.n_val)  # kept scores need no scenes; neither weights nor scores: an error
             err = METRICS[r["target"]][0]
             print(f"{run}: {r['checkpoint']}, {LABELS[err]} per scale", [round(x[err], 3) for x in r["scales"]])
         return
@@ -379,8 +381,7 @@ def main(argv=None):
     first = next((r for runs in groups.values() for r in runs if checkpoint_of(r).exists()), None)
     if first is None:
         ap.error("none of the runs has a checkpoint (last.safetensors): nothing tells the held-out scenes")
-    cfg, world = D.checkpoint_config(checkpoint_of(first)), learned_world(checkpoint_of(first))
-    val = load_val(args.n_val, cfg.image_size, cfg.target, world)
+    cfg, world, val = held_out(checkpoint_of(first), args.n_val)
     result = {"groups": {}, "target": cfg.target, "scenes": "world" if world else "box rooms"}
     err = METRICS[cfg.target][0]
     for name, runs in groups.items():
