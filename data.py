@@ -277,7 +277,9 @@ class SyntheticScenes(torch.utils.data.Dataset):
 
     world=False: scenes.render_scene, the flat-coloured box rooms the shipped tiny model was trained
     on ("synthetic"). world=True: scenes.render_world, textured rooms, corridors, tabletops and
-    streets with photometric augmentation on the train split, and "normals" in the items ("world").
+    streets with photometric augmentation on the train split, and "normals" in the items ("world");
+    subjects=S makes a share S of them subject scenes (a person or an object near the camera, framed as a
+    photographer frames it: scenes.subject_family).
     train: seed = seed_offset + i; val: VAL_SEED_START + seed_offset + i; test likewise from
     TEST_SEED_START. Rendering is deterministic, so nothing needs storing; cache=True keeps
     rendered items in memory (worth it for a small validation set looked at every epoch), and
@@ -289,10 +291,13 @@ class SyntheticScenes(torch.utils.data.Dataset):
 
     def __init__(self, split: str = "train", size: int = 64, length: int | None = None,
                  seed_offset: int = 0, cache: bool = False, antialias: bool = True, world: bool = False,
-                 disk_cache=None):
+                 disk_cache=None, subjects: float = 0.0):
         if split not in SPLIT_SEED_START:
             raise ValueError(f"SyntheticScenes: unknown split {split!r}; expected one of {sorted(SPLIT_SEED_START)}")
         self.split, self.size, self.antialias, self.world = split, int(size), antialias, world
+        if not 0.0 <= subjects <= 1.0 or (subjects and not world):
+            raise ValueError(f"SyntheticScenes: subjects={subjects} must be a share in [0, 1] of world scenes")
+        self.subjects = float(subjects)
         self.length = DEFAULT_SYNTHETIC_LENGTH[split] if length is None else int(length)
         self.first_seed = SPLIT_SEED_START[split] + int(seed_offset)
         if self.length < 0 or seed_offset < 0 or self.first_seed + self.length > _SEED_STOP[split]:
@@ -316,7 +321,10 @@ class SyntheticScenes(torch.utils.data.Dataset):
         if not self.world:
             image, depth = render_scene(self.seed(i), self.size, self.antialias)
             return {"image": image, "depth": depth, "valid": np.ones(depth.shape, bool)}  # no holes in a room
-        r = render_world(self.seed(i), self.size, augment=self.split == "train")
+        # A share of subject scenes (scenes.subject_family), chosen by a stream of its own so the other scenes
+        # stay the world's own.
+        subject = self.subjects and np.random.default_rng([self.seed(i), 2]).random() < self.subjects
+        r = render_world(self.seed(i), self.size, family="subject" if subject else None, augment=self.split == "train")
         valid = r["valid"]
         # Sky has no depth; it is filled with the farthest depth of the scene, so that what the VQ-VAE
         # and the model learn there is "far" (the metrics ignore it: valid is False).
@@ -324,7 +332,8 @@ class SyntheticScenes(torch.utils.data.Dataset):
         return {"image": r["image"], "depth": depth, "valid": valid, "normals": r["normals"]}
 
     def _fill_disk_cache(self, folder: Path) -> dict:
-        folder = folder / f"{self.kind}_{self.split}_{self.size}px_seeds{self.first_seed}-{self.first_seed + self.length}"
+        mix = f"_subjects{self.subjects:g}" if self.subjects else ""
+        folder = folder / f"{self.kind}{mix}_{self.split}_{self.size}px_seeds{self.first_seed}-{self.first_seed + self.length}"
         folder.mkdir(parents=True, exist_ok=True)
         N, S = self.length, self.size
         layout = {"image": ((N, S, S, 3), np.uint8), "depth": ((N, S, S), np.float16),

@@ -1014,8 +1014,73 @@ def box_room_family(rng):
     return scene, camera
 
 
+def _figure(rng, x, y, facing, height) -> list:
+    """A standing person built from the three primitives: legs, torso, arms, neck, head and hair."""
+    clothes, legs, skin = _material(rng, "fabric"), _material(rng, "fabric"), Material(
+        _hsv(rng.uniform(0.02, 0.09), rng.uniform(0.25, 0.6), rng.uniform(0.3, 0.95)))
+    hip, shoulder, r = 0.47 * height, 0.81 * height, 0.065 * height
+    wide = rng.uniform(0.16, 0.24)
+    parts = [_box((x, y, hip / 2), (wide * 0.8, 0.1, hip / 2), legs, facing),
+             _box((x, y, (hip + shoulder) / 2), (wide, rng.uniform(0.09, 0.14), (shoulder - hip) / 2), clothes, facing),
+             _cylinder(x, y, shoulder, 0.05, 0.06 * height, skin),
+             _sphere(x, y, height - r, r, skin)]
+    for side in (-1, 1):  # arms hang beside the torso
+        ax, ay = _turn(facing, side * (wide + 0.05), 0)
+        parts.append(_cylinder(x + ax, y + ay, hip - 0.05 * height, 0.045, shoulder - hip + 0.03 * height, clothes))
+    if rng.random() < 0.8:  # hair: a slightly larger sphere, set back from the face
+        bx, by = _turn(facing, 0, -0.02)
+        parts.append(_sphere(x + bx, y + by, height - r + 0.015, r * 1.05,
+                             Material(_hsv(rng.uniform(0.02, 0.12), rng.uniform(0.2, 0.7), rng.uniform(0.05, 0.6)))))
+    return parts
+
+
+def _thing(rng, x, y, z, size) -> list:
+    """An object held up in front of the camera: a flower or a ball on a stem, or a box, pot or ball on a stand."""
+    m = _material(rng, rng.choice(["object", "foliage", "fabric"]))
+    kind = rng.integers(3)
+    if kind == 0:  # a round head on a thin stem down to the floor
+        return [_sphere(x, y, z, size, m), _cylinder(x, y, 0, size * rng.uniform(0.05, 0.15), z, _material(rng, "foliage"))]
+    stand = _cylinder(x, y, 0, size * rng.uniform(0.3, 0.9), max(z - 0.6 * size, 0.01), _material(rng, "wood"))
+    if kind == 1:
+        return [_box((x, y, z), (size, size * rng.uniform(0.5, 1.0), size * rng.uniform(0.6, 1.0)), m,
+                     rng.uniform(0, np.pi)), stand]
+    return [_cylinder(x, y, z - size, size * rng.uniform(0.6, 1.0), 2 * size, m) if rng.random() < 0.5
+            else _sphere(x, y, z, size, m), stand]
+
+
+def subject_family(rng):
+    """A photograph's composition: a person or an object 0.35-3 m away in front of a room or a street.
+
+    Not drawn by the world (FAMILIES); training opts in with a share of such scenes (train.py --subjects),
+    because photographers centre what is near, which the world's cameras, aimed across rooms and down
+    streets, never do: they teach "the centre is far"."""
+    scene, camera = (room_family if rng.random() < 0.6 else outdoor_family)(rng)
+    pos = camera.position.copy()
+    figure = rng.random() < 0.5
+    if figure or pos[2] > 2.5:
+        pos[2] = rng.uniform(1.1, 1.8)
+    ahead = np.array([math.cos(camera.yaw), math.sin(camera.yaw), 0.0])
+    t, _ = cast_rays(scene, pos, ahead[:, None], solids_only=scene.room is None)
+    back = float(min(t[0], 8.0))  # the background straight ahead (outdoors: at most 8 m; sky: 8 m)
+    d = max(min(back * rng.uniform(0.25, 0.7), 3.0 if figure else 2.0), 0.35)
+    x, y = pos[:2] + d * ahead[:2]
+    kept = [s for s in scene.solids if np.hypot(*(s.center[:2] - pos[:2])) > d + 0.4 or s.center[2] < -0.1]
+    if figure and d > 0.7:
+        height = rng.uniform(1.5, 1.9)
+        target = (x, y, height * rng.uniform(0.6, 0.92))
+        scene.solids = kept + _figure(rng, x, y, camera.yaw + np.pi / 2 + rng.normal(0, 0.3), height)
+        fov = (25, 60)
+    else:
+        fov = (30, 65)
+        z = float(np.clip(pos[2] + rng.normal(0, 0.15), 0.2, 2.0))
+        size = d * math.tan(math.radians(rng.uniform(*fov)) / 2) * rng.uniform(0.2, 0.5)
+        target = (x, y, z)
+        scene.solids = kept + _thing(rng, x, y, z, size)
+    return scene, _aim(rng, pos, target, jitter=0.1, fov=fov)
+
+
 _BUILDERS = {"room": room_family, "corridor": corridor_family, "tabletop": tabletop_family,
-             "outdoor": outdoor_family, "box_room": box_room_family}
+             "outdoor": outdoor_family, "box_room": box_room_family, "subject": subject_family}
 _FAMILY_P = (0.3, 0.15, 0.2, 0.25, 0.1)
 
 

@@ -100,7 +100,8 @@ def make_data(args, split: str, size: int):
     length = args.train_scenes if split == "train" else args.val_samples
     if args.data in ("synthetic", "world"):
         return SyntheticScenes(split, size=size, length=length, cache=args.cache_data or split == "val",
-                               world=args.data == "world", disk_cache=args.disk_cache if split == "train" else None)
+                               world=args.data == "world", disk_cache=args.disk_cache if split == "train" else None,
+                               subjects=args.subjects)
     # make_dataset raises one clear error for unknown names, missing roots, empty splits
     return make_dataset(args.data, split=split, size=size, root=args.data_root, length=length, use_hdr=args.hdr,
                         normals=args.target == "normals")
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cache-data", action="store_true", help="synthetic: keep rendered training scenes in memory")
     ap.add_argument("--disk-cache", help="synthetic/world: render the --train-scenes training scenes once into this "
                                          "folder (every core) and read them from there")
+    ap.add_argument("--subjects", type=float, default=0.0,
+                    help="world: this share of the scenes (training and validation) frame a person or an object near "
+                         "the camera, as photographs do (default 0: the world's own mix)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
     ap.add_argument("--preset", default=None, choices=["tiny", "small", "d16", "release"],
                     help="model size (default tiny); --resume and --init of ours take the checkpoint's config")
@@ -320,6 +324,8 @@ def check_args(args):
     if args.target == "normals" and args.data == "synthetic":
         raise ValueError("--target normals: the 'synthetic' box rooms have no normals; use --data world (the synthetic "
                          "world, exact normals) or --data hypersim (normal_cam.hdf5)")
+    if args.subjects and (args.data != "world" or not 0.0 < args.subjects <= 1.0):
+        raise ValueError(f"--subjects {args.subjects}: a share in (0, 1] of the scenes of --data world")
     if args.data == "hypersim" and not args.data_root:
         raise ValueError("--data hypersim needs --data-root: the directory holding metadata_images_split_scene_v1.csv "
                          "and the scene folders")

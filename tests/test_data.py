@@ -458,6 +458,21 @@ def test_disk_cache_reads_back_what_rendering_gives_and_resumes(tmp_path):
     assert torch.allclose(again[3]["image"], live[3]["image"], atol=0.5 / 255 + 1e-6)  # scene 3 rendered again
 
 
+def test_a_share_of_subject_scenes_replaces_only_that_share_and_caches_apart(tmp_path):
+    world = data.SyntheticScenes("train", size=16, length=40, world=True)
+    mixed = data.SyntheticScenes("train", size=16, length=40, world=True, subjects=0.3)
+    changed = [i for i in range(40) if not torch.equal(world[i]["image"], mixed[i]["image"])]
+    assert 4 <= len(changed) <= 20, changed  # 12 expected of 40
+    for i in set(range(40)) - set(changed):
+        assert torch.equal(world[i]["depth"], mixed[i]["depth"])  # the others stay the world's own scenes
+    for share in (0.3, 0.6):
+        data.SyntheticScenes("train", size=8, length=2, world=True, subjects=share, disk_cache=tmp_path)
+    data.SyntheticScenes("train", size=8, length=2, world=True, disk_cache=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 3  # each mix its own cache: none reads another's scenes
+    with pytest.raises(ValueError, match="subjects"):
+        data.SyntheticScenes("train", size=8, length=2, subjects=0.3)  # the box rooms have no subject scenes
+
+
 # =============================================================================================
 # HyperSim surface normals (normal_cam.hdf5 beside the depth file, in the official layout)
 # =============================================================================================

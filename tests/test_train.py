@@ -230,6 +230,8 @@ def test_trains_on_hypersim_in_the_official_layout(tmp_path):
     (["--out", "/proc/depthart-test"], "cannot create or write in /proc/depthart-test"),
     (["--out", "FILE"], "exists and is a file"),
     (["--target", "normals"], "box rooms have no normals; use --data world"),
+    (["--subjects", "0.3"], "--subjects 0.3: a share in (0, 1] of the scenes of --data world"),
+    (["--data", "world", "--subjects", "1.5"], "--subjects 1.5: a share"),
 ])
 def test_bad_arguments_are_one_clear_line(tmp_path, args, message):
     (tmp_path / "FILE").write_text("x")
