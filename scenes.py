@@ -12,11 +12,13 @@ intersections of boxes, spheres and upright cylinders, surface_normal):
   "family" str. Families (planar depth, 1st-99th percentile): "room" furnished rooms (0.9-8 m),
   "corridor" long and narrow (0.4-18 m, up to 40), "tabletop" a look down at objects on a table
   (0.35-4.6 m), "outdoor" a street of buildings, trees and poles under a sky (2-115 m, up to 300),
-  "box_room" the old rooms shaded the new way (0.65-7 m). Surfaces carry photographs from
-  skimage.data (box-projected in metres, so texture density falls with distance) or procedural
-  patterns; 1-3 point or directional lights all cast shadows; the camera has random height,
-  pitch, roll and a 40-90 degree horizontal fov; augment adds exposure, white balance, gamma,
-  blur, sensor noise and JPEG, from its own random stream (the geometry never moves).
+  "box_room" the old rooms shaded the new way (0.65-7 m); drawn only when asked for, "subject" a
+  person or an object 0.35-3 m away in front of a room or a street (data.SyntheticScenes(subjects=S)).
+  Surfaces carry photographs from skimage.data (box-projected in metres, so texture density falls
+  with distance) or procedural patterns; 1-3 point or directional lights all cast shadows; the
+  camera has random height, pitch, roll and a 40-90 degree horizontal fov (subject scenes 25-65);
+  augment adds exposure, white balance, gamma, blur, sensor noise and JPEG, from its own random
+  stream (the geometry never moves).
 
 Deterministic by seed on any machine with the same numpy. data.SyntheticScenes wraps
 render_scene and render_world as datasets with disjoint seed ranges per split. It imports
