@@ -275,7 +275,7 @@ DEFAULT_SYNTHETIC_LENGTH = {"train": 100_000, "val": 1_000, "test": 1_000}
 class SyntheticScenes(torch.utils.data.Dataset):
     """Procedural scenes rendered on the fly: item i of a split is the scene of one fixed seed.
 
-    world=False: scenes.render_scene, the flat-coloured box rooms the shipped tiny model was trained
+    world=False: scenes.render_scene, the flat-coloured box rooms the tiny model was trained
     on ("synthetic"). world=True: scenes.render_world, textured rooms, corridors, tabletops and
     streets with photometric augmentation on the train split, and "normals" in the items ("world");
     subjects=S makes a share S of them subject scenes (a person or an object near the camera, framed as a

@@ -7,7 +7,7 @@ concatenation from step to step, which is a new static shape per step rather tha
 has no Loop, If or ScatterND node and TensorRT can compile it whole (a growing KV cache inside an ONNX
 Loop has no static shape per iteration, which TensorRT needs).
 
-    python export.py --checkpoint weights/depthart_tiny.safetensors --out depthart_tiny.onnx
+    python export.py --checkpoint weights/depthart_small.safetensors --out depthart_small.onnx
     python export.py --preset tiny --out /tmp/tiny.onnx --batch 2 --all-scales --fp16
     python export.py --checkpoint ... --out model.onnx --engine          # needs TensorRT and a GPU
 

@@ -20,7 +20,7 @@ the shipped weights/depthart_normals_tiny.safetensors) writes surface normals in
     NAME_normals.npy      --npy: float32 (H, W, 3) unit normals
     NAME_scales.png       --scales: the normals after every scale
 
-The model comes from `--checkpoint` (default weights/depthart_tiny.safetensors): one of our safetensors
+The model comes from `--checkpoint` (default weights/depthart_small.safetensors): one of our safetensors
 checkpoints, the DepthART release's model.safetensors, an exported .onnx graph, or a TensorRT .engine.
 Decoding is greedy; `--sampling release --seed N` runs the release's sampler in PyTorch instead. For a checkpoint, the static ONNX graph is
 exported once and cached (--cache-dir, default ~/.cache/depthart, keyed by the checkpoint's hash, the
@@ -82,7 +82,7 @@ import export as E
 from data import FITS, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square, writable_dir
 from metrics import align_median
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "depthart_tiny.safetensors"  # any working dir
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "depthart_small.safetensors"  # any working dir
 DEFAULT_NORMALS_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("depthart_normals_tiny.safetensors")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".jfif"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
@@ -696,7 +696,7 @@ def parse_args(argv=None):
     p.add_argument("inputs", nargs="+", help="image or video files, folders (their images) or glob patterns")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint (.safetensors), graph (.onnx) or TensorRT engine (.engine); default the shipped "
-                        "weights/depthart_tiny.safetensors")
+                        "weights/depthart_small.safetensors")
     p.add_argument("--target", choices=D.TARGETS, default=None,
                    help="what to predict: depth or normals; the checkpoint says which it predicts, and --target "
                         "normals without --checkpoint takes the shipped weights/depthart_normals_tiny.safetensors")
