@@ -1075,6 +1075,7 @@ def subject_family(rng):
     else:
         fov = (30, 65)
         z = float(np.clip(pos[2] + rng.normal(0, 0.15), 0.2, 2.0))
+        # 20-50% of the half-width of a view from this range at distance d (the camera's own fov is drawn by _aim)
         size = d * math.tan(math.radians(rng.uniform(*fov)) / 2) * rng.uniform(0.2, 0.5)
         target = (x, y, z)
         scene.solids = kept + _thing(rng, x, y, z, size)
