@@ -9,7 +9,8 @@ One run, one set of weights, the same images, one image per call, medians per im
   torch eager     model.predict: the cached greedy rollout (one transformer call per scale, KV cache)
   torch no cache  the same greedy walk, but every scale recomputes the whole prefix sequence with the
                   block-causal mask (what inference costs without a KV cache; a benchmark-only function)
-  torch bf16      model.predict under torch.autocast("cpu", bfloat16), with its token agreement to FP32
+  torch bf16      model.predict under torch.autocast("cpu", bfloat16), with its token agreement to FP32; only
+                  on a CPU with native BF16 (AVX512-BF16 or AMX): elsewhere it is emulated, ~300x slower
   onnxruntime     the exported static graph (export.py) on the CPU provider
   tensorrt        FP32 and FP16 engines, where TensorRT and a GPU are present (skipped otherwise)
 and the model's FLOPs per image (torch.utils.flop_counter on the cached path, attention included), the
@@ -34,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 import depthart as D
 import export as E
 import infer_trt as I
-from train import matmul_rate
+from train import matmul_rate, native_bf16
 
 # The official VAR-d16 class-conditional generation of one 256x256 image takes about this long on the
 # 2-core development machine (figure from the issue that asked for this benchmark): d16 depth must beat it.
@@ -105,6 +106,7 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", help="where the exported graph is cached (default ~/.cache/depthart)")
     p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt"],
                    help="paths not to run")
+    p.add_argument("--force-bf16", action="store_true", help="time BF16 autocast even where the CPU emulates it")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--export-only", help=argparse.SUPPRESS)  # used by graph_for's child process
     return p.parse_args(argv)
@@ -132,7 +134,10 @@ def torch_paths(args, model, images, reps: int, heavy: bool, results: dict) -> t
         print(f"no-cache tokens equal to cached per scale: {fmt_agree(patch_nums, agreement(z_ref, z))}")
         runs["torch no KV cache"] = (lambda i: predict_uncached(model, one(i)), max(1, reps // 2) if heavy else reps,
                                      0 if heavy else 1)
-    if "bf16" not in args.skip:
+    if "bf16" not in args.skip and not native_bf16(torch.device("cpu")) and not args.force_bf16:
+        print(f"torch bf16: not timed, this CPU has no native BF16 ({torch.backends.cpu.get_cpu_capability()}; "
+              "emulated BF16 runs ~100x slower than FP32; --force-bf16 times it anyway)")
+    elif "bf16" not in args.skip:
         def bf16(i):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model.predict(one(i))
@@ -145,7 +150,7 @@ def torch_paths(args, model, images, reps: int, heavy: bool, results: dict) -> t
         results.update(bf16_token_agreement=agree.tolist(), bf16_depth_mean_abs_err=float(np.mean(err)))
         print(f"BF16 tokens equal to FP32 per scale: {fmt_agree(patch_nums, agree)}; "
               f"depth mean |BF16 - FP32| {np.mean(err):.4f} (over {len(images)} images)")
-        runs["torch bf16 autocast"] = (bf16, reps, 1)
+        runs["torch bf16 autocast" + ("" if native_bf16(torch.device("cpu")) else " (emulated)")] = (bf16, reps, 1)
     return runs, depth_ref
 
 

@@ -34,7 +34,7 @@ run() {  # run OUT ARGS...: a training run, resumed if it has a checkpoint (a fi
         --out "$out" $resume "$@"
 }
 
-run "$RUNS/vqvae" --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp bf16 --init-vae weights/depthart_tiny.safetensors
+run "$RUNS/vqvae" --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp auto --init-vae weights/depthart_tiny.safetensors
 run "$RUNS/var" --stage transformer --objective var --init-vae "$RUNS/vqvae/last.safetensors" --steps "$WARM_STEPS" --lr 1e-3
 
 for seed in $SEEDS; do

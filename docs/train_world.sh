@@ -104,7 +104,7 @@ D.save_checkpoint('weights/depthart_small.safetensors', D.DepthART.from_checkpoi
                   dtype=torch.float16)"
 }
 
-run $RUNS/vqvae --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp bf16
+run $RUNS/vqvae --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp auto
 run $RUNS/var --stage transformer --objective var --init-vae $RUNS/vqvae/last.safetensors --steps "$WARM_STEPS" --lr 1e-3
 
 for seed in $SEEDS; do
