@@ -33,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import depthart as D
+import zoo as Z
 import export as E
 import infer_trt as I
 from train import matmul_rate, native_bf16
@@ -60,7 +61,7 @@ def count_flops(model: D.DepthART, image) -> tuple[int, dict]:
 @torch.no_grad()
 def predict_uncached(model: D.DepthART, image_B3HW) -> tuple[torch.Tensor, list]:
     """Greedy inference without a KV cache (model.rollout(cache=False)) -> (depth, tokens per scale)."""
-    z, f_hats = model.rollout(model.encode_image(image_B3HW), cache=False)
+    z, f_hats, _ = model.rollout(model.encode_image(image_B3HW), cache=False)
     return model.last_scale(model.decode_target(f_hats[-1:])), z
 
 
@@ -114,9 +115,9 @@ def parse_args(argv=None):
 
 def build_model(args) -> tuple[D.DepthART, str]:
     if args.checkpoint:
-        return D.DepthART.from_checkpoint(args.checkpoint), Path(args.checkpoint).name
+        return Z.load(args.checkpoint), Path(args.checkpoint).name
     torch.manual_seed(args.seed)
-    model = E.lively(D.DepthART(D.Config.preset(args.preset)), seed=args.seed)
+    model = E.lively(Z.build(D.Config.preset(args.preset)), seed=args.seed)
     return model, f"preset {args.preset}, random weights (seed {args.seed})"
 
 

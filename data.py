@@ -158,6 +158,19 @@ def writable_dir(path) -> Path:
     return path
 
 
+def atomic_write(path, write):
+    """write(tmp) beside path, fsync, then rename over path: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def package_file(package: str, path: str) -> Path:
     """A data file that an installed package ships (e.g. scikit-image's photographs), found without
     importing the package; FileNotFoundError names what is missing."""

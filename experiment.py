@@ -33,7 +33,8 @@ import torch
 from skimage import data as skdata
 
 import depthart as D
-from data import SyntheticScenes, fit_square, package_file, read_image, resize_image
+import zoo as Z
+from data import SyntheticScenes, atomic_write, fit_square, package_file, read_image, resize_image
 from evaluate import ORDINAL_PAIRS
 from metrics import constant_depth, facing_camera, mean_normal_metrics, median_aligned_scores, ramp_depth
 from train import read_log
@@ -50,8 +51,8 @@ LABELS = {"abs_rel": "AbsRel", "delta1": "delta1", "mean_angle": "mean angle (de
 def learned_world(checkpoint) -> bool:
     """Whether a checkpoint learned the synthetic world (--data world; every normals model) rather than the
     box rooms: its held-out scenes, baselines and pictures come from the same world."""
-    meta = D.checkpoint_meta(checkpoint)
-    return meta.get("data") == "world" or D.checkpoint_config(checkpoint).target == "normals"
+    meta = Z.checkpoint_meta(checkpoint)
+    return meta.get("data") == "world" or Z.checkpoint_config(checkpoint).target == "normals"
 
 
 def load_val(n: int, size: int, target: str = "depth", world: bool | None = None):
@@ -76,7 +77,7 @@ def scores(pred: torch.Tensor, val) -> dict:
 
 def held_out(checkpoint, n: int):
     """(config, world?, held-out scenes) for a checkpoint: n scenes of what it learned, at its size and target."""
-    cfg, world = D.checkpoint_config(checkpoint), learned_world(checkpoint)
+    cfg, world = Z.checkpoint_config(checkpoint), learned_world(checkpoint)
     return cfg, world, load_val(n, cfg.image_size, cfg.target, world)
 
 
@@ -96,8 +97,8 @@ def per_scale(model: D.DepthART, val, bs: int = 50) -> list[dict]:
     hits_tf, hits_own = torch.zeros(K), torch.zeros(K)
     for b in batches(val, bs):
         img_BLCv = model.encode_image(b["image"])
-        own_z, f_hats, logits = model.rollout(img_BLCv, return_logits=True)
-        f_D = model.vae.encode(model.normalize_target(b[target], b["valid"]))
+        own_z, f_hats, logits = model.rollout(img_BLCv)
+        f_D = model.vae.encode(model.target.encode(b[target], b["valid"]))
         true_z, true_f_hats = model.vae.quantize(f_D)
         tf_BL = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(true_f_hats)).argmax(-1)
         dyn_z, _ = D.dynamic_targets(model.vae.quantize, f_D, own_z)
@@ -132,7 +133,7 @@ def image_use(model: D.DepthART, val, bs: int = 50) -> dict:
 @torch.no_grad()
 def vqvae_ceiling(model: D.DepthART, val, bs: int = 50) -> dict:
     """Decoding the VQ-VAE's own tokens of the true depth: the best any transformer on it can do."""
-    return scores(torch.cat([model.vqvae_ceiling(b[model.cfg.target], b["valid"]) for b in batches(val, bs)]), val)
+    return scores(torch.cat([Z.vqvae_ceiling(model, b[model.cfg.target], b["valid"]) for b in batches(val, bs)]), val)
 
 
 def trivial_baselines(val, n_train: int, size: int, world: bool = False) -> dict:
@@ -186,7 +187,7 @@ def scored(run: Path, n_val: int) -> dict | None:
 
 def checkpoint_id(ckpt: Path) -> str:
     """Which weights were scored: the training step, or the file's time for a checkpoint that has none."""
-    step = D.checkpoint_meta(ckpt).get("step")
+    step = Z.checkpoint_meta(ckpt).get("step")
     return f"step {step}" if step is not None else f"mtime_ns {ckpt.stat().st_mtime_ns}"
 
 
@@ -198,12 +199,12 @@ def evaluate_run(run: Path, val, n_val: int) -> dict:
     ckpt = checkpoint_of(run)
     if not ckpt.exists():
         raise SystemExit(f"experiment.py: {run} has neither a checkpoint nor scores on {n_val} scenes")
-    model = D.DepthART.from_checkpoint(ckpt)
+    model = Z.load(ckpt)
     r = {"run": str(run), **run_info(run if run.is_dir() else run.parent),
          "checkpoint": checkpoint_id(ckpt), "target": model.cfg.target,
          "scales": per_scale(model, val), "image_use": image_use(model, val)}
     if run.is_dir():
-        D.atomic_write(scores_file(run, n_val), lambda tmp: tmp.write_text(json.dumps(r)))
+        atomic_write(scores_file(run, n_val), lambda tmp: tmp.write_text(json.dumps(r)))
     return r
 
 
@@ -303,7 +304,7 @@ def gallery(checkpoint, path: Path, n_synthetic: int = 1, photos: str = "skimage
     """The README's picture: photographs (see photographs()) and a held-out synthetic scene of the world
     the model learned; per row the input, the prediction after every scale (the partial sum decoded) and,
     where known, the truth."""
-    model = D.DepthART.from_checkpoint(checkpoint)
+    model = Z.load(checkpoint)
     cfg = model.cfg
     normals = cfg.target == "normals"
     rows = [(name, image, None) for name, image in photographs(photos, cfg.image_size)]
@@ -394,7 +395,7 @@ def main(argv=None):
             evaluated.append(r)
         result["groups"][name] = {"runs": evaluated, "summary": summarize(evaluated)}
     result["baselines"] = trivial_baselines(val, args.n_train_mean, cfg.image_size, world)
-    result["ceiling"] = vqvae_ceiling(D.DepthART.from_checkpoint(checkpoint_of(first)), val)
+    result["ceiling"] = vqvae_ceiling(Z.load(checkpoint_of(first)), val)
     result["n_val"] = args.n_val
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

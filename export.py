@@ -57,7 +57,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import depthart as D
-from data import writable_dir
+import zoo as Z
+from data import atomic_write, writable_dir
 
 OPSET = 17
 OPSET_RANGE = (17, 20)  # what TensorRT 10's parser accepts (opset 9..20) intersected with what we allow
@@ -92,7 +93,7 @@ class Unrolled(nn.Module):
 
     def forward(self, image_B3HW):
         m = self.model
-        z, f_hats = m.rollout(m.encode_image(image_B3HW))
+        z, f_hats, _ = m.rollout(m.encode_image(image_B3HW))
         if self.all_scales:
             scales = m.decode_target(f_hats)
             return m.last_scale(scales), scales, torch.cat(z, 1)
@@ -370,7 +371,7 @@ def save_graph(graph, path, external: bool):
     path, data_name = Path(path), Path(path).name + ".data"
     if not external:
         data = graph.SerializeToString()
-        D.atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
         (path.parent / data_name).unlink(missing_ok=True)  # a stale external-data file of an earlier export
         return
     tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
@@ -432,7 +433,7 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
     for r in range(rounds):
         images = pool[r * batch:(r + 1) * batch]
         with torch.no_grad():
-            z, _ = model.rollout(model.encode_image(images))
+            z = model.rollout(model.encode_image(images))[0]
             ref_depth = model.predict(images)
             ref_scales = model.predict(images, all_scales=True) if all_scales else None
         out = dict(zip(names, sess.run(None, {"image": images.numpy()})))
@@ -574,7 +575,7 @@ def gpu_description() -> tuple[str, str]:
 
 def refuse_stage1(checkpoint):
     """Inference needs a trained transformer: a stage-1 (VQ-VAE only) checkpoint is a ValueError."""
-    if Path(checkpoint).suffix == ".safetensors" and D.checkpoint_meta(checkpoint).get("stage") == "vqvae":
+    if Path(checkpoint).suffix == ".safetensors" and Z.checkpoint_meta(checkpoint).get("stage") == "vqvae":
         raise ValueError(f"{checkpoint} is a stage-1 (VQ-VAE only) checkpoint: its transformer is untrained, so its "
                          "depth would be noise; pass a stage-2 checkpoint (train.py --stage transformer)")
 
@@ -644,11 +645,11 @@ def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_c
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        D.atomic_write(path, lambda tmp: tmp.write_bytes(memoryview(serialized)))
+        atomic_write(path, lambda tmp: tmp.write_bytes(memoryview(serialized)))
     except OSError as e:  # a read-only folder: callers fall back to ONNX Runtime
         raise EngineUnavailable(f"cannot write the engine to {path} ({e.strerror or e})") from None
     try:
-        D.atomic_write(timing_cache, lambda tmp: tmp.write_bytes(memoryview(config.get_timing_cache().serialize())))
+        atomic_write(timing_cache, lambda tmp: tmp.write_bytes(memoryview(config.get_timing_cache().serialize())))
     except OSError as e:
         log(f"timing cache not saved to {timing_cache} ({e.strerror or e}); the engine was")
     log(f"built {path} in {time.perf_counter() - t0:.0f} s (timing cache {timing_cache})")
@@ -692,7 +693,7 @@ def main(argv=None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a .safetensors checkpoint: ours, or the DepthART release's model.safetensors")
     src.add_argument("--preset", help="tiny, small, d16 or release with random (non-trivial) weights, to test the pipeline")
-    p.add_argument("--target", choices=D.TARGETS, default="depth", help="--preset: what the random model predicts")
+    p.add_argument("--target", choices=tuple(Z.TARGETS), default="depth", help="--preset: what the random model predicts")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--batch", type=int, default=1, help="batch size, fixed in the graph (default 1)")
     p.add_argument("--all-scales", action="store_true", help="also output depth_scales (B,K,H,W): depth after every scale "
@@ -725,11 +726,11 @@ def run(args) -> int:
     writable_dir(out.parent)  # before minutes of export, not after
     if args.checkpoint:
         refuse_stage1(args.checkpoint)
-        model = D.DepthART.from_checkpoint(args.checkpoint)
+        model = Z.load(args.checkpoint)
     else:
         cfg = dataclasses.replace(D.Config.preset(args.preset), target=args.target)
         torch.manual_seed(0)
-        model = lively(D.DepthART(cfg))
+        model = lively(Z.build(cfg))
         print(f"preset {args.preset}: random weights (residual branches scaled up so the transformer is not an identity)")
     report = export(model, args.out, batch=args.batch, all_scales=args.all_scales, tokens=args.tokens,
                     fp16=args.fp16, check=not args.no_check, exact=not args.allow_token_flips,

@@ -78,8 +78,9 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import depthart as D
+import zoo as Z
 import export as E
-from data import FITS, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square, writable_dir
+from data import FITS, atomic_write, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square, writable_dir
 from metrics import align_median
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "depthart_small.safetensors"  # any working dir
@@ -148,15 +149,14 @@ class TorchBackend(Backend):
         self.model = model.eval().to(self.device)
         self.image_size, self.has_scales, self.target = model.cfg.image_size, all_scales, model.cfg.target
         self.sampling = sampling
-        self.generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        self.pick = Z.sampler(sampling, None if seed is None else torch.Generator(self.device).manual_seed(seed))
         how = "greedy" if sampling == "greedy" else f"release sampler, seed {seed}"
         self.name = f"torch ({self.device}, eager, cached rollout, {how})"
 
     def _run(self, images):
         x = torch.from_numpy(images).to(self.device)
         with torch.no_grad():
-            scales = self.model.predict(x, all_scales=self.has_scales, sampling=self.sampling,
-                                        generator=self.generator).cpu().numpy()
+            scales = self.model.predict(x, all_scales=self.has_scales, pick=self.pick).cpu().numpy()
             if not self.has_scales:
                 return {self.target: scales}
             return {self.target: self.model.last_scale(torch.from_numpy(scales)).numpy(), f"{self.target}_scales": scales}
@@ -256,7 +256,7 @@ def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, fp16: boo
     if path.exists():
         return path
     log(f"exporting {checkpoint} to {path} (once; later runs reuse it)")
-    model = D.DepthART.from_checkpoint(checkpoint)
+    model = Z.load(checkpoint)
     E.export(model, path, batch=batch, all_scales=all_scales, fp16=fp16, check=True, exact=False,
              log=lambda s: log("  " + s))
     return path
@@ -286,7 +286,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
         if backend not in ("auto", "torch") or suffix in (".onnx", ".engine", ".plan", ".trt"):
             raise ValueError("--sampling release runs in PyTorch only (exported graphs decode greedily): "
                              "pass a .safetensors checkpoint and --backend auto or torch")
-        return TorchBackend(D.DepthART.from_checkpoint(path), all_scales, sampling, seed)
+        return TorchBackend(Z.load(path), all_scales, sampling, seed)
     if suffix in (".engine", ".plan", ".trt"):
         if backend not in ("auto", "trt"):
             raise ValueError(f"{path} is a TensorRT engine: only the trt backend runs it")
@@ -304,7 +304,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
         return OrtBackend(path, cache_dir=cache_dir, log=log)
 
     if backend == "torch":
-        return TorchBackend(D.DepthART.from_checkpoint(path), all_scales)
+        return TorchBackend(Z.load(path), all_scales)
     reasons = []
     if backend in ("auto", "trt"):
         try:
@@ -465,7 +465,7 @@ def depth_to_uint16(depth_hw: np.ndarray) -> np.ndarray:
 
 
 def save_png16(path: Path, depth_hw: np.ndarray):
-    D.atomic_write(path, lambda tmp: Image.fromarray(depth_to_uint16(depth_hw)).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(depth_to_uint16(depth_hw)).save(tmp, format="PNG"))
 
 
 def colorize(depth_hw: np.ndarray, cmap: str, lo: float | None = None, hi: float | None = None) -> np.ndarray:
@@ -477,14 +477,14 @@ def colorize(depth_hw: np.ndarray, cmap: str, lo: float | None = None, hi: float
 
 
 def save_rgb(path: Path, rgb: np.ndarray):
-    D.atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
 
 
 def save_npy(path: Path, depth_hw: np.ndarray):
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, depth_hw.astype(np.float32))
-    D.atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def intrinsics(args, path, H: int, W: int) -> tuple[float, float, float, float, str]:
@@ -530,7 +530,7 @@ def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, K: tuple, 
         with open(tmp, "wb") as fh:
             fh.write(header.encode("ascii"))
             fh.write(vertex.tobytes())
-    D.atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def normals_to_rgb(normals_hw3: np.ndarray) -> np.ndarray:
@@ -636,7 +636,7 @@ def write_video(path: Path, frames, fps: float):
         finally:
             if writer is not None:
                 writer.close()
-    D.atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def run_clip(backend: Backend, name: str, source, out_dir: Path, args) -> tuple[int, list[str]]:
@@ -697,7 +697,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint (.safetensors), graph (.onnx) or TensorRT engine (.engine); default the shipped "
                         "weights/depthart_small.safetensors")
-    p.add_argument("--target", choices=D.TARGETS, default=None,
+    p.add_argument("--target", choices=tuple(Z.TARGETS), default=None,
                    help="what to predict: depth or normals; the checkpoint says which it predicts, and --target "
                         "normals without --checkpoint takes the shipped weights/depthart_normals_tiny.safetensors")
     p.add_argument("--sampling", choices=["greedy", "release"], default="greedy",

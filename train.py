@@ -39,7 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import depthart as D
-from data import SyntheticScenes, make_dataset, writable_dir
+import zoo as Z
+from data import SyntheticScenes, atomic_write, make_dataset, writable_dir
 from metrics import mean_normal_metrics, median_aligned_scores
 
 matplotlib.use("Agg")  # curves are written to files; never open a window
@@ -53,7 +54,7 @@ NOT_SETTINGS = ("out", "resume", "benchmark", "stop_after", "explicit")  # this 
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints (reading and writing them is depthart.py's: save_checkpoint, from_checkpoint, init_weights)
+# Checkpoints (reading and writing them is zoo.py's: save_checkpoint, load, init_weights)
 # ---------------------------------------------------------------------------------------------
 def weights_digest(model) -> str:
     h = hashlib.sha256()
@@ -113,7 +114,7 @@ def make_data(args, split: str, size: int):
 def vae_inputs(model: D.DepthART, image, target, valid) -> torch.Tensor:
     """Stage 1 trains one VQ-VAE on both modalities: images, and depth maps repeated to 3 channels (or
     normal maps, whose three components are the three channels)."""
-    return torch.cat((D.normalize_image(image), model.normalize_target(target, valid)))
+    return torch.cat((D.normalize_image(image), model.target.encode(target, valid)))
 
 
 class StageLoss(torch.nn.Module):
@@ -123,7 +124,9 @@ class StageLoss(torch.nn.Module):
 
     def forward(self, image, target, valid):  # target: depth (B,1,H,W), or normals (B,3,H,W) for a normals model
         if self.stage == "transformer":  # DepthART.loss: frozen VQ-VAE, no-grad rollout, one parallel forward
-            return self.model.loss(image, target, self.objective, valid, self.release_loss)
+            if self.release_loss:
+                return Z.release_loss(self.model, image, target, self.objective, valid)
+            return self.model.loss(image, target, self.objective, valid)
         # Stage 1: L1 reconstruction (sharper edges than MSE) + the VQ-VAE's codebook/commitment loss.
         x = vae_inputs(self.model, image, target, valid)
         rec, vq_loss, idx_list = self.model.vae(x)
@@ -178,7 +181,7 @@ def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size:
             n = len(b["image"])
             extra.setdefault("val_image_l1", []).append(F.l1_loss(rec[:n], x[:n]).item())
             extra.setdefault(f"val_{target}_l1", []).append(F.l1_loss(rec[n:], x[n:]).item())
-            pred = model.target_from_decoder(rec[n:])
+            pred = model.target.decode(rec[n:])
         valid = b["valid"][:, 0].cpu().numpy()
         if target == "normals":
             m = mean_normal_metrics(pred.double().cpu().numpy(), b["normals"].cpu().numpy(), valid)
@@ -213,7 +216,7 @@ def plot_curves(log_path: Path, png_path: Path):
         axes[1].plot([r["step"] for r in val], [r[key + name] for r in val], marker, label=f"{what} {name}")
     axes[1].set_xlabel("step"), axes[1].legend()
     fig.tight_layout()
-    D.atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -249,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
     ap.add_argument("--preset", default=None, choices=["tiny", "small", "d16", "release"],
                     help="model size (default tiny); --resume and --init of ours take the checkpoint's config")
-    ap.add_argument("--target", default=None, choices=D.TARGETS,
+    ap.add_argument("--target", default=None, choices=tuple(Z.TARGETS),
                     help="what the model predicts: depth (default) or normals (camera-frame surface normals; needs "
                          "--data world or hypersim); --init and --resume of ours default to the checkpoint's")
     ap.add_argument("--stage", default="transformer", choices=["vqvae", "transformer"])
@@ -301,7 +304,7 @@ def restore_settings(args):
     """--resume: every setting comes from the checkpoint; a flag given with another value is a ValueError,
     except RESUME_MAY_CHANGE (how far, how fast, how often to validate, log and save), which it overrides."""
     path = args.out / CHECKPOINT
-    saved = D.checkpoint_meta(path).get("args")
+    saved = Z.checkpoint_meta(path).get("args")
     if saved is None:
         print(f"note: {path} records no settings (it predates them): resuming with the flags given", file=sys.stderr)
         return
@@ -346,7 +349,7 @@ def model_config(args) -> D.Config:
     """The run's own config when resuming, an --init checkpoint's config, else the preset; --target, when
     given, sets what the model predicts (a depth model's weights can start a normals model: same shapes)."""
     path = args.out / CHECKPOINT if args.resume else args.init
-    cfg = D.checkpoint_config(path) if path else None
+    cfg = Z.checkpoint_config(path) if path else None
     if cfg is not None:
         if args.preset and dataclasses.replace(cfg, target="depth") != D.Config.preset(args.preset):
             print(f"note: using the config of {path}, not preset {args.preset}", file=sys.stderr)
@@ -380,7 +383,7 @@ def setup_distributed():
 def restore(args, model, opt, sched, hits_V, device) -> tuple[int, float]:
     """--resume: weights, optimizer, scheduler, code hits and RNG of the run in --out -> (step, elapsed)."""
     out = args.out
-    meta = D.checkpoint_meta(out / CHECKPOINT)
+    meta = Z.checkpoint_meta(out / CHECKPOINT)
     state = torch.load(out / STATE, map_location="cpu", weights_only=True)
     if (meta.get("stage"), meta.get("objective")) != (args.stage, args.objective if args.stage == "transformer" else None):
         raise ValueError(f"--resume: {out} is a {meta.get('stage')} run (objective {meta.get('objective')}); pass the "
@@ -388,7 +391,7 @@ def restore(args, model, opt, sched, hits_V, device) -> tuple[int, float]:
     if meta.get("step") != state["step"]:
         raise ValueError(f"--resume: {out / CHECKPOINT} (step {meta.get('step')}) and {out / STATE} "
                          f"(step {state['step']}) disagree; the run stopped while saving")
-    D.load_weights(model, D.read_state_dict(out / CHECKPOINT), str(out / CHECKPOINT))
+    Z.load_weights(model, Z.read_state_dict(out / CHECKPOINT), str(out / CHECKPOINT))
     opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
     hits_V.copy_(state["hits_V"])
     torch.set_rng_state(state["rng_cpu"])
@@ -403,12 +406,12 @@ def save(args, model, opt, sched, hits_V, step: int, elapsed: float, device):
             "step": step, "data": args.data, "seed": args.seed, "args": settings(args)}
     if args.stage == "transformer" and args.release_loss:
         meta["release_loss"] = True
-    D.save_checkpoint(args.out / CHECKPOINT, model, meta)
+    Z.save_checkpoint(args.out / CHECKPOINT, model, meta)
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
              "hits_V": hits_V.cpu(), "rng_cpu": torch.get_rng_state()}
     if device.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(device)
-    D.atomic_write(args.out / STATE, lambda tmp: torch.save(state, tmp))
+    atomic_write(args.out / STATE, lambda tmp: torch.save(state, tmp))
 
 
 def start_log(args, step: int) -> Path:
@@ -417,9 +420,9 @@ def start_log(args, step: int) -> Path:
     if not args.resume and (out / CHECKPOINT).exists():
         print(f"note: starting a new run in {out}, replacing the one there (--resume continues it)", file=sys.stderr)
     used = {**settings(args), "out": str(out), "resume": args.resume}  # after --resume restored the run's own
-    D.atomic_write(out / "args.json", lambda tmp: tmp.write_text(json.dumps(used, indent=1)))
+    atomic_write(out / "args.json", lambda tmp: tmp.write_text(json.dumps(used, indent=1)))
     kept = [r for r in read_log(log_path) if r["step"] <= step] if args.resume else []
-    D.atomic_write(log_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+    atomic_write(log_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
     return log_path
 
 
@@ -483,9 +486,9 @@ def train(args) -> Path:
     train_set = make_data(args, "train", cfg.image_size)
     val_set = make_data(args, "val", cfg.image_size) if rank == 0 else None
     torch.manual_seed(args.seed)
-    model = D.DepthART(cfg)
+    model = Z.build(cfg)
     if not args.resume:
-        D.init_weights(model, args.init, args.init_vae, args.init_var)
+        Z.init_weights(model, args.init, args.init_vae, args.init_var)
         if args.stage == "transformer" and not (args.init or args.init_vae) and rank == 0:
             print("warning: training the transformer on an untrained VQ-VAE (pass --init-vae)", file=sys.stderr)
     model.to(device)
@@ -639,7 +642,7 @@ def benchmark(args, warmup: int = 2, timed: int = 5):
     for stage, objective in (("vqvae", None), ("transformer", "var"), ("transformer", "depthart")):
         for precision in precisions:
             torch.manual_seed(0)
-            model = D.DepthART(cfg).to(device)
+            model = Z.build(cfg).to(device)
             trainable = set_modes(model, stage)
             opt = torch.optim.AdamW(trainable.parameters(), lr=1e-4)
             loss_module, times = StageLoss(model, stage, objective), []

@@ -99,9 +99,8 @@ run() {  # run OUT ARGS...: a training run, resumed if it has a checkpoint, skip
 ship() {  # ship SRC: the default model, stored in half precision (11 MB instead of 22: all weights within 40 MB)
     [ -f "$1" ] || return 0  # parked without its weights: shipped when it finished
     mkdir -p weights
-    python -c "import torch, depthart as D; src = '$1'
-D.save_checkpoint('weights/depthart_small.safetensors', D.DepthART.from_checkpoint(src), D.checkpoint_meta(src),
-                  dtype=torch.float16)"
+    python -c "import torch, zoo as Z; src = '$1'
+Z.save_checkpoint('weights/depthart_small.safetensors', Z.load(src), Z.checkpoint_meta(src), dtype=torch.float16)"
 }
 
 run $RUNS/vqvae --stage vqvae --steps "$VQ_STEPS" --lr 1e-3 --amp auto

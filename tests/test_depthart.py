@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import depthart as D
+import zoo as Z
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
@@ -101,8 +102,8 @@ def test_depthart_targets_equal_var_targets_on_the_vqvae_path_and_correct_a_wron
         # At every scale the target token moves the walked partial sum closer to f_D than the walked token did.
         prev = torch.zeros_like(f_D)
         for si in range(len(z)):
-            with_target = (f_D - prev - quant.eta(t[si], si)).square().mean()
-            with_walk = (f_D - prev - quant.eta(z[si], si)).square().mean()
+            with_target = (f_D - prev - quant.eta_idx(t[si], si)).square().mean()
+            with_walk = (f_D - prev - quant.eta_idx(z[si], si)).square().mean()
             assert with_target < with_walk, si
             prev = f_hats_z[si]
 
@@ -112,7 +113,7 @@ def test_parallel_block_causal_logits_equal_sequential_cached_logits(tiny):
     image, _ = batch()
     with torch.no_grad():
         img = tiny.encode_image(image)
-        z, f_hats, logits_seq = tiny.rollout(img, return_logits=True)
+        z, f_hats, logits_seq = tiny.rollout(img)
         logits_par = tiny.parallel_logits(img, tiny.vae.quantize.next_inputs(f_hats))
     assert logits_par.std() > 0.1  # the check below is not vacuous
     assert (logits_par - torch.cat(logits_seq, 1)).abs().max() < 1e-5
@@ -123,7 +124,7 @@ def test_block_causal_mask_hides_finer_depth_scales(tiny):
     image, _ = batch(B=1)
     with torch.no_grad():
         img = tiny.encode_image(image)
-        _, f_hats = tiny.rollout(img)
+        _, f_hats, _ = tiny.rollout(img)
         inputs = tiny.vae.quantize.next_inputs(f_hats)
         base = tiny.parallel_logits(img, inputs)
         inputs[-1] = inputs[-1] + 1.0  # the input of the last scale
@@ -138,7 +139,7 @@ def test_greedy_inference_is_deterministic_and_equals_the_training_rollout(tiny)
     with torch.no_grad():
         d1, d2 = tiny.predict(image), tiny.predict(image)
         img = tiny.encode_image(image)
-        z, f_hats = tiny.rollout(img)
+        z, f_hats, _ = tiny.rollout(img)
         # Teacher forcing on the model's own walk reproduces that walk: training forward == inference.
         logits = tiny.parallel_logits(img, tiny.vae.quantize.next_inputs(f_hats))
         scales = tiny.predict(image, all_scales=True)
@@ -202,25 +203,25 @@ def test_official_style_pth_loads_strictly_and_bad_checkpoints_are_named(tmp_pat
     cfg = D.Config.tiny()
     src, dst = D.VQVAE(cfg), D.VQVAE(cfg)
     torch.save(src.state_dict(), tmp_path / "vae.pth")
-    D.load_weights(dst, D.read_state_dict(tmp_path / "vae.pth"), "vae.pth")
+    Z.load_weights(dst, Z.read_state_dict(tmp_path / "vae.pth"), "vae.pth")
     assert torch.equal(dst.quantize.embedding.weight, src.quantize.embedding.weight)
 
     sd = src.state_dict()
     sd.pop("quant_conv.bias")
     sd["extra.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match=r"missing keys: quant_conv\.bias.*unexpected keys: extra\.weight"):
-        D.load_weights(dst, sd)
+        Z.load_weights(dst, sd)
     sd = src.state_dict()
     sd["quant_conv.bias"] = torch.zeros(5)
     with pytest.raises(ValueError, match="shape mismatches: quant_conv.bias"):
-        D.load_weights(dst, sd)
+        Z.load_weights(dst, sd)
 
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="expected a state dict"):
-        D.read_state_dict(tmp_path / "list.pth")
+        Z.read_state_dict(tmp_path / "list.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a weights-only PyTorch checkpoint"):
-        D.read_state_dict(tmp_path / "junk.pth")
+        Z.read_state_dict(tmp_path / "junk.pth")
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -280,12 +281,12 @@ def test_normals_round_trip_through_the_normalization():
     _, n = normals_batch()
     valid = torch.ones(2, 1, 64, 64, dtype=torch.bool)
     valid[:, :, :4] = False
-    x = D.normalize_normals(n, valid)
+    x = Z.normalize_normals(n, valid)
     assert x.shape == (2, 3, 64, 64) and x.abs().max() <= 1
     assert torch.equal(x[:, :, 4:], n[:, :, 4:])  # in directly, no rescaling
     assert torch.equal(x[:, :, :4], torch.tensor([0.0, 0.0, -1.0]).view(1, 3, 1, 1).expand(2, 3, 4, 64))  # facing
-    assert torch.allclose(D.normals_from_decoder(x), x, atol=1e-6)  # unit vectors come back unchanged
-    out = D.normals_from_decoder(torch.tensor([[0.3, -3.0, -0.2]]).view(1, 3, 1, 1))  # clamp, then unit length
+    assert torch.allclose(Z.normals_from_decoder(x), x, atol=1e-6)  # unit vectors come back unchanged
+    out = Z.normals_from_decoder(torch.tensor([[0.3, -3.0, -0.2]]).view(1, 3, 1, 1))  # clamp, then unit length
     assert torch.allclose(out.norm(dim=1), torch.ones(1, 1, 1)) and torch.allclose(out[0, :, 0, 0], F.normalize(
         torch.tensor([0.3, -1.0, -0.2]), dim=0))
 
@@ -295,7 +296,7 @@ def test_one_batch_of_normals_overfits(objective):
     torch.manual_seed(0)
     cfg = D.Config.tiny()
     cfg.target = "normals"
-    model = D.DepthART(cfg)
+    model = Z.build(cfg)
     image, normals = normals_batch(B=2)
     losses = overfit(model, image, normals, objective)
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
@@ -308,21 +309,23 @@ def test_one_batch_of_normals_overfits(objective):
 def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
     cfg = D.Config.tiny()
     cfg.target = "normals"
-    D.save_checkpoint(tmp_path / "n.safetensors", D.DepthART(cfg), {"stage": "transformer"})
-    assert D.DepthART.from_checkpoint(tmp_path / "n.safetensors").cfg.target == "normals"
+    Z.save_checkpoint(tmp_path / "n.safetensors", Z.build(cfg), {"stage": "transformer"})
+    assert Z.load(tmp_path / "n.safetensors").cfg.target == "normals"
     assert D.Config.from_dict({k: v for k, v in D.Config.tiny().to_dict().items() if k != "target"}).target == "depth"
     with pytest.raises(ValueError, match="unknown target 'albedo'"):
-        D.Config(target="albedo")
+        Z.build(D.Config(target="albedo"))
+    with pytest.raises(ValueError, match="zoo.build"):  # the model file alone knows only the paper's depth
+        D.DepthART(cfg)
 
 
 def test_a_half_precision_checkpoint_is_half_the_file_and_loads_back_to_float32(tmp_path):
     torch.manual_seed(0)
     model = D.DepthART(D.Config.tiny()).eval()
-    D.save_checkpoint(tmp_path / "full.safetensors", model, {"stage": "transformer"})
-    D.save_checkpoint(tmp_path / "half.safetensors", model, {"stage": "transformer"}, dtype=torch.float16)
+    Z.save_checkpoint(tmp_path / "full.safetensors", model, {"stage": "transformer"})
+    Z.save_checkpoint(tmp_path / "half.safetensors", model, {"stage": "transformer"}, dtype=torch.float16)
     full, half = (tmp_path / "full.safetensors").stat().st_size, (tmp_path / "half.safetensors").stat().st_size
     assert half < 0.55 * full
-    loaded = D.DepthART.from_checkpoint(tmp_path / "half.safetensors")
+    loaded = Z.load(tmp_path / "half.safetensors")
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert b.dtype == a.dtype, name  # float32 again, integer buffers untouched
         if a.is_floating_point():

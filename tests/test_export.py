@@ -9,6 +9,7 @@ import torch
 from onnx import TensorProto, helper
 
 import depthart as D
+import zoo as Z
 import export as E
 
 # Every operator the TensorRT 10 ONNX parser supports (marked "Y"), from onnx/onnx-tensorrt docs/operators.md
@@ -249,8 +250,8 @@ def test_a_normals_checkpoint_exports_with_parity(tmp_path):
     cfg = D.Config.tiny()
     cfg.target = "normals"
     torch.manual_seed(0)
-    model = E.lively(D.DepthART(cfg))
-    D.save_checkpoint(tmp_path / "normals.safetensors", model, {"stage": "transformer", "target": "normals"})
+    model = E.lively(Z.build(cfg))
+    Z.save_checkpoint(tmp_path / "normals.safetensors", model, {"stage": "transformer", "target": "normals"})
     out = tmp_path / "normals.onnx"
     assert E.main(["--checkpoint", str(tmp_path / "normals.safetensors"), "--out", str(out), "--all-scales"]) == 0
     report = json.loads(out.with_suffix(".json").read_text())

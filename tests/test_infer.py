@@ -15,6 +15,7 @@ from PIL import Image
 
 import data
 import depthart as D
+import zoo as Z
 import export as E
 import infer_trt as I
 
@@ -342,7 +343,7 @@ def test_a_normals_model_writes_normal_maps_npy_and_the_strip(tmp_path, capsys):
     cfg = D.Config.tiny()
     cfg.target = "normals"
     torch.manual_seed(0)
-    model = E.lively(D.DepthART(cfg))
+    model = E.lively(Z.build(cfg))
     ckpt = tmp_path / "normals.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt),
               metadata={"config": json.dumps(cfg.to_dict())})

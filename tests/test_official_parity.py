@@ -9,7 +9,7 @@ checkout of DepthART; both are imported from there at test time and never copied
 Both sides get the same random weights, perturbed so that nothing is trivially an identity (AdaLN
 gammas of order 1 instead of 1e-5, nonzero biases, random Phi convolutions, random GroupNorm affines,
 a codebook at the scale of the encoder's features), copied from the official state dict into ours
-with `depthart.load_weights` (strict). With -s every comparison prints its max abs difference and
+with `zoo.load_weights` (strict). With -s every comparison prints its max abs difference and
 the scale of the reference values.
 
   1. VQ-VAE (the real vae_ch160v4096z32 structure, one 256x256 image, float64): encoder features,
@@ -23,7 +23,7 @@ the scale of the reference values.
      over our blocks (float32, as the official sampler runs).
   4. The DepthART release: the official model class (depth 2, width 256, 4 heads, plain attention, the d16
      schedule and vocabulary, a real VQ-VAE of width 64) with lively random weights, saved as its training
-     does (safetensors.torch.save_model) and loaded by DepthART.from_checkpoint. Greedy tokens at every scale
+     does (safetensors.torch.save_model) and loaded by zoo.load. Greedy tokens at every scale
      against DepthVAR.autoregressive_infer_cfg (exact), depth within 1e-4, and the release sampler's draws
      against DepthART.autoregressive_infer_cfg under the same generator state (exact), float32.
 """
@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import depthart as D
+import zoo as Z
 
 VAR_REPO = os.environ.get("VAR_REPO")
 DEPTHART_REPO = os.environ.get("DEPTHART_REPO")
@@ -182,7 +183,7 @@ def vae_run():
     perturb_vqvae(official, code_std, seed=2)
     ours = D.VQVAE(D.Config.d16()).eval()
     assert signature(ours) == signature(official), "VQ-VAE state dict keys, shapes or dtypes differ"
-    D.load_weights(ours, official.state_dict(), "official VQVAE state dict")
+    Z.load_weights(ours, official.state_dict(), "official VQVAE state dict")
 
     # A smooth image plus noise, in [-1, 1]
     x = F.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(256, 256), mode="bicubic", align_corners=False)
@@ -272,8 +273,8 @@ def build_small_pair(dtype: torch.dtype):
     var_off.init_weights(init_std=-1)  # as models.build_vae_var
     perturb_var(var_off, seed=5)
     vae_ours, var_ours = D.VQVAE(cfg).eval(), D.VAR(cfg).eval()
-    D.load_weights(vae_ours, vae_off.state_dict(), "official small VQVAE state dict")
-    D.load_weights(var_ours, var_off.state_dict(), "official small VAR state dict")
+    Z.load_weights(vae_ours, vae_off.state_dict(), "official small VQVAE state dict")
+    Z.load_weights(var_ours, var_off.state_dict(), "official small VAR state dict")
     return [m.to(dtype).eval() for m in (vae_off, var_off, vae_ours, var_ours)]
 
 
@@ -318,7 +319,7 @@ def test_official_forward_with_teacher_forcing_equals_our_pure_var_path():
     tf_off = vae_off.quantize.idxBl_to_var_input(idx)
     f_hats, f_hat = [], 0
     for si, idx_Bl in enumerate(idx):
-        f_hat = f_hat + vae_ours.quantize.eta(idx_Bl, si)
+        f_hat = f_hat + vae_ours.quantize.eta_idx(idx_Bl, si)
         f_hats.append(f_hat)
     tf_ours = torch.cat([f.flatten(2).transpose(1, 2) for f in vae_ours.quantize.next_inputs(f_hats)], 1)
     check("teacher-forcing input, random tokens [f32]", tf_ours, tf_off, F32)
@@ -345,7 +346,7 @@ def test_d16_state_dict_loads_strictly_with_identical_keys_shapes_dtypes(monkeyp
     print(f"  d16 VAR state dict: {len(sig_off)} official keys, {len(sig_ours)} ours, "
           f"{sum(v.numel() for v in var_off.parameters()) / 1e6:.1f}M parameters")
     assert sig_ours == sig_off
-    D.load_weights(var_ours, {k: v.to("meta") for k, v in var_off.state_dict().items()}, "official d16 VAR")
+    Z.load_weights(var_ours, {k: v.to("meta") for k, v in var_off.state_dict().items()}, "official d16 VAR")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,7 +386,7 @@ def test_official_greedy_cached_sampler_equals_our_cached_loop(monkeypatch):
         idx_Bl = logits_BlV.argmax(-1)
         check(f"sampler scale {si}: logits (official: conditional half)", logits_BlV, seen["logits"][si], F32)
         assert torch.equal(idx_Bl, seen["idx"][si]), f"greedy tokens differ at scale {si}"
-        f_hat = f_hat + quant.eta(idx_Bl, si)
+        f_hat = f_hat + quant.eta_idx(idx_Bl, si)
         if si + 1 < len(pns):
             nxt = quant.resample(f_hat, pns[si + 1], "area").flatten(2).transpose(1, 2)
             x_BlC = var_ours.embed(nxt, bounds[si + 1], bounds[si + 2])
@@ -400,7 +401,7 @@ def test_official_greedy_cached_sampler_equals_our_cached_loop(monkeypatch):
 @pytest.fixture(scope="module")
 def release_run(tmp_path_factory):
     """Build the official DepthART (its eval config's structure at a small size), give it lively weights,
-    save it with safetensors.torch.save_model, load it with DepthART.from_checkpoint, run both sides."""
+    save it with safetensors.torch.save_model, load it with zoo.load, run both sides."""
     import safetensors.torch
     t0 = time.perf_counter()
     depthart_mod, OffDepthVAR, OffVQVAE, Normalizer = _import_release()
@@ -422,7 +423,7 @@ def release_run(tmp_path_factory):
     lively_release(off, seed=11)
     path = tmp_path_factory.mktemp("release") / "model.safetensors"
     safetensors.torch.save_model(off, str(path))
-    ours = D.DepthART.from_checkpoint(path)
+    ours = Z.load(path)
     r = {"path": path, "cfg": ours.cfg}
 
     logits = []
@@ -442,10 +443,10 @@ def release_run(tmp_path_factory):
         depthart_mod.sample_with_top_k_top_p_ = sample
     with torch.no_grad():
         img = ours.encode_image(image)
-        r["tokens_ours"], f_hats, r["logits_ours"] = ours.rollout(img, return_logits=True)
+        r["tokens_ours"], f_hats, r["logits_ours"] = ours.rollout(img)
         r["logits_off"] = logits[:len(PATCH_NUMS)]
         r["greedy_ours"] = ours.decode_target(f_hats[-1:])
-        r["draws_ours"], f_hats = ours.rollout(img, sampling="release", generator=torch.Generator().manual_seed(12))
+        r["draws_ours"], f_hats, _ = ours.rollout(img, Z.release_sampler(torch.Generator().manual_seed(12)))
         r["sampled_ours"] = ours.decode_target(f_hats[-1:])
     print(f"\n  [DepthART release (depth 2, width 256, VQ-VAE ch 64): built, saved, loaded, run in "
           f"{time.perf_counter() - t0:.1f} s]")

@@ -17,6 +17,7 @@ import safetensors.torch
 import torch
 
 import depthart as D
+import zoo as Z
 import export as E
 import infer_trt
 import train
@@ -74,7 +75,7 @@ def test_release_preset_maps_onto_exactly_the_official_keys(alias):
     assert {k: (str(tuple(v.shape)), str(v.dtype).removeprefix("torch.")) for k, v in mapped.items()} == expected
     # ... and the loader's mapping of the official keys (this alias) loads strictly into the preset
     sd = {k: torch.empty(eval(shape), dtype=getattr(torch, dtype), device="meta") for k, (shape, dtype) in expected.items()}
-    D.load_weights(model, D.from_release_keys(sd), "official keys")
+    Z.load_weights(model, Z.from_release_keys(sd), "official keys")
 
 
 def test_release_preset_is_d16_with_plain_attention():
@@ -95,8 +96,8 @@ def test_release_file_loads_through_the_one_loader(small_release, tmp_path, layo
                    if k.startswith(PRIMARY)})
     path = tmp_path / "model.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
-    assert D.checkpoint_config(path) == small_release_config()
-    loaded = D.DepthART.from_checkpoint(path)
+    assert Z.checkpoint_config(path) == small_release_config()
+    loaded = Z.load(path)
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     assert torch.equal(loaded.predict(image), model.predict(image))
 
@@ -106,7 +107,7 @@ def test_unused_keys_are_named_in_one_line_and_skipped(small_release, tmp_path, 
     sd = to_release_layout(model.state_dict())
     sd["blocks.0.attn.scale_mul_1H11"] = torch.zeros(1, 1, 1, 1)  # cos_attn=True saves it; the release's forward never reads it
     safetensors.torch.save_file(sd, str(tmp_path / "model.safetensors"))
-    D.DepthART.from_checkpoint(tmp_path / "model.safetensors")
+    Z.load(tmp_path / "model.safetensors")
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 keys not used: var.blocks.0.attn.scale_mul_1H11" in err[0]
 
@@ -136,9 +137,9 @@ def test_bad_release_files_give_one_clear_line(small_release, tmp_path, kind, me
     path = bad_files(small_release, tmp_path)[kind]
     with pytest.raises(ValueError, match=message) as e:
         if kind == "code_pickle":
-            D.init_weights(D.DepthART(D.Config.tiny()), init=path)
+            Z.init_weights(D.DepthART(D.Config.tiny()), init=path)
         else:
-            D.DepthART.from_checkpoint(path)
+            Z.load(path)
     assert "\n" not in str(e.value)
     assert "this ran" not in capsys.readouterr().out
     # the command line: one line, exit status 2, no traceback
@@ -152,24 +153,25 @@ def test_bad_release_files_give_one_clear_line(small_release, tmp_path, kind, me
 def test_release_sample_filters_then_draws_with_replacement():
     V = 1000
     logits = torch.linspace(0, 30, V).view(1, 1, V).repeat(1, 4, 1)  # sharply peaked: top-p keeps few
-    draws = D.release_sample(logits, torch.Generator().manual_seed(0), top_k=900, top_p=0.9, n=5)
+    draws = Z.release_sample(logits, torch.Generator().manual_seed(0), top_k=900, top_p=0.9, n=5)
     assert draws.shape == (1, 4, 5)
     p = logits[0, 0].softmax(-1)
     kept = (p.flip(0).cumsum(0) - p.flip(0) < 0.9).sum().item()  # the most likely codes reaching 0.9
     assert (draws >= V - kept).all()
-    lo = D.release_sample(-logits, torch.Generator().manual_seed(0), top_k=3, top_p=1.0, n=50)
+    lo = Z.release_sample(-logits, torch.Generator().manual_seed(0), top_k=3, top_p=1.0, n=50)
     assert set(lo.flatten().tolist()) <= {0, 1, 2}  # top-k alone
 
 
 def test_release_sampling_is_seeded_and_differs_from_greedy(small_release):
     model, _ = small_release
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
-    a = model.predict(image, sampling="release", generator=torch.Generator().manual_seed(5))
-    b = model.predict(image, sampling="release", generator=torch.Generator().manual_seed(5))
-    c = model.predict(image, sampling="release", generator=torch.Generator().manual_seed(6))
+    a = model.predict(image, pick=Z.sampler("release", torch.Generator().manual_seed(5)))
+    b = model.predict(image, pick=Z.sampler("release", torch.Generator().manual_seed(5)))
+    c = model.predict(image, pick=Z.sampler("release", torch.Generator().manual_seed(6)))
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, model.predict(image))
+    assert torch.equal(model.predict(image, pick=Z.sampler("greedy")), model.predict(image))
     with pytest.raises(ValueError, match="unknown sampling"):
-        model.predict(image, sampling="top-k")
+        Z.sampler("top-k")
 
 
 def test_infer_trt_runs_the_release_sampler_in_pytorch(small_release, tmp_path, capsys):
@@ -189,7 +191,7 @@ def plain_tiny(tmp_path_factory):
     torch.manual_seed(0)
     model = lively(D.DepthART(dataclasses.replace(D.Config.tiny(), attention="plain")))
     path = tmp_path_factory.mktemp("plain") / "plain.safetensors"
-    D.save_checkpoint(path, model, {"stage": "transformer"})
+    Z.save_checkpoint(path, model, {"stage": "transformer"})
     return model, path
 
 
@@ -201,9 +203,9 @@ def test_plain_attention_trains(plain_tiny, tmp_path, objective, release_loss):
                 "--threads", "1", "--steps", "3", "--log-every", "1", "--val-every", "3", "--lr", "1e-3",
                 "--objective", objective, "--init", str(init), "--out", str(out)]
                + (["--release-loss"] if release_loss else []))
-    model = D.DepthART.from_checkpoint(out / train.CHECKPOINT)
+    model = Z.load(out / train.CHECKPOINT)
     assert model.cfg.attention == "plain"
-    assert D.checkpoint_meta(out / train.CHECKPOINT).get("release_loss", False) == release_loss
+    assert Z.checkpoint_meta(out / train.CHECKPOINT).get("release_loss", False) == release_loss
     log = train.read_log(out / "metrics.jsonl")
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
     assert any("f_mse" in r for r in log) == release_loss
@@ -214,7 +216,7 @@ def test_release_loss_is_cross_entropy_before_the_last_scale_plus_ten_mse(plain_
     g = torch.Generator().manual_seed(3)
     image, depth = torch.rand(2, 3, 64, 64, generator=g), 1 + torch.rand(2, 1, 64, 64, generator=g)
     torch.manual_seed(4)
-    loss, stats = model.loss(image, depth, "depthart", release_loss=True)
+    loss, stats = Z.release_loss(model, image, depth, "depthart")
     assert torch.isclose(loss, stats["loss"]) and stats["f_mse"] > 0
     loss.backward()
     head = model.var.head.weight.grad

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import depthart as D
+import zoo as Z
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def rows(out):
 
 
 def same_weights(a, b):
-    a, b = D.read_state_dict(a), D.read_state_dict(b)
+    a, b = Z.read_state_dict(a), Z.read_state_dict(b)
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -70,7 +71,7 @@ def test_stage1_trains_restarts_dead_codes_and_checkpoints(vqvae_run):
     assert (vqvae_run / "curves.png").stat().st_size > 1000
     model, cfg, meta = load_checkpoint(vqvae_run / train.CHECKPOINT)
     assert cfg == D.Config.tiny() and meta["stage"] == "vqvae" and meta["step"] == 2
-    saved = D.read_state_dict(vqvae_run / train.CHECKPOINT)
+    saved = Z.read_state_dict(vqvae_run / train.CHECKPOINT)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     torch.manual_seed(0)
     fresh = D.DepthART(cfg)
@@ -138,15 +139,15 @@ def test_resume_with_only_resume_restores_every_setting(tmp_path, capsys):
     used = json.loads((tmp_path / "b" / "args.json").read_text())
     assert used["batch_size"] == 3 and used["lr"] == 0.0037 and used["train_scenes"] == 8 and used["resume"] is True
     assert used["steps"] == 4 and used["threads"] == 1
-    assert D.checkpoint_meta(resumed)["args"]["lr"] == 0.0037
+    assert Z.checkpoint_meta(resumed)["args"]["lr"] == 0.0037
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:  # a setting that differs from the run's: one line, nothing changed
         run_bare(tmp_path / "b", "--resume", "--steps", "6", "--batch-size", "16")
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "started with --batch-size 3, not 16" in err[0]
-    assert same_weights(straight, resumed) and D.checkpoint_meta(resumed)["step"] == 4
+    assert same_weights(straight, resumed) and Z.checkpoint_meta(resumed)["step"] == 4
     run_bare(tmp_path / "b", "--resume", "--steps", "5", "--val-every", "5", "--threads", "1")  # these may change
-    assert D.checkpoint_meta(resumed)["step"] == 5
+    assert Z.checkpoint_meta(resumed)["step"] == 5
 
 
 def run_bare(out, *args):
@@ -286,8 +287,8 @@ def test_amp_uses_bf16_only_where_the_cpu_has_it(monkeypatch, native):
 
 
 def load_checkpoint(path):
-    model = D.DepthART.from_checkpoint(path)
-    return model, model.cfg, D.checkpoint_meta(path)
+    model = Z.load(path)
+    return model, model.cfg, Z.checkpoint_meta(path)
 
 
 @pytest.mark.parametrize("objective", ["var", "depthart"])
@@ -299,8 +300,8 @@ def test_normals_train_both_stages_on_the_world(tmp_path, objective):
     train.main([*common, "--target", "normals", "--stage", "vqvae", "--steps", "2", "--out", str(tmp_path / "vq")])
     train.main([*common, "--stage", "transformer", "--objective", objective, "--init", str(tmp_path / "vq" / train.CHECKPOINT),
             "--steps", "2", "--out", str(tmp_path / "tr")])
-    model = D.DepthART.from_checkpoint(tmp_path / "tr" / train.CHECKPOINT)
-    assert model.cfg.target == "normals" and D.checkpoint_meta(tmp_path / "tr" / train.CHECKPOINT)["target"] == "normals"
+    model = Z.load(tmp_path / "tr" / train.CHECKPOINT)
+    assert model.cfg.target == "normals" and Z.checkpoint_meta(tmp_path / "tr" / train.CHECKPOINT)["target"] == "normals"
     rows = train.read_log(tmp_path / "tr" / "metrics.jsonl")
     assert any("val_mean_angle" in r and 0 <= r["val_within_11.25"] <= 1 for r in rows)
     assert any("val_vqvae_ceiling_mean_angle" in r and "val_normals_l1" in r

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import depthart as D
+import zoo as Z
 import evaluate
 import experiment
 import infer_trt as I
@@ -86,8 +87,8 @@ def test_the_tiny_model_before_it_still_beats_every_trivial_predictor_on_its_box
 
 
 def load_checkpoint(path):
-    model = D.DepthART.from_checkpoint(path)
-    return model, model.cfg, D.checkpoint_meta(path)
+    model = Z.load(path)
+    return model, model.cfg, Z.checkpoint_meta(path)
 
 
 @pytest.mark.parametrize("shape", [(96, 128), (128, 96)])
@@ -140,8 +141,8 @@ def test_shipped_normals_model_beats_facing_the_camera():
     """The shipped normals model on 48 held-out world scenes: a lower mean angular error and more pixels
     within 11.25 degrees than predicting every surface facing the camera."""
     torch.set_num_threads(2)
-    model = D.DepthART.from_checkpoint(NORMALS_WEIGHTS)
-    assert model.cfg.target == "normals" and D.checkpoint_meta(NORMALS_WEIGHTS).get("stage") == "transformer"
+    model = Z.load(NORMALS_WEIGHTS)
+    assert model.cfg.target == "normals" and Z.checkpoint_meta(NORMALS_WEIGHTS).get("stage") == "transformer"
     val = experiment.load_val(48, model.cfg.image_size, "normals")
     with torch.no_grad():
         ours = experiment.scores(model.predict(val["image"]), val)

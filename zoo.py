@@ -1,0 +1,269 @@
+"""Everything around the method of depthart.py: which model a Config builds, checkpoints in and out, the
+official weights' key names, and the DepthART release's sampler and loss variant.
+
+  1. Targets       what the second modality is: the paper's depth (depthart.DepthTarget) or, an extension,
+                   camera-frame surface normals; `build(cfg)` makes the model for a Config
+  2. Checkpoints   ours (safetensors, config and run settings in the metadata), VAR's official .pth files,
+                   and the authors' DepthART release (github bulatko/DepthART, model.safetensors), whose key
+                   names map onto ours in one place at load (`from_release_keys`); `load(path)` is the one
+                   loader of whole models, `init_weights` starts training from any of them
+  3. The release's variants: its sampler (the mean of 5 filtered draws per token) and its training loss
+
+depthart.py never imports this file; every tool does. (Not "models.py": VAR's official code is a package `models`.)
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import depthart as D
+from data import atomic_write
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Targets: the paper's depth, and surface normals (an extension: only the normalization in and out changes)
+# ----------------------------------------------------------------------------------------------
+def normalize_normals(normals_B3HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit camera-frame normals (x right, y down, z forward; facing the camera) -> the VQ-VAE's input: already
+    in [-1, 1], they go in as they are; invalid pixels become (0, 0, -1), facing the camera (a neutral fill)."""
+    n_B3HW = normals_B3HW.float().clamp(-1, 1)
+    facing = torch.tensor([0.0, 0.0, -1.0], device=n_B3HW.device).view(1, 3, 1, 1)
+    return n_B3HW if valid_B1HW is None else torch.where(valid_B1HW, n_B3HW, facing)
+
+
+def normals_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
+    """Decoder output -> unit normals (B, 3, H, W): clamp to [-1, 1], then renormalize to unit length."""
+    n_B3HW = x_B3HW.clamp(-1, 1)
+    return n_B3HW / n_B3HW.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+class NormalsTarget:
+    """Surface normals as the second modality (T = 3): DepthART's tokens, loss and rollout are unchanged."""
+    name, channels = "normals", 3
+    encode = staticmethod(normalize_normals)
+    decode = staticmethod(normals_from_decoder)
+
+
+TARGETS = {"depth": D.DepthTarget, "normals": NormalsTarget}  # Config.target -> its target class
+
+
+def build(cfg: D.Config) -> D.DepthART:
+    """The model a Config describes, with its target (random weights)."""
+    if cfg.target not in TARGETS:
+        raise ValueError(f"unknown target {cfg.target!r}; expected one of {', '.join(TARGETS)}")
+    return D.DepthART(cfg, TARGETS[cfg.target]())
+
+
+@torch.no_grad()
+def vqvae_ceiling(model: D.DepthART, y_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+    """The target decoded from the VQ-VAE's own tokens of the true target: the best any transformer on this
+    VQ-VAE can predict (stage 1's validation figure) -> (B, T, H, W)."""
+    return model.target.decode(model.vae.reconstruct(model.target.encode(y_BTHW, valid_B1HW)))
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Checkpoints: our safetensors (config in the metadata), official .pth (weights only), the DepthART
+#    release, clear errors
+# ----------------------------------------------------------------------------------------------
+# The DepthART release keeps the transformer's keys at the top level and the VQ-VAE under `vae_proxy.`; its
+# quantizer is registered twice (`vae_proxy.quantize.` and the alias `vae_quant_proxy.`, one set of tensors,
+# saved under either name); `normalizer.alpha/beta` (2, -1: normalize_depth's constants) are never read at
+# inference. A DDP-wrapped save would prefix every key with `module.`.
+RELEASE_KEY = "vae_proxy.encoder.conv_in.weight"
+PICKLES = (".pth", ".pt", ".bin")
+
+
+def save_checkpoint(path, model: D.DepthART, meta: dict, dtype: torch.dtype | None = None):
+    """dtype=torch.float16 stores the floating-point tensors in half precision (half the file, for shipping;
+    loading casts them back to the model's float32)."""
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+          for k, v in model.state_dict().items()}
+    metadata = {"config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta)}
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(sd, str(tmp), metadata=metadata))
+
+
+def checkpoint_metadata(path) -> dict:
+    """The safetensors metadata of one of our checkpoints ({} for PyTorch pickles such as the official .pth)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix in PICKLES:
+        return {}
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # truncated files, not safetensors at all
+        raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
+
+
+def checkpoint_config(path) -> D.Config | None:
+    """The config a checkpoint carries: ours in its metadata; the DepthART release's read off its shapes
+    (plain attention; VAR's heads are 64 wide at every size); None for bare weights such as VAR's .pth."""
+    md = checkpoint_metadata(path)
+    if "config" in md or Path(path).suffix in PICKLES:
+        return D.Config.from_dict(json.loads(md["config"])) if "config" in md else None
+    with safetensors.safe_open(str(path), "pt") as f:
+        shape = {k.removeprefix("module."): f.get_slice(k).get_shape() for k in f.keys()}
+    if RELEASE_KEY not in shape:
+        return None
+    try:
+        (width, z), blocks = shape["word_embed.weight"], [int(k.split(".")[1]) for k in shape if k[:7] == "blocks."]
+        cfg = D.Config(attention="plain", width=width, heads=width // 64, z_channels=z, depth=1 + max(blocks),
+                       vae_ch=shape[RELEASE_KEY][0], vocab_size=shape["head.weight"][0],
+                       num_classes=shape["class_emb.weight"][0] - 1)
+        if shape["pos_1LC"][1] != cfg.tokens_per_modality:
+            raise ValueError(f"pos_1LC holds {shape['pos_1LC'][1]} positions, not {cfg.tokens_per_modality}")
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: DepthART release keys, but no model we can build ({type(e).__name__}: {e})") from None
+    return cfg
+
+
+def checkpoint_meta(path) -> dict:
+    """What train.py recorded about a checkpoint of ours: stage, objective, step, data, seed."""
+    return json.loads(checkpoint_metadata(path).get("meta", "{}"))
+
+
+def from_release_keys(sd: dict) -> dict:
+    """The release's key names -> ours (`vae_proxy.` -> `vae.`, the rest -> `var.`), either quantizer alias."""
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("normalizer."):
+            continue
+        if k.startswith("vae_quant_proxy."):
+            k = "vae_proxy.quantize." + k.removeprefix("vae_quant_proxy.")
+            if k in sd:  # both aliases stored: one tensor, twice
+                continue
+        out["vae." + k.removeprefix("vae_proxy.") if k.startswith("vae_proxy.") else "var." + k] = v
+    return out
+
+
+def read_state_dict(path) -> dict:
+    """Read a state dict in our key names: .safetensors (ours, or the release's mapped by from_release_keys),
+    or .pth with torch.load(weights_only=True)."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        sd = safetensors.torch.load_file(path)
+        return from_release_keys(sd) if {RELEASE_KEY, "module." + RELEASE_KEY} & set(sd) else sd
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickles with code in them, truncated files, non-checkpoints
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {why})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a state dict (a dict of tensors), got {type(sd).__name__}")
+    return sd
+
+
+def load_weights(module: nn.Module, state_dict: dict, what: str = "checkpoint", ignore_unused: bool = False):
+    """load_state_dict(strict=True), but naming every missing and unexpected key and shape mismatch.
+    ignore_unused: unexpected keys are named in one line on stderr and skipped (the release's loader skips them)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    extra = sorted(set(state_dict) - set(own))
+    if ignore_unused and extra:
+        print(f"note: {what}: {len(extra)} keys not used: {', '.join(extra)}", file=sys.stderr)
+        state_dict, extra = {k: v for k, v in state_dict.items() if k in own}, []
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or extra or shapes:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
+        problems = [f"missing keys: {show(missing)}" if missing else "",
+                    f"unexpected keys: {show(extra)}" if extra else "",
+                    f"shape mismatches: {show(shapes)}" if shapes else ""]
+        raise ValueError(f"{what} does not match the model; " + "; ".join(p for p in problems if p))
+    module.load_state_dict(state_dict, strict=True)
+
+
+def load_file(model: D.DepthART, path):
+    """A whole-model checkpoint into model: ours strictly; the release's with unused keys named and skipped."""
+    load_weights(model, read_state_dict(path), str(path), ignore_unused="config" not in checkpoint_metadata(path))
+
+
+def load(path, device="cpu") -> D.DepthART:
+    """A one-file checkpoint -> the model, in eval mode: ours (config in its metadata) or the authors'
+    DepthART release (model.safetensors; recognised by its keys, config read off its shapes)."""
+    cfg = checkpoint_config(path)
+    if cfg is None:
+        raise ValueError(f"{path}: neither a depthart checkpoint (no config in its metadata) nor the DepthART "
+                         f"release (no {RELEASE_KEY}); VAR's .pth pair loads with --init-vae / --init-var")
+    model = build(cfg)
+    load_file(model, path)
+    return model.to(device).eval()
+
+
+def init_weights(model: D.DepthART, init=None, init_vae=None, init_var=None):
+    """Start a model from checkpoints: `init` a whole model (ours, or the DepthART release's model.safetensors);
+    `init_vae` / `init_var` the official vae_ch160v4096z32.pth / var_d16.pth (VAR's releases), or the `vae.` /
+    `var.` half of one of ours."""
+    if init:
+        load_file(model, init)
+    for part, path in (("vae", init_vae), ("var", init_var)):
+        if path:
+            sd = read_state_dict(path)
+            if any(k.startswith(part + ".") for k in sd):
+                sd = {k[len(part) + 1:]: v for k, v in sd.items() if k.startswith(part + ".")}
+            load_weights(getattr(model, part), sd, str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The DepthART release's sampler and training loss
+# ----------------------------------------------------------------------------------------------
+SAMPLINGS = ("greedy", "release")
+
+
+def release_sample(logits_BlV, generator=None, top_k: int = 900, top_p: float = 0.9, n: int = 5) -> torch.Tensor:
+    """The release's draws (its autoregressive_infer_cfg) -> n token indices per position (B, l, n): keep the
+    top_k logits, then drop the least likely of those while their probability sums to at most 1 - top_p (the
+    most likely always stays); draw n times with replacement."""
+    B, l, V = logits_BlV.shape
+    kth_Bl1 = logits_BlV.topk(min(top_k, V), -1, largest=True, sorted=False)[0].amin(-1, keepdim=True)
+    logits_BlV = logits_BlV.masked_fill(logits_BlV < kth_Bl1, -torch.inf)
+    sorted_BlV, order_BlV = logits_BlV.sort(-1)  # ascending
+    drop_BlV = sorted_BlV.softmax(-1).cumsum(-1) <= 1 - top_p
+    drop_BlV[..., -1] = False
+    logits_BlV = logits_BlV.masked_fill(drop_BlV.scatter(-1, order_BlV, drop_BlV), -torch.inf)
+    probs_PV = logits_BlV.softmax(-1).view(-1, V)
+    return torch.multinomial(probs_PV, n, replacement=True, generator=generator).view(B, l, n)
+
+
+def release_sampler(generator: torch.Generator | None = None):
+    """The release's choice at each scale, for DepthART.rollout / predict: n draws per token, whose code
+    vectors' *mean* (a continuous vector, not a code) builds f_hat -> pick(logits_BlV, codebook_VCv) returning
+    (draws idx_Bln, h_BlCv). generator None: torch's global one, unseeded, as the release."""
+    def pick(logits_BlV, codebook_VCv):
+        draws_Bln = release_sample(logits_BlV, generator)
+        return draws_Bln, codebook_VCv[draws_Bln].mean(2)
+    return pick
+
+
+def sampler(sampling: str, generator: torch.Generator | None = None):
+    """A rollout's pick by name: "greedy" (deterministic; what export unrolls) or "release"."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"unknown sampling {sampling!r}: expected 'greedy' or 'release'")
+    return D.greedy if sampling == "greedy" else release_sampler(generator)
+
+
+def release_loss(model: D.DepthART, image_B3HW, y_BTHW, objective: str = "depthart", valid_B1HW=None):
+    """The release's training loss (`rec_loss: True`, VARLoss(L=424) at d16): cross-entropy on scales 0..K-2
+    only; at the last scale a soft Gumbel-softmax (tau 1) mixture of all codes completes the walk's f_hat,
+    pulled toward f_D by 10 x MSE (as its code describes; as published, that term never reaches its
+    optimizer) -> (loss, stats); token accuracy counts the scales the cross-entropy scores."""
+    logits_BLV, target_BL, f_hats, f_D = model.logits_and_targets(image_B3HW, y_BTHW, objective, valid_B1HW)
+    n, quant = model.bounds[-2], model.vae.quantize
+    ce = F.cross_entropy(logits_BLV[:, :n].reshape(-1, logits_BLV.shape[-1]), target_BL[:, :n].reshape(-1))
+    soft_BlCv = F.gumbel_softmax(logits_BLV[:, n:], tau=1.0, hard=False) @ quant.embedding.weight
+    f_mse = F.mse_loss(f_hats[-2] + quant.eta(soft_BlCv, len(model.cfg.patch_nums) - 1), f_D)
+    loss = ce + 10 * f_mse
+    token_acc = (logits_BLV[:, :n].detach().argmax(-1) == target_BL[:, :n]).float().mean()
+    return loss, {"loss": loss.detach(), "token_acc": token_acc, "f_mse": f_mse.detach()}
