@@ -4,6 +4,7 @@
         --data-root DIR [--protocol depthart|marigold] [--out PREFIX] [--limit N] [--fit squash|pad]
     python evaluate.py --checkpoint CKPT --dataset world --scene-shape 64 96 --family box_room --fit pad
     python evaluate.py --checkpoint CKPT --dataset ordinal        # WHDR on real photographs
+    python evaluate.py --checkpoint CKPT --dataset real --data-root DIR [--out PREFIX]   # realset.py's frames
     python evaluate.py --checkpoint NORMALS_CKPT --dataset nyuv2-normals|hypersim|world [--data-root DIR]
 
 The metrics and the alignment of a relative prediction to metric ground truth live in metrics.py
@@ -521,6 +522,43 @@ def read_world(root=None, split="test", shape=(64, 96), family=None, length=1000
                "valid": scene["valid"], "normals": scene["normals"]}
 
 
+# depthart's own real validation set, made by realset.py (which documents the sources): one folder per frame,
+#   DIR/FRAME/image.png       8-bit RGB
+#   DIR/FRAME/depth.npy       float32 (H, W) metres, 0 = invalid          (meta "kind": "metric")
+#   DIR/FRAME/disparity.npy   float32 (H, W) pixels, 0 = invalid          (meta "kind": "disparity_only")
+#   DIR/FRAME/meta.json       {"source", "kind", "licence", "repository", "commit", "paths", ...}
+REAL_KINDS = {"metric": "depth.npy", "disparity_only": "disparity.npy"}
+
+
+def real_frame_dirs(root):
+    """The frame folders of a real set (those holding meta.json), sorted by name; one-line errors otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"real set {root}: no such folder (build it with realset.py)")
+    frames = sorted(p.parent for p in root.glob("*/meta.json"))
+    if not frames:
+        raise ValueError(f"real set {root}: no FRAME/meta.json inside (the layout realset.py writes)")
+    return frames
+
+
+def read_real(root):
+    for folder in real_frame_dirs(root):
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("kind") not in REAL_KINDS or "source" not in meta:
+            raise ValueError(f"{folder / 'meta.json'}: needs \"source\" and \"kind\" one of {sorted(REAL_KINDS)}")
+
+        def load(folder=folder, meta=meta):
+            image = read_image(folder / "image.png")
+            target = np.load(folder / REAL_KINDS[meta["kind"]]).astype(np.float32)
+            if target.shape != image.shape[:2]:
+                return {"name": folder.name, "skip": SKIP_SIZE}
+            valid = np.isfinite(target) & (target > 0)
+            return {"name": folder.name, "source": meta["source"], "kind": meta["kind"], "image": image,
+                    "target": np.where(valid, target, 0.0).astype(np.float32), "valid": valid}
+
+        yield _entry(folder.name, load)
+
+
 READERS = {
     "nyuv2": read_nyuv2,
     "ibims1": read_ibims1,
@@ -714,6 +752,118 @@ def evaluate_normals(samples, predict, input_size, batch_size=4, progress=False,
             "per_image": per_image}
 
 
+# --------------------------------------------------------------------------------------------
+# The real set (realset.py): every frame scored under two protocols from one prediction, beside the ramp and a
+# constant.
+#   depthart: DepthART's (median scale of depth, valid = depth > 0), metric frames only.
+#   affine:   MiDaS's affine-invariant protocol (Ranftl et al., TPAMI 2020): least-squares scale and shift of the
+#             prediction's inverse depth to the true inverse depth over valid pixels, then AbsRel and delta in
+#             depth. The aligned inverse depth is clipped from below at the frame's smallest true inverse depth
+#             (its farthest valid depth), as MiDaS's evaluation clips to a dataset's depth cap, so no pixel lands
+#             at infinite or negative depth. A disparity_only frame has no depth: its stereo disparity is the
+#             target, and AbsRel / delta are computed in disparity space (|d' - d| / d), which measures the same
+#             relative error as depth space to first order but is not the same number; those frames are averaged
+#             apart, never mixed into the metric frames' means, and get no depthart score (a median scale of
+#             1/d is depth only if the pair's disparity offset is zero, which their copy cannot confirm).
+# One prediction per frame: the image goes in with DepthART's bicubic resize and --fit (pad by default for
+# real photographs, as the ordinal check), and comes back bilinearly (align_corners, DepthART's). The model's
+# relative depth p (in [0, 1], depth / its 98th percentile) becomes inverse depth as 1 / max(p, 0.01).
+# The baselines are drawn at the frame's own size: the ramp (near at the bottom, metrics.ramp_depth) and a
+# constant (metrics.constant_depth; after the affine fit, the frame's mean inverse depth).
+# --------------------------------------------------------------------------------------------
+
+REAL_PRED_MIN = 0.01  # smallest relative depth inverted: 1% of the prediction's 98th-percentile depth
+REAL_PROTOCOLS = ("depthart", "affine")
+REAL_PREDICTORS = ("model", "ramp", "const")
+
+
+def align_affine_inverse(pred_depth, target_inverse, valid):
+    """Least-squares scale and shift of 1 / pred_depth to target_inverse over valid pixels, clipped from below at
+    the smallest valid target_inverse -> aligned inverse depth (H, W) float64."""
+    inverse = 1.0 / np.maximum(np.asarray(pred_depth, np.float64), REAL_PRED_MIN)
+    aligned = align_least_squares(inverse, target_inverse, valid).astype(np.float64)
+    return np.maximum(aligned, float(np.min(np.asarray(target_inverse)[valid])))
+
+
+def score_real_frame(pred, sample) -> dict:
+    """Both protocols' scores of one prediction (H, W, relative depth) on one real frame."""
+    valid, target = sample["valid"], sample["target"].astype(np.float64)
+    out = {"depthart": None}
+    if sample["kind"] == "metric":
+        out["depthart"] = image_metrics(align_median(pred, target, valid), target, valid)
+        inverse_target = np.where(valid, 1.0 / np.where(valid, target, 1.0), 0.0)
+        out["affine"] = image_metrics(1.0 / align_affine_inverse(pred, inverse_target, valid), target, valid)
+    else:  # disparity_only: scored in disparity space
+        out["affine"] = image_metrics(align_affine_inverse(pred, target, valid), target, valid)
+    return out
+
+
+def evaluate_real(samples, predict, input_size, fit="pad", progress=False) -> dict:
+    """Score predict, the ramp and the constant on every frame of a real set under both protocols.
+    Returns {"frames": [{"name", "source", "kind", "valid_fraction", "model"|"ramp"|"const": {protocol: metrics}}],
+    "means": {predictor: {protocol: {group: {metric: mean, "n": frames}}}}, "skipped": {reason: n}}; a group is a
+    source name, "all metric" (every metric frame) or "all disparity_only"."""
+    input_size = _as_size(input_size)
+    skipped, frames = Counter(), []
+    for sample in tqdm(samples, desc="real", unit="img", file=sys.stderr) if progress else samples:
+        if "skip" in sample:
+            skipped[sample["skip"]] += 1
+            continue
+        if not sample["valid"].any():
+            skipped[SKIP_EMPTY] += 1
+            continue
+        H, W = sample["valid"].shape
+        x, box = fit_square(sample["image"].transpose(2, 0, 1), input_size[0], fit, DEPTHART.image_resize)
+        raw = np.asarray(predict(np.clip(x, 0.0, 1.0)[None].astype(np.float32)), np.float32)
+        pred = unfit_square(raw[0, 0], box, H, W, "bilinear", DEPTHART.pred_align_corners)
+        if not np.isfinite(pred[sample["valid"]]).all():
+            skipped[SKIP_NONFINITE] += 1
+            continue
+        row = {"name": sample["name"], "source": sample["source"], "kind": sample["kind"],
+               "valid_fraction": float(sample["valid"].mean())}
+        for name, p in (("model", pred), ("ramp", ramp_depth(H, W)), ("const", constant_depth(H, W))):
+            row[name] = score_real_frame(p, sample)
+        frames.append(row)
+    means = {}
+    for predictor in REAL_PREDICTORS:
+        means[predictor] = {}
+        for protocol in REAL_PROTOCOLS:
+            groups = {}
+            for key in sorted({f["source"] for f in frames}) + ["all metric", "all disparity_only"]:
+                rows = [f[predictor][protocol] for f in frames
+                        if f[predictor][protocol] is not None and key in (f["source"], f"all {f['kind']}")]
+                if rows:
+                    groups[key] = {m: float(np.mean([r[m] for r in rows])) for m in rows[0]} | {"n": len(rows)}
+            means[predictor][protocol] = groups
+    return {"dataset": "real", "input_size": list(input_size), "fit": fit, "frames": frames, "means": means,
+            "skipped": dict(skipped)}
+
+
+def format_real(result) -> str:
+    """Per-frame rows and per-source / overall means: AbsRel and delta1 of model, ramp and constant under
+    both protocols (disparity_only frames: affine only, in disparity space)."""
+    head = ("| frame | source | valid | " + " | ".join(f"{p} {proto} AbsRel / d1" for proto in ("depthart", "affine")
+                                                    for p in REAL_PREDICTORS) + " |")
+    lines = [f"real set / input {result['input_size'][0]}x{result['input_size'][1]} ({result['fit']})", head,
+             "|" + "---|" * (3 + 2 * len(REAL_PREDICTORS))]
+
+    def cell(m):
+        return "-" if m is None else f"{m['abs_rel']:.3f} / {m['delta1']:.3f}"
+
+    for f in result["frames"]:
+        lines.append(f"| {f['name']} | {f['source']} | {f['valid_fraction']:.2f} | "
+                     + " | ".join(cell(f[p][proto]) for proto in REAL_PROTOCOLS for p in REAL_PREDICTORS) + " |")
+    groups = list(dict.fromkeys(g for p in REAL_PREDICTORS for proto in REAL_PROTOCOLS for g in result["means"][p][proto]))
+    for g in groups:
+        n = max(result["means"]["model"][proto].get(g, {}).get("n", 0) for proto in REAL_PROTOCOLS)
+        lines.append(f"| **mean {g}** | {n} frames | | "
+                     + " | ".join(cell(result["means"][p][proto].get(g)) for proto in REAL_PROTOCOLS
+                                  for p in REAL_PREDICTORS) + " |")
+    total = sum(result["skipped"].values())
+    lines.append(f"skipped: {total}" + "".join(f"\n  {r}: {n}" for r, n in sorted(result["skipped"].items())))
+    return "\n".join(lines)
+
+
 # The ordinal check: real photographs that Python packages ship, with point pairs labelled by
 # looking ("A is nearer than B"); scored by WHDR (metrics.whdr). No photograph of it is a texture
 # of the synthetic world (scenes.TEXTURES).
@@ -830,8 +980,9 @@ def parse_args(argv=None):
     parser.add_argument("--sampling", choices=["greedy", "release"], default="greedy",
                         help="greedy (default; every backend) or the DepthART release's sampler (PyTorch)")
     parser.add_argument("--seed", type=int, default=None, help="--sampling release: seed of its draws")
-    parser.add_argument("--dataset", required=True, choices=sorted(READERS) + ["ordinal"],
-                        help="a benchmark, the built-in synthetic scenes, or ordinal (docs/ordinal_pairs.json); "
+    parser.add_argument("--dataset", required=True, choices=sorted(READERS) + ["ordinal", "real"],
+                        help="a benchmark, the built-in synthetic scenes, ordinal (docs/ordinal_pairs.json), or real "
+                             "(realset.py's folder: both protocols, beside ramp and constant); "
                              f"normals: {', '.join(NORMALS_DATASETS)}")
     parser.add_argument("--data-root", default=None, help="dataset folder in its published layout")
     parser.add_argument("--protocol", default="depthart", choices=sorted(PROTOCOLS))
@@ -847,9 +998,10 @@ def parse_args(argv=None):
     parser.add_argument("--scene-shape", type=int, nargs=2, default=[64, 96], metavar=("H", "W"),
                         help="world: the rendered size (default 64 96; non-square allowed)")
     parser.add_argument("--family", default=None, help="world: one scene family (box_room, room, corridor, ...)")
-    parser.add_argument("--fit", default="squash", choices=FITS,
+    parser.add_argument("--fit", default=None, choices=FITS,
                         help="squash (default, the published protocols: resize to the square input) or pad "
-                             "(keep the aspect ratio, pad to the square, crop the prediction back)")
+                             "(keep the aspect ratio, pad to the square, crop the prediction back; the default "
+                             "for --dataset real, as the ordinal check's README commands use)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -864,6 +1016,8 @@ def main(argv=None):
 
 
 def run(args):
+    if args.fit is None:
+        args.fit = "pad" if args.dataset == "real" else "squash"
     if args.dataset not in ("synthetic", "world", "ordinal"):
         if args.data_root is None:
             raise ValueError(f"--data-root is required for {args.dataset}")
@@ -876,6 +1030,8 @@ def run(args):
         return run_normals(args, predict, input_size)
     if args.dataset == "nyuv2-normals":
         raise ValueError(f"--dataset nyuv2-normals scores normals; {args.checkpoint} predicts depth")
+    if args.dataset == "real":
+        return run_real(args, predict, input_size)
     if args.dataset == "ordinal":
         result = dict(ordinal_check(predict, input_size, args.fit), checkpoint=args.checkpoint, fit=args.fit)
         print(format_ordinal(result))
@@ -898,6 +1054,20 @@ def run(args):
     result = evaluate_dataset(samples, predict, args.protocol, args.dataset, input_size,
                               batch_size=args.batch_size, progress=not args.no_progress, fit=args.fit)
     return report(result, args)
+
+
+def run_real(args, predict, input_size):
+    samples = read_real(args.data_root)
+    if args.limit is not None:
+        samples = itertools.islice(samples, args.limit)
+    result = dict(evaluate_real(samples, predict, input_size, args.fit, progress=not args.no_progress),
+                  checkpoint=args.checkpoint, sampling=args.sampling, seed=args.seed)
+    print(format_real(result))
+    if args.out:
+        path = Path(f"{args.out}.json")
+        path.write_text(json.dumps(json.loads(json.dumps(result, default=float), parse_constant=lambda c: None), indent=1))
+        print(f"wrote {path}")
+    return result
 
 
 def report(result, args):

@@ -699,3 +699,110 @@ def test_facing_baseline_on_world_normals():
     result = ev.main(["--checkpoint", "facing", "--dataset", "world", "--limit", "3", "--input-size", "32",
                       "--scene-shape", "32", "48", "--no-progress"])
     assert result["n_images"] == 3 and 0 < result["metrics"]["mean_angle"] < 180
+
+
+# ---------------------------------------------------------------------------------------------
+# The real set (realset.py's layout): reader, both protocols, the CLI with the tiny model.
+# ---------------------------------------------------------------------------------------------
+
+TINY = ROOT / "weights" / "depthart_tiny.safetensors"
+
+
+def write_real_frame(root, name, kind, target, source="fake", image=None):
+    folder = root / name
+    folder.mkdir(parents=True)
+    h, w = target.shape
+    if image is None:
+        image = (np.random.default_rng(len(name)).random((h, w, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(folder / "image.png")
+    np.save(folder / ("depth.npy" if kind == "metric" else "disparity.npy"), target.astype(np.float32))
+    (folder / "meta.json").write_text(json.dumps({"source": source, "kind": kind, "licence": "test"}))
+
+
+def fake_real_set(root):
+    """Two metric frames of two sources (a tilted floor, a box in front of a wall; holes = 0) and one disparity frame."""
+    v = np.linspace(0, 1, 30)[:, None] * np.ones((1, 44))
+    floor = (1.0 + 3.0 * (1 - v)).astype(np.float32)
+    floor[:3, :5] = 0.0
+    box = np.full((30, 44), 4.0, np.float32)
+    box[10:22, 12:30] = 1.5
+    write_real_frame(root, "a_floor", "metric", floor, source="rooms")
+    write_real_frame(root, "b_box", "metric", box, source="tabletop")
+    write_real_frame(root, "c_stereo", "disparity_only", 20.0 / box, source="stereo")
+    return root
+
+
+def test_real_reader_reads_the_layout_back(tmp_path):
+    samples = list(ev.read_real(fake_real_set(tmp_path)))
+    assert [s["name"] for s in samples] == ["a_floor", "b_box", "c_stereo"]
+    assert [s["kind"] for s in samples] == ["metric", "metric", "disparity_only"]
+    floor = samples[0]
+    assert floor["image"].shape == (30, 44, 3) and floor["image"].dtype == np.float32 and floor["image"].max() <= 1
+    assert floor["valid"].sum() == 30 * 44 - 15 and not floor["valid"][:3, :5].any()
+    assert samples[2]["target"].max() == pytest.approx(20.0 / 1.5)
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "no FRAME/meta.json inside"),
+    (lambda d: (d / "f").mkdir() or (d / "f" / "meta.json").write_text('{"source": "s", "kind": "sparse"}'),
+     "needs \"source\" and \"kind\""),
+])
+def test_real_set_bad_layout_is_one_line(tmp_path, setup, message):
+    setup(tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", "ramp", "--dataset", "real",
+                           "--data-root", str(tmp_path), "--no-progress"], capture_output=True, text=True, cwd="/")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_affine_inverse_alignment_recovers_a_known_affine_map():
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 5.0, (20, 30))
+    valid = rng.random((20, 30)) > 0.2
+    pred = rng.uniform(0.1, 1.0, (20, 30))  # relative depth; the truth's inverse is an affine map of its inverse
+    target_inverse = 0.3 / pred + 0.05
+    aligned = ev.align_affine_inverse(pred, target_inverse, valid)
+    assert np.allclose(aligned[valid], target_inverse[valid], rtol=1e-5)
+    # a prediction proportional to the depth scores zero under both protocols; a shifted one only under the affine fit
+    sample = {"kind": "metric", "target": depth.astype(np.float32), "valid": valid}
+    exact = ev.score_real_frame(depth / depth.max(), sample)
+    assert exact["depthart"]["abs_rel"] < 1e-6 and exact["affine"]["abs_rel"] < 1e-5
+    shifted = ev.score_real_frame(1.0 / (1.0 / depth + 0.5), sample)
+    assert shifted["affine"]["abs_rel"] < 1e-5 and shifted["depthart"]["abs_rel"] > 0.05
+
+
+def test_affine_alignment_is_clipped_at_the_farthest_true_depth():
+    depth = np.array([[1.0, 2.0, 4.0, 8.0]])
+    valid = np.ones_like(depth, bool)
+    pred = np.array([[0.2, 0.3, 1.0, 1.0]])  # a fit that would put some pixels beyond the farthest truth
+    aligned = ev.align_affine_inverse(pred, 1.0 / depth, valid)
+    assert aligned.min() >= 1.0 / 8.0 - 1e-12
+
+
+def test_real_disparity_frames_get_only_the_affine_protocol_in_disparity_space():
+    disparity = np.array([[10.0, 20.0], [40.0, 0.0]])
+    sample = {"kind": "disparity_only", "target": disparity, "valid": disparity > 0}
+    scores = ev.score_real_frame(1.0 / np.where(disparity > 0, disparity, 1.0), sample)  # depth = 1 / disparity
+    assert scores["depthart"] is None and scores["affine"]["abs_rel"] < 1e-6
+
+
+def test_cli_real_with_the_tiny_model_prints_frames_and_both_protocols(tmp_path, capsys):
+    root = fake_real_set(tmp_path / "real")
+    result = ev.main(["--checkpoint", str(TINY), "--dataset", "real", "--data-root", str(root),
+                      "--out", str(tmp_path / "out" / "tiny"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert result["fit"] == "pad"  # real photographs default to the ordinal check's fit
+    for name in ("a_floor", "b_box", "c_stereo", "mean all metric", "mean all disparity_only", "mean rooms"):
+        assert name in out
+    saved = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    frames = {f["name"]: f for f in saved["frames"]}
+    assert frames["c_stereo"]["model"]["depthart"] is None
+    for f in ("a_floor", "b_box"):
+        for predictor in ("model", "ramp", "const"):
+            assert 0 <= frames[f][predictor]["depthart"]["abs_rel"] < 10 and 0 <= frames[f][predictor]["affine"]["delta1"] <= 1
+    means = saved["means"]
+    assert means["model"]["depthart"]["all metric"]["n"] == 2 and means["model"]["affine"]["all disparity_only"]["n"] == 1
+    assert means["ramp"]["depthart"]["all metric"]["abs_rel"] == pytest.approx(
+        np.mean([frames[f]["ramp"]["depthart"]["abs_rel"] for f in ("a_floor", "b_box")]))
+    # the tilted floor is a ramp: under the affine fit in inverse depth the ramp baseline beats the constant there
+    assert frames["a_floor"]["ramp"]["affine"]["abs_rel"] < frames["a_floor"]["const"]["affine"]["abs_rel"]
