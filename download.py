@@ -357,6 +357,10 @@ def _receive(response, part: Path, have: int, remote: Remote, host: str, progres
     """Stream a file response into PART (appending on a 206 that continues it), then check its length."""
     if have and response.status == 206 and response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
         mode, start = "ab", have
+    elif response.status == 206:  # a range we did not ask for: nothing to splice safely
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{host} answered with another part of {remote.filename} than asked for; the partial "
+                            f"download was deleted; rerun")
     else:  # a fresh download, or a server that ignored the Range: start over
         mode, start = "wb", 0
     total = None
