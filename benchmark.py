@@ -33,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import depthart as D
+import download
 import zoo as Z
 import export as E
 import infer_trt as I
@@ -98,7 +99,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="tiny", help="tiny (default), d16 or release (d16 with the release's plain attention), random weights")
-    src.add_argument("--checkpoint", help="a .safetensors checkpoint (ours or the DepthART release's) instead of random weights")
+    src.add_argument("--checkpoint", help="a .safetensors checkpoint (ours or the DepthART release's, or release after "
+                                          "`python download.py release`) instead of random weights")
+    p.add_argument("--download", action="store_true", help="download a --checkpoint name (release) that is not here yet")
     p.add_argument("--reps", type=int, help="timed runs per path (default: tiny 20, d16 3)")
     p.add_argument("--images", type=int, default=6, help="distinct test images, cycled (default 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
@@ -110,7 +113,10 @@ def parse_args(argv=None):
     p.add_argument("--force-bf16", action="store_true", help="time BF16 autocast even where the CPU emulates it")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--export-only", help=argparse.SUPPRESS)  # used by graph_for's child process
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.checkpoint:
+        args.checkpoint = str(download.resolve_arg(args.checkpoint, args.download, prog="benchmark.py"))
+    return args
 
 
 def build_model(args) -> tuple[D.DepthART, str]:

@@ -45,6 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
+import download
 import infer_trt
 from data import FITS, fit_square, package_file, read_image, resize, unfit_square, writable_dir
 from metrics import (align_least_squares, align_median, constant_depth, facing_camera, image_metrics, normal_metrics,
@@ -976,7 +977,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
                         help="model file for infer_trt.load_backend (.safetensors of ours or the DepthART release, "
-                             ".onnx, .engine), or const / ramp (depth) / facing (normals: every pixel facing the camera)")
+                             ".onnx, .engine), release (the paper's model, after `python download.py release`), or "
+                             "const / ramp (depth) / facing (normals: every pixel facing the camera)")
+    parser.add_argument("--download", action="store_true", help="download a --checkpoint name (release) that is not here yet")
     parser.add_argument("--sampling", choices=["greedy", "release"], default="greedy",
                         help="greedy (default; every backend) or the DepthART release's sampler (PyTorch)")
     parser.add_argument("--seed", type=int, default=None, help="--sampling release: seed of its draws")
@@ -1008,6 +1011,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.checkpoint not in BASELINES:
+        args.checkpoint = str(download.resolve_arg(args.checkpoint, args.download, prog="evaluate.py"))
     try:
         return run(args)
     except (ValueError, OSError, RuntimeError) as e:  # missing files, bad layouts, unwritable --out: one line

@@ -57,6 +57,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import depthart as D
+import download
 import zoo as Z
 from data import atomic_write, writable_dir
 
@@ -691,7 +692,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a .safetensors checkpoint: ours, or the DepthART release's model.safetensors")
+    src.add_argument("--checkpoint", help="a .safetensors checkpoint: ours, or the DepthART release's model.safetensors "
+                                          "(or its name, release, after `python download.py release`)")
+    p.add_argument("--download", action="store_true", help="download a --checkpoint name (release) that is not here yet")
     src.add_argument("--preset", help="tiny, small, d16 or release with random (non-trivial) weights, to test the pipeline")
     p.add_argument("--target", choices=tuple(Z.TARGETS), default="depth", help="--preset: what the random model predicts")
     p.add_argument("--out", required=True, help="the .onnx file to write")
@@ -711,6 +714,8 @@ def main(argv=None) -> int:
     p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT workspace limit (default 4096 MiB)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (default: beside the engine)")
     args = p.parse_args(argv)
+    if args.checkpoint:
+        args.checkpoint = str(download.resolve_arg(args.checkpoint, args.download, prog="export.py"))
     try:
         return run(args)
     except (ValueError, OSError, RuntimeError) as e:  # ParityError, EngineUnavailable are RuntimeErrors

@@ -78,6 +78,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import depthart as D
+import download as weights
 import zoo as Z
 import export as E
 from data import FITS, atomic_write, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square, writable_dir
@@ -388,15 +389,18 @@ class DepthModel:
         return f"DepthModel({self.backend.name}, fit={self.fit})"
 
 
-def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log=print) -> DepthModel:
+def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log=print,
+         download: bool = False) -> DepthModel:
     """The Python API: `model = infer_trt.load()` then `model.predict(image)`.
 
-    path: a checkpoint (.safetensors), an .onnx graph or a TensorRT .engine; default the shipped model.
+    path: a checkpoint (.safetensors), an .onnx graph or a TensorRT .engine, or a name of download.py's
+    ("release": the paper's model); default the shipped model. A name not yet downloaded is a
+    FileNotFoundError naming the command, unless download=True (then it downloads, with a progress bar).
     backend: auto (the best present: TensorRT, ONNX Runtime, PyTorch) or trt / ort / torch.
     fit: pad (default, keeps the aspect ratio) or squash. The first call for a checkpoint exports and
     caches its graph (log says so)."""
-    return DepthModel(load_backend(DEFAULT_CHECKPOINT if path is None else path, backend, cache_dir=cache_dir,
-                                   log=log), fit)
+    path = DEFAULT_CHECKPOINT if path is None else weights.resolve(path, download)
+    return DepthModel(load_backend(path, backend, cache_dir=cache_dir, log=log), fit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -695,8 +699,10 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("inputs", nargs="+", help="image or video files, folders (their images) or glob patterns")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint (.safetensors), graph (.onnx) or TensorRT engine (.engine); default the shipped "
+                   help="checkpoint (.safetensors), graph (.onnx) or TensorRT engine (.engine), or `release` (the "
+                        "paper's model, after `python download.py release`); default the shipped "
                         "weights/depthart_small.safetensors")
+    p.add_argument("--download", action="store_true", help="download a --checkpoint name (release) that is not here yet")
     p.add_argument("--target", choices=tuple(Z.TARGETS), default=None,
                    help="what to predict: depth or normals; the checkpoint says which it predicts, and --target "
                         "normals without --checkpoint takes the shipped weights/depthart_normals_tiny.safetensors")
@@ -730,6 +736,7 @@ def parse_args(argv=None):
         p.error("--batch must be at least 1")
     if args.checkpoint is None:
         args.checkpoint = str(DEFAULT_NORMALS_CHECKPOINT if args.target == "normals" else DEFAULT_CHECKPOINT)
+    args.checkpoint = str(weights.resolve_arg(args.checkpoint, args.download, prog="infer_trt.py"))
     if args.target == "normals" and args.ply:
         p.error("--ply needs depth: a normals model has none")
     return args

@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import depthart as D
+import download
 import zoo as Z
 from data import SyntheticScenes, atomic_write, make_dataset, writable_dir
 from metrics import mean_normal_metrics, median_aligned_scores
@@ -50,7 +51,7 @@ CHECKPOINT = "last.safetensors"  # the whole DepthART state dict; config, run fa
 STATE = "last.state.pt"          # optimizer, scheduler, step, RNG, codebook hits: torch.save, weights_only-loadable
 # --resume restores every setting from the checkpoint; these alone may be given with another value
 RESUME_MAY_CHANGE = ("steps", "threads", "workers", "log_every", "val_every", "val_samples", "save_every", "force_bf16")
-NOT_SETTINGS = ("out", "resume", "benchmark", "stop_after", "explicit")  # this invocation's, not the run's
+NOT_SETTINGS = ("out", "resume", "benchmark", "stop_after", "explicit", "download")  # this invocation's, not the run's
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +231,9 @@ def parse_args(argv=None):
     unset = object()
     ap.set_defaults(**{a.dest: unset for a in ap._actions if a.dest != "help"})
     args.explicit = {k for k, v in vars(ap.parse_args(argv)).items() if v is not unset}
+    for name, role in (("init", "checkpoint"), ("init_vae", "vae"), ("init_var", "var")):  # release, var-d16
+        setattr(args, name, download.resolve_arg(getattr(args, name), args.download, role, prog="train.py"))
+        setattr(args, name, None if getattr(args, name) is None else str(getattr(args, name)))
     if args.out is None:
         args.out = "runs/" + ("vqvae" if args.stage == "vqvae" else args.objective)
     args.out = Path(args.out)
@@ -258,12 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stage", default="transformer", choices=["vqvae", "transformer"])
     ap.add_argument("--objective", default="depthart", choices=["depthart", "var"], help="stage 2 only")
     ap.add_argument("--init", help="whole-model checkpoint to start from: ours (e.g. a var run) or the DepthART "
-                                   "release's model.safetensors (fine-tunes the paper's model)")
+                                   "release's model.safetensors, or release after `python download.py release` "
+                                   "(fine-tunes the paper's model)")
     ap.add_argument("--release-loss", action="store_true",
                     help="stage 2: the DepthART release's variant: cross-entropy on scales 1..K-1, and at the last "
                          "scale a soft Gumbel-softmax mixture pulled toward f_D by 10 x MSE (default off)")
-    ap.add_argument("--init-vae", help="VQ-VAE weights: official vae_ch160v4096z32.pth or a checkpoint of ours")
-    ap.add_argument("--init-var", help="transformer weights: official var_d16.pth or a checkpoint of ours")
+    ap.add_argument("--init-vae", help="VQ-VAE weights: official vae_ch160v4096z32.pth (var-d16 after `python "
+                                       "download.py var-d16`) or a checkpoint of ours")
+    ap.add_argument("--init-var", help="transformer weights: official var_d16.pth (var-d16 after `python download.py "
+                                       "var-d16`) or a checkpoint of ours")
+    ap.add_argument("--download", action="store_true",
+                    help="download a name given to --init / --init-vae / --init-var (release, var-d16) not here yet")
     ap.add_argument("--steps", type=int, default=1000, help="total optimizer steps of the run")
     ap.add_argument("--batch-size", type=int, default=16, help="per process")
     ap.add_argument("--lr", type=float, default=1e-4)
