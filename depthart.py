@@ -6,21 +6,21 @@ fine (16x16), each a *residual* on the sum of the coarser ones, here after a pre
 tokens. VAR trains by teacher forcing: at scale si the transformer is shown the *true* coarser maps. At
 inference it is shown its *own*, whose mistakes it never saw in training, so errors compound from scale
 to scale: exposure bias. DepthART trains on what inference sees. The model rolls out its own greedy maps
-z_0..z_{si-1}, and the target at scale si is recomputed from the true depth as the code that best repairs
-what the model has built so far (a "dynamic target"); a rollout that matches the truth gets VAR's
-targets back.
+z_0..z_{si-1} without gradients, and the target at scale si is recomputed from the true depth: the nearest
+codes to what that walk left unexplained (the quantizer's own rule, a "dynamic target"); one ordinary
+block-causal forward over the walk then scores them. A walk that matches the truth gets VAR's targets back.
 
 Where training starts. A repair target is only learnable when the walk it repairs has structure. The
 paper fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly (`--objective depthart --init-var
 var_d16.pth`): it already walks coherent residual maps over the same VQ-VAE. From random weights the walk
-is noise and the targets chase it (in a CPU prototype they matched the true tokens at 2% of positions),
-so the CPU presets train `--objective var` first, then `--objective depthart --init` from it.
+is noise and the targets chase it (in a CPU prototype they equalled the VQ-VAE's own tokens at 2% of
+positions), so train.py trains the CPU presets with teacher forcing first, then with DepthART from that.
 
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
 4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
-targets side by side, one rollout, loss, predict). This file imports only torch. Everything around the
-method is in zoo.py, above it: checkpoints, official key names, the release's sampler and loss, normals.
+targets side by side, one rollout, loss, predict). This file imports only torch; zoo.py, which imports it,
+holds what surrounds the method: checkpoints, official key names, the release's sampler and loss, normals.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: Phi_i after bicubic upsampling of token map i to the full latent):
@@ -28,37 +28,39 @@ S_si: area resize to scale si, eta_i: Phi_i after bicubic upsampling of token ma
   depthart:  inputs from the model's greedy walk z_si; targets t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i)))
 When the model walks exactly the VQ-VAE's path (z = x), the two coincide: they differ only in who walks.
 
-d16, one 256x256 image: encoder f (B,32,16,16) -> 10 token maps of sides pn = 1,2,3,4,5,6,8,10,13,16 (680
-tokens); transformer input (B, 680 + 680, 1024) = [image prefix | depth start token, depth inputs of scales
-1..9], block-causal (depth scale si sees the whole prefix and depth scales up to si); logits (B, 680, 4096);
-scale si's tokens (B, pn*pn) -> eta_si -> f_hat += it; decoder f_hat -> (B,3,256,256) -> depth (B,1,256,256).
+d16: image (B,3,256,256) -> f (B,32,16,16) -> 10 token maps, sides pn = 1,2,3,4,5,6,8,10,13,16 (680 tokens);
+transformer input (B, 680 + 680, 1024) = [image prefix | depth start token, depth inputs of scales 1..9].
 
 One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wrong at scale 2:
   f_D = vae.encode(depth)                (1,32,16,16) the depth map's latent; the VQ-VAE itself is frozen
   z_0, z_1, z_2 = greedy rollout         (1,1) (1,4) (1,9) token indices; say z_2 differs from x_2 at 3 of 9
   rest = f_D - sum_{i<3} eta_i(z_i)      (1,32,16,16) what the model's own walk left unexplained
   t_3 = Q(S_3(rest))                     (1,16) area-resize to 4x4, nearest code per position: the dynamic target
-  x_3 = Q(S_3(f_D - sum eta_i(x_i)))     (1,16) teacher forcing's target repairs the VQ-VAE's walk: != t_3 there
+  x_3 = Q(S_3(f_D - sum eta_i(x_i)))     (1,16) teacher forcing's target repairs the VQ-VAE's walk instead:
+                                         it differs from t_3 wherever eta_2(z_2)'s error reaches
   input_3 = S_3(sum_{i<3} eta_i(z_i))    (1,32,4,4) -> (1,16,32) -> word_embed + position -> (1,16,1024)
-  logits_BlV = var(...)[:, 14:30]        (1,16,4096) positions bounds[3]..bounds[4]-1 of the depth half
-  loss += CE(logits_BlV, t_3)            it learns to repair its own past, as inference needs (all scales: one forward)
+  logits_BLV = parallel_logits(...)      (1,680,4096) the depth half of one block-causal forward over the walk
+  logits_BLV[:, 14:30] vs t_3            scale 3 is positions bounds[3]..bounds[4]-1 = 14..29 of the depth half
+  loss = CE(logits_BLV, t_0..t_9)        one mean over all 680 tokens: it learns to repair its own past
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning):
   B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
-  V vocabulary     H, W image size               h, w one latent map's size       K scales (10)
-  L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence
-  A attention heads (16)   c channels per head (C/A)   P positions flattened (H*W, h*w or B*l)   T target channels
-  i a resize's input side   si a scale's index, 0-based (0..K-1)   pn its side, patch_nums[si]
-e.g. idx_Bl token indices of one scale, f_BCvhw a latent map, f_BNCv latents of several scales as a
-sequence, x_BNC transformer activations, logits_BlV one scale's logits. Official key names keep VAR's own
-letters (scale_mul_1H11: H heads; ema_vocab_hit_SV: S scales).
+  V vocabulary     H, W image size               h, w one latent map's size       K scales (10)   A heads (16)
+  L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
+  c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   n draws
+  J partial sums decoded at once
+  si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]
+Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), idx
+token indices, code code vectors. In formulas, as the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si
+dynamic targets, i a coarser scale, S_si an area resize to side pn. "Target" is also the modality predicted
+(Config.target, y_BTHW). Official key names keep VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV).
 
-"Official key" marks what exists only so that VAR's checkpoints load strictly: `VQVAE(Config.d16())` and
-`VAR(Config.d16())` have exactly their keys, shapes and dtypes.
+"Official key" marks what exists only so that VAR's checkpoints load strictly (`VQVAE(Config.d16())` and
+`VAR(Config.d16())` have exactly their keys, shapes and dtypes). Skim the VQ-VAE's convolution stack: it is
+VAR's standard VQGAN; the method uses only its encode, quantizer and decode.
 
-One extension beyond the paper, off in `d16`: image_shortcut adds, at every depth position, a projection
-of the image token at the same scale and position. A from-scratch small model otherwise predicts each scale
-from coarser depth alone, ignoring the image for thousands of steps; it made the image matter ~15x sooner.
+One extension, off in `d16`: image_shortcut adds to every depth position a projection of the image token at
+the same position; from scratch a small model otherwise ignores the image for thousands of steps.
 """
 from __future__ import annotations
 
@@ -84,14 +86,15 @@ class Config:
     vae_res_blocks: int = 2        # per encoder level; the decoder has one more
     phi_count: int = 4             # four partially shared Phi convolutions
     phi_ratio: float = 0.5         # Phi(h) = (1 - r) h + r conv3x3(h)
-    depth: int = 16                # transformer blocks
+    depth: int = 16                # transformer blocks (VAR's name; not the depth map)
     width: int = 1024              # C
     heads: int = 16                # A
     mlp_ratio: float = 4.0
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
     image_shortcut: bool = False   # extension (see module docstring); off for the paper
-    target: str = "depth"          # what the second modality is: "depth" (the paper, section 4) or one of zoo.py's
+    target: str = "depth"          # the second modality: "depth" (the paper, section 4) or a target defined in zoo.py
+    depth_norm: str = "q98"        # how depth enters the VQ-VAE: "q98" (the paper, section 4) or a variant in zoo.py
     attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain": the release's
     attn_tau: float = 4.0          # plain attention only: softmax(q k^T / sqrt(c) / tau)
 
@@ -118,14 +121,13 @@ class Config:
 
     @classmethod
     def release(cls) -> "Config":
-        """The authors' released DepthART (github bulatko/DepthART, model.safetensors): d16 fine-tuned from
-        var_d16.pth with plain attention (their config: cos_attn False, tau 4), the only change from d16."""
+        """The authors' release (github bulatko/DepthART): d16 with plain attention (cos_attn False, tau 4)."""
         return cls(attention="plain")
 
     @classmethod
     def tiny(cls) -> "Config":
-        """Sized to train on a 2-core CPU in about two hours: 64x64 input, an 8x8 latent, six scales (130
-        tokens per modality), 512 codes, a 4-block width-128 transformer (1.3M weights; VQ-VAE 1.1M)."""
+        """Sized for a 2-core CPU: 64x64 input, an 8x8 latent, six scales (130 tokens per modality), 512 codes,
+        a 4-block width-128 transformer (1.3M weights; VQ-VAE 1.1M)."""
         return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
                    num_classes=0, image_shortcut=True)
@@ -157,7 +159,7 @@ class Config:
 # 2. Multi-scale residual VQ-VAE (VAR's, with the official module names so checkpoints load)
 # ----------------------------------------------------------------------------------------------
 def _norm(ch: int) -> nn.GroupNorm:
-    # VAR's 32 groups; the tiny preset's narrow layers (16 channels) keep at least 2 channels a group.
+    # VAR's 32 groups; the tiny and small presets' narrow layers (16 channels) keep at least 2 channels a group.
     return nn.GroupNorm(min(32, ch // 2), ch, eps=1e-6)
 
 
@@ -283,11 +285,9 @@ class Phi(nn.Conv2d):
 
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
-    """Which Phi each scale uses: the tick nearest to the scale's position si/(K-1) in [0, 1], as VAR's
-    PhiPartiallyShared. Its ticks keep a margin of 1/(3 phi_count) at the ends when phi_count is 4 and
-    1/(2 phi_count) otherwise (VAR's code, no reason given); we follow it because the checkpoints' Phis were
-    trained on this table. At d16, si = 2 and 7 lie midway between two ticks; float64 rounding (numpy's, in
-    VAR) picks the finer one both times: [0,0,1,1,1,2,2,3,3,3]."""
+    """Which Phi each scale uses: VAR's table (its PhiPartiallyShared), kept so that the checkpoints' Phis meet
+    their scales: the tick nearest to si/(K-1), ticks inset by 1/(3 phi_count) when phi_count is 4, else
+    1/(2 phi_count). At d16, si = 2 and 7 tie; float64 rounding picks the finer Phi: [0,0,1,1,1,2,2,3,3,3]."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
@@ -297,15 +297,14 @@ def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix M with F.interpolate(x, (dst, dst), mode) == M @ x @ M.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
     an identity matrix's rows reads M off."""
-    eye_11ii = torch.eye(src, dtype=torch.float64)[None, None]
+    eye = torch.eye(src, dtype=torch.float64)[None, None]
     kwargs = {"align_corners": False} if mode == "bicubic" else {}
-    return F.interpolate(eye_11ii, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
+    return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
 
 
 class Resampler(nn.Module):
-    """Every resize between the scales of a schedule as a constant matrix product (non-persistent buffers).
-    Why not F.interpolate: training, inference and the exported graph must run the same arithmetic, and ONNX
-    exporters reject area resizes that do not divide evenly (16 -> 13) while TensorRT lacks PyTorch's cubic."""
+    """Every resize between scales as a constant matrix product, so that training, inference and the exported
+    graph run one arithmetic (ONNX exporters reject uneven area resizes, 16 -> 13; TensorRT lacks this cubic)."""
 
     def __init__(self, patch_nums):
         super().__init__()
@@ -346,11 +345,10 @@ class ResidualQuantizer(nn.Module):
         dist_PV = (f_PCv.square().sum(1, keepdim=True) + e_VCv.square().sum(1)) - 2 * f_PCv @ e_VCv.T
         return dist_PV.argmin(1).view(B, h * w)
 
-    def eta(self, h_BlCv: torch.Tensor, si: int) -> torch.Tensor:
+    def eta(self, code_BlCv: torch.Tensor, si: int) -> torch.Tensor:
         """eta_si: scale si's code vectors, bicubic-upsampled to the full latent, then Phi -> f_BCvhw."""
-        B, pn = h_BlCv.shape[0], self.patch_nums[si]
-        h_BCvhw = h_BlCv.transpose(1, 2).reshape(B, -1, pn, pn)
-        return self.quant_resi.qresi_ls[self.phi_of_scale[si]](self.resample(h_BCvhw, self.patch_nums[-1], "bicubic"))
+        B, pn, phi = code_BlCv.shape[0], self.patch_nums[si], self.quant_resi.qresi_ls[self.phi_of_scale[si]]
+        return phi(self.resample(code_BlCv.transpose(1, 2).reshape(B, -1, pn, pn), self.patch_nums[-1], "bicubic"))
 
     def eta_idx(self, idx_Bl: torch.Tensor, si: int) -> torch.Tensor:
         """eta_si of token indices: their codes, then eta."""
@@ -361,20 +359,20 @@ class ResidualQuantizer(nn.Module):
         cumulative f_hat per scale): each scale quantizes what the coarser ones left unexplained."""
         with torch.autocast(f_BCvhw.device.type, enabled=False):  # in the codebook's precision, not autocast's
             f_BCvhw = f_BCvhw.to(self.embedding.weight.dtype)
-            rest, f_hat = f_BCvhw.detach(), torch.zeros_like(f_BCvhw)
+            rest_BCvhw, f_hat_BCvhw = f_BCvhw.detach(), torch.zeros_like(f_BCvhw)
             idx_list, f_hats = [], []
             for si, pn in enumerate(self.patch_nums):
-                idx_Bl = self.nearest(self.resample(rest, pn, "area"))
-                h_BCvhw = self.eta_idx(idx_Bl, si)
-                f_hat, rest = f_hat + h_BCvhw, rest - h_BCvhw.detach()
+                idx_Bl = self.nearest(self.resample(rest_BCvhw, pn, "area"))
+                eta_BCvhw = self.eta_idx(idx_Bl, si)
+                f_hat_BCvhw, rest_BCvhw = f_hat_BCvhw + eta_BCvhw, rest_BCvhw - eta_BCvhw.detach()
                 idx_list.append(idx_Bl)
-                f_hats.append(f_hat)
+                f_hats.append(f_hat_BCvhw)
         return idx_list, f_hats
 
     def next_inputs(self, f_hats: list) -> list:
         """Transformer inputs of scales 1..K-1: the cumulative f_hat after scale si-1, area-downsampled to si's
         side (area: the mean of what each coarse position covers, as VAR)."""
-        return [self.resample(f_hat, pn, "area") for f_hat, pn in zip(f_hats, self.patch_nums[1:])]
+        return [self.resample(f_hat_BCvhw, pn, "area") for f_hat_BCvhw, pn in zip(f_hats, self.patch_nums[1:])]
 
 
 class VQVAE(nn.Module):
@@ -419,9 +417,8 @@ class VQVAE(nn.Module):
 # 3. VAR transformer (VAR's module names, so var_d16.pth loads)
 # ----------------------------------------------------------------------------------------------
 class SelfAttention(nn.Module):
-    """Multi-head attention. l2 (VAR's): L2-normalized q, k, so q.k lies in [-1, 1], and a learnable per-head
-    temperature exp(scale_mul) (at most 100); plain (the DepthART release's): softmax(q k^T / sqrt(c) / tau).
-    An optional KV cache (a dict) lets inference feed one scale at a time."""
+    """Multi-head attention, l2 (VAR's: L2-normalized q, k and a learnable per-head temperature, at most 100) or
+    plain (the release's: softmax(q k^T / sqrt(c) / tau)); a KV cache (a dict) lets inference feed one scale."""
 
     def __init__(self, width: int, heads: int, attention: str = "l2", tau: float = 4.0):
         super().__init__()
@@ -444,12 +441,13 @@ class SelfAttention(nn.Module):
         if self.l2:
             q_BANc = F.normalize(q_BANc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
             k_BANc = F.normalize(k_BANc, dim=-1)
-        if cache is not None:  # append this step's keys and values to everything seen before
+        k_BAMc, v_BAMc = k_BANc, v_BANc  # with a cache: these keys and values appended to everything seen before
+        if cache is not None:
             if "k" in cache:
-                k_BANc, v_BANc = torch.cat((cache["k"], k_BANc), 2), torch.cat((cache["v"], v_BANc), 2)
-            cache["k"], cache["v"] = k_BANc, v_BANc
+                k_BAMc, v_BAMc = torch.cat((cache["k"], k_BANc), 2), torch.cat((cache["v"], v_BANc), 2)
+            cache["k"], cache["v"] = k_BAMc, v_BAMc
         mask = None if attn_bias is None else attn_bias.to(q_BANc.dtype)
-        o_BANc = F.scaled_dot_product_attention(q_BANc, k_BANc, v_BANc, attn_mask=mask, scale=self.scale)
+        o_BANc = F.scaled_dot_product_attention(q_BANc, k_BAMc, v_BAMc, attn_mask=mask, scale=self.scale)
         return self.proj(o_BANc.transpose(1, 2).reshape(B, N, C))
 
 
@@ -510,8 +508,8 @@ def block_causal_bias(levels_N: torch.Tensor) -> torch.Tensor:
 
 
 class VAR(nn.Module):
-    """The next-scale transformer: embeddings, AdaLN blocks and the head. It knows nothing of images or depth
-    (DepthART below decides what the tokens are); training, rollout and inference all run through `forward`."""
+    """The next-scale transformer: embeddings, AdaLN blocks and the head; what the tokens mean is DepthART's
+    (below), save the prefix mask and image_shortcut. Training, rollout and inference all run through `forward`."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -535,8 +533,8 @@ class VAR(nn.Module):
                              persistent=cfg.attention == "l2")
         # With the image prefix, image tokens and the depth start token form level 0 (they all see each
         # other); depth scale si is level si. Sequence: [image L tokens | depth start | depth scales 1..K-1].
-        prefix_levels = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
-        self.register_buffer("prefix_attn_bias", block_causal_bias(prefix_levels), persistent=False)
+        levels_N = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
+        self.register_buffer("prefix_attn_bias", block_causal_bias(levels_N), persistent=False)
         self._init_weights()
 
     def _init_weights(self, init_std=None, adaln=0.5, adaln_gamma=1e-5, head=0.02):
@@ -555,9 +553,9 @@ class VAR(nn.Module):
             for b in self.blocks:
                 b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
                 b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
-                w = b.ada_lin[-1].weight
-                w[2 * self.cfg.width:].mul_(adaln)
-                w[: 2 * self.cfg.width].mul_(adaln_gamma)
+                ada_weight = b.ada_lin[-1].weight
+                ada_weight[2 * self.cfg.width:].mul_(adaln)
+                ada_weight[: 2 * self.cfg.width].mul_(adaln_gamma)
 
     def cond(self, B: int) -> torch.Tensor:
         """AdaLN's condition: the learned null-class embedding (constant; no guidance) -> (B, C)."""
@@ -592,8 +590,8 @@ def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
-    """Depth -> the VQ-VAE's 3-channel input: d_n = 2 d / quantile(d, 0.98) - 1, clipped to [-1, 1]. Scale
-    only (no shift, no log), as the paper; the quantile runs over valid pixels of each image."""
+    """Depth -> the VQ-VAE's 3-channel input: 2 d / quantile(d, 0.98) - 1, clipped to [-1, 1]: one per-image
+    scale (no per-image offset, no log), as the paper; the quantile runs over valid pixels of each image."""
     if not torch.isfinite(depth_B1HW).all():
         raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
     B = depth_B1HW.shape[0]
@@ -605,8 +603,8 @@ def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = 
     if bad_B.any():
         raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are all zero, negative or have no "
                          "valid pixel: nothing to normalize")
-    d_n = (2 * depth_B1HW / q_B.view(B, 1, 1, 1) - 1).clamp(-1, 1)
-    return d_n.expand(-1, 3, -1, -1)
+    dn_B1HW = (2 * depth_B1HW / q_B.view(B, 1, 1, 1) - 1).clamp(-1, 1)
+    return dn_B1HW.expand(-1, 3, -1, -1)
 
 
 def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
@@ -634,27 +632,28 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
     and the inputs are built from the walk -> (t_Bl per scale, the walk's cumulative f_hat per scale).
     The quantizer's loop with z in place of its nearest codes: if z is its decomposition, these are exactly
-    the teacher-forcing targets."""
+    the teacher-forcing targets. z holds token indices: training walks greedily."""
     with torch.autocast(f_D.device.type, enabled=False):  # the codebook's precision, as the quantizer
-        rest = f_D.detach().to(quant.embedding.weight.dtype)
-        f_hat, targets, f_hats = torch.zeros_like(rest), [], []
+        rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
+        f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
         for si, pn in enumerate(quant.patch_nums):
-            targets.append(quant.nearest(quant.resample(rest, pn, "area")))
-            h_BCvhw = quant.eta_idx(z[si], si)
-            f_hat, rest = f_hat + h_BCvhw, rest - h_BCvhw
-            f_hats.append(f_hat)
+            targets.append(quant.nearest(quant.resample(rest_BCvhw, pn, "area")))
+            eta_BCvhw = quant.eta_idx(z[si], si)
+            f_hat_BCvhw, rest_BCvhw = f_hat_BCvhw + eta_BCvhw, rest_BCvhw - eta_BCvhw
+            f_hats.append(f_hat_BCvhw)
     return targets, f_hats
 
 
 def greedy(logits_BlV: torch.Tensor, codebook_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors h_BlCv).
+    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv).
     zoo.release_sampler is the other choice: the release's averaged draws."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, codebook_VCv[idx_Bl]
 
 
 class DepthART(nn.Module):
-    """A frozen VQ-VAE and a VAR transformer that predicts depth tokens after the image's tokens."""
+    """A VQ-VAE, frozen in stage 2 (its calls run without gradients; train.py optimizes var alone), and a VAR
+    transformer that predicts depth tokens after the image's tokens."""
 
     def __init__(self, cfg: Config, target=None):
         super().__init__()
@@ -668,16 +667,18 @@ class DepthART(nn.Module):
         self.bounds = [sum(pn * pn for pn in cfg.patch_nums[:si]) for si in range(len(cfg.patch_nums) + 1)]
 
     def check_image(self, image_B3HW: torch.Tensor):
-        S = self.cfg.image_size
-        if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, S, S):
-            raise ValueError(f"expected images of shape (B, 3, {S}, {S}) in [0, 1] for this preset, "
+        H = self.cfg.image_size
+        if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, H, H):
+            raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this preset, "
                              f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
 
     def encode_image(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Image prefix (paper Sec. 3.2) -> latents img_BLCv. Prefix map si is the image's quantized sum after
         scales 0..si, bicubic-resized to side pn (the official DepthART code's choice): the whole image at that
-        resolution, for depth scale si to read. The depth input of scale si instead stops at si - 1 (area-resized,
-        as VAR): scale si's depth tokens are what is being predicted."""
+        resolution. Every depth scale attends to the whole prefix; map si shares depth scale si's level and
+        position embeddings (image and depth share word_embed, lvl_embed and pos_1LC, as VAR-d16 has no modality
+        embedding; the mask and the start token tell the halves apart). The depth input of scale si instead
+        stops at si - 1 (area-resized, as VAR): scale si's depth tokens are what is being predicted."""
         self.check_image(image_B3HW)
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         rs = self.vae.quantize.resample
@@ -707,7 +708,7 @@ class DepthART(nn.Module):
         return self.var(x_BNC, self.var.prefix_attn_bias)[:, self.L:]
 
     def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True):
-        """Generation, one scale per transformer call (VAR's Algorithm 2) -> (z, f_hats, logits), per scale:
+        """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
         what `pick(logits_BlV, codebook_VCv)` chose (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV.
 
         The first call runs the image prefix and the depth start token together (level 0 sees all of level 0);
@@ -718,18 +719,18 @@ class DepthART(nn.Module):
         quant, patch_nums = self.vae.quantize, self.cfg.patch_nums
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
         z, f_hats, logits = [], [], []
-        f_hat = 0
+        f_hat_BCvhw = 0
         for si, pn in enumerate(patch_nums):
             N = x_BNC.shape[1]
-            bias = None if cache else self.var.prefix_attn_bias[..., :N, :N]
-            logits_BlV = self.var(x_BNC, bias, caches)[:, -pn * pn:]
-            chosen, h_BlCv = pick(logits_BlV, quant.embedding.weight)
-            f_hat = f_hat + quant.eta(h_BlCv, si)
+            bias_11NN = None if cache else self.var.prefix_attn_bias[..., :N, :N]
+            logits_BlV = self.var(x_BNC, bias_11NN, caches)[:, -pn * pn:]
+            chosen, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # greedy: chosen is idx_Bl
+            f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
             z.append(chosen)
-            f_hats.append(f_hat)
+            f_hats.append(f_hat_BCvhw)
             logits.append(logits_BlV)
             if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to the next scale
-                nxt_BlCv = quant.resample(f_hat, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
+                nxt_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
                 x_BlC = self.depth_tokens(nxt_BlCv, img_BLCv, si + 1, si + 2)
                 x_BNC = x_BlC if cache else torch.cat((x_BNC, x_BlC), 1)
         return z, f_hats, logits
@@ -760,12 +761,12 @@ class DepthART(nn.Module):
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
 
     def decode_target(self, f_hats: list) -> torch.Tensor:
-        """Partial sums f_hat (a list of k) -> depth after each, from one batched decoder call: (B, k, H, W)
-        in [0, 1] ((B, k, T, H, W) for T > 1 channels). All K give the paper's Fig. 7, coarse to fine."""
-        k, B = len(f_hats), f_hats[0].shape[0]
-        y = self.target.decode(self.vae.decode(torch.cat(f_hats, 0)))  # (k B, T, H, W)
-        y = y.view(k, B, *y.shape[1:]).transpose(0, 1)
-        return y[:, :, 0] if self.target.channels == 1 else y
+        """J partial sums f_hat -> depth after each, from one batched decoder call: (B, J, H, W) in [0, 1]
+        ((B, J, T, H, W) for T > 1 channels). All K give the paper's Fig. 7, coarse to fine."""
+        J, B = len(f_hats), f_hats[0].shape[0]
+        y_PTHW = self.target.decode(self.vae.decode(torch.cat(f_hats, 0)))  # P = J B
+        y_BJTHW = y_PTHW.view(J, B, *y_PTHW.shape[1:]).transpose(0, 1)
+        return y_BJTHW[:, :, 0] if self.target.channels == 1 else y_BJTHW
 
     def last_scale(self, y: torch.Tensor) -> torch.Tensor:
         """decode_target's output -> the prediction after its last scale (B, T, H, W)."""

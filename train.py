@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--target", default=None, choices=tuple(Z.TARGETS),
                     help="what the model predicts: depth (default) or normals (camera-frame surface normals; needs "
                          "--data world or hypersim); --init and --resume of ours default to the checkpoint's")
+    ap.add_argument("--depth-norm", default=None, choices=Z.DEPTH_NORMS,
+                    help="how depth enters the VQ-VAE: q98 (the paper's d / q98, default), q98_shift, disparity or log "
+                         "(zoo.DepthNormTarget); --init and --resume of ours default to the checkpoint's")
     ap.add_argument("--stage", default="transformer", choices=["vqvae", "transformer"])
     ap.add_argument("--objective", default="depthart", choices=["depthart", "var"], help="stage 2 only")
     ap.add_argument("--init", help="whole-model checkpoint to start from: ours (e.g. a var run) or the DepthART "
@@ -360,13 +363,15 @@ def model_config(args) -> D.Config:
     path = args.out / CHECKPOINT if args.resume else args.init
     cfg = Z.checkpoint_config(path) if path else None
     if cfg is not None:
-        if args.preset and dataclasses.replace(cfg, target="depth") != D.Config.preset(args.preset):
+        if args.preset and dataclasses.replace(cfg, target="depth", depth_norm="q98") != D.Config.preset(args.preset):
             print(f"note: using the config of {path}, not preset {args.preset}", file=sys.stderr)
     else:
         cfg = D.Config.preset(args.preset or "tiny")
     if args.target is None:
         args.target = cfg.target  # recorded with the run's settings
-    return dataclasses.replace(cfg, target=args.target)
+    if args.depth_norm is None:
+        args.depth_norm = cfg.depth_norm
+    return dataclasses.replace(cfg, target=args.target, depth_norm=args.depth_norm)
 
 
 def cpu_cores() -> int:

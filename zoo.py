@@ -14,6 +14,7 @@ depthart.py never imports this file; every tool does. (Not "models.py": VAR's of
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -51,13 +52,69 @@ class NormalsTarget:
     decode = staticmethod(normals_from_decoder)
 
 
+def _quantiles(v_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None, qs=(0.02, 0.98)) -> torch.Tensor:
+    """Per-image quantiles of v over valid pixels -> (len(qs), B, 1, 1, 1); a one-line error where none is valid."""
+    B = v_B1HW.shape[0]
+    v_BP = v_B1HW.reshape(B, -1).float()
+    if valid_B1HW is not None:
+        v_BP = v_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))
+    q_QB = torch.nanquantile(v_BP, torch.tensor(qs, dtype=v_BP.dtype), dim=1)
+    if not torch.isfinite(q_QB).all():
+        raise ValueError("a depth map has no valid pixel: nothing to normalize")
+    return q_QB.view(len(qs), B, 1, 1, 1)
+
+
+class DepthNormTarget:
+    """Depth normalized otherwise than the paper's d / q98 (Config.depth_norm), to measure which survives real
+    photographs. Every variant decodes to relative depth p in (0, 1], larger = farther:
+      q98_shift  (d - q02) / (q98 - q02): affine in depth (a per-image shift, as Marigold); decoded as
+                 p = 0.1 + 0.9 x, i.e. assuming the 2nd percentile sits at a tenth of the 98th
+      disparity  (1/d - u02) / (u98 - u02) with u the inverse depth's quantiles: affine in inverse depth (MiDaS);
+                 decoded as p = 1 / (1 + 9 x), the same tenfold-range assumption, so 1/p is affine in x
+      log        1 + log(d / q98) / log(64): scale-invariant like the paper's, but a 64x range spread evenly
+                 over the codes (d / q98 = 1/64 -> 0), decoded as p = 64^(x - 1)
+    x in [0, 1] is mapped to [-1, 1] and clipped, as the paper's."""
+    name, channels = "depth", 1
+
+    def __init__(self, norm: str):
+        self.norm = norm
+
+    def encode(self, depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+        if not torch.isfinite(depth_B1HW).all():
+            raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
+        d_B1HW = depth_B1HW.float().clamp_min(1e-6)
+        if self.norm == "q98_shift":
+            q02, q98 = _quantiles(d_B1HW, valid_B1HW)
+            x_B1HW = (d_B1HW - q02) / (q98 - q02).clamp_min(1e-6)
+        elif self.norm == "disparity":
+            u02, u98 = _quantiles(1 / d_B1HW, valid_B1HW)
+            x_B1HW = (1 / d_B1HW - u02) / (u98 - u02).clamp_min(1e-9)
+        else:  # log
+            (q98,) = _quantiles(d_B1HW, valid_B1HW, (0.98,))
+            x_B1HW = 1 + torch.log(d_B1HW / q98) / math.log(64)
+        return (2 * x_B1HW - 1).clamp(-1, 1).expand(-1, 3, -1, -1)
+
+    def decode(self, x_B3HW: torch.Tensor) -> torch.Tensor:
+        x_B1HW = D.depth_from_decoder(x_B3HW)  # in [0, 1]
+        if self.norm == "q98_shift":
+            return 0.1 + 0.9 * x_B1HW
+        if self.norm == "disparity":
+            return 1 / (1 + 9 * x_B1HW)
+        return torch.exp((x_B1HW - 1) * math.log(64))
+
+
 TARGETS = {"depth": D.DepthTarget, "normals": NormalsTarget}  # Config.target -> its target class
+DEPTH_NORMS = ("q98", "q98_shift", "disparity", "log")     # Config.depth_norm: q98 is the paper's
 
 
 def build(cfg: D.Config) -> D.DepthART:
     """The model a Config describes, with its target (random weights)."""
     if cfg.target not in TARGETS:
         raise ValueError(f"unknown target {cfg.target!r}; expected one of {', '.join(TARGETS)}")
+    if cfg.depth_norm not in DEPTH_NORMS:
+        raise ValueError(f"unknown depth_norm {cfg.depth_norm!r}; expected one of {', '.join(DEPTH_NORMS)}")
+    if cfg.target == "depth" and cfg.depth_norm != "q98":
+        return D.DepthART(cfg, DepthNormTarget(cfg.depth_norm))
     return D.DepthART(cfg, TARGETS[cfg.target]())
 
 
@@ -240,7 +297,7 @@ def release_sample(logits_BlV, generator=None, top_k: int = 900, top_p: float = 
 def release_sampler(generator: torch.Generator | None = None):
     """The release's choice at each scale, for DepthART.rollout / predict: n draws per token, whose code
     vectors' *mean* (a continuous vector, not a code) builds f_hat -> pick(logits_BlV, codebook_VCv) returning
-    (draws idx_Bln, h_BlCv). generator None: torch's global one, unseeded, as the release."""
+    (draws idx_Bln, code_BlCv). generator None: torch's global one, unseeded, as the release."""
     def pick(logits_BlV, codebook_VCv):
         draws_Bln = release_sample(logits_BlV, generator)
         return draws_Bln, codebook_VCv[draws_Bln].mean(2)

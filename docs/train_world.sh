@@ -32,7 +32,7 @@ N_VAL=${N_VAL:-300}  # held-out scenes of the experiment
 steps_of() { python -c "import json; print(json.load(open('$1/args.json'))['steps'])"; }
 finished() {  # finished OUT STEPS: OUT has reached STEPS (its checkpoint says so, or, parked without one, its log)
     if [ -f "$1/last.safetensors" ]; then
-        python -c "import sys, depthart as D; sys.exit(D.checkpoint_meta('$1/last.safetensors')['step'] < $2)"
+        python -c "import sys, zoo as Z; sys.exit(Z.checkpoint_meta('$1/last.safetensors')['step'] < $2)"
     else
         [ -f "$1/metrics.jsonl" ] && python -c "import sys; from pathlib import Path; from experiment import run_info
 sys.exit(run_info(Path('$1')).get('steps', 0) < $2)"
