@@ -7,14 +7,15 @@ tokens. VAR trains by teacher forcing: at scale si the transformer is shown the 
 inference it is shown its *own*, whose mistakes it never saw in training, so errors compound from scale
 to scale: exposure bias. DepthART trains on what inference sees. The model rolls out its own greedy maps
 z_0..z_{si-1} without gradients, and the target at scale si is recomputed from the true depth: the nearest
-codes to what that walk left unexplained (the quantizer's own rule, a "dynamic target"); one ordinary
-block-causal forward over the walk then scores them. A walk that matches the truth gets VAR's targets back.
+codes to what that walk left unexplained (the quantizer's own rule, a "dynamic target"; t_0 = x_0 always);
+one ordinary block-causal forward over the walk then scores them, and no gradient flows through the walk,
+which only chooses targets and inputs. A walk that matches the truth gets VAR's targets back.
 
-Where training starts. A repair target is only learnable when the walk it repairs has structure. The
-paper fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly (`--objective depthart --init-var
-var_d16.pth`): it already walks coherent residual maps over the same VQ-VAE. From random weights the walk
-is noise and the targets chase it (in a CPU prototype they equalled the VQ-VAE's own tokens at 2% of
-positions), so train.py trains the CPU presets with teacher forcing first, then with DepthART from that.
+Where training starts. A repair target is only learnable when the walk it repairs has structure. The paper
+fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, its VQ-VAE (VAR's) frozen: the transformer
+already walks coherent residual maps over that VQ-VAE. From random weights the walk is noise and the
+targets chase it (a from-scratch CPU prototype's rarely matched the VQ-VAE's tokens), so this repository's
+CPU presets train in two stages: stage 1 the VQ-VAE, stage 2 the transformer, teacher-forced, then DepthART.
 
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
@@ -47,13 +48,13 @@ Shape legend (names carry shapes, as in minVAR; one letter, one meaning):
   B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
   V vocabulary     H, W image size               h, w one latent map's size       K scales (10)   A heads (16)
   L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
-  c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   n draws
-  J partial sums decoded at once
+  c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   J sums
   si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]
-Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), idx
-token indices, code code vectors. In formulas, as the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si
-dynamic targets, i a coarser scale, S_si an area resize to side pn. "Target" is also the modality predicted
-(Config.target, y_BTHW). Official key names keep VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV).
+Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), img
+the image prefix's latents, idx token indices, code code vectors, y a decoded target. In formulas, as the
+paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser scale, S_si an area resize
+to side pn. "Target" also names the modality predicted (Config.target, y_BTHW). Official key names keep VAR's
+letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
 
 "Official key" marks what exists only so that VAR's checkpoints load strictly (`VQVAE(Config.d16())` and
 `VAR(Config.d16())` have exactly their keys, shapes and dtypes). Skim the VQ-VAE's convolution stack: it is
@@ -126,16 +127,14 @@ class Config:
 
     @classmethod
     def tiny(cls) -> "Config":
-        """Sized for a 2-core CPU: 64x64 input, an 8x8 latent, six scales (130 tokens per modality), 512 codes,
-        a 4-block width-128 transformer (1.3M weights; VQ-VAE 1.1M)."""
+        """A 2-core CPU's: 64x64, six scales (130 tokens), 512 codes, 4 blocks of width 128 (1.3M; VQ-VAE 1.1M)."""
         return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
                    num_classes=0, image_shortcut=True)
 
     @classmethod
     def small(cls) -> "Config":
-        """For real photographs on a CPU: 128x128 input, four downsamplings to an 8x8 latent (16 pixels per
-        token, as d16), 1024 codes, a 6-block width-192 transformer (4.3M weights; VQ-VAE 1.2M)."""
+        """The shipped CPU model's: 128x128 (16 pixels a token, as d16), 1024 codes, 6 blocks of width 192 (4.3M)."""
         return cls(image_size=128, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=1024, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 1, 2, 4, 4), vae_res_blocks=1, depth=6, width=192, heads=6,
                    num_classes=0, image_shortcut=True)
@@ -157,6 +156,7 @@ class Config:
 
 # ----------------------------------------------------------------------------------------------
 # 2. Multi-scale residual VQ-VAE (VAR's, with the official module names so checkpoints load)
+# 2a. VAR's standard VQGAN encoder and decoder: skim them, the method uses only what 2b feeds them and reads
 # ----------------------------------------------------------------------------------------------
 def _norm(ch: int) -> nn.GroupNorm:
     # VAR's 32 groups; the tiny and small presets' narrow layers (16 channels) keep at least 2 channels a group.
@@ -170,10 +170,9 @@ class ResnetBlock(nn.Module):
         self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.nin_shortcut(x) + h
+    def forward(self, x_BCfhw):
+        y_BCfhw = self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x_BCfhw))))))
+        return self.nin_shortcut(x_BCfhw) + y_BCfhw
 
 
 class AttnBlock(nn.Module):
@@ -199,8 +198,8 @@ class Resample(nn.Module):
         super().__init__()
         self.down, self.conv = down, nn.Conv2d(ch, ch, 3, stride=2 if down else 1, padding=0 if down else 1)
 
-    def forward(self, x):
-        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.down else F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x_BCfhw):
+        return self.conv(F.pad(x_BCfhw, (0, 1, 0, 1)) if self.down else F.interpolate(x_BCfhw, scale_factor=2.0))
 
 
 def _level(blocks, attns, resample=None, resample_name="downsample") -> nn.Module:
@@ -212,13 +211,11 @@ def _level(blocks, attns, resample=None, resample_name="downsample") -> nn.Modul
     return level
 
 
-def _run_level(level: nn.Module, h: torch.Tensor, resample_name: str) -> torch.Tensor:
+def _run_level(level: nn.Module, x_BCfhw: torch.Tensor, resample_name: str) -> torch.Tensor:
     """Res blocks (each followed by its attention block, at the lowest level), then the resample."""
     for j, block in enumerate(level.block):
-        h = block(h)
-        if len(level.attn):
-            h = level.attn[j](h)
-    return getattr(level, resample_name)(h) if hasattr(level, resample_name) else h
+        x_BCfhw = level.attn[j](block(x_BCfhw)) if len(level.attn) else block(x_BCfhw)
+    return getattr(level, resample_name)(x_BCfhw) if hasattr(level, resample_name) else x_BCfhw
 
 
 def _mid(ch: int) -> nn.Module:
@@ -243,11 +240,11 @@ class Encoder(nn.Module):
         self.norm_out, self.conv_out = _norm(cin), nn.Conv2d(cin, cfg.z_channels, 3, padding=1)
 
     def forward(self, x_B3HW):
-        h = self.conv_in(x_B3HW)
+        x_BCfhw = self.conv_in(x_B3HW)
         for level in self.down:
-            h = _run_level(level, h, "downsample")
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+            x_BCfhw = _run_level(level, x_BCfhw, "downsample")
+        x_BCfhw = self.mid.block_2(self.mid.attn_1(self.mid.block_1(x_BCfhw)))
+        return self.conv_out(F.silu(self.norm_out(x_BCfhw)))
 
 
 class Decoder(nn.Module):
@@ -267,21 +264,22 @@ class Decoder(nn.Module):
         self.norm_out, self.conv_out = _norm(cin), nn.Conv2d(cin, 3, 3, padding=1)
 
     def forward(self, f_BCvhw):
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(f_BCvhw))))
+        x_BCfhw = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(f_BCvhw))))
         for level in reversed(self.up):
-            h = _run_level(level, h, "upsample")
-        return self.conv_out(F.silu(self.norm_out(h)))
+            x_BCfhw = _run_level(level, x_BCfhw, "upsample")
+        return self.conv_out(F.silu(self.norm_out(x_BCfhw)))
 
 
+# 2b. The residual quantizer (VAR's Algorithms 1-2): the method reads from here on -----------------------------
 class Phi(nn.Conv2d):
-    """eta's learnable part: Phi(h) = (1 - r) h + r conv3x3(h), removing upsampling artefacts."""
+    """eta's learnable part: Phi(f) = (1 - r) f + r conv3x3(f), removing upsampling artefacts."""
 
     def __init__(self, ch: int, ratio: float):
         super().__init__(ch, ch, 3, padding=1)
         self.ratio = ratio
 
-    def forward(self, h):
-        return (1 - self.ratio) * h + self.ratio * super().forward(h)
+    def forward(self, f_BCvhw):
+        return (1 - self.ratio) * f_BCvhw + self.ratio * super().forward(f_BCvhw)
 
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
@@ -303,8 +301,8 @@ def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
 
 
 class Resampler(nn.Module):
-    """Every resize between scales as a constant matrix product, so that training, inference and the exported
-    graph run one arithmetic (ONNX exporters reject uneven area resizes, 16 -> 13; TensorRT lacks this cubic)."""
+    """Every resize between scales as a constant matrix product: training, inference and export, whose ONNX
+    tools reject uneven area resizes (16 -> 13) and lack this cubic, run one arithmetic."""
 
     def __init__(self, patch_nums):
         super().__init__()
@@ -341,8 +339,8 @@ class ResidualQuantizer(nn.Module):
         """Q: index of the nearest code (L2) at every position -> idx_Bl."""
         B, Cv, h, w = f_BCvhw.shape
         f_PCv = f_BCvhw.permute(0, 2, 3, 1).reshape(-1, Cv)
-        e_VCv = self.embedding.weight
-        dist_PV = (f_PCv.square().sum(1, keepdim=True) + e_VCv.square().sum(1)) - 2 * f_PCv @ e_VCv.T
+        code_VCv = self.embedding.weight
+        dist_PV = (f_PCv.square().sum(1, keepdim=True) + code_VCv.square().sum(1)) - 2 * f_PCv @ code_VCv.T
         return dist_PV.argmin(1).view(B, h * w)
 
     def eta(self, code_BlCv: torch.Tensor, si: int) -> torch.Tensor:
@@ -409,8 +407,8 @@ class VQVAE(nn.Module):
         f_BCvhw = self.encode(x_B3HW)
         idx_list, f_hats = self.quantize(f_BCvhw)
         vq_loss = sum(F.mse_loss(fh, f_BCvhw.detach()) + beta * F.mse_loss(fh.detach(), f_BCvhw) for fh in f_hats)
-        f_st = f_BCvhw + (f_hats[-1] - f_BCvhw).detach()
-        return self.decode(f_st), vq_loss / len(f_hats), idx_list
+        f_st_BCvhw = f_BCvhw + (f_hats[-1] - f_BCvhw).detach()
+        return self.decode(f_st_BCvhw), vq_loss / len(f_hats), idx_list
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,11 +431,11 @@ class SelfAttention(nn.Module):
         self.register_buffer("zero_k_bias", torch.zeros(width))
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x_BNC, attn_bias, cache: dict | None = None):
+    def forward(self, x_BNC, bias_11NM, cache: dict | None = None):
         B, N, C = x_BNC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x_BNC, self.mat_qkv.weight, bias).view(B, N, 3, self.heads, C // self.heads)
-        q_BANc, k_BANc, v_BANc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, bias).view(B, N, 3, self.heads, C // self.heads)
+        q_BANc, k_BANc, v_BANc = qkv_BN3Ac.permute(2, 0, 3, 1, 4).unbind(0)
         if self.l2:
             q_BANc = F.normalize(q_BANc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
             k_BANc = F.normalize(k_BANc, dim=-1)
@@ -446,8 +444,8 @@ class SelfAttention(nn.Module):
             if "k" in cache:
                 k_BAMc, v_BAMc = torch.cat((cache["k"], k_BANc), 2), torch.cat((cache["v"], v_BANc), 2)
             cache["k"], cache["v"] = k_BAMc, v_BAMc
-        mask = None if attn_bias is None else attn_bias.to(q_BANc.dtype)
-        o_BANc = F.scaled_dot_product_attention(q_BANc, k_BAMc, v_BAMc, attn_mask=mask, scale=self.scale)
+        mask_11NM = None if bias_11NM is None else bias_11NM.to(q_BANc.dtype)
+        o_BANc = F.scaled_dot_product_attention(q_BANc, k_BAMc, v_BAMc, attn_mask=mask_11NM, scale=self.scale)
         return self.proj(o_BANc.transpose(1, 2).reshape(B, N, C))
 
 
@@ -471,16 +469,16 @@ class AdaLNBlock(nn.Module):
         self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
-    def forward(self, x_BNC, cond_BC, attn_bias, cache=None):
+    def forward(self, x_BNC, cond_BC, bias_11NM, cache=None):
         # The modulation depends only on the constant condition: a cached rollout computes it once, not per
         # scale (ada_lin is a third of a block's weights, which every small scale would otherwise re-read).
-        ada = cache.get("ada") if cache is not None else None
-        if ada is None:
-            ada = self.ada_lin(cond_BC).view(-1, 1, 6, x_BNC.shape[-1])
+        ada_B16C = cache.get("ada") if cache is not None else None
+        if ada_B16C is None:
+            ada_B16C = self.ada_lin(cond_BC).view(-1, 1, 6, x_BNC.shape[-1])
             if cache is not None:
-                cache["ada"] = ada
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada.unbind(2)
-        x_BNC = x_BNC + self.attn(self.ln(x_BNC) * (1 + scale1) + shift1, attn_bias, cache) * gamma1
+                cache["ada"] = ada_B16C
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.unbind(2)  # each (B, 1, C)
+        x_BNC = x_BNC + self.attn(self.ln(x_BNC) * (1 + scale1) + shift1, bias_11NM, cache) * gamma1
         return x_BNC + self.ffn(self.ln(x_BNC) * (1 + scale2) + shift2) * gamma2
 
 
@@ -515,7 +513,7 @@ class VAR(nn.Module):
         super().__init__()
         self.cfg, C, L = cfg, cfg.width, cfg.tokens_per_modality
         self.word_embed = nn.Linear(cfg.z_channels, C)
-        # Official key: VAR's 1000 ImageNet classes + the null class; DepthART only uses the null row.
+        # VAR's 1000 ImageNet classes + the null class (the official shape); DepthART reads only the null row.
         self.class_emb = nn.Embedding(cfg.num_classes + 1, C)
         self.pos_start = nn.Parameter(torch.empty(1, 1, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
@@ -525,14 +523,15 @@ class VAR(nn.Module):
         self.head = nn.Linear(C, cfg.vocab_size)
         if cfg.image_shortcut:  # extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
-        # Official keys: VAR's scale index of each token (lvl_1L, read by lvl_pos) and its image-only mask
-        # (attn_bias_for_masking; never read here, the prefix mask below replaces it). VAR's checkpoints store
-        # the mask, the release deleted it, so it is saved exactly when the attention is VAR's (l2).
+        # lvl_1L: VAR's scale index per token (read by lvl_pos). Official key only: attn_bias_for_masking, never
+        # read (the prefix mask replaces it); VAR's checkpoints hold it, the release's do not, and plain
+        # attention identifies the release, so it is persistent only for l2.
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
         self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]),
                              persistent=cfg.attention == "l2")
-        # With the image prefix, image tokens and the depth start token form level 0 (they all see each
-        # other); depth scale si is level si. Sequence: [image L tokens | depth start | depth scales 1..K-1].
+        # Image tokens and the depth start token form level 0 and all see each other, as in the official
+        # DepthART code's first step (one unmasked call); depth scale si is level si. Sequence:
+        # [image L tokens | depth start | depth scales 1..K-1].
         levels_N = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
         self.register_buffer("prefix_attn_bias", block_causal_bias(levels_N), persistent=False)
         self._init_weights()
@@ -573,12 +572,12 @@ class VAR(nn.Module):
     def start_token(self, B: int) -> torch.Tensor:
         return (self.cond(B)[:, None] + self.pos_start + self.lvl_pos(0, 1)).expand(B, -1, -1)
 
-    def forward(self, x_BNC, attn_bias=None, caches=None) -> torch.Tensor:
+    def forward(self, x_BNC, bias_11NM=None, caches=None) -> torch.Tensor:
         """Blocks then head: embedded tokens -> logits_BNV. One call per training step, or one per scale
         with `caches` (a list of dicts, one per block) holding the keys and values of earlier calls."""
         cond_BC = self.cond(x_BNC.shape[0])
         for i, block in enumerate(self.blocks):
-            x_BNC = block(x_BNC, cond_BC, attn_bias, None if caches is None else caches[i])
+            x_BNC = block(x_BNC, cond_BC, bias_11NM, None if caches is None else caches[i])
         return self.head(self.head_nm(x_BNC, cond_BC)).float()
 
 
@@ -644,11 +643,11 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
     return targets, f_hats
 
 
-def greedy(logits_BlV: torch.Tensor, codebook_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv).
     zoo.release_sampler is the other choice: the release's averaged draws."""
     idx_Bl = logits_BlV.argmax(-1)
-    return idx_Bl, codebook_VCv[idx_Bl]
+    return idx_Bl, code_VCv[idx_Bl]
 
 
 class DepthART(nn.Module):
@@ -709,7 +708,7 @@ class DepthART(nn.Module):
 
     def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True):
         """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
-        what `pick(logits_BlV, codebook_VCv)` chose (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV.
+        what `pick(logits_BlV, code_VCv)` chose (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV.
 
         The first call runs the image prefix and the depth start token together (level 0 sees all of level 0);
         each later call adds one scale: with the KV cache (inference, training, export) only the new scale,
@@ -736,11 +735,12 @@ class DepthART(nn.Module):
         return z, f_hats, logits
 
     def logits_and_targets(self, image_B3HW, y_BTHW, objective: str = "depthart", valid_B1HW=None):
-        """Depth logits of one block-causal forward and their targets -> (logits_BLV, target_BL, the walk's
-        f_hats, f_D); y_BTHW is the target, depth (B, 1, H, W) here.
+        """Depth logits of one block-causal forward and their token targets -> (logits_BLV, target_BL, the walk's
+        f_hats, f_D; the last two for zoo.release_loss); y_BTHW is the ground truth, depth (B, 1, H, W) here.
         var:       teacher forcing: targets and inputs from the VQ-VAE's decomposition of f_D.
-        depthart:  a no-grad cached greedy rollout walks z, exactly as inference does; dynamic targets and
-                   inputs come from that walk; the forward then recomputes its logits with gradients."""
+        depthart:  a no-grad greedy rollout, predict's default, walks z; only its tokens are kept, and
+                   dynamic_targets re-sums the walk in the codebook's precision, so targets and inputs share
+                   one arithmetic; the forward then recomputes the rollout's logits with gradients."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         with torch.no_grad():
@@ -764,13 +764,13 @@ class DepthART(nn.Module):
         """J partial sums f_hat -> depth after each, from one batched decoder call: (B, J, H, W) in [0, 1]
         ((B, J, T, H, W) for T > 1 channels). All K give the paper's Fig. 7, coarse to fine."""
         J, B = len(f_hats), f_hats[0].shape[0]
-        y_PTHW = self.target.decode(self.vae.decode(torch.cat(f_hats, 0)))  # P = J B
-        y_BJTHW = y_PTHW.view(J, B, *y_PTHW.shape[1:]).transpose(0, 1)
-        return y_BJTHW[:, :, 0] if self.target.channels == 1 else y_BJTHW
+        y_JBTHW = self.target.decode(self.vae.decode(torch.cat(f_hats, 0))).unflatten(0, (J, B))
+        y_BJTHW = y_JBTHW.transpose(0, 1)
+        return y_BJTHW[:, :, 0] if self.target.channels == 1 else y_BJTHW  # T > 1: zoo's normals
 
-    def last_scale(self, y: torch.Tensor) -> torch.Tensor:
-        """decode_target's output -> the prediction after its last scale (B, T, H, W)."""
-        return y[:, -1:] if self.target.channels == 1 else y[:, -1]
+    def last_scale(self, y_BJHW: torch.Tensor) -> torch.Tensor:
+        """decode_target's output (B, J, H, W) or (B, J, T, H, W) -> the target after its last sum (B, T, H, W)."""
+        return y_BJHW[:, -1:] if self.target.channels == 1 else y_BJHW[:, -1]
 
     @torch.no_grad()
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy) -> torch.Tensor:
@@ -778,5 +778,5 @@ class DepthART(nn.Module):
         all_scales: the depth after every scale (B, K, H, W). pick: greedy (deterministic; what export
         unrolls) or zoo.release_sampler(generator)."""
         f_hats = self.rollout(self.encode_image(image_B3HW), pick)[1]
-        y = self.decode_target(f_hats if all_scales else f_hats[-1:])
-        return y if all_scales else self.last_scale(y)
+        y_BJHW = self.decode_target(f_hats if all_scales else f_hats[-1:])
+        return y_BJHW if all_scales else self.last_scale(y_BJHW)

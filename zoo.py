@@ -296,11 +296,11 @@ def release_sample(logits_BlV, generator=None, top_k: int = 900, top_p: float = 
 
 def release_sampler(generator: torch.Generator | None = None):
     """The release's choice at each scale, for DepthART.rollout / predict: n draws per token, whose code
-    vectors' *mean* (a continuous vector, not a code) builds f_hat -> pick(logits_BlV, codebook_VCv) returning
+    vectors' *mean* (a continuous vector, not a code) builds f_hat -> pick(logits_BlV, code_VCv) returning
     (draws idx_Bln, code_BlCv). generator None: torch's global one, unseeded, as the release."""
-    def pick(logits_BlV, codebook_VCv):
+    def pick(logits_BlV, code_VCv):
         draws_Bln = release_sample(logits_BlV, generator)
-        return draws_Bln, codebook_VCv[draws_Bln].mean(2)
+        return draws_Bln, code_VCv[draws_Bln].mean(2)
     return pick
 
 
