@@ -13,9 +13,9 @@ which only chooses targets and inputs. A walk that matches the truth gets VAR's 
 
 Where training starts. A repair target is only learnable when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, its VQ-VAE (VAR's) frozen: the transformer
-already walks coherent residual maps over that VQ-VAE. From random weights the walk is noise and the
-targets chase it (a from-scratch CPU prototype's rarely matched the VQ-VAE's tokens), so this repository's
-CPU presets train in two stages: stage 1 the VQ-VAE, stage 2 the transformer, teacher-forced, then DepthART.
+already walks coherent residual maps over that VQ-VAE. From random weights the walk is noise and so are the
+targets. So the CPU presets [repo] train the VQ-VAE first (stage 1), then the transformer (stage 2) in two runs:
+teacher forcing until it predicts well, then DepthART from those weights (train.py --objective var, depthart).
 
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
@@ -38,7 +38,7 @@ One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wron
   rest = f_D - sum_{i<3} eta_i(z_i)      (1,32,16,16) what the model's own walk left unexplained
   t_3 = Q(S_3(rest))                     (1,16) area-resize to 4x4, nearest code per position: the dynamic target
   x_3 = Q(S_3(f_D - sum eta_i(x_i)))     (1,16) teacher forcing's target repairs the VQ-VAE's walk instead:
-                                         it differs from t_3 wherever eta_2(z_2)'s error reaches
+                                         it can differ from t_3 wherever eta_2(z_2)'s error reaches
   input_3 = S_3(sum_{i<3} eta_i(z_i))    (1,32,4,4) -> (1,16,32) -> word_embed + position -> (1,16,1024)
   logits_BLV = parallel_logits(...)      (1,680,4096) the depth half of one block-causal forward over the walk
   logits_BLV[:, 14:30] vs t_3            scale 3 is positions bounds[3]..bounds[4]-1 = 14..29 of the depth half
@@ -46,7 +46,7 @@ One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wron
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning):
   B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
-  V vocabulary     H, W image size               h, w one latent map's size       K scales (10)   A heads (16)
+  V vocabulary     H, W image size               h, w a VQ-VAE feature map's size K scales (10)   A heads (16)
   L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
   c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   J sums
   si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]
@@ -56,12 +56,12 @@ paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coa
 to side pn. "Target" also names the modality predicted (Config.target, y_BTHW). Official key names keep VAR's
 letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
 
-"Official key" marks what exists only so that VAR's checkpoints load strictly (`VQVAE(Config.d16())` and
-`VAR(Config.d16())` have exactly their keys, shapes and dtypes). Skim the VQ-VAE's convolution stack: it is
-VAR's standard VQGAN; the method uses only its encode, quantizer and decode.
-
-One extension, off in `d16`: image_shortcut adds to every depth position a projection of the image token at
-the same position; from scratch a small model otherwise ignores the image for thousands of steps.
+Tags mark what a learner may skip: "official key" exists only so that VAR's checkpoints load strictly
+(`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes); [release] serves
+the authors' released weights, [export] ONNX and TensorRT, [speed] inference speed, [repo] this repository's
+CPU models and tools, [normals] the surface-normals extension. Skim the VQ-VAE's convolution stack (2a): it is
+VAR's standard VQGAN. One extension, off in `d16`: image_shortcut [repo] adds to every depth position a
+projection of the same position's image token; from scratch a small model otherwise ignores the image.
 """
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ class Config:
     image_shortcut: bool = False   # extension (see module docstring); off for the paper
     target: str = "depth"          # the second modality: "depth" (the paper, section 4) or a target defined in zoo.py
     depth_norm: str = "q98"        # how depth enters the VQ-VAE: "q98" (the paper, section 4) or a variant in zoo.py
-    attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain": the release's
-    attn_tau: float = 4.0          # plain attention only: softmax(q k^T / sqrt(c) / tau)
+    attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain" [release]
+    attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
     def __post_init__(self):
         self.patch_nums = tuple(self.patch_nums)
@@ -127,14 +127,14 @@ class Config:
 
     @classmethod
     def tiny(cls) -> "Config":
-        """A 2-core CPU's: 64x64, six scales (130 tokens), 512 codes, 4 blocks of width 128 (1.3M; VQ-VAE 1.1M)."""
+        """[repo] A 2-core CPU's: 64x64, six scales (130 tokens), 512 codes, 4 blocks of width 128 (1.3M)."""
         return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
                    num_classes=0, image_shortcut=True)
 
     @classmethod
     def small(cls) -> "Config":
-        """The shipped CPU model's: 128x128 (16 pixels a token, as d16), 1024 codes, 6 blocks of width 192 (4.3M)."""
+        """[repo] The shipped CPU model's: 128x128 (16 pixels a token, as d16), 1024 codes, 6 blocks of 192."""
         return cls(image_size=128, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=1024, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 1, 2, 4, 4), vae_res_blocks=1, depth=6, width=192, heads=6,
                    num_classes=0, image_shortcut=True)
@@ -146,12 +146,8 @@ class Config:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
         return presets[name]()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict:  # [repo] for checkpoints' metadata; Config(**d) reads it back
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Config":
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,7 +155,7 @@ class Config:
 # 2a. VAR's standard VQGAN encoder and decoder: skim them, the method uses only what 2b feeds them and reads
 # ----------------------------------------------------------------------------------------------
 def _norm(ch: int) -> nn.GroupNorm:
-    # VAR's 32 groups; the tiny and small presets' narrow layers (16 channels) keep at least 2 channels a group.
+    # VAR's 32 groups where a layer has 64+ channels (all of d16's); narrower CPU-preset layers get ch // 2.
     return nn.GroupNorm(min(32, ch // 2), ch, eps=1e-6)
 
 
@@ -171,8 +167,7 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x_BCfhw):
-        y_BCfhw = self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x_BCfhw))))))
-        return self.nin_shortcut(x_BCfhw) + y_BCfhw
+        return self.nin_shortcut(x_BCfhw) + self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x_BCfhw))))))
 
 
 class AttnBlock(nn.Module):
@@ -301,8 +296,8 @@ def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
 
 
 class Resampler(nn.Module):
-    """Every resize between scales as a constant matrix product: training, inference and export, whose ONNX
-    tools reject uneven area resizes (16 -> 13) and lack this cubic, run one arithmetic."""
+    """Every resize between scales as a constant matrix product, so that training, inference and export run one
+    arithmetic [export]: ONNX tools reject uneven area resizes (16 -> 13) and lack PyTorch's cubic."""
 
     def __init__(self, patch_nums):
         super().__init__()
@@ -470,7 +465,7 @@ class AdaLNBlock(nn.Module):
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
     def forward(self, x_BNC, cond_BC, bias_11NM, cache=None):
-        # The modulation depends only on the constant condition: a cached rollout computes it once, not per
+        # [speed] The modulation depends only on the constant condition: a cached rollout computes it once, not per
         # scale (ada_lin is a third of a block's weights, which every small scale would otherwise re-read).
         ada_B16C = cache.get("ada") if cache is not None else None
         if ada_B16C is None:
@@ -491,8 +486,6 @@ class AdaLNHead(nn.Module):
     def forward(self, x_BNC, cond_BC):
         scale, shift = self.ada_lin(cond_BC).view(-1, 1, 2, x_BNC.shape[-1]).unbind(2)
         return self.ln(x_BNC) * (1 + scale) + shift
-
-
 
 
 def levels_of(patch_nums) -> torch.Tensor:
@@ -524,16 +517,16 @@ class VAR(nn.Module):
         if cfg.image_shortcut:  # extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
         # lvl_1L: VAR's scale index per token (read by lvl_pos). Official key only: attn_bias_for_masking, never
-        # read (the prefix mask replaces it); VAR's checkpoints hold it, the release's do not, and plain
-        # attention identifies the release, so it is persistent only for l2.
+        # read (the prefix mask replaces it); VAR's checkpoints hold it, the release's do not [release], and
+        # plain attention identifies the release, so it is persistent only for l2.
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
         self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]),
                              persistent=cfg.attention == "l2")
-        # Image tokens and the depth start token form level 0 and all see each other, as in the official
-        # DepthART code's first step (one unmasked call); depth scale si is level si. Sequence:
-        # [image L tokens | depth start | depth scales 1..K-1].
+        # Mask levels (not the scale embedding): image tokens and the depth start token form mask level 0 and
+        # all see each other, as in the official DepthART code's first (unmasked) call; depth scale si is mask
+        # level si. Sequence: [image L tokens | depth start | depth scales 1..K-1].
         levels_N = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
-        self.register_buffer("prefix_attn_bias", block_causal_bias(levels_N), persistent=False)
+        self.register_buffer("prefix_bias_11NN", block_causal_bias(levels_N), persistent=False)
         self._init_weights()
 
     def _init_weights(self, init_std=None, adaln=0.5, adaln_gamma=1e-5, head=0.02):
@@ -590,20 +583,21 @@ def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
 
 def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
     """Depth -> the VQ-VAE's 3-channel input: 2 d / quantile(d, 0.98) - 1, clipped to [-1, 1]: one per-image
-    scale (no per-image offset, no log), as the paper; the quantile runs over valid pixels of each image."""
+    scale (no offset, no log), as the paper. `valid` only picks the pixels of the quantile: invalid ones still
+    enter the VQ-VAE, and their tokens are scored like any other (fill them with plausible depth)."""
     if not torch.isfinite(depth_B1HW).all():
         raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
     B = depth_B1HW.shape[0]
-    d_BP = depth_B1HW.reshape(B, -1).float()
+    depth_BP = depth_B1HW.reshape(B, -1).float()
     if valid_B1HW is not None:
-        d_BP = d_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))
-    q_B = torch.nanquantile(d_BP, 0.98, dim=1)
-    bad_B = ~(torch.isfinite(q_B) & (q_B > 0))
+        depth_BP = depth_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))
+    q98_B = torch.nanquantile(depth_BP, 0.98, dim=1)
+    bad_B = ~(torch.isfinite(q98_B) & (q98_B > 0))
     if bad_B.any():
         raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are all zero, negative or have no "
                          "valid pixel: nothing to normalize")
-    dn_B1HW = (2 * depth_B1HW / q_B.view(B, 1, 1, 1) - 1).clamp(-1, 1)
-    return dn_B1HW.expand(-1, 3, -1, -1)
+    x_B1HW = (2 * depth_B1HW / q98_B.view(B, 1, 1, 1) - 1).clamp(-1, 1)
+    return x_B1HW.expand(-1, 3, -1, -1)
 
 
 def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
@@ -674,10 +668,10 @@ class DepthART(nn.Module):
     def encode_image(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Image prefix (paper Sec. 3.2) -> latents img_BLCv. Prefix map si is the image's quantized sum after
         scales 0..si, bicubic-resized to side pn (the official DepthART code's choice): the whole image at that
-        resolution. Every depth scale attends to the whole prefix; map si shares depth scale si's level and
-        position embeddings (image and depth share word_embed, lvl_embed and pos_1LC, as VAR-d16 has no modality
-        embedding; the mask and the start token tell the halves apart). The depth input of scale si instead
-        stops at si - 1 (area-resized, as VAR): scale si's depth tokens are what is being predicted."""
+        resolution. Every depth scale attends to the whole prefix; map si shares depth scale si's scale
+        embedding (lvl_embed) and position embeddings (image and depth share word_embed, lvl_embed and pos_1LC, as
+        VAR-d16 has no modality embedding; the mask and the start token tell the halves apart). The depth input of
+        scale si instead stops at si - 1 (area-resized, as VAR): scale si's depth tokens are being predicted."""
         self.check_image(image_B3HW)
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         rs = self.vae.quantize.resample
@@ -704,15 +698,15 @@ class DepthART(nn.Module):
         f_BNCv = torch.cat([f.flatten(2).transpose(1, 2) for f in inputs], 1)
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L),
                            self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
-        return self.var(x_BNC, self.var.prefix_attn_bias)[:, self.L:]
+        return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
     def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True):
         """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
         what `pick(logits_BlV, code_VCv)` chose (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV.
 
-        The first call runs the image prefix and the depth start token together (level 0 sees all of level 0);
-        each later call adds one scale: with the KV cache (inference, training, export) only the new scale,
-        with cache=False the whole sequence so far under the block-causal mask (the benchmark's reference).
+        The first call runs the image prefix and the depth start token together (mask level 0 sees all of
+        itself); each later call adds one scale: with the KV cache (inference, training, export) only the new
+        scale, with cache=False the whole sequence so far under the mask [repo: a reference for speed and tests].
         """
         caches = [dict() for _ in self.var.blocks] if cache else None
         quant, patch_nums = self.vae.quantize, self.cfg.patch_nums
@@ -721,7 +715,7 @@ class DepthART(nn.Module):
         f_hat_BCvhw = 0
         for si, pn in enumerate(patch_nums):
             N = x_BNC.shape[1]
-            bias_11NN = None if cache else self.var.prefix_attn_bias[..., :N, :N]
+            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :N, :N]
             logits_BlV = self.var(x_BNC, bias_11NN, caches)[:, -pn * pn:]
             chosen, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # greedy: chosen is idx_Bl
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
@@ -766,7 +760,7 @@ class DepthART(nn.Module):
         J, B = len(f_hats), f_hats[0].shape[0]
         y_JBTHW = self.target.decode(self.vae.decode(torch.cat(f_hats, 0))).unflatten(0, (J, B))
         y_BJTHW = y_JBTHW.transpose(0, 1)
-        return y_BJTHW[:, :, 0] if self.target.channels == 1 else y_BJTHW  # T > 1: zoo's normals
+        return y_BJTHW[:, :, 0] if self.target.channels == 1 else y_BJTHW  # [normals] T > 1
 
     def last_scale(self, y_BJHW: torch.Tensor) -> torch.Tensor:
         """decode_target's output (B, J, H, W) or (B, J, T, H, W) -> the target after its last sum (B, T, H, W)."""

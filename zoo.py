@@ -165,7 +165,7 @@ def checkpoint_config(path) -> D.Config | None:
     (plain attention; VAR's heads are 64 wide at every size); None for bare weights such as VAR's .pth."""
     md = checkpoint_metadata(path)
     if "config" in md or Path(path).suffix in PICKLES:
-        return D.Config.from_dict(json.loads(md["config"])) if "config" in md else None
+        return D.Config(**json.loads(md["config"])) if "config" in md else None
     with safetensors.safe_open(str(path), "pt") as f:
         shape = {k.removeprefix("module."): f.get_slice(k).get_shape() for k in f.keys()}
     if RELEASE_KEY not in shape:

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-180}
 NORMS=${NORMS:-"q98 log disparity q98_shift"}
 RUNS=${RUNS:-runs/targets}
 REAL=${REAL:-}

@@ -258,7 +258,7 @@ def test_depth_normalization_is_scale_only_with_the_98th_percentile():
 
 def test_config_round_trip_and_unknown_preset():
     cfg = D.Config.tiny()
-    assert D.Config.from_dict(cfg.to_dict()) == cfg
+    assert D.Config(**cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="known presets: d16, release, tiny"):
         D.Config.preset("huge")
     with pytest.raises(ValueError, match="image_size"):
@@ -311,7 +311,7 @@ def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
     cfg.target = "normals"
     Z.save_checkpoint(tmp_path / "n.safetensors", Z.build(cfg), {"stage": "transformer"})
     assert Z.load(tmp_path / "n.safetensors").cfg.target == "normals"
-    assert D.Config.from_dict({k: v for k, v in D.Config.tiny().to_dict().items() if k != "target"}).target == "depth"
+    assert D.Config(**{k: v for k, v in D.Config.tiny().to_dict().items() if k != "target"}).target == "depth"
     with pytest.raises(ValueError, match="unknown target 'albedo'"):
         Z.build(D.Config(target="albedo"))
     with pytest.raises(ValueError, match="zoo.build"):  # the model file alone knows only the paper's depth
