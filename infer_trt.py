@@ -145,19 +145,21 @@ class TorchBackend(Backend):
     """PyTorch eager. sampling="release" runs the release's sampler, its draws from one generator seeded with
     `seed` (None: torch's global generator, unseeded, as the release); images are drawn for in input order."""
 
-    def __init__(self, model, all_scales: bool = False, sampling: str = "greedy", seed: int | None = None):
+    def __init__(self, model, all_scales: bool = False, sampling: str = "greedy", seed: int | None = None,
+                 max_scale: int | None = None):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.eval().to(self.device)
         self.image_size, self.has_scales, self.target = model.cfg.image_size, all_scales, model.cfg.target
-        self.sampling = sampling
+        self.sampling, self.max_scale = sampling, check_max_scale(max_scale, model.cfg)
         self.pick = Z.sampler(sampling, None if seed is None else torch.Generator(self.device).manual_seed(seed))
-        how = "greedy" if sampling == "greedy" else f"release sampler, seed {seed}"
-        self.name = f"torch ({self.device}, eager, cached rollout, {how})"
+        how = "greedy" if sampling == "greedy" else f"{sampling} sampler, seed {seed}"
+        stop = "" if self.max_scale is None else f", first {self.max_scale} of {len(model.cfg.patch_nums)} scales"
+        self.name = f"torch ({self.device}, eager, cached rollout, {how}{stop})"
 
     def _run(self, images):
         x = torch.from_numpy(images).to(self.device)
         with torch.no_grad():
-            scales = self.model.predict(x, all_scales=self.has_scales, pick=self.pick).cpu().numpy()
+            scales = self.model.predict(x, self.has_scales, self.pick, self.max_scale).cpu().numpy()
             if not self.has_scales:
                 return {self.target: scales}
             return {self.target: self.model.last_scale(torch.from_numpy(scales)).numpy(), f"{self.target}_scales": scales}
@@ -247,24 +249,38 @@ def _code_digest() -> str:
     return h.hexdigest()[:10]
 
 
+def check_max_scale(max_scale: int | None, cfg: D.Config | None) -> int | None:
+    """--max-scale k for a model of K scales -> k, or None for all K (k = K is the full graph); one-line errors."""
+    if max_scale is None:
+        return None
+    K = len(cfg.patch_nums) if cfg is not None else None
+    if not max_scale >= 1 or (K is not None and max_scale > K):
+        raise ValueError(f"--max-scale {max_scale}: this model has scales 1..{K}" if K else
+                         f"--max-scale {max_scale}: must be at least 1")
+    return None if max_scale == K else int(max_scale)
+
+
 def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, fp16: bool = False,
-                 cache_dir=None, log=print) -> Path:
-    """The exported graph of a checkpoint, exported (and checked against PyTorch) on first use."""
+                 cache_dir=None, log=print, max_scale: int | None = None) -> Path:
+    """The exported graph of a checkpoint, exported (and checked against PyTorch) on first use; max_scale k:
+    the anytime graph that stops after k scales (one graph, cached, per k)."""
     checkpoint = Path(checkpoint)
     digest = E.file_sha256(checkpoint)[:16]
-    opts = f"b{batch}" + ("-scales" if all_scales else "") + ("-fp16" if fp16 else "")
+    opts = f"b{batch}" + ("-scales" if all_scales else "") + ("-fp16" if fp16 else "") + \
+        (f"-k{max_scale}" if max_scale else "")
     path = Path(cache_dir or default_cache_dir()) / digest / f"depthart-{opts}-opset{E.OPSET}-{_code_digest()}.onnx"
     if path.exists():
         return path
     log(f"exporting {checkpoint} to {path} (once; later runs reuse it)")
     model = Z.load(checkpoint)
     E.export(model, path, batch=batch, all_scales=all_scales, fp16=fp16, check=True, exact=False,
-             log=lambda s: log("  " + s))
+             log=lambda s: log("  " + s), max_scale=max_scale)
     return path
 
 
 def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1, all_scales: bool = False,
-                 fp16: bool = False, cache_dir=None, log=print, sampling: str = "greedy", seed: int | None = None) -> Backend:
+                 fp16: bool = False, cache_dir=None, log=print, sampling: str = "greedy", seed: int | None = None,
+                 max_scale: int | None = None) -> Backend:
     """A Backend for a checkpoint (.safetensors: ours or the DepthART release's model.safetensors), an ONNX
     graph (.onnx) or a TensorRT engine (.engine).
 
@@ -272,7 +288,8 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
     batch, all_scales and fp16 choose the exported graph of a checkpoint; a given .onnx or .engine
     brings its own. Graphs and engines decode greedily; sampling="release" (the release's sampler, seeded
     with `seed`) runs in PyTorch. Returns an object with .predict(images (B,3,S,S) float32 [0,1]) ->
-    (B,1,S,S) and .image_size.
+    (B,1,S,S) and .image_size. max_scale k (anytime depth): stop after the first k scales (a checkpoint's
+    graph is exported per k; a given .onnx or .engine has its own scale count, so max_scale is refused there).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -283,11 +300,17 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
         raise FileNotFoundError(f"{path} does not exist")
     E.refuse_stage1(path)
     suffix = path.suffix.lower()
+    graph_file = suffix in (".onnx", ".engine", ".plan", ".trt")
+    if max_scale is not None and graph_file:
+        raise ValueError(f"--max-scale: {path} is an exported graph with its scale count fixed; pass the checkpoint, "
+                         f"or export a graph per k with export.py --max-scale K")
+    if max_scale is not None:
+        max_scale = check_max_scale(max_scale, Z.checkpoint_config(path))
     if sampling == "release":
         if backend not in ("auto", "torch") or suffix in (".onnx", ".engine", ".plan", ".trt"):
             raise ValueError("--sampling release runs in PyTorch only (exported graphs decode greedily): "
                              "pass a .safetensors checkpoint and --backend auto or torch")
-        return TorchBackend(Z.load(path), all_scales, sampling, seed)
+        return TorchBackend(Z.load(path), all_scales, sampling, seed, max_scale)
     if suffix in (".engine", ".plan", ".trt"):
         if backend not in ("auto", "trt"):
             raise ValueError(f"{path} is a TensorRT engine: only the trt backend runs it")
@@ -305,12 +328,12 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
         return OrtBackend(path, cache_dir=cache_dir, log=log)
 
     if backend == "torch":
-        return TorchBackend(Z.load(path), all_scales)
+        return TorchBackend(Z.load(path), all_scales, max_scale=max_scale)
     reasons = []
     if backend in ("auto", "trt"):
         try:
             E.import_tensorrt(), E.gpu_description()
-            graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
+            graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log, max_scale)
             return TrtBackend(E.build_engine(graph, graph.parent, log=log), log=log)
         except (RuntimeError, OSError) as e:  # missing, present but failing, or unwritable: say why, go on
             if backend == "trt":
@@ -318,7 +341,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
             reasons.append(f"TensorRT unavailable: {e}")
     for reason in reasons:
         log(reason)
-    graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
+    graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log, max_scale)
     return OrtBackend(graph, cache_dir=graph.parent, log=log)
 
 
@@ -390,7 +413,7 @@ class DepthModel:
 
 
 def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log=print,
-         download: bool = False) -> DepthModel:
+         download: bool = False, max_scale: int | None = None) -> DepthModel:
     """The Python API: `model = infer_trt.load()` then `model.predict(image)`.
 
     path: a checkpoint (.safetensors), an .onnx graph or a TensorRT .engine, or a name of download.py's
@@ -398,9 +421,9 @@ def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log
     FileNotFoundError naming the command, unless download=True (then it downloads, with a progress bar).
     backend: auto (the best present: TensorRT, ONNX Runtime, PyTorch) or trt / ort / torch.
     fit: pad (default, keeps the aspect ratio) or squash. The first call for a checkpoint exports and
-    caches its graph (log says so)."""
+    caches its graph (log says so). max_scale k: anytime depth, the rollout stops after k scales."""
     path = DEFAULT_CHECKPOINT if path is None else weights.resolve(path, download)
-    return DepthModel(load_backend(path, backend, cache_dir=cache_dir, log=log), fit)
+    return DepthModel(load_backend(path, backend, cache_dir=cache_dir, log=log, max_scale=max_scale), fit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -709,6 +732,9 @@ def parse_args(argv=None):
     p.add_argument("--sampling", choices=["greedy", "release"], default="greedy",
                    help="greedy (default; deterministic; every backend) or the DepthART release's sampler (PyTorch)")
     p.add_argument("--seed", type=int, default=None, help="--sampling release: seed of its draws (default unseeded)")
+    p.add_argument("--max-scale", type=int, metavar="K",
+                   help="anytime depth: stop the rollout after the first K scales and decode that partial sum "
+                        "(every backend; a checkpoint's graph is exported once per K)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="force a backend (default: the best present)")
     p.add_argument("--out", default="depth_out", help="output folder (default depth_out/)")
     p.add_argument("--fit", choices=FITS, default="pad",
@@ -734,6 +760,8 @@ def parse_args(argv=None):
             p.error(f"--{name} must be positive")
     if args.batch < 1:
         p.error("--batch must be at least 1")
+    if args.max_scale is not None and args.max_scale < 1:
+        p.error("--max-scale must be at least 1")
     if args.checkpoint is None:
         args.checkpoint = str(DEFAULT_NORMALS_CHECKPOINT if args.target == "normals" else DEFAULT_CHECKPOINT)
     args.checkpoint = str(weights.resolve_arg(args.checkpoint, args.download, prog="infer_trt.py"))
@@ -765,7 +793,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales, fp16=args.fp16,
-                               cache_dir=args.cache_dir, sampling=args.sampling, seed=args.seed)
+                               cache_dir=args.cache_dir, sampling=args.sampling, seed=args.seed,
+                               max_scale=args.max_scale)
     except (ImportError, OSError, ValueError, RuntimeError) as e:  # EngineUnavailable is a RuntimeError
         print(f"cannot run {checkpoint} on backend {args.backend}: {type(e).__name__}: {e}")
         return 2
