@@ -26,8 +26,8 @@ import zoo as Z
 import export as E
 import infer_trt as I
 import metrics as M
-from data import SyntheticScenes
-from evaluate import read_real
+from data import SyntheticScenes, fit_square, unfit_square
+from evaluate import DEPTHART, read_real
 from benchmark import time_interleaved
 
 DEFAULT = I.DEFAULT_CHECKPOINT
@@ -108,12 +108,128 @@ def anytime(args) -> dict:
     return result
 
 
-def ensemble_study(args):
-    raise NotImplementedError
+# ----------------------------------------------------------------------------------------------
+# Ensembles of sampled rollouts, and their uncertainty
+# ----------------------------------------------------------------------------------------------
+def real_metric_frames(root):
+    return [s for s in read_real(root) if "skip" not in s and s["kind"] == "metric" and s["valid"].any()]
 
 
-def known_study(args):
-    raise NotImplementedError
+def model_square(sample_image, size):
+    """(H, W, 3) -> the fitted model input (1, 3, S, S) and its box (evaluate.py's pad fit for the real set)."""
+    x, box = fit_square(sample_image.transpose(2, 0, 1), size, "pad", DEPTHART.image_resize)
+    return np.clip(x, 0, 1)[None].astype(np.float32), box
+
+
+def back(y_SS, box, H, W):
+    return unfit_square(y_SS, box, H, W, "bilinear", DEPTHART.pred_align_corners)
+
+
+def ensemble_study(args) -> dict:
+    """Greedy against ensembles of N = 1, 4, 8 (the first N of the same 8 draws) per sampler, on held-out world
+    scenes and the real set's metric frames: median-aligned AbsRel; and at N = 8, whether the uncertainty ranks
+    the per-pixel errors (|aligned depth - truth| / truth): Spearman correlation and AUSE, per image, averaged;
+    a random uncertainty's AUSE beside it."""
+    torch.set_num_threads(args.threads)
+    model = Z.load(args.checkpoint).eval()
+    S = model.cfg.image_size
+    Ns = [n for n in (1, 4, 8, 16) if n <= args.samples]
+    images, depths, valids = world_scenes(args.scenes)
+    sets = {"world": [(images[i:i + 1].numpy(), None, depths[i], valids[i]) for i in range(len(images))]}
+    if Path(args.real).is_dir():
+        sets["real"] = []
+        for s in real_metric_frames(args.real):
+            x, box = model_square(s["image"], S)
+            sets["real"].append((x, box, s["target"], s["valid"]))
+    rng = np.random.default_rng(0)
+    result = {"checkpoint": str(args.checkpoint), "scenes": args.scenes, "samplers": {}, "greedy": {}}
+    greedy = I.TorchBackend(model)
+    for name, items in sets.items():
+        rel = []
+        for x, box, gt, valid in items:
+            y = greedy.predict(x)[0, 0]
+            y = y if box is None else back(y, box, *gt.shape)
+            rel.append(M.abs_rel(M.align_median(y, gt, valid), gt, valid))
+        result["greedy"][name] = {"abs_rel": float(np.mean(rel)), "n": len(rel)}
+    for sampling in args.samplers:
+        backend = I.TorchBackend(model, sampling=sampling, seed=0, samples=max(Ns))
+        per = result["samplers"][sampling] = {}
+        for name, items in sets.items():
+            rel = {n: [] for n in Ns}
+            rho, au, au_random = [], [], []
+            for x, box, gt, valid in items:
+                draws = backend.sample(x)[0]  # (N, S, S)
+                for n in Ns:
+                    d, u = M.ensemble(draws[:n], backend.mode)
+                    if box is not None:
+                        d, u = back(d, box, *gt.shape), back(u, box, *gt.shape)
+                    aligned = M.align_median(d, gt, valid)
+                    rel[n].append(M.abs_rel(aligned, gt, valid))
+                    if n == max(Ns):
+                        err = np.abs(aligned[valid] - gt[valid]) / gt[valid]
+                        rho.append(M.spearman(u[valid], err))
+                        au.append(M.ause(err, u[valid]))
+                        au_random.append(M.ause(err, rng.random(err.size)))
+            per[name] = {"abs_rel": {n: float(np.mean(v)) for n, v in rel.items()}, "n": len(items),
+                         "spearman": float(np.nanmean(rho)), "ause": float(np.mean(au)),
+                         "ause_random": float(np.mean(au_random))}
+            print(sampling, name, per[name], flush=True)
+    head = "| sampler | set | greedy AbsRel | " + " | ".join(f"N = {n} AbsRel" for n in Ns) + \
+        f" | Spearman(unc, error), N = {max(Ns)} | AUSE (random) |"
+    lines = [head, "|---" * (5 + len(Ns)) + "|"]
+    for sampling, per in result["samplers"].items():
+        for name, r in per.items():
+            lines.append(f"| {sampling} | {name} ({r['n']}) | {result['greedy'][name]['abs_rel']:.3f} | "
+                         + " | ".join(f"{r['abs_rel'][n]:.3f}" for n in Ns)
+                         + f" | {r['spearman']:.3f} | {r['ause']:.3f} ({r['ause_random']:.3f}) |")
+    write(Path(args.out), "ensemble", result, "\n".join(lines))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Metric depth from a few known points
+# ----------------------------------------------------------------------------------------------
+def known_study(args) -> dict:
+    """The greedy prediction of every metric frame of the real set, fitted to N = 5, 20, 100 random valid pixels
+    of its measured depth (seeds 0..S-1): AbsRel of the metric depth over all valid pixels, mean over frames and
+    seeds; beside it, the same with one of the N points wrong (its depth x10), and a plain least-squares scale
+    (not robust) on the same points; the oracle is the median scale over every valid pixel."""
+    torch.set_num_threads(args.threads)
+    model = Z.load(args.checkpoint).eval()
+    backend, S = I.TorchBackend(model), model.cfg.image_size
+    mode = "affine" if model.cfg.depth_norm == "q98_shift" else "scale"
+    frames = real_metric_frames(args.real)
+    rows = {}
+    for s in frames:
+        x, box = model_square(s["image"], S)
+        pred, gt, valid = back(backend.predict(x)[0, 0], box, *s["target"].shape), s["target"], s["valid"]
+        r = rows.setdefault("oracle", {}).setdefault("all", [])
+        r.append(M.abs_rel(M.align_median(pred, gt, valid), gt, valid))
+        ys, xs = np.nonzero(valid)
+        for n in (5, 20, 100):
+            for seed in range(args.seeds):
+                rng = np.random.default_rng(seed)
+                pick = rng.choice(len(ys), n, replace=False)
+                mask = np.zeros_like(valid)
+                mask[ys[pick], xs[pick]] = True
+                known = np.where(mask, gt, 0.0)
+                wrong = known.copy()
+                wrong[ys[pick[0]], xs[pick[0]]] *= 10
+                for label, k in (("robust", known), ("robust, one wrong", wrong)):
+                    fitted, _ = M.fit_known(pred, k, mask, mode, seed=seed)
+                    rows.setdefault(label, {}).setdefault(n, []).append(M.abs_rel(fitted, gt, valid))
+                for label, k in (("least squares", known), ("least squares, one wrong", wrong)):
+                    use = mask & (pred > 1e-6)
+                    sc, t = M._lsq(pred[use].astype(np.float64), k[use].astype(np.float64), mode)
+                    rows.setdefault(label, {}).setdefault(n, []).append(M.abs_rel(sc * pred + t, gt, valid))
+    result = {"checkpoint": str(args.checkpoint), "frames": len(frames), "seeds": args.seeds, "mode": mode,
+              "abs_rel": {label: {str(n): float(np.mean(v)) for n, v in r.items()} for label, r in rows.items()}}
+    lines = ["| fit | 5 points | 20 points | 100 points |", "|---|---|---|---|"]
+    for label in ("robust", "robust, one wrong", "least squares", "least squares, one wrong"):
+        lines.append(f"| {label} | " + " | ".join(f"{result['abs_rel'][label][str(n)]:.3f}" for n in (5, 20, 100)) + " |")
+    lines.append(f"| oracle: median scale over all valid pixels | {result['abs_rel']['oracle']['all']:.3f} | | |")
+    write(Path(args.out), "known", result, "\n".join(lines))
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,6 +249,7 @@ def parse_args(argv=None):
     p.add_argument("--ort", action="store_true", help="anytime: also time the exported graph per k (exports once)")
     p.add_argument("--cache-dir", help="anytime --ort: where the graphs are cached")
     p.add_argument("--samples", type=int, default=8, help="ensemble: the largest N")
+    p.add_argument("--samplers", nargs="+", default=["release", "temperature"], choices=["release", "temperature"])
     p.add_argument("--seeds", type=int, default=5, help="known: random draws of the points per frame")
     return p.parse_args(argv)
 
