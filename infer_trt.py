@@ -448,12 +448,18 @@ class DepthModel:
 
     __call__ = predict
 
+    def predict_with_uncertainty(self, image) -> tuple[np.ndarray, np.ndarray | None]:
+        """As predict -> (depth (H, W), uncertainty (H, W) of an ensemble (load(samples=N)), else None)."""
+        depth, _, unc = predict_arrays(self.backend, [as_rgb(image)], self.fit, with_uncertainty=True)[0]
+        return depth, unc
+
     def __repr__(self):
         return f"DepthModel({self.backend.name}, fit={self.fit})"
 
 
 def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log=print,
-         download: bool = False, max_scale: int | None = None) -> DepthModel:
+         download: bool = False, max_scale: int | None = None, samples: int = 1, sampling: str = "greedy",
+         seed: int | None = None) -> DepthModel:
     """The Python API: `model = infer_trt.load()` then `model.predict(image)`.
 
     path: a checkpoint (.safetensors), an .onnx graph or a TensorRT .engine, or a name of download.py's
@@ -461,9 +467,13 @@ def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log
     FileNotFoundError naming the command, unless download=True (then it downloads, with a progress bar).
     backend: auto (the best present: TensorRT, ONNX Runtime, PyTorch) or trt / ort / torch.
     fit: pad (default, keeps the aspect ratio) or squash. The first call for a checkpoint exports and
-    caches its graph (log says so). max_scale k: anytime depth, the rollout stops after k scales."""
+    caches its graph (log says so). max_scale k: anytime depth, the rollout stops after k scales. samples N > 1:
+    an ensemble of N sampled rollouts (PyTorch; sampling "release" unless "temperature" is named, seed default 0),
+    whose uncertainty predict_with_uncertainty returns."""
     path = DEFAULT_CHECKPOINT if path is None else weights.resolve(path, download)
-    return DepthModel(load_backend(path, backend, cache_dir=cache_dir, log=log, max_scale=max_scale), fit)
+    seed = 0 if samples > 1 and seed is None else seed
+    return DepthModel(load_backend(path, backend, cache_dir=cache_dir, log=log, max_scale=max_scale, samples=samples,
+                                   sampling=sampling, seed=seed), fit)
 
 
 # ----------------------------------------------------------------------------------------------

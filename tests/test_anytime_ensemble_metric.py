@@ -130,6 +130,8 @@ def test_infer_trt_samples_write_a_repeatable_ensemble_and_uncertainty(tiny, pho
     assert I.main(common + ["--out", str(tmp_path / "c")]) == 0
     assert np.array_equal(np.load(tmp_path / "a" / "photo_depth.npy"), np.load(tmp_path / "c" / "photo_depth.npy"))
     assert not np.array_equal(np.load(tmp_path / "a" / "photo_depth.npy"), np.load(tmp_path / "b" / "photo_depth.npy"))
+    depth, unc_api = I.load(path, log=lambda s: None, samples=3).predict_with_uncertainty(str(photo))
+    assert np.array_equal(depth, np.load(tmp_path / "a" / "photo_depth.npy")) and np.array_equal(unc_api, unc)
     capsys.readouterr()
     assert I.main(common + ["--backend", "ort", "--out", str(tmp_path / "d")]) == 2
     assert "runs in PyTorch only" in capsys.readouterr().out
