@@ -274,14 +274,16 @@ def ause(errors, uncertainty, steps: int = 20) -> float:
     return float(np.mean(np.array(curve) - np.array(oracle)))
 
 
-def fit_known(pred, known, mask, mode: str = "scale", inlier: float = 0.25, seed: int = 0) -> tuple[np.ndarray, dict]:
+def fit_known(pred, known, mask, mode: str = "scale", refit: float | None = None, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Relative depth pred (H, W) and metric depth known at the pixels of mask -> (metric depth (H, W) float32,
     {"scale", "shift", "points", "inliers"}), robust to wrong points:
       scale   s = median of known / pred (half the points may be wrong before it moves far);
       affine  Theil-Sen: s = median of the slopes between pairs of points (at most 20000 pairs, seeded), t = median
               of known - s pred; needs 2 points.
-    Then points whose relative error exceeds `inlier` are dropped and the same fit runs on the rest. Points
-    where pred is not positive cannot be fitted and are left out. One-line ValueErrors for too few points."""
+    "inliers" counts the points within 25% of the fit. refit r: drop the points whose relative error exceeds r
+    and fit again (off by default: with the shipped model, whose depth ratios are far off on real photographs,
+    it kept too few points and cost AbsRel; studies.py known). Points where pred is not positive cannot be
+    fitted and are left out. One-line ValueErrors for too few points."""
     if mode not in FIT_MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(FIT_MODES)}")
     pred = np.asarray(pred, np.float64)
@@ -309,7 +311,9 @@ def fit_known(pred, known, mask, mode: str = "scale", inlier: float = 0.25, seed
         return s, float(np.median(g - s * p))
 
     s, t = fit(p, g)
-    keep = np.abs(s * p + t - g) <= inlier * g
-    if need <= keep.sum() < len(p):
-        s, t = fit(p[keep], g[keep])
+    if refit is not None:
+        keep = np.abs(s * p + t - g) <= refit * g
+        if need <= keep.sum() < len(p):
+            s, t = fit(p[keep], g[keep])
+    keep = np.abs(s * p + t - g) <= 0.25 * g
     return (s * pred + t).astype(np.float32), {"scale": s, "shift": t, "points": int(len(p)), "inliers": int(keep.sum())}

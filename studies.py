@@ -193,7 +193,7 @@ def known_study(args) -> dict:
     """The greedy prediction of every metric frame of the real set, fitted to N = 5, 20, 100 random valid pixels
     of its measured depth (seeds 0..S-1): AbsRel of the metric depth over all valid pixels, mean over frames and
     seeds; beside it, the same with one of the N points wrong (its depth x10), and a plain least-squares scale
-    (not robust) on the same points, and the robust fit without its inlier refit; the oracle is the median scale over every valid pixel."""
+    (not robust) on the same points, and the robust fit with an inlier refit; the oracle is the median scale over every valid pixel."""
     torch.set_num_threads(args.threads)
     model = Z.load(args.checkpoint).eval()
     backend, S = I.TorchBackend(model), model.cfg.image_size
@@ -216,8 +216,8 @@ def known_study(args) -> dict:
                 wrong = known.copy()
                 wrong[ys[pick[0]], xs[pick[0]]] *= 10
                 for label, k in (("robust", known), ("robust, one wrong", wrong)):
-                    for suffix, inlier in (("", 0.25), (", no inlier refit", np.inf)):
-                        fitted, _ = M.fit_known(pred, k, mask, mode, inlier=inlier, seed=seed)
+                    for suffix, refit in (("", None), (", inlier refit 25%", 0.25)):
+                        fitted, _ = M.fit_known(pred, k, mask, mode, refit=refit, seed=seed)
                         rows.setdefault(label + suffix, {}).setdefault(n, []).append(M.abs_rel(fitted, gt, valid))
                 for label, k in (("least squares", known), ("least squares, one wrong", wrong)):
                     use = mask & (pred > 1e-6)
@@ -226,7 +226,7 @@ def known_study(args) -> dict:
     result = {"checkpoint": str(args.checkpoint), "frames": len(frames), "seeds": args.seeds, "mode": mode,
               "abs_rel": {label: {str(n): float(np.mean(v)) for n, v in r.items()} for label, r in rows.items()}}
     lines = ["| fit | 5 points | 20 points | 100 points |", "|---|---|---|---|"]
-    for label in ("robust", "robust, one wrong", "robust, no inlier refit", "robust, one wrong, no inlier refit",
+    for label in ("robust", "robust, one wrong", "robust, inlier refit 25%", "robust, one wrong, inlier refit 25%",
                   "least squares", "least squares, one wrong"):
         lines.append(f"| {label} | " + " | ".join(f"{result['abs_rel'][label][str(n)]:.3f}" for n in (5, 20, 100)) + " |")
     lines.append(f"| oracle: median scale over all valid pixels | {result['abs_rel']['oracle']['all']:.3f} | | |")
