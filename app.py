@@ -49,6 +49,7 @@ PAGE = """<!doctype html>
  .row { display: flex; gap: 16px; flex-wrap: wrap; margin-top: 10px; }
  .panel { background: #fff; padding: 8px; border: 1px solid #ddd; }
  .panel img { max-width: 340px; max-height: 300px; display: block; }
+ #scale { width: 254px; }
  canvas { background: #111; cursor: grab; }
  h3 { margin: 0 0 6px 0; font-size: 14px; }
 </style></head>
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             r = chromium(url + "?example=room", f"--screenshot={Path(args.screenshot).resolve()}",
-                         "--window-size=1500,820", "--hide-scrollbars")
+                         "--window-size=1500,900", "--hide-scrollbars")
         except (OSError, subprocess.TimeoutExpired) as e:
             print(f"app.py: no screenshot: {e}", file=sys.stderr)
             return 2

@@ -43,6 +43,12 @@ the depth is cropped back and resized to the image's own size. Per image, into -
                           the focal length in the photo's EXIF (35 mm equivalent), else horizontal --fov;
                           z = relative depth
     NAME_scales.png       --scales: the depth after every scale of the autoregressive refinement, coarse to fine
+    NAME_uncertainty.png  --samples N: the ensemble's per-pixel uncertainty with a colour legend (and .npy); the
+                          depth files then hold the ensemble's median
+    NAME_depth_metres.npy --known / --sparse: metric depth fitted to known points, float32 metres; also
+                          NAME_depth_mm.png (16-bit millimetres) and NAME_metric.ply (metres)
+
+--max-scale K stops the rollout after K scales (anytime depth, every backend; graphs are exported per K).
 
 A video file (.mp4, .mov, .avi, .mkv, .webm, ...) or, with --sequence, a folder of frames is one clip:
 frames stream through the backend (a temporary file in --out holds the small per-frame depth, so memory
