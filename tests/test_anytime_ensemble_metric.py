@@ -127,10 +127,8 @@ def test_infer_trt_samples_write_a_repeatable_ensemble_and_uncertainty(tiny, pho
     assert unc.shape == (48, 80) and (unc >= 0).all() and unc.max() > 0
     legend = Image.open(tmp_path / "a" / "photo_uncertainty.png")
     assert legend.size[0] > 80  # the map and its colour bar
-    assert I.main(common + ["--out", str(tmp_path / "c")]) == 0
-    assert np.array_equal(np.load(tmp_path / "a" / "photo_depth.npy"), np.load(tmp_path / "c" / "photo_depth.npy"))
     assert not np.array_equal(np.load(tmp_path / "a" / "photo_depth.npy"), np.load(tmp_path / "b" / "photo_depth.npy"))
-    depth, unc_api = I.load(path, log=lambda s: None, samples=3).predict_with_uncertainty(str(photo))
+    depth, unc_api = I.load(path, log=lambda s: None, samples=3).predict_with_uncertainty(str(photo))  # seed 0 again
     assert np.array_equal(depth, np.load(tmp_path / "a" / "photo_depth.npy")) and np.array_equal(unc_api, unc)
     capsys.readouterr()
     assert I.main(common + ["--backend", "ort", "--out", str(tmp_path / "d")]) == 2
