@@ -700,16 +700,16 @@ class DepthART(nn.Module):
                            self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
-    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True):
+    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True, max_scale: int | None = None):
         """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
         what `pick(logits_BlV, code_VCv)` chose (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV.
 
         The first call runs the image prefix and the depth start token together (mask level 0 sees all of
         itself); each later call adds one scale: with the KV cache (inference, training, export) only the new
-        scale, with cache=False the whole sequence so far under the mask [repo: a reference for speed and tests].
+        scale, with cache=False the whole sequence under the mask [repo: speed and tests]; max_scale k: k scales.
         """
         caches = [dict() for _ in self.var.blocks] if cache else None
-        quant, patch_nums = self.vae.quantize, self.cfg.patch_nums
+        quant, patch_nums = self.vae.quantize, self.cfg.patch_nums[:max_scale]  # None: all K scales
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
         z, f_hats, logits = [], [], []
         f_hat_BCvhw = 0
@@ -767,10 +767,10 @@ class DepthART(nn.Module):
         return y_BJHW[:, -1:] if self.target.channels == 1 else y_BJHW[:, -1]
 
     @torch.no_grad()
-    def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy) -> torch.Tensor:
+    def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy, max_scale=None) -> torch.Tensor:
         """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near);
-        all_scales: the depth after every scale (B, K, H, W). pick: greedy (deterministic; what export
-        unrolls) or zoo.release_sampler(generator)."""
-        f_hats = self.rollout(self.encode_image(image_B3HW), pick)[1]
+        all_scales: the depth after every scale (B, K, H, W). pick: greedy (deterministic; what export unrolls)
+        or zoo.release_sampler(generator). max_scale k (anytime depth): decode the partial sum after k scales."""
+        f_hats = self.rollout(self.encode_image(image_B3HW), pick, max_scale=max_scale)[1]
         y_BJHW = self.decode_target(f_hats if all_scales else f_hats[-1:])
         return y_BJHW if all_scales else self.last_scale(y_BJHW)

@@ -9,6 +9,7 @@ Loop has no static shape per iteration, which TensorRT needs).
 
     python export.py --checkpoint weights/depthart_small.safetensors --out depthart_small.onnx
     python export.py --preset tiny --out /tmp/tiny.onnx --batch 2 --all-scales --fp16
+    python export.py --checkpoint weights/depthart_small.safetensors --max-scale 3 --out small_k3.onnx  # anytime
     python export.py --checkpoint ... --out model.onnx --engine          # needs TensorRT and a GPU
 
 What the exporter writes and how it is checked:
@@ -88,13 +89,13 @@ class Unrolled(nn.Module):
     A normals model (cfg.target "normals") outputs normals (B,3,H,W) [, normals_scales (B,K,3,H,W)] instead.
     """
 
-    def __init__(self, model: D.DepthART, all_scales: bool = False):
+    def __init__(self, model: D.DepthART, all_scales: bool = False, max_scale: int | None = None):
         super().__init__()
-        self.model, self.all_scales = model, all_scales
+        self.model, self.all_scales, self.max_scale = model, all_scales, max_scale
 
     def forward(self, image_B3HW):
         m = self.model
-        z, f_hats, _ = m.rollout(m.encode_image(image_B3HW))
+        z, f_hats, _ = m.rollout(m.encode_image(image_B3HW), max_scale=self.max_scale)
         if self.all_scales:
             scales = m.decode_target(f_hats)
             return m.last_scale(scales), scales, torch.cat(z, 1)
@@ -106,14 +107,14 @@ def output_names(all_scales: bool, target: str = "depth") -> list[str]:
     return [target] + ([f"{target}_scales"] if all_scales else []) + ["tokens"]
 
 
-def trace(model: D.DepthART, batch: int = 1, all_scales: bool = False, opset: int = OPSET):
+def trace(model: D.DepthART, batch: int = 1, all_scales: bool = False, opset: int = OPSET, max_scale: int | None = None):
     """torch.onnx.export with the TorchScript tracer -> onnx.ModelProto (with the `tokens` output)."""
     S = model.cfg.image_size
     image = torch.rand(batch, 3, S, S, generator=torch.Generator().manual_seed(0))
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python ints from shapes: shapes are fixed here
-        torch.onnx.export(Unrolled(model, all_scales).eval(), (image,), buf, dynamo=False,
+        torch.onnx.export(Unrolled(model, all_scales, max_scale).eval(), (image,), buf, dynamo=False,
                           opset_version=opset, input_names=["image"], output_names=output_names(all_scales, model.cfg.target),
                           do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())
@@ -416,7 +417,7 @@ class TokenFlips(ParityError):
 
 
 def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: int | None = None,
-           require_exact: bool = True, log=print) -> dict:
+           require_exact: bool = True, log=print, max_scale: int | None = None) -> dict:
     """Run the graph (with its `tokens` output) in ONNX Runtime beside PyTorch on `rounds` batches.
 
     Returns per-scale token agreement (fraction of equal tokens), the depth's max |error| and, with
@@ -426,7 +427,7 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
     sess = ort_session(onnx_model)
     target = model.cfg.target
     names = [o.name for o in sess.get_outputs()]
-    K, bounds = len(model.cfg.patch_nums), model.bounds
+    K, bounds = len(model.cfg.patch_nums[:max_scale]), model.bounds
     rounds = rounds or max(2, -(-6 // batch))  # enough batches to see all six kinds of test image
     pool = sample_images(rounds * batch, model.cfg.image_size)
     equal, total = np.zeros(K, dtype=np.int64), np.zeros(K, dtype=np.int64)
@@ -434,9 +435,9 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
     for r in range(rounds):
         images = pool[r * batch:(r + 1) * batch]
         with torch.no_grad():
-            z = model.rollout(model.encode_image(images))[0]
-            ref_depth = model.predict(images)
-            ref_scales = model.predict(images, all_scales=True) if all_scales else None
+            z = model.rollout(model.encode_image(images), max_scale=max_scale)[0]
+            ref_depth = model.predict(images, max_scale=max_scale)
+            ref_scales = model.predict(images, all_scales=True, max_scale=max_scale) if all_scales else None
         out = dict(zip(names, sess.run(None, {"image": images.numpy()})))
         for k in range(K):
             equal[k] += int((out["tokens"][:, bounds[k]:bounds[k + 1]] == z[k].numpy()).sum())
@@ -482,7 +483,7 @@ def verify_written(model: D.DepthART, graph, external: bool, where, **kw) -> dic
 
 def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False, tokens: bool = False,
            fp16: bool = False, check: bool = True, exact: bool = True, external_data: bool | None = None,
-           log=print) -> dict:
+           log=print, max_scale: int | None = None) -> dict:
     """Trace, tidy, check and save one graph (written atomically); returns a report dict.
 
     external_data: store the weights in NAME.onnx.data (None: when they exceed EXTERNAL_DATA_BYTES).
@@ -490,18 +491,25 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     exact=False reports token agreement and depth error instead of failing on them: greedy argmax over
     near-tied logits (an undertrained model, a codebook with near-duplicate codes) can flip under float
     reordering, so inference on a user's checkpoint warns rather than refuses.
+
+    max_scale k (anytime depth): the graph stops after the first k scales and decodes that partial sum.
     """
+    K = len(model.cfg.patch_nums)
+    if max_scale is not None and not 1 <= max_scale <= K:
+        raise ValueError(f"max_scale {max_scale}: this model has scales 1..{K}")
+    max_scale = None if max_scale == K else max_scale  # all scales: the same graph as without it
     model = model.eval()
     out_path = Path(out_path)
     t0 = time.perf_counter()
-    graph = tidy(trace(model, batch, all_scales))
+    graph = tidy(trace(model, batch, all_scales, max_scale=max_scale))
     ops = op_counts(graph)
-    log(f"traced and tidied {model.cfg.image_size}x{model.cfg.image_size}, batch {batch}, {len(model.cfg.patch_nums)} scales "
+    log(f"traced and tidied {model.cfg.image_size}x{model.cfg.image_size}, batch {batch}, {len(model.cfg.patch_nums[:max_scale])} of {K} scales "
         f"in {time.perf_counter() - t0:.1f} s: {sum(ops.values())} nodes, opset {OPSET}")
     problems = graph_problems(graph)
     if problems:
         raise RuntimeError("exported graph is not deployable: " + "; ".join(problems))
     report = {"batch": batch, "image_size": model.cfg.image_size, "target": model.cfg.target, "all_scales": all_scales, "opset": OPSET,
+              "max_scale": max_scale or K,
               "operators": dict(sorted(ops.items())), "fp16": fp16}
     pbytes = parameter_bytes(model)
     report["weight_bytes_ratio_fp32"] = initializer_bytes(graph) / pbytes
@@ -511,7 +519,7 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     external = initializer_bytes(graph) > EXTERNAL_DATA_BYTES if external_data is None else external_data
     if check:
         report["fp32_check"] = verify_written(model, graph, external, out_path.parent, batch=batch,
-                                              all_scales=all_scales, require_exact=exact, log=log)
+                                              all_scales=all_scales, require_exact=exact, log=log, max_scale=max_scale)
         if not exact and min(report["fp32_check"]["token_agreement_per_scale"]) < 1:
             log("  warning: ONNX Runtime and PyTorch disagree on some near-tied tokens (figures above)")
     if fp16:
@@ -528,7 +536,7 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
                 "(casts inserted), so this shows FP16 storage rounding rather than GPU FP16 arithmetic:")
             try:
                 report["fp16_check"] = verify_written(model, graph, external, out_path.parent, batch=batch,
-                                                      all_scales=all_scales, require_exact=False, log=log)
+                                                      all_scales=all_scales, require_exact=False, log=log, max_scale=max_scale)
             except Exception as e:  # an ORT CPU build that cannot run some FP16 op: say so, keep the graph
                 report["fp16_check"] = f"not run: ONNX Runtime CPU failed on the FP16 graph ({type(e).__name__}: {e})"
                 log("  " + report["fp16_check"])
@@ -701,6 +709,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1, help="batch size, fixed in the graph (default 1)")
     p.add_argument("--all-scales", action="store_true", help="also output depth_scales (B,K,H,W): depth after every scale "
                                                                "(normals_scales (B,K,3,H,W) for a normals model)")
+    p.add_argument("--max-scale", type=int, metavar="K", help="anytime depth: stop after the first K scales and "
+                                                               "decode that partial sum (default: all scales)")
     p.add_argument("--tokens", action="store_true", help="also output tokens (B,L) int64: greedy tokens of all scales")
     p.add_argument("--fp16", action="store_true", help="write an FP16 graph (float32 input and outputs)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison with PyTorch")
@@ -739,7 +749,7 @@ def run(args) -> int:
         print(f"preset {args.preset}: random weights (residual branches scaled up so the transformer is not an identity)")
     report = export(model, args.out, batch=args.batch, all_scales=args.all_scales, tokens=args.tokens,
                     fp16=args.fp16, check=not args.no_check, exact=not args.allow_token_flips,
-                    external_data=args.external_data or None)
+                    external_data=args.external_data or None, max_scale=args.max_scale)
     print("operators: " + ", ".join(f"{k} {v}" for k, v in report["operators"].items()))
     Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     if args.engine:

@@ -43,6 +43,12 @@ the depth is cropped back and resized to the image's own size. Per image, into -
                           the focal length in the photo's EXIF (35 mm equivalent), else horizontal --fov;
                           z = relative depth
     NAME_scales.png       --scales: the depth after every scale of the autoregressive refinement, coarse to fine
+    NAME_uncertainty.png  --samples N: the ensemble's per-pixel uncertainty with a colour legend (and .npy); the
+                          depth files then hold the ensemble's median
+    NAME_depth_metres.npy --known / --sparse: metric depth fitted to known points, float32 metres; also
+                          NAME_depth_mm.png (16-bit millimetres) and NAME_metric.ply (metres)
+
+--max-scale K stops the rollout after K scales (anytime depth, every backend; graphs are exported per K).
 
 A video file (.mp4, .mov, .avi, .mkv, .webm, ...) or, with --sequence, a folder of frames is one clip:
 frames stream through the backend (a temporary file in --out holds the small per-frame depth, so memory
@@ -82,6 +88,7 @@ import download as weights
 import zoo as Z
 import export as E
 from data import FITS, atomic_write, exif_focal_px, fit_square, pil_to_rgb, read_image, resize, unfit_square, writable_dir
+import metrics as M
 from metrics import align_median
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "depthart_small.safetensors"  # any working dir
@@ -142,22 +149,53 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """PyTorch eager. sampling="release" runs the release's sampler, its draws from one generator seeded with
-    `seed` (None: torch's global generator, unseeded, as the release); images are drawn for in input order."""
+    """PyTorch eager. sampling="release" runs the release's sampler ("temperature": zoo.temperature_sampler), its
+    draws from one generator seeded with `seed` (None: torch's global generator, unseeded, as the release); images
+    are drawn for in input order. samples N > 1 (a sampler only): N sampled rollouts per image, aligned to each
+    other and reduced by metrics.ensemble to their median, with an `uncertainty` output (B, 1, S, S): the aligned
+    samples' per-pixel standard deviation, in the depth's relative units."""
 
-    def __init__(self, model, all_scales: bool = False, sampling: str = "greedy", seed: int | None = None):
+    def __init__(self, model, all_scales: bool = False, sampling: str = "greedy", seed: int | None = None,
+                 max_scale: int | None = None, samples: int = 1):
+        if samples < 1 or (samples > 1 and sampling == "greedy"):
+            raise ValueError(f"--samples {samples}: an ensemble needs N >= 1 sampled rollouts and a sampler "
+                             f"(--sampling release or temperature); greedy rollouts are all alike")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.eval().to(self.device)
         self.image_size, self.has_scales, self.target = model.cfg.image_size, all_scales, model.cfg.target
-        self.sampling = sampling
+        self.sampling, self.max_scale = sampling, check_max_scale(max_scale, model.cfg)
         self.pick = Z.sampler(sampling, None if seed is None else torch.Generator(self.device).manual_seed(seed))
-        how = "greedy" if sampling == "greedy" else f"release sampler, seed {seed}"
-        self.name = f"torch ({self.device}, eager, cached rollout, {how})"
+        how = "greedy" if sampling == "greedy" else f"{sampling} sampler, seed {seed}"
+        stop = "" if self.max_scale is None else f", first {self.max_scale} of {len(model.cfg.patch_nums)} scales"
+        self.samples, self.mode = samples, "affine" if model.cfg.depth_norm == "q98_shift" else "scale"
+        ens = f", ensemble of {samples}" if samples > 1 else ""
+        self.name = f"torch ({self.device}, eager, cached rollout, {how}{stop}{ens})"
+
+    def sample(self, images) -> np.ndarray:
+        """float32 (B, 3, S, S) -> N sampled depth maps per image (B, N, [K,] S, S), drawn image by image."""
+        out = []
+        with torch.no_grad():
+            for image in torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(self.device):
+                x = image[None].expand(self.samples, -1, -1, -1)
+                y = self.model.predict(x, self.has_scales, self.pick, self.max_scale)
+                out.append((y if self.has_scales else y[:, 0]).cpu().numpy())
+        return np.stack(out)
 
     def _run(self, images):
+        if self.samples > 1:
+            if self.target != "depth":
+                raise ValueError("--samples: ensembles are of depth; this model predicts normals")
+            raw = self.sample(images)  # (B, N, [K,] S, S)
+            last = raw[:, :, -1] if self.has_scales else raw
+            depth, unc = zip(*(M.ensemble(r, self.mode) for r in last))
+            out = {"depth": np.stack(depth)[:, None], "uncertainty": np.stack(unc)[:, None]}
+            if self.has_scales:
+                out["depth_scales"] = np.stack([[M.ensemble(r[:, k], self.mode)[0] for k in range(r.shape[1])]
+                                                for r in raw])
+            return out
         x = torch.from_numpy(images).to(self.device)
         with torch.no_grad():
-            scales = self.model.predict(x, all_scales=self.has_scales, pick=self.pick).cpu().numpy()
+            scales = self.model.predict(x, self.has_scales, self.pick, self.max_scale).cpu().numpy()
             if not self.has_scales:
                 return {self.target: scales}
             return {self.target: self.model.last_scale(torch.from_numpy(scales)).numpy(), f"{self.target}_scales": scales}
@@ -247,24 +285,38 @@ def _code_digest() -> str:
     return h.hexdigest()[:10]
 
 
+def check_max_scale(max_scale: int | None, cfg: D.Config | None) -> int | None:
+    """--max-scale k for a model of K scales -> k, or None for all K (k = K is the full graph); one-line errors."""
+    if max_scale is None:
+        return None
+    K = len(cfg.patch_nums) if cfg is not None else None
+    if not max_scale >= 1 or (K is not None and max_scale > K):
+        raise ValueError(f"--max-scale {max_scale}: this model has scales 1..{K}" if K else
+                         f"--max-scale {max_scale}: must be at least 1")
+    return None if max_scale == K else int(max_scale)
+
+
 def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, fp16: bool = False,
-                 cache_dir=None, log=print) -> Path:
-    """The exported graph of a checkpoint, exported (and checked against PyTorch) on first use."""
+                 cache_dir=None, log=print, max_scale: int | None = None) -> Path:
+    """The exported graph of a checkpoint, exported (and checked against PyTorch) on first use; max_scale k:
+    the anytime graph that stops after k scales (one graph, cached, per k)."""
     checkpoint = Path(checkpoint)
     digest = E.file_sha256(checkpoint)[:16]
-    opts = f"b{batch}" + ("-scales" if all_scales else "") + ("-fp16" if fp16 else "")
+    opts = f"b{batch}" + ("-scales" if all_scales else "") + ("-fp16" if fp16 else "") + \
+        (f"-k{max_scale}" if max_scale else "")
     path = Path(cache_dir or default_cache_dir()) / digest / f"depthart-{opts}-opset{E.OPSET}-{_code_digest()}.onnx"
     if path.exists():
         return path
     log(f"exporting {checkpoint} to {path} (once; later runs reuse it)")
     model = Z.load(checkpoint)
     E.export(model, path, batch=batch, all_scales=all_scales, fp16=fp16, check=True, exact=False,
-             log=lambda s: log("  " + s))
+             log=lambda s: log("  " + s), max_scale=max_scale)
     return path
 
 
 def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1, all_scales: bool = False,
-                 fp16: bool = False, cache_dir=None, log=print, sampling: str = "greedy", seed: int | None = None) -> Backend:
+                 fp16: bool = False, cache_dir=None, log=print, sampling: str = "greedy", seed: int | None = None,
+                 max_scale: int | None = None, samples: int = 1) -> Backend:
     """A Backend for a checkpoint (.safetensors: ours or the DepthART release's model.safetensors), an ONNX
     graph (.onnx) or a TensorRT engine (.engine).
 
@@ -272,22 +324,33 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
     batch, all_scales and fp16 choose the exported graph of a checkpoint; a given .onnx or .engine
     brings its own. Graphs and engines decode greedily; sampling="release" (the release's sampler, seeded
     with `seed`) runs in PyTorch. Returns an object with .predict(images (B,3,S,S) float32 [0,1]) ->
-    (B,1,S,S) and .image_size.
+    (B,1,S,S) and .image_size. samples N > 1: an ensemble of N sampled rollouts (PyTorch; the release's
+    sampler unless `sampling` names another; outputs also `uncertainty`, see TorchBackend). max_scale k (anytime depth): stop after the first k scales (a checkpoint's
+    graph is exported per k; a given .onnx or .engine has its own scale count, so max_scale is refused there).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if sampling not in ("greedy", "release"):
-        raise ValueError(f"unknown sampling {sampling!r}; choose greedy or release")
+    if sampling not in Z.SAMPLINGS:
+        raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(Z.SAMPLINGS)}")
+    if samples > 1 and sampling == "greedy":
+        sampling = "release"  # an ensemble needs a sampler: the release's, unless another is named
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     E.refuse_stage1(path)
     suffix = path.suffix.lower()
-    if sampling == "release":
-        if backend not in ("auto", "torch") or suffix in (".onnx", ".engine", ".plan", ".trt"):
-            raise ValueError("--sampling release runs in PyTorch only (exported graphs decode greedily): "
+    graph_file = suffix in (".onnx", ".engine", ".plan", ".trt")
+    if max_scale is not None and graph_file:
+        raise ValueError(f"--max-scale: {path} is an exported graph with its scale count fixed; pass the checkpoint, "
+                         f"or export a graph per k with export.py --max-scale K")
+    if max_scale is not None:
+        max_scale = check_max_scale(max_scale, Z.checkpoint_config(path))
+    if sampling != "greedy":
+        if backend not in ("auto", "torch") or graph_file:
+            raise ValueError(f"--sampling {sampling}" + (f" (--samples {samples})" if samples > 1 else "") +
+                             " runs in PyTorch only (exported graphs decode greedily): "
                              "pass a .safetensors checkpoint and --backend auto or torch")
-        return TorchBackend(Z.load(path), all_scales, sampling, seed)
+        return TorchBackend(Z.load(path), all_scales, sampling, seed, max_scale, samples)
     if suffix in (".engine", ".plan", ".trt"):
         if backend not in ("auto", "trt"):
             raise ValueError(f"{path} is a TensorRT engine: only the trt backend runs it")
@@ -305,12 +368,12 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
         return OrtBackend(path, cache_dir=cache_dir, log=log)
 
     if backend == "torch":
-        return TorchBackend(Z.load(path), all_scales)
+        return TorchBackend(Z.load(path), all_scales, max_scale=max_scale)
     reasons = []
     if backend in ("auto", "trt"):
         try:
             E.import_tensorrt(), E.gpu_description()
-            graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
+            graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log, max_scale)
             return TrtBackend(E.build_engine(graph, graph.parent, log=log), log=log)
         except (RuntimeError, OSError) as e:  # missing, present but failing, or unwritable: say why, go on
             if backend == "trt":
@@ -318,7 +381,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
             reasons.append(f"TensorRT unavailable: {e}")
     for reason in reasons:
         log(reason)
-    graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
+    graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log, max_scale)
     return OrtBackend(graph, cache_dir=graph.parent, log=log)
 
 
@@ -331,10 +394,12 @@ def unit_channels_last(n_3HW: np.ndarray) -> np.ndarray:
     return (n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)).astype(np.float32)
 
 
-def predict_arrays(backend: Backend, images: list, fit: str = "pad", scales: bool = False) -> list:
+def predict_arrays(backend: Backend, images: list, fit: str = "pad", scales: bool = False,
+                   with_uncertainty: bool = False) -> list:
     """RGB arrays (H, W, 3) in [0, 1] of any sizes -> per image (depth (H, W) float32 at the image's size,
     the depth after every scale (K, h, w) on the image's part of the model square, or None). A normals
-    model gives unit normals (H, W, 3) and (K, h, w, 3) instead (resized, then renormalized)."""
+    model gives unit normals (H, W, 3) and (K, h, w, 3) instead (resized, then renormalized).
+    with_uncertainty: triples, the third an ensemble's uncertainty (H, W) (None from a backend without one)."""
     S, t = backend.image_size, backend.target
     fitted = [fit_square(np.asarray(img, np.float32).transpose(2, 0, 1), S, fit) for img in images]
     out = backend.run(np.clip(np.stack([x for x, _ in fitted]), 0, 1))
@@ -344,7 +409,11 @@ def predict_arrays(backend: Backend, images: list, fit: str = "pad", scales: boo
         ys = unfit_square(out[f"{t}_scales"][i], box, box[2], box[3]) if scales else None
         if t == "normals":
             y, ys = unit_channels_last(y), None if ys is None else unit_channels_last(ys)
-        results.append((y, ys))
+        if with_uncertainty:
+            u = out.get("uncertainty")
+            results.append((y, ys, None if u is None else unfit_square(u[i, 0], box, *img.shape[:2])))
+        else:
+            results.append((y, ys))
     return results
 
 
@@ -385,12 +454,18 @@ class DepthModel:
 
     __call__ = predict
 
+    def predict_with_uncertainty(self, image) -> tuple[np.ndarray, np.ndarray | None]:
+        """As predict -> (depth (H, W), uncertainty (H, W) of an ensemble (load(samples=N)), else None)."""
+        depth, _, unc = predict_arrays(self.backend, [as_rgb(image)], self.fit, with_uncertainty=True)[0]
+        return depth, unc
+
     def __repr__(self):
         return f"DepthModel({self.backend.name}, fit={self.fit})"
 
 
 def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log=print,
-         download: bool = False) -> DepthModel:
+         download: bool = False, max_scale: int | None = None, samples: int = 1, sampling: str = "greedy",
+         seed: int | None = None) -> DepthModel:
     """The Python API: `model = infer_trt.load()` then `model.predict(image)`.
 
     path: a checkpoint (.safetensors), an .onnx graph or a TensorRT .engine, or a name of download.py's
@@ -398,9 +473,13 @@ def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log
     FileNotFoundError naming the command, unless download=True (then it downloads, with a progress bar).
     backend: auto (the best present: TensorRT, ONNX Runtime, PyTorch) or trt / ort / torch.
     fit: pad (default, keeps the aspect ratio) or squash. The first call for a checkpoint exports and
-    caches its graph (log says so)."""
+    caches its graph (log says so). max_scale k: anytime depth, the rollout stops after k scales. samples N > 1:
+    an ensemble of N sampled rollouts (PyTorch; sampling "release" unless "temperature" is named, seed default 0),
+    whose uncertainty predict_with_uncertainty returns."""
     path = DEFAULT_CHECKPOINT if path is None else weights.resolve(path, download)
-    return DepthModel(load_backend(path, backend, cache_dir=cache_dir, log=log), fit)
+    seed = 0 if samples > 1 and seed is None else seed
+    return DepthModel(load_backend(path, backend, cache_dir=cache_dir, log=log, max_scale=max_scale, samples=samples,
+                                   sampling=sampling, seed=seed), fit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,10 +586,11 @@ def intrinsics(args, path, H: int, W: int) -> tuple[float, float, float, float, 
     return fx, fy, cx, cy, source
 
 
-def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, K: tuple, max_points: int = 1 << 20):
+def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, K: tuple, max_points: int = 1 << 20,
+             what: str = "relative depth"):
     """Binary PLY point cloud: pinhole camera K = (fx, fy, cx, cy, source) in pixels (0-based pixel centres),
-    z = relative depth (so the cloud's scale is relative too), colours from the image. Large images are
-    subsampled on a regular grid to at most max_points points."""
+    z = relative depth (so the cloud's scale is relative too; metres for metric depth, what="metric depth in
+    metres"), colours from the image. Large images are subsampled on a regular grid to at most max_points points."""
     fx, fy, cx, cy, source = K
     H, W = depth_hw.shape
     step = max(1, math.ceil(math.sqrt(H * W / max_points)))
@@ -525,7 +605,7 @@ def save_ply(path: Path, depth_hw: np.ndarray, image_hw3: np.ndarray, K: tuple, 
     vertex["x"], vertex["y"], vertex["z"] = x[keep], y[keep], -z[keep]  # camera looks down -z
     vertex["red"], vertex["green"], vertex["blue"] = rgb[keep][:, 0], rgb[keep][:, 1], rgb[keep][:, 2]
     header = ("ply\nformat binary_little_endian 1.0\n"
-              f"comment DepthART relative depth; fx {fx:.3f} fy {fy:.3f} cx {cx:.3f} cy {cy:.3f} ({source})\n"
+              f"comment DepthART {what}; fx {fx:.3f} fy {fy:.3f} cx {cx:.3f} cy {cy:.3f} ({source})\n"
               f"element vertex {len(vertex)}\n"
               "property float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
@@ -574,11 +654,78 @@ def planned_outputs(out_dir: Path, stem: str, args, target: str = "depth") -> di
         outs["ply"] = out_dir / f"{stem}.ply"
     if args.scales:
         outs["scales"] = out_dir / f"{stem}_scales.png"
+    if getattr(args, "samples", 1) > 1:
+        outs |= {"unc_png": out_dir / f"{stem}_uncertainty.png", "unc_npy": out_dir / f"{stem}_uncertainty.npy"}
+    if args.known or args.sparse:
+        outs |= {"metric_npy": out_dir / f"{stem}_depth_metres.npy", "metric_png": out_dir / f"{stem}_depth_mm.png",
+                 "metric_ply": out_dir / f"{stem}_metric.ply"}
     return outs
 
 
-def write_outputs(todo: dict, path, image_hw3: np.ndarray, depth: np.ndarray, scales_khw, args):
+def known_point(text: str) -> tuple[float, float, float]:
+    """--known "x,y,metres": a pixel (column x, row y, 0-based, of the input image) and its measured depth."""
+    try:
+        x, y, m = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x,y,metres (e.g. 120,80,2.5)") from None
+    if not (m > 0 and np.isfinite([x, y, m]).all()):
+        raise argparse.ArgumentTypeError(f"{text!r}: the depth must be a positive number of metres")
+    return x, y, m
+
+
+def known_depth(H: int, W: int, points=(), sparse=None) -> tuple[np.ndarray, np.ndarray]:
+    """Known points [(x, y, metres)] and/or a sparse metric depth map (H, W; 0 or NaN = unknown) -> (known (H, W)
+    metres, mask); one-line ValueErrors for a point outside the image or a map of another size."""
+    known = np.zeros((H, W), np.float64)
+    if sparse is not None:
+        sparse = np.asarray(sparse, np.float64)
+        if sparse.shape != (H, W):
+            raise ValueError(f"--sparse map is {sparse.shape[1] if sparse.ndim > 1 else '?'}x{sparse.shape[0]} "
+                             f"(shape {sparse.shape}), the image {W}x{H}: it must hold one depth per pixel")
+        known = np.where(np.isfinite(sparse) & (sparse > 0), sparse, 0.0)
+    for x, y, m in points:
+        c, r = int(round(x)), int(round(y))
+        if not (0 <= c < W and 0 <= r < H):
+            raise ValueError(f"--known {x:g},{y:g},{m:g}: pixel outside the {W}x{H} image")
+        known[r, c] = m
+    return known, known > 0
+
+
+def fit_mode(checkpoint) -> str:
+    """How a model's relative depth meets metric depth: scale only for the paper's d / q98 (and log) targets,
+    scale and shift for q98_shift; an .onnx or .engine is taken to have the paper's target."""
+    cfg = Z.checkpoint_config(checkpoint) if Path(checkpoint).suffix == ".safetensors" else None
+    norm = cfg.depth_norm if cfg is not None else "q98"
+    if norm == "disparity":
+        raise ValueError("--known/--sparse: this model predicts affine inverse depth (depth_norm disparity), "
+                         "whose fit to metric points is not implemented")
+    return "affine" if norm == "q98_shift" else "scale"
+
+
+def uncertainty_png(unc_hw: np.ndarray, cmap: str = "magma") -> bytes:
+    """The uncertainty map with a colour legend (a matplotlib Figure on the Agg canvas: no GUI) -> PNG bytes."""
+    import io
+    from matplotlib.figure import Figure
+    H, W = unc_hw.shape
+    fig = Figure(figsize=(max(3.0, 4.0 * W / H + 1.2), 4.0), dpi=100)
+    ax = fig.add_subplot()
+    im = ax.imshow(unc_hw, cmap=cmap, vmin=0, vmax=max(float(np.percentile(unc_hw, 99)), 1e-6))
+    ax.set_axis_off()
+    ax.set_title("ensemble uncertainty (std of aligned samples)", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label("relative depth units (depth in [0, 1])", fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def write_outputs(todo: dict, path, image_hw3: np.ndarray, depth: np.ndarray, scales_khw, args, unc=None):
     H, W = image_hw3.shape[:2]
+    if {"metric_npy", "metric_png", "metric_ply"} & set(todo):
+        sparse = np.load(args.sparse) if args.sparse else None
+        known, mask = known_depth(H, W, args.known or (), sparse)
+        metric, info = M.fit_known(depth, known, mask, args.fit_mode)
+        tqdm.write(f"{path}: metric fit ({args.fit_mode}) on {info['points']} known points, {info['inliers']} within "
+                   f"25%: scale {info['scale']:.4g}" + (f", shift {info['shift']:.4g} m" if args.fit_mode == "affine" else ""))
     for kind, out in todo.items():
         if kind == "normals":  # depth holds the unit normals (H, W, 3) of a normals model
             save_rgb(out, normals_to_rgb(depth))
@@ -592,6 +739,17 @@ def write_outputs(todo: dict, path, image_hw3: np.ndarray, depth: np.ndarray, sc
             save_ply(out, depth, image_hw3, intrinsics(args, path, H, W))
         elif kind == "scales":
             save_rgb(out, scales_strip(scales_khw, H, W, args.cmap))
+        elif kind == "metric_npy":
+            save_npy(out, metric)
+        elif kind == "unc_npy":
+            save_npy(out, unc)
+        elif kind == "unc_png":
+            atomic_write(out, lambda tmp, b=uncertainty_png(unc): Path(tmp).write_bytes(b))
+        elif kind == "metric_png":  # 16-bit millimetres, 0 = unknown, clipped at 65.535 m
+            atomic_write(out, lambda tmp: Image.fromarray(np.round(np.clip(metric, 0, 65.535) * 1000)
+                                                          .astype(np.uint16)).save(tmp, format="PNG"))
+        elif kind == "metric_ply":
+            save_ply(out, metric, image_hw3, intrinsics(args, path, H, W), what="metric depth in metres")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -706,9 +864,16 @@ def parse_args(argv=None):
     p.add_argument("--target", choices=tuple(Z.TARGETS), default=None,
                    help="what to predict: depth or normals; the checkpoint says which it predicts, and --target "
                         "normals without --checkpoint takes the shipped weights/depthart_normals_tiny.safetensors")
-    p.add_argument("--sampling", choices=["greedy", "release"], default="greedy",
+    p.add_argument("--samples", type=int, default=1, metavar="N",
+                   help="an ensemble of N sampled rollouts (PyTorch; --sampling release unless temperature is named; "
+                        "--seed defaults to 0): their aligned median, and NAME_uncertainty.png (with a colour legend) "
+                        "and NAME_uncertainty.npy, the per-pixel standard deviation of the aligned samples")
+    p.add_argument("--sampling", choices=list(Z.SAMPLINGS), default="greedy",
                    help="greedy (default; deterministic; every backend) or the DepthART release's sampler (PyTorch)")
     p.add_argument("--seed", type=int, default=None, help="--sampling release: seed of its draws (default unseeded)")
+    p.add_argument("--max-scale", type=int, metavar="K",
+                   help="anytime depth: stop the rollout after the first K scales and decode that partial sum "
+                        "(every backend; a checkpoint's graph is exported once per K)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="force a backend (default: the best present)")
     p.add_argument("--out", default="depth_out", help="output folder (default depth_out/)")
     p.add_argument("--fit", choices=FITS, default="pad",
@@ -722,6 +887,12 @@ def parse_args(argv=None):
         p.add_argument(f"--{name}", type=float, help=f"--ply camera intrinsic {name} in pixels of the image")
     p.add_argument("--fov", type=float, default=60.0,
                    help="--ply without --fx and without an EXIF focal length: horizontal field of view, degrees (60)")
+    p.add_argument("--known", nargs="+", type=known_point, metavar="X,Y,METRES",
+                   help="metric depth at pixels of the image (column, row, metres): fit the relative depth to them "
+                        "robustly and also write NAME_depth_metres.npy, NAME_depth_mm.png (16-bit millimetres) and "
+                        "NAME_metric.ply (metres); one image only")
+    p.add_argument("--sparse", metavar="DEPTH.npy",
+                   help="a sparse metric depth map (H, W) of the image in metres, 0 = unknown: fitted as --known")
     p.add_argument("--scales", action="store_true", help="also write a strip of the depth after every scale")
     p.add_argument("--cmap", default="inferno_r", help="matplotlib colormap for the colour PNG (default inferno_r: near is bright)")
     p.add_argument("--sequence", action="store_true", help="a folder argument is one clip of frames (sorted by name)")
@@ -734,11 +905,29 @@ def parse_args(argv=None):
             p.error(f"--{name} must be positive")
     if args.batch < 1:
         p.error("--batch must be at least 1")
+    if args.samples < 1:
+        p.error("--samples must be at least 1")
+    if args.samples > 1 and args.seed is None:
+        args.seed = 0  # an ensemble is repeatable unless a seed says otherwise
+    if args.max_scale is not None and args.max_scale < 1:
+        p.error("--max-scale must be at least 1")
     if args.checkpoint is None:
         args.checkpoint = str(DEFAULT_NORMALS_CHECKPOINT if args.target == "normals" else DEFAULT_CHECKPOINT)
     args.checkpoint = str(weights.resolve_arg(args.checkpoint, args.download, prog="infer_trt.py"))
     if args.target == "normals" and args.ply:
         p.error("--ply needs depth: a normals model has none")
+    if args.sparse:
+        try:
+            sparse = np.load(args.sparse, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            p.error(f"--sparse {args.sparse}: cannot read as .npy ({type(e).__name__}: {e})")
+        if sparse.ndim != 2 or not np.issubdtype(sparse.dtype, np.number) or not (np.nan_to_num(sparse) > 0).any():
+            p.error(f"--sparse {args.sparse}: expected a 2-D numeric depth map with some depth > 0, "
+                    f"got shape {sparse.shape} {sparse.dtype}")
+    try:
+        args.fit_mode = fit_mode(args.checkpoint) if (args.known or args.sparse) else None
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     return args
 
 
@@ -765,7 +954,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales, fp16=args.fp16,
-                               cache_dir=args.cache_dir, sampling=args.sampling, seed=args.seed)
+                               cache_dir=args.cache_dir, sampling=args.sampling, seed=args.seed,
+                               max_scale=args.max_scale, samples=args.samples)
     except (ImportError, OSError, ValueError, RuntimeError) as e:  # EngineUnavailable is a RuntimeError
         print(f"cannot run {checkpoint} on backend {args.backend}: {type(e).__name__}: {e}")
         return 2
@@ -775,6 +965,9 @@ def main(argv=None) -> int:
         return 2
     if args.target and backend.target != args.target:
         print(f"--target {args.target}: {checkpoint} predicts {backend.target}")
+        return 2
+    if (args.known or args.sparse) and (len(paths) != 1 or clips or backend.target != "depth"):
+        print("--known/--sparse belong to one image: give exactly one image input, to a depth model")
         return 2
     if backend.target == "normals" and (args.ply or clips):
         print("a normals model writes normal maps of images: --ply and videos need a depth model")
@@ -787,12 +980,12 @@ def main(argv=None) -> int:
         nonlocal written
         if not pending:
             return
-        results = predict_arrays(backend, [img for _, img, _ in pending], args.fit, args.scales)
-        for (path, img, todo), (depth, scales) in zip(pending, results):
+        results = predict_arrays(backend, [img for _, img, _ in pending], args.fit, args.scales, with_uncertainty=True)
+        for (path, img, todo), (depth, scales, unc) in zip(pending, results):
             try:
-                write_outputs(todo, path, img, depth, scales, args)
+                write_outputs(todo, path, img, depth, scales, args, unc)
                 written += 1
-            except OSError as e:
+            except (OSError, ValueError) as e:  # ValueError: known points that do not fit this image
                 failures.append(f"{path}: cannot write outputs ({e})")
                 tqdm.write(failures[-1])
         pending.clear()

@@ -212,3 +212,108 @@ def facing_camera(H: int, W: int) -> np.ndarray:
     n = np.zeros((3, H, W), dtype=np.float32)
     n[2] = -1.0
     return n
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Ensembles, uncertainty, and metric depth from a few known points
+# --------------------------------------------------------------------------------------------
+FIT_MODES = ("scale", "affine")  # what a model's relative depth allows: d = s p (the paper's q98), or d = s p + t
+
+
+def _lsq(p, g, mode: str) -> tuple[float, float]:
+    """Least-squares (s, t) of s p + t to g (t = 0 for mode "scale")."""
+    if mode == "scale":
+        return float(np.dot(p, g) / max(np.dot(p, p), 1e-12)), 0.0
+    a = np.stack([p, np.ones_like(p)], 1)
+    (s, t), *_ = np.linalg.lstsq(a, g, rcond=None)
+    return float(s), float(t)
+
+
+def ensemble(samples_NHW, mode: str = "scale", iters: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """N relative depth maps of one image (N sampled rollouts) -> (depth, uncertainty), both (H, W) float32.
+
+    As Marigold aligns its ensemble: each sample is fitted by least squares (scale, or scale and shift where the
+    target allows) to the running per-pixel median, `iters` times; depth is the aligned samples' median and
+    uncertainty their per-pixel standard deviation (in the same relative units; 0 for N = 1). The scales are
+    renormalized to a geometric mean of 1, so the ensemble's depth keeps the samples' level."""
+    x = np.asarray(samples_NHW, np.float64)
+    if x.ndim != 3 or len(x) < 1:
+        raise ValueError(f"expected samples (N, H, W) with N >= 1, got shape {x.shape}")
+    if mode not in FIT_MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(FIT_MODES)}")
+    aligned = x.copy()
+    for _ in range(iters if len(x) > 1 else 0):
+        m = np.median(aligned, 0).ravel()
+        st = np.array([_lsq(xi.ravel(), m, mode) for xi in x])
+        st[:, 0] = np.where(st[:, 0] > 1e-6, st[:, 0], 1.0)  # a degenerate sample keeps its own scale
+        st /= np.exp(np.mean(np.log(st[:, 0])))
+        aligned = x * st[:, 0, None, None] + st[:, 1, None, None]
+    return np.median(aligned, 0).astype(np.float32), aligned.std(0).astype(np.float32)
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two equally long 1-D arrays (ties take their mean rank)."""
+    from scipy.stats import spearmanr
+    return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
+
+
+def ause(errors, uncertainty, steps: int = 20) -> float:
+    """Area under the sparsification error curve (Ilg et al. 2018): remove the most uncertain pixels in `steps`
+    fractions, and take the mean error of what is left; the same with the largest errors removed first (the
+    oracle) is the best any uncertainty can do. AUSE = mean over fractions of (curve - oracle); 0 is perfect
+    ranking. The curves are normalized by the mean error of all pixels, so images with larger errors do not
+    weigh more."""
+    e, u = np.ravel(errors).astype(np.float64), np.ravel(uncertainty).astype(np.float64)
+    by_u, by_e = e[np.argsort(-u, kind="stable")], e[np.argsort(-e, kind="stable")]
+    n, total = len(e), max(e.mean(), 1e-12)
+    curve, oracle = [], []
+    for f in np.arange(steps) / steps:
+        k = int(round(f * n))
+        curve.append(by_u[k:].mean() / total)
+        oracle.append(by_e[k:].mean() / total)
+    return float(np.mean(np.array(curve) - np.array(oracle)))
+
+
+def fit_known(pred, known, mask, mode: str = "scale", refit: float | None = None, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Relative depth pred (H, W) and metric depth known at the pixels of mask -> (metric depth (H, W) float32,
+    {"scale", "shift", "points", "inliers"}), robust to wrong points:
+      scale   s = median of known / pred (half the points may be wrong before it moves far);
+      affine  Theil-Sen: s = median of the slopes between pairs of points (at most 20000 pairs, seeded), t = median
+              of known - s pred; needs 2 points.
+    "inliers" counts the points within 25% of the fit. refit r: drop the points whose relative error exceeds r
+    and fit again (off by default: with the shipped model, whose depth ratios are far off on real photographs,
+    it kept too few points and cost AbsRel; studies.py known). Points where pred is not positive cannot be
+    fitted and are left out. One-line ValueErrors for too few points."""
+    if mode not in FIT_MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(FIT_MODES)}")
+    pred = np.asarray(pred, np.float64)
+    known = np.asarray(known, np.float64)
+    if known.shape != pred.shape or np.shape(mask) != pred.shape:
+        raise ValueError(f"known depth {known.shape} and mask {np.shape(mask)} must match the prediction {pred.shape}")
+    use = np.asarray(mask, bool) & np.isfinite(known) & (known > 0) & (pred > 1e-6)
+    p, g = pred[use], known[use]
+    need = 1 if mode == "scale" else 2
+    if len(p) < need:
+        raise ValueError(f"{mode} fit needs at least {need} known point(s) where the prediction is positive, "
+                         f"got {len(p)}")
+    rng = np.random.default_rng(seed)
+
+    def fit(p, g):
+        if mode == "scale":
+            return float(np.median(g / p)), 0.0
+        i, j = np.triu_indices(len(p), 1)
+        if len(i) > 20000:
+            pick = rng.choice(len(i), 20000, replace=False)
+            i, j = i[pick], j[pick]
+        dp = p[j] - p[i]
+        ok = np.abs(dp) > 1e-9
+        s = float(np.median((g[j] - g[i])[ok] / dp[ok])) if ok.any() else float(np.median(g / p))
+        return s, float(np.median(g - s * p))
+
+    s, t = fit(p, g)
+    if refit is not None:
+        keep = np.abs(s * p + t - g) <= refit * g
+        if need <= keep.sum() < len(p):
+            s, t = fit(p[keep], g[keep])
+    keep = np.abs(s * p + t - g) <= 0.25 * g
+    return (s * pred + t).astype(np.float32), {"scale": s, "shift": t, "points": int(len(p)), "inliers": int(keep.sum())}

@@ -276,7 +276,7 @@ def init_weights(model: D.DepthART, init=None, init_vae=None, init_var=None):
 # ----------------------------------------------------------------------------------------------
 # 3. The DepthART release's sampler and training loss
 # ----------------------------------------------------------------------------------------------
-SAMPLINGS = ("greedy", "release")
+SAMPLINGS = ("greedy", "release", "temperature")
 
 
 def release_sample(logits_BlV, generator=None, top_k: int = 900, top_p: float = 0.9, n: int = 5) -> torch.Tensor:
@@ -304,10 +304,28 @@ def release_sampler(generator: torch.Generator | None = None):
     return pick
 
 
+def temperature_sampler(generator: torch.Generator | None = None, temperature: float = 1.0, top_k: int = 20):
+    """One token per position from softmax(logits / temperature) over the top_k logits (ours, for ensembles:
+    unlike the release's mean of 5 draws, each draw is a real code) -> pick returning (idx_Bl, code_BlCv)."""
+    if not temperature > 0 or top_k < 1:
+        raise ValueError(f"temperature {temperature} must be > 0 and top_k {top_k} at least 1")
+
+    def pick(logits_BlV, code_VCv):
+        B, l, V = logits_BlV.shape
+        top_Blk, where_Blk = (logits_BlV / temperature).topk(min(top_k, V), -1)
+        draw_P1 = torch.multinomial(top_Blk.softmax(-1).view(B * l, -1), 1, generator=generator)
+        idx_Bl = where_Blk.view(B * l, -1).gather(1, draw_P1).view(B, l)
+        return idx_Bl, code_VCv[idx_Bl]
+    return pick
+
+
 def sampler(sampling: str, generator: torch.Generator | None = None):
-    """A rollout's pick by name: "greedy" (deterministic; what export unrolls) or "release"."""
+    """A rollout's pick by name: "greedy" (deterministic; what export unrolls), "release" (the release's mean
+    of 5 filtered draws) or "temperature" (ours: one draw from the top 20 logits at temperature 1)."""
     if sampling not in SAMPLINGS:
-        raise ValueError(f"unknown sampling {sampling!r}: expected 'greedy' or 'release'")
+        raise ValueError(f"unknown sampling {sampling!r}: expected one of {', '.join(SAMPLINGS)}")
+    if sampling == "temperature":
+        return temperature_sampler(generator)
     return D.greedy if sampling == "greedy" else release_sampler(generator)
 
 
