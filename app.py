@@ -246,6 +246,10 @@ def make_server(demo: Demo, port: int = 8000, host: str = "127.0.0.1", max_mb: f
                 n = -1
             if n < 0 or n > max_mb * 2**20:
                 self.close_connection = True
+                left = n if 0 < n <= 256 * 2**20 else 0  # read (and drop) what the browser sends, so that it
+                while left > 0:                          # finishes its upload and shows the message, not a reset
+                    chunk = self.rfile.read(min(left, 1 << 20))
+                    left = left - len(chunk) if chunk else 0
                 return self.send_json({"error": f"the upload is {n / 2**20:.1f} MB, over the {max_mb:g} MB limit"
                                        if n > 0 else "the upload has no valid length"}, 413)
             body = self.rfile.read(n) if n else b""
