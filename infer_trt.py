@@ -89,6 +89,7 @@ DEFAULT_NORMALS_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("depthart_normals_tiny
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".jfif"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 BACKENDS = ("auto", "trt", "ort", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def default_cache_dir() -> Path:
@@ -247,30 +248,36 @@ def _code_digest() -> str:
     return h.hexdigest()[:10]
 
 
-def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, fp16: bool = False,
+def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, precision: str = "fp32",
                  cache_dir=None, log=print) -> Path:
-    """The exported graph of a checkpoint, exported (and checked against PyTorch) on first use."""
+    """The exported graph of a checkpoint (precision fp32, fp16 or int8: export.py's --fp16, --int8), exported
+    (and checked against PyTorch) on first use."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     checkpoint = Path(checkpoint)
     digest = E.file_sha256(checkpoint)[:16]
-    opts = f"b{batch}" + ("-scales" if all_scales else "") + ("-fp16" if fp16 else "")
+    opts = f"b{batch}" + ("-scales" if all_scales else "") + ("" if precision == "fp32" else f"-{precision}")
     path = Path(cache_dir or default_cache_dir()) / digest / f"depthart-{opts}-opset{E.OPSET}-{_code_digest()}.onnx"
     if path.exists():
         return path
     log(f"exporting {checkpoint} to {path} (once; later runs reuse it)")
     model = Z.load(checkpoint)
-    E.export(model, path, batch=batch, all_scales=all_scales, fp16=fp16, check=True, exact=False,
+    E.export(model, path, batch=batch, all_scales=all_scales, fp16=precision == "fp16", int8=precision == "int8",
+             check=True, exact=False,
              log=lambda s: log("  " + s))
     return path
 
 
 def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1, all_scales: bool = False,
-                 fp16: bool = False, cache_dir=None, log=print, sampling: str = "greedy", seed: int | None = None) -> Backend:
+                 precision: str = "fp32", cache_dir=None, log=print, sampling: str = "greedy",
+                 seed: int | None = None) -> Backend:
     """A Backend for a checkpoint (.safetensors: ours or the DepthART release's model.safetensors), an ONNX
     graph (.onnx) or a TensorRT engine (.engine).
 
     backend: auto (TensorRT, then ONNX Runtime, then PyTorch), or trt / ort / torch to force one.
-    batch, all_scales and fp16 choose the exported graph of a checkpoint; a given .onnx or .engine
-    brings its own. Graphs and engines decode greedily; sampling="release" (the release's sampler, seeded
+    batch, all_scales and precision (fp32; fp16, the FP16 graph with FP32 islands, for TensorRT and CUDA; int8,
+    for ONNX Runtime on the CPU: TensorRT is skipped) choose the exported graph of a checkpoint; a given .onnx
+    or .engine brings its own. Graphs and engines decode greedily; sampling="release" (the release's sampler, seeded
     with `seed`) runs in PyTorch. Returns an object with .predict(images (B,3,S,S) float32 [0,1]) ->
     (B,1,S,S) and .image_size.
     """
@@ -304,13 +311,19 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
                 log(f"TensorRT unavailable ({e}); using ONNX Runtime")
         return OrtBackend(path, cache_dir=cache_dir, log=log)
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if backend == "torch":
+        if precision != "fp32":
+            raise ValueError(f"--precision {precision} is an exported graph's: the torch backend runs FP32")
         return TorchBackend(Z.load(path), all_scales)
+    if precision == "int8" and backend == "trt":
+        raise ValueError("--precision int8 is an ONNX Runtime CPU graph: use --backend ort or auto")
     reasons = []
-    if backend in ("auto", "trt"):
+    if backend in ("auto", "trt") and precision != "int8":
         try:
             E.import_tensorrt(), E.gpu_description()
-            graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
+            graph = cached_graph(path, batch, all_scales, precision, cache_dir, log)
             return TrtBackend(E.build_engine(graph, graph.parent, log=log), log=log)
         except (RuntimeError, OSError) as e:  # missing, present but failing, or unwritable: say why, go on
             if backend == "trt":
@@ -318,7 +331,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
             reasons.append(f"TensorRT unavailable: {e}")
     for reason in reasons:
         log(reason)
-    graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log)
+    graph = cached_graph(path, batch, all_scales, precision, cache_dir, log)
     return OrtBackend(graph, cache_dir=graph.parent, log=log)
 
 
@@ -714,7 +727,10 @@ def parse_args(argv=None):
     p.add_argument("--fit", choices=FITS, default="pad",
                    help="how an image meets the square model: pad (default; keeps the aspect ratio) or squash")
     p.add_argument("--batch", type=int, default=1, help="images per model call (graphs are exported per batch size)")
-    p.add_argument("--fp16", action="store_true", help="use the FP16 graph (for TensorRT / CUDA; slower on the CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the exported graph's precision: fp32 (default), fp16 (FP16 with the token-deciding parts in "
+                        "FP32; for TensorRT / CUDA, slower on the CPU) or int8 (ONNX Runtime on the CPU; see README, Speed)")
+    p.add_argument("--fp16", action="store_true", help="the same as --precision fp16")
     p.add_argument("--cache-dir", help=f"where exported graphs and engines are cached (default {default_cache_dir()})")
     p.add_argument("--npy", action="store_true", help="also write the float32 depth as .npy")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply)")
@@ -764,7 +780,8 @@ def main(argv=None) -> int:
         return 1
     t0 = time.perf_counter()
     try:
-        backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales, fp16=args.fp16,
+        backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales,
+                               precision="fp16" if args.fp16 else args.precision,
                                cache_dir=args.cache_dir, sampling=args.sampling, seed=args.seed)
     except (ImportError, OSError, ValueError, RuntimeError) as e:  # EngineUnavailable is a RuntimeError
         print(f"cannot run {checkpoint} on backend {args.backend}: {type(e).__name__}: {e}")
