@@ -741,34 +741,43 @@ def refuse_stage1(checkpoint):
                          "depth would be noise; pass a stage-2 checkpoint (train.py --stage transformer)")
 
 
-def engine_name(onnx_bytes: bytes, trt_version: str, gpu_name: str, compute_capability: str) -> str:
+def engine_name(onnx_bytes: bytes, trt_version: str, gpu_name: str, compute_capability: str, tag: str = "") -> str:
     """depthart-<graph sha256[:16]>-trt<version>-<gpu>-sm<cc>.engine: a different graph, TensorRT or GPU
     gives a different file, so an engine built elsewhere is never loaded (it would not deserialize)."""
     digest = hashlib.sha256(onnx_bytes).hexdigest()[:16]
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower() or "gpu"
     cc = compute_capability.replace(".", "")
-    return f"depthart-{digest}-trt{trt_version}-{gpu}-sm{cc}.engine"
+    return f"depthart-{digest}{tag}-trt{trt_version}-{gpu}-sm{cc}.engine"
 
 
-def engine_path_for(onnx_path, engine_dir=None) -> Path:
+def engine_path_for(onnx_path, engine_dir=None, tag: str = "") -> Path:
     """Where the engine for this graph on this machine lives (needs TensorRT and a GPU to know)."""
     trt = import_tensorrt()
     name, cc = gpu_description()
     onnx_path = Path(onnx_path)
     files = graph_files(onnx_path)  # with external data, the weights are in the second file
     key = onnx_path.read_bytes() if len(files) == 1 else "".join(file_sha256(f) for f in files).encode()
-    return Path(engine_dir or onnx_path.parent) / engine_name(key, trt.__version__, name, cc)
+    return Path(engine_dir or onnx_path.parent) / engine_name(key, trt.__version__, name, cc, tag)
 
 
-def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_cache=None, log=print) -> Path:
+def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_cache=None, log=print,
+                 fp16_constrained: bool = False) -> Path:
     """Build (or reuse) the TensorRT engine of an ONNX graph; returns its path.
 
     Precision comes from the graph: a float32 graph builds float32 kernels (TF32 cleared, so tokens can
-    match PyTorch FP32 exactly), an FP16 graph builds FP16 kernels (strongly typed network). The timing
-    cache is read from and written back to `timing_cache` (default: beside the engine).
+    match PyTorch FP32 exactly), an FP16 graph (export.py --fp16, FP32 islands included) builds FP16 kernels
+    where its tensors are FP16 and FP32 ones where they are FP32 (strongly typed network). fp16_constrained
+    (TensorRT 10 only, whose networks may be weakly typed): from a float32 graph, BuilderFlag.FP16 lets TensorRT
+    choose FP16 anywhere except the layers of fp32_islands(graph), which are pinned to FP32 with the layer
+    precision API and OBEY_PRECISION_CONSTRAINTS (constrain_layers). The timing cache is read from and
+    written back to `timing_cache` (default: beside the engine).
     """
     trt = import_tensorrt()
-    path = engine_path_for(onnx_path, engine_dir)
+    major = int(trt.__version__.split(".")[0])
+    if fp16_constrained and (major >= 11 or not hasattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS")):
+        raise EngineUnavailable(f"TensorRT {trt.__version__} networks are strongly typed, so layer precision "
+                                "constraints do not apply: build the engine from the --fp16 graph instead")
+    path = engine_path_for(onnx_path, engine_dir, "-fp16c" if fp16_constrained else "")
     if path.exists():
         log(f"engine {path} exists (same graph, TensorRT and GPU): reusing it")
         return path
@@ -776,8 +785,7 @@ def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_c
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0  # TensorRT 11: networks are strongly typed and explicit-batch by default
-    major = int(trt.__version__.split(".")[0])
-    if major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+    if major < 11 and not fp16_constrained and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # TensorRT 10: precision from the graph
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -788,6 +796,11 @@ def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_c
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     if hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # FP32 must mean FP32 for token parity
+    if fp16_constrained:
+        pinned = constrain_layers(trt, network, fp32_islands(onnx.load(str(onnx_path), load_external_data=False)))
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        log(f"FP16 engine with {pinned} of {network.num_layers} layers pinned to FP32 (OBEY_PRECISION_CONSTRAINTS)")
     cached = timing_cache.read_bytes() if timing_cache.is_file() else b""
     if cached and not _use_timing_cache(config, cached):
         log(f"timing cache {timing_cache} does not fit this TensorRT and GPU: building without it")
@@ -815,6 +828,27 @@ def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_c
         log(f"timing cache not saved to {timing_cache} ({e.strerror or e}); the engine was")
     log(f"built {path} in {time.perf_counter() - t0:.0f} s (timing cache {timing_cache})")
     return path
+
+
+def constrain_layers(trt, network, fp32_outputs: set) -> int:
+    """Pin to FP32 the layers that compute the ONNX values in fp32_outputs (fp32_islands' names): TensorRT's
+    ONNX parser names each ITensor after its ONNX value. Layer-level precision control as the TensorRT developer
+    guide describes it for weakly typed networks (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/
+    precision-control.html, "Reduced Precision in Weakly-Typed Networks"): ILayer.precision sets the precision a layer computes in, ILayer.set_output_type the
+    type of its outputs, and BuilderFlag.OBEY_PRECISION_CONSTRAINTS makes the builder keep both (without it they
+    are preferences). Returns the number of layers pinned."""
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not any(t.name in fp32_outputs for t in outputs):
+            continue
+        layer.precision = trt.float32
+        for j, t in enumerate(outputs):
+            if t.dtype in (trt.float32, trt.float16):
+                layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
 
 
 def timing_cache_name(trt_version: str, gpu_name: str, compute_capability: str) -> str:
@@ -876,6 +910,9 @@ def main(argv=None) -> int:
     p.add_argument("--external-data", action="store_true",
                    help="store the weights in OUT.data (default: when over 512 MiB, e.g. d16 and the release)")
     p.add_argument("--engine", action="store_true", help="also build a TensorRT engine next to the graph")
+    p.add_argument("--engine-fp16-constrained", action="store_true",
+                   help="--engine from the FP32 graph as an FP16 engine whose token-deciding layers TensorRT must keep "
+                        "FP32 (layer precision constraints; TensorRT 10 only: TensorRT 11 builds from --fp16 graphs)")
     p.add_argument("--engine-dir", help="where engines go (default: beside the graph)")
     p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT workspace limit (default 4096 MiB)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (default: beside the engine)")
@@ -885,6 +922,8 @@ def main(argv=None) -> int:
         p.error(f"--fp16-keep: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(FP16_KEEP_CHOICES)} or none")
     if args.fp16 and args.int8:
         p.error("--fp16 and --int8 are two different graphs: choose one")
+    if args.engine_fp16_constrained and (args.fp16 or args.int8 or not args.engine):
+        p.error("--engine-fp16-constrained builds an --engine from the FP32 graph: drop --fp16/--int8, add --engine")
     if args.int8 and args.engine:
         p.error("--int8 graphs are for ONNX Runtime on the CPU; TensorRT engines come from FP32 or --fp16 graphs")
     if args.checkpoint:
@@ -917,7 +956,8 @@ def run(args) -> int:
     Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     if args.engine:
         try:
-            build_engine(args.out, args.engine_dir, args.workspace_mib, args.timing_cache)
+            build_engine(args.out, args.engine_dir, args.workspace_mib, args.timing_cache,
+                         fp16_constrained=args.engine_fp16_constrained)
         except EngineUnavailable as e:
             print(f"no engine built: {e}; the ONNX graph {args.out} was written")
             return 2

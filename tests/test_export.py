@@ -280,6 +280,27 @@ def test_timing_cache_is_keyed_by_tensorrt_and_gpu(fake_tensorrt, tmp_path):
     assert E.build_engine(graph, tmp_path, log=lambda s: None) == engine and trt.built == 0  # reused
 
 
+def test_fp16_constrained_engine_pins_the_island_layers_to_fp32(exported, fake_tensorrt, tmp_path):
+    batch, _, graph = exported
+    if batch != 2:
+        pytest.skip("one check is enough")
+    path = tmp_path / "g.onnx"
+    onnx.save(graph, str(path))
+    trt = fake_tensorrt()  # TensorRT 10.9: weakly typed networks allowed
+    engine = E.build_engine(path, tmp_path, log=lambda s: None, fp16_constrained=True)
+    assert "-fp16c-" in engine.name and engine != E.engine_path_for(path, tmp_path)
+    assert trt.config.flags == {trt.BuilderFlag.FP16, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS}
+    islands = E.fp32_islands(graph)
+    pinned = [layer for layer in trt.network.layers if layer.precision == trt.float32]
+    assert {layer.outputs[0].name for layer in pinned} == islands
+    assert all(layer.output_types == {j: trt.float32 for j, t in enumerate(layer.outputs) if t.dtype == trt.float32}
+               for layer in pinned)
+    assert all(layer.precision is None for layer in trt.network.layers if layer.outputs[0].name not in islands)
+    fake_tensorrt(version="11.0.0")  # TensorRT 11 is strongly typed: the constraints do not exist there
+    with pytest.raises(E.EngineUnavailable, match="strongly typed"):
+        E.build_engine(path, tmp_path, log=lambda s: None, fp16_constrained=True)
+
+
 def test_a_rejected_or_failing_timing_cache_is_dropped_and_said(fake_tensorrt, tmp_path):
     graph = tmp_path / "g.onnx"
     graph.write_bytes(b"graph")
