@@ -20,6 +20,7 @@ Random weights (residual branches scaled up so the transformer is not an identit
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -111,7 +112,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: torch's default)")
     p.add_argument("--graph", help="an exported .onnx of these weights to time (default: export and cache one)")
     p.add_argument("--cache-dir", help="where the exported graph is cached (default ~/.cache/depthart)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt"],
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="time on this device instead: eager FP32, BF16 autocast, torch.compile (CUDA graphs), ONNX "
+                        "Runtime's CUDA/TensorRT providers, a TensorRT engine, with token parity against the CPU")
+    p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt", "compile"],
                    help="paths not to run")
     p.add_argument("--force-bf16", action="store_true", help="time BF16 autocast even where the CPU emulates it")
     p.add_argument("--precisions", action="store_true",
@@ -255,6 +259,77 @@ def precision_table(model: D.DepthART, n_world: int, threads: int | None, reps: 
     return rows
 
 
+def cuda_sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_benchmark(args, model: D.DepthART, images, reps: int, results: dict) -> dict:
+    """--device cuda (or cpu, to test this path): eager FP32, BF16 autocast, torch.compile with CUDA graphs
+    ("reduce-overhead"), ONNX Runtime's CUDA and TensorRT providers where present, a TensorRT engine where the
+    module is, each with its tokens against eager FP32 on the CPU -> {label: median s/image}."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # FP32 means FP32 for parity
+    one = lambda i: images[i % len(images)][None]  # noqa: E731
+    z_cpu = [model.rollout(model.encode_image(one(i)))[0] for i in range(len(images))]
+    gpu = copy.deepcopy(model).to(device).eval()
+    results["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+    def torch_run(fn, label):
+        z = [[t.cpu() for t in fn(one(i).to(device))] for i in range(len(images))]
+        agree = agreement(z_cpu, z)
+        results.setdefault("token_agreement_vs_cpu", {})[label] = agree.tolist()
+        print(f"{label}: tokens equal to CPU FP32 per scale {fmt_agree(model.cfg.patch_nums, agree)}", flush=True)
+
+        def timed(i):
+            fn(one(i).to(device))
+            cuda_sync(device)
+        return timed
+
+    tokens = lambda x: gpu.rollout(gpu.encode_image(x))[0]  # noqa: E731
+    runs = {f"torch eager FP32 ({device.type})": (torch_run(tokens, f"eager FP32 {device.type}"), reps, 2)}
+    if native_bf16(device) or args.force_bf16:
+        def bf16(x):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return tokens(x)
+        runs[f"torch BF16 autocast ({device.type})"] = (torch_run(bf16, f"BF16 autocast {device.type}"), reps, 2)
+    if "compile" not in args.skip:
+        try:
+            compiled = torch.compile(E.Unrolled(gpu), mode="reduce-overhead" if device.type == "cuda" else "default")
+            bounds = model.bounds
+
+            def compiled_tokens(x):
+                z = compiled(x)[-1]
+                return [z[:, bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]
+            label = "torch.compile + CUDA graphs" if device.type == "cuda" else "torch.compile"
+            runs[f"{label} ({device.type})"] = (torch_run(compiled_tokens, label), reps, 3)
+        except Exception as e:  # a compiler that cannot take the graph: say why, time the rest
+            results["compile_error"] = f"{type(e).__name__}: {e}"
+            print(f"torch.compile: skipped ({results['compile_error'][:200]})")
+    if "ort" not in args.skip:
+        graph = graph_for(args, model, args.checkpoint)
+        arrays = images.numpy()
+        available = ort.get_available_providers()
+        for provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"):
+            if provider not in available or (provider != "CPUExecutionProvider" and device.type != "cuda"):
+                continue
+            backend = I.OrtBackend(graph, cache_dir=graph.parent, providers=list(dict.fromkeys([provider, "CPUExecutionProvider"])))
+            ran = backend.providers[0]
+            results.setdefault("ort_providers", {})[provider] = ran  # what ran, not what was asked for
+            label = f"onnxruntime {provider}" + ("" if ran == provider else f" (fell back to {ran})")
+            runs[label] = (lambda i, b=backend: b.predict(arrays[i % len(arrays)][None]), reps, 2)
+    if "trt" not in args.skip:
+        runs.update(trt_paths(args, model, images.numpy(), [model.predict(one(i)) for i in range(len(images))], reps))
+    for label, seconds in time_interleaved(runs).items():
+        results.setdefault("seconds_per_image", {})[label] = seconds
+    base = results["seconds_per_image"][next(iter(runs))]
+    print(f"\n{'path':<52}{'median s/image':>15}{'vs eager':>10}")
+    for label, seconds in results["seconds_per_image"].items():
+        print(f"{label:<52}{seconds:>15.4f}{base / seconds:>9.2f}x")
+    return results
+
+
 def time_interleaved(runs: dict) -> dict:
     """Every path timed in interleaved rounds, so that a change in the machine's load (other jobs on a
     shared 2-core box) hits all paths alike rather than one of them -> {label: median seconds}."""
@@ -317,6 +392,14 @@ def main(argv=None) -> int:
             Path(args.json).write_text(json.dumps(results, indent=1, default=float))
         return 0
     images = E.sample_images(args.images, cfg.image_size)
+    if args.device:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            print("benchmark.py: error: --device cuda: no CUDA GPU is visible to torch", file=sys.stderr)
+            return 2
+        device_benchmark(args, model, images, reps, results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+        return 0
     print(f"{name}: {cfg.image_size}x{cfg.image_size}, {len(cfg.patch_nums)} scales, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, built in {results['model_seconds']:.1f} s; "
           f"{torch.get_num_threads()} threads; {reps} timed runs per path, 1 image per call")
