@@ -20,6 +20,7 @@ Random weights (residual branches scaled up so the transformer is not an identit
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -32,11 +33,14 @@ import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+import data
 import depthart as D
 import download
 import zoo as Z
 import export as E
 import infer_trt as I
+from metrics import abs_rel, align_median
+from scenes import render_world
 from train import matmul_rate, native_bf16
 
 # The official VAR-d16 class-conditional generation of one 256x256 image takes about this long on the
@@ -108,9 +112,16 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: torch's default)")
     p.add_argument("--graph", help="an exported .onnx of these weights to time (default: export and cache one)")
     p.add_argument("--cache-dir", help="where the exported graph is cached (default ~/.cache/depthart)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt"],
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="time on this device instead: eager FP32, BF16 autocast, torch.compile (CUDA graphs), ONNX "
+                        "Runtime's CUDA/TensorRT providers, a TensorRT engine, with token parity against the CPU")
+    p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt", "compile"],
                    help="paths not to run")
     p.add_argument("--force-bf16", action="store_true", help="time BF16 autocast even where the CPU emulates it")
+    p.add_argument("--precisions", action="store_true",
+                   help="only the graph precision table: FP32, all-FP16, FP16 with FP32 islands and INT8 graphs in ONNX "
+                        "Runtime on --world held-out world scenes plus examples/: token agreement, depth, AbsRel, speed")
+    p.add_argument("--world", type=int, default=48, help="--precisions: held-out world scenes (default 48)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--export-only", help=argparse.SUPPRESS)  # used by graph_for's child process
     args = p.parse_args(argv)
@@ -196,6 +207,129 @@ def trt_paths(args, model, arrays, depth_ref, reps: int) -> dict:
     return runs
 
 
+def held_out_images(n_world: int, size: int) -> tuple[np.ndarray, list]:
+    """n held-out world scenes (the test split, evaluate.py's `world`, augmentation off) and the repository's
+    examples/, padded to the square -> (images (N,3,S,S) float32, [(depth, valid) per world scene])."""
+    first = data.SPLIT_SEED_START["test"]
+    scenes = [render_world(first + i, size=(size, size), augment=False) for i in range(n_world)]
+    images = [sc["image"].transpose(2, 0, 1) for sc in scenes]
+    examples = sorted((Path(__file__).resolve().parent / "examples").glob("*.png"))
+    images += [data.fit_square(data.read_image(p).transpose(2, 0, 1), size)[0] for p in examples]
+    return np.clip(np.stack(images), 0, 1).astype(np.float32), [(sc["depth"], sc["valid"]) for sc in scenes]
+
+
+def precision_table(model: D.DepthART, n_world: int, threads: int | None, reps: int) -> dict:
+    """The FP32 graph against the all-FP16 graph, the FP16 graph with FP32 islands (export.py --fp16) and the
+    INT8 graph (export.py --int8), all in ONNX Runtime on the CPU: greedy-token agreement with FP32 per scale,
+    |depth - FP32 depth|, AbsRel (median-scaled) on the world scenes and its relative change, s/image."""
+    images, truth = held_out_images(n_world, model.cfg.image_size)
+    fp32 = E.tidy(E.trace(model, 1))  # with the tokens output
+    graphs = {"FP32": fp32, "FP16, all of it": E.to_fp16(fp32),
+              "FP16, FP32 islands (--fp16)": E.to_fp16(fp32, keep_fp32=E.fp32_islands(fp32)),
+              "INT8 dynamic (--int8)": E.to_int8(fp32)}
+    bounds, K = model.bounds, len(model.cfg.patch_nums)
+    rows, outs = {}, {}
+    for label, graph in graphs.items():
+        sess = E.ort_session(graph, threads)
+        outs[label] = [sess.run(None, {"image": x[None]}) for x in images]  # [depth, tokens]
+        rows[label] = {"session": sess}
+    ref = outs["FP32"]
+    for label, out in outs.items():
+        agree = [float(np.mean([(o[1][0, bounds[k]:bounds[k + 1]] == r[1][0, bounds[k]:bounds[k + 1]]).mean()
+                                for o, r in zip(out, ref)])) for k in range(K)]
+        diff = [np.abs(o[0] - r[0]) for o, r in zip(out, ref)]
+        rel = [abs_rel(align_median(o[0][0, 0], d, v), d, v) for o, (d, v) in zip(out, truth)]
+        rows[label].update(token_agreement=agree, depth_max_abs_diff=float(max(d.max() for d in diff)),
+                           depth_mean_abs_diff=float(np.mean([d.mean() for d in diff])), absrel=float(np.mean(rel)))
+    for row in rows.values():
+        row["absrel_change"] = row["absrel"] / rows["FP32"]["absrel"] - 1
+    timed = {label: (lambda i, s=row.pop("session"): s.run(None, {"image": images[i % len(images)][None]}), reps, 1)
+             for label, row in rows.items()}
+    for label, seconds in time_interleaved(timed).items():
+        rows[label]["seconds"] = seconds
+    names = " | ".join(f"{pn}x{pn}" for pn in model.cfg.patch_nums)
+    print(f"\n{len(images)} images ({n_world} held-out world scenes + {len(images) - n_world} examples), ONNX Runtime "
+          f"{ort.__version__} CPU, {threads or torch.get_num_threads()} threads; AbsRel on the world scenes, median-scaled\n"
+          f"| graph | tokens = FP32: {names} | max / mean |depth - FP32| | AbsRel (change) | s/image |\n"
+          f"|---|{'---|' * K}---|---|---|")
+    for label, r in rows.items():
+        print(f"| {label} | " + " | ".join(f"{a * 100:.2f}%" for a in r["token_agreement"])
+              + f" | {r['depth_max_abs_diff']:.4f} / {r['depth_mean_abs_diff']:.5f} | {r['absrel']:.4f} "
+              f"({r['absrel_change'] * 100:+.2f}%) | {r['seconds']:.3f} |")
+    return rows
+
+
+def cuda_sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_benchmark(args, model: D.DepthART, images, reps: int, results: dict) -> dict:
+    """--device cuda (or cpu, to test this path): eager FP32, BF16 autocast, torch.compile with CUDA graphs
+    ("reduce-overhead"), ONNX Runtime's CUDA and TensorRT providers where present, a TensorRT engine where the
+    module is, each with its tokens against eager FP32 on the CPU -> {label: median s/image}."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # FP32 means FP32 for parity
+    one = lambda i: images[i % len(images)][None]  # noqa: E731
+    z_cpu = [model.rollout(model.encode_image(one(i)))[0] for i in range(len(images))]
+    gpu = copy.deepcopy(model).to(device).eval()
+    results["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+    def torch_run(fn, label):
+        z = [[t.cpu() for t in fn(one(i).to(device))] for i in range(len(images))]
+        agree = agreement(z_cpu, z)
+        results.setdefault("token_agreement_vs_cpu", {})[label] = agree.tolist()
+        print(f"{label}: tokens equal to CPU FP32 per scale {fmt_agree(model.cfg.patch_nums, agree)}", flush=True)
+
+        def timed(i):
+            fn(one(i).to(device))
+            cuda_sync(device)
+        return timed
+
+    tokens = lambda x: gpu.rollout(gpu.encode_image(x))[0]  # noqa: E731
+    runs = {f"torch eager FP32 ({device.type})": (torch_run(tokens, f"eager FP32 {device.type}"), reps, 2)}
+    if native_bf16(device) or args.force_bf16:
+        def bf16(x):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return tokens(x)
+        runs[f"torch BF16 autocast ({device.type})"] = (torch_run(bf16, f"BF16 autocast {device.type}"), reps, 2)
+    if "compile" not in args.skip:
+        try:
+            compiled = torch.compile(E.Unrolled(gpu), mode="reduce-overhead" if device.type == "cuda" else "default")
+            bounds = model.bounds
+
+            def compiled_tokens(x):
+                z = compiled(x)[-1]
+                return [z[:, bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]
+            label = "torch.compile + CUDA graphs" if device.type == "cuda" else "torch.compile"
+            runs[f"{label} ({device.type})"] = (torch_run(compiled_tokens, label), reps, 3)
+        except Exception as e:  # a compiler that cannot take the graph: say why, time the rest
+            results["compile_error"] = f"{type(e).__name__}: {e}"
+            print(f"torch.compile: skipped ({results['compile_error'][:200]})")
+    if "ort" not in args.skip:
+        graph = graph_for(args, model, args.checkpoint)
+        arrays = images.numpy()
+        available = ort.get_available_providers()
+        for provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"):
+            if provider not in available or (provider != "CPUExecutionProvider" and device.type != "cuda"):
+                continue
+            backend = I.OrtBackend(graph, cache_dir=graph.parent, providers=list(dict.fromkeys([provider, "CPUExecutionProvider"])))
+            ran = backend.providers[0]
+            results.setdefault("ort_providers", {})[provider] = ran  # what ran, not what was asked for
+            label = f"onnxruntime {provider}" + ("" if ran == provider else f" (fell back to {ran})")
+            runs[label] = (lambda i, b=backend: b.predict(arrays[i % len(arrays)][None]), reps, 2)
+    if "trt" not in args.skip:
+        runs.update(trt_paths(args, model, images.numpy(), [model.predict(one(i)) for i in range(len(images))], reps))
+    for label, seconds in time_interleaved(runs).items():
+        results.setdefault("seconds_per_image", {})[label] = seconds
+    base = results["seconds_per_image"][next(iter(runs))]
+    print(f"\n{'path':<52}{'median s/image':>15}{'vs eager':>10}")
+    for label, seconds in results["seconds_per_image"].items():
+        print(f"{label:<52}{seconds:>15.4f}{base / seconds:>9.2f}x")
+    return results
+
+
 def time_interleaved(runs: dict) -> dict:
     """Every path timed in interleaved rounds, so that a change in the machine's load (other jobs on a
     shared 2-core box) hits all paths alike rather than one of them -> {label: median seconds}."""
@@ -252,7 +386,20 @@ def main(argv=None) -> int:
         return 0
     heavy = cfg.width >= 512
     reps = args.reps or (3 if heavy else 20)
+    if args.precisions:
+        results["precisions"] = precision_table(model, args.world, args.threads, reps)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+        return 0
     images = E.sample_images(args.images, cfg.image_size)
+    if args.device:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            print("benchmark.py: error: --device cuda: no CUDA GPU is visible to torch", file=sys.stderr)
+            return 2
+        device_benchmark(args, model, images, reps, results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+        return 0
     print(f"{name}: {cfg.image_size}x{cfg.image_size}, {len(cfg.patch_nums)} scales, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, built in {results['model_seconds']:.1f} s; "
           f"{torch.get_num_threads()} threads; {reps} timed runs per path, 1 image per call")

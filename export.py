@@ -289,58 +289,202 @@ def parameter_bytes(model: nn.Module, bytes_per_element: int | None = None) -> i
 
 
 # ----------------------------------------------------------------------------------------------
-# FP16: every float tensor of the graph in half precision (TensorRT 11 is strongly typed)
+# FP16 with FP32 islands (TensorRT 11 is strongly typed: a graph's tensor types are its precision)
 # ----------------------------------------------------------------------------------------------
-def to_fp16(model, keep_io_fp32: bool = True):
-    """FP32 graph -> FP16 graph: float initializers, Constants and Casts to float become float16.
+# Where half precision changes what the graph decides. The shipped small model's logits reach ~20, where FP16
+# steps by 0.0156, and its best two logits lie within 0.01 at ~2.6% of positions, so the head's product and
+# ArgMax stay FP32; the codebook distance |f|^2 + |e|^2 - 2 f.e cancels, so it and ArgMin stay FP32; F.normalize's
+# epsilon 1e-12 is 0 in FP16 (a zero vector would give NaN), so the L2 normalizations stay FP32. Measured on the
+# shipped model (README, Inference, export and TensorRT: benchmark.py --precisions), those three alone left the
+# 8x8 tokens at 99.4% agreement; the multi-scale residual quantization (rest - eta scale after scale, through the
+# resampling matrices and Phi) and the transformer's residual stream (its sums, AdaLN modulations, LayerNorms and
+# softmax: what torch.autocast also keeps FP32) had to join them before every token of 50 images matched. The
+# products that carry the FLOPs (every MatMul, Gemm and Conv outside the islands, the encoder and decoder whole)
+# stay FP16. Normalization statistics alone ("norms") did not help.
+FP16_KEEP = ("head", "codebook", "l2norm", "quantizer", "stream")  # the default of export.py --fp16
+FP16_KEEP_CHOICES = FP16_KEEP + ("norms",)
+NORM_OPS = {"LayerNormalization", "InstanceNormalization", "GroupNormalization"}
+QUANTIZER_SCOPES = ("/quantize/", "/qresi_ls", "/resample")  # tracer scopes of depthart.ResidualQuantizer and its parts
+TRANSFORMER_SCOPES = ("/var/", "/word_embed", "/image_shortcut", "/lvl_embed", "/class_emb")  # depthart.VAR's
+PRODUCTS = {"MatMul", "Gemm", "Conv"}
+_LOGIT_PATH = {"Slice", "Cast", "Add", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
+_DISTANCE_PATH = {"Sub", "Add", "Mul", "ReduceSum", "MatMul", "Gemm", "Pow", "Neg"}
 
-    TensorRT 11 builds FP16 kernels only where the graph's tensors are FP16 (its networks are strongly typed). With
-    keep_io_fp32 the input `image` and float outputs stay float32 (a Cast at each end), so callers need
-    not change. Resize's `roi` and `scales` inputs must stay float32 by the ONNX spec.
+
+def fp32_islands(model, keep=FP16_KEEP) -> set[str]:
+    """The nodes (by first output) an FP16 graph keeps in FP32, by part:
+      head       ArgMax and the logits' path up to and including the head's MatMul/Gemm;
+      codebook   ArgMin and the distance formula above it (Sub, Add, Mul, ReduceSum, MatMul), up to the
+                 Reshape/Transpose that flattens the latent;
+      l2norm     ReduceL2 and the Clip (epsilon), Expand and Div of F.normalize below it;
+      quantizer  every node the tracer scoped inside the VQ-VAE's quantizer (QUANTIZER_SCOPES);
+      stream     every node of the transformer (TRANSFORMER_SCOPES) and of the rollout's own arithmetic (the
+                 unscoped nodes: code lookups, latent sums) except the products (MatMul, Gemm, Conv);
+      norms      LayerNormalization, InstanceNormalization, GroupNormalization."""
+    unknown = set(keep) - set(FP16_KEEP_CHOICES)
+    if unknown:
+        raise ValueError(f"unknown FP32 part(s) {', '.join(sorted(unknown))}; choose from {', '.join(FP16_KEEP_CHOICES)}")
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output if o}
+    consumers = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    kept = set()
+
+    def climb(node, allowed, stop_after=()):
+        todo, seen = [node], set()
+        while todo:
+            n = todo.pop()
+            if n.output[0] in seen:
+                continue
+            seen.add(n.output[0])
+            kept.add(n.output[0])
+            if n.op_type not in stop_after:
+                todo += [producer[i] for i in n.input if i in producer and producer[i].op_type in allowed]
+
+    for n in g.node:
+        if n.op_type == "ArgMax" and "head" in keep:
+            climb(n, _LOGIT_PATH | {"MatMul", "Gemm"}, stop_after={"MatMul", "Gemm"})
+        elif n.op_type == "ArgMin" and "codebook" in keep:
+            climb(n, _DISTANCE_PATH)
+        elif n.op_type == "ReduceL2" and "l2norm" in keep:
+            todo = [n]
+            while todo:
+                m = todo.pop()
+                kept.add(m.output[0])
+                if m.op_type != "Div":
+                    todo += [c for c in consumers.get(m.output[0], []) if c.op_type in ("Clip", "Expand", "Div")]
+        elif n.op_type in NORM_OPS and "norms" in keep:
+            kept.add(n.output[0])
+        elif "quantizer" in keep and n.op_type != "Constant" and n.name.startswith(QUANTIZER_SCOPES):
+            kept.add(n.output[0])
+        elif "stream" in keep and n.op_type not in PRODUCTS | {"Constant"} \
+                and (n.name.startswith(TRANSFORMER_SCOPES) or n.name.count("/") == 1):
+            kept.add(n.output[0])
+    return kept
+
+
+def to_fp16(model, keep_io_fp32: bool = True, keep_fp32=()):
+    """FP32 graph -> FP16 graph, except the nodes named (by first output) in keep_fp32, which stay FP32.
+
+    Float initializers and Constants become float16 where an FP16 node reads them and stay float32 where a
+    kept node does (both copies exist when both do, so a kept Clip keeps its 1e-12); Casts to float in FP16
+    code cast to float16; a Cast is inserted wherever a value crosses between the two precisions. TensorRT 11
+    builds FP16 kernels only where the graph's tensors are FP16 (its networks are strongly typed), so the
+    kept nodes run FP32 there too. With keep_io_fp32 the input `image` and float outputs stay float32.
+    Resize's `roi` and `scales` inputs stay float32 by the ONNX spec.
     """
     model = copy.deepcopy(model)
     g = model.graph
+    keep_fp32 = set(keep_fp32)
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    typed = onnx.shape_inference.infer_shapes(model)
+    elem = {vi.name: vi.type.tensor_type.elem_type
+            for vi in list(typed.graph.input) + list(typed.graph.value_info) + list(typed.graph.output)}
+    elem.update({i.name: i.data_type for i in g.initializer})
     fp32_only = {name for n in g.node if n.op_type == "Resize" for name in n.input[1:3] if name}
 
-    def half(t):
+    def half(t, name):
         a = numpy_helper.to_array(t)
-        return numpy_helper.from_array(np.clip(a, -65504, 65504).astype(np.float16), t.name)
+        return numpy_helper.from_array(np.clip(a, -65504, 65504).astype(np.float16), name)
 
-    for i, init in enumerate(g.initializer):
-        if init.data_type == TensorProto.FLOAT and init.name not in fp32_only:
-            g.initializer[i].CopyFrom(half(init))
-    for node in g.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT \
-                    and not (node.op_type == "Constant" and node.output[0] in fp32_only):
-                a.t.CopyFrom(half(a.t))
-            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
-                a.i = TensorProto.FLOAT16
-    nodes = list(g.node)
+    # constants: name -> the name of its float16 copy (made on first use by an FP16 node)
+    constants = {i.name: i for i in g.initializer if i.data_type == FLOAT}
+    constants.update({n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant"
+                      and n.attribute[0].name == "value" and n.attribute[0].t.data_type == FLOAT})
+    halves, new_inits, nodes, casts = {}, [], [], {}
+    home = {vi.name: FLOAT if keep_io_fp32 else HALF for vi in g.input}  # each float value's precision
     for vi in g.input:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            if keep_io_fp32:
-                inner = vi.name + "_fp16"
-                _rename_inputs(model, {vi.name: inner})
-                nodes.insert(0, helper.make_node("Cast", [vi.name], [inner], name=f"{vi.name}_to_fp16",
-                                                 to=TensorProto.FLOAT16))
-            else:
-                vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+        if vi.type.tensor_type.elem_type == FLOAT and not keep_io_fp32:
+            vi.type.tensor_type.elem_type = HALF
+
+    def as_precision(name, want):
+        if elem.get(name) != FLOAT or name in fp32_only:
+            return name
+        if name in constants:
+            if want == FLOAT:
+                return name
+            if name not in halves:
+                halves[name] = name + "__fp16"
+                new_inits.append(half(constants[name], halves[name]))
+            return halves[name]
+        if home.get(name, want) == want:
+            return name
+        key = (name, want)
+        if key not in casts:
+            casts[key] = f"{name}__to_{'fp32' if want == FLOAT else 'fp16'}"
+            nodes.append(helper.make_node("Cast", [name], [casts[key]], name=casts[key], to=want))
+        return casts[key]
+
+    for node in g.node:
+        if node.op_type == "Constant" and node.output[0] in constants:
+            nodes.append(node)  # read as float32 by kept nodes; FP16 nodes read its __fp16 initializer copy
+            continue
+        want = FLOAT if node.output[0] in keep_fp32 else HALF
+        node.input[:] = [as_precision(i, want) if i else i for i in node.input]
+        for a in node.attribute:
+            if want == HALF and a.type == onnx.AttributeProto.TENSOR and a.t.data_type == FLOAT:
+                a.t.CopyFrom(half(a.t, a.t.name))
+            if want == HALF and node.op_type == "Cast" and a.name == "to" and a.i == FLOAT:
+                a.i = HALF
+        for o in node.output:
+            if elem.get(o) == FLOAT:
+                home[o] = want
+        nodes.append(node)
+    g.initializer.extend(new_inits)
     for vi in g.output:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            if keep_io_fp32:
-                inner = vi.name + "_fp16"
-                for node in nodes:
-                    node.output[:] = [inner if o == vi.name else o for o in node.output]
-                    node.input[:] = [inner if i == vi.name else i for i in node.input]
-                nodes.append(helper.make_node("Cast", [inner], [vi.name], name=f"{vi.name}_to_fp32",
-                                              to=TensorProto.FLOAT))
-            else:
-                vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+        if vi.type.tensor_type.elem_type != FLOAT:
+            continue
+        want = FLOAT if keep_io_fp32 else HALF
+        if home.get(vi.name, want) != want:
+            inner = vi.name + "__inner"
+            for node in nodes:
+                node.output[:] = [inner if o == vi.name else o for o in node.output]
+                node.input[:] = [inner if i == vi.name else i for i in node.input]
+            nodes.append(helper.make_node("Cast", [inner], [vi.name], name=f"{vi.name}_cast", to=want))
     del g.node[:]
     g.node.extend(nodes)
-    del g.value_info[:]
+    model = prune(model)  # float32 constants that only FP16 nodes read are gone
+    del model.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+INT8_KEEP = ("head", "codebook", "quantizer")  # what export.py --int8 leaves in FP32
+
+
+def to_int8(model, keep=INT8_KEEP, per_channel: bool = True):
+    """FP32 graph -> INT8 graph for ONNX Runtime's CPU provider: dynamic quantization (onnxruntime.quantization.
+    quantize_dynamic, https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html) of every
+    MatMul and Gemm with a constant weight: INT8 weights (per output channel), activations quantized on the fly
+    per call. The nodes of fp32_islands(keep) stay FP32: the head's product before ArgMax, the codebook
+    distances, the quantizer (the same parts that decide tokens in FP16). Convolutions are left FP32 (dynamic
+    ConvInteger has no fast CPU kernel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    model = copy.deepcopy(model)
+    kept = fp32_islands(model, keep)
+    exclude = [n.name for n in model.graph.node if n.output[0] in kept]
+    # quantize_dynamic rewrites Gemm(transB=1) as MatMul by transposing B in place, once per node: a weight the
+    # unrolled steps share (head_nm.ada_lin, six Gemms) would be transposed six times. Transpose it once here.
+    inits, transposed = {i.name: i for i in model.graph.initializer}, {}
+    for n in model.graph.node:
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type == "Gemm" and n.input[1] in inits and "transB" in attrs and attrs["transB"].i == 1:
+            if n.input[1] not in transposed:
+                transposed[n.input[1]] = numpy_helper.from_array(
+                    np.ascontiguousarray(numpy_helper.to_array(inits[n.input[1]]).T), n.input[1] + "__T")
+                model.graph.initializer.append(transposed[n.input[1]])
+            n.input[1] = transposed[n.input[1]].name
+            attrs["transB"].i = 0
+    model = prune(model)
+    big = initializer_bytes(model) > EXTERNAL_DATA_BYTES  # d16: past protobuf's 2 GiB once quantized beside FP32
+    with tempfile.TemporaryDirectory(prefix="depthart-int8.") as d:
+        src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
+        onnx.save_model(model, str(src), save_as_external_data=big, location="fp32.onnx.data")
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude, use_external_data_format=big,
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT})
+        return onnx.load(str(dst))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,10 +627,12 @@ def verify_written(model: D.DepthART, graph, external: bool, where, **kw) -> dic
 
 def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False, tokens: bool = False,
            fp16: bool = False, check: bool = True, exact: bool = True, external_data: bool | None = None,
-           log=print, max_scale: int | None = None) -> dict:
+           fp16_keep=FP16_KEEP, int8: bool = False, log=print, max_scale: int | None = None) -> dict:
     """Trace, tidy, check and save one graph (written atomically); returns a report dict.
 
     external_data: store the weights in NAME.onnx.data (None: when they exceed EXTERNAL_DATA_BYTES).
+    fp16_keep: with fp16, the parts that stay FP32 (fp32_islands; () converts the whole graph).
+    int8: write the INT8 graph (to_int8) for ONNX Runtime on the CPU; its agreement is reported, not required.
 
     exact=False reports token agreement and depth error instead of failing on them: greedy argmax over
     near-tied logits (an undertrained model, a codebook with near-duplicate codes) can flip under float
@@ -510,7 +656,7 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
         raise RuntimeError("exported graph is not deployable: " + "; ".join(problems))
     report = {"batch": batch, "image_size": model.cfg.image_size, "target": model.cfg.target, "all_scales": all_scales, "opset": OPSET,
               "max_scale": max_scale or K,
-              "operators": dict(sorted(ops.items())), "fp16": fp16}
+              "operators": dict(sorted(ops.items())), "fp16": fp16, "int8": int8}
     pbytes = parameter_bytes(model)
     report["weight_bytes_ratio_fp32"] = initializer_bytes(graph) / pbytes
     log(f"  constants {initializer_bytes(graph) / 2**20:.2f} MiB vs parameters {pbytes / 2**20:.2f} MiB: "
@@ -523,7 +669,10 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
         if not exact and min(report["fp32_check"]["token_agreement_per_scale"]) < 1:
             log("  warning: ONNX Runtime and PyTorch disagree on some near-tied tokens (figures above)")
     if fp16:
-        graph = to_fp16(graph)
+        islands = fp32_islands(graph, fp16_keep)
+        graph = to_fp16(graph, keep_fp32=islands)
+        report["fp16_fp32_parts"], report["fp16_fp32_nodes"] = list(fp16_keep), len(islands)
+        log(f"  FP16 graph with {len(islands)} nodes kept FP32 ({', '.join(fp16_keep) or 'none: all FP16'})")
         problems = graph_problems(graph)
         if problems:
             raise RuntimeError("FP16 graph is not deployable: " + "; ".join(problems))
@@ -540,6 +689,17 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
             except Exception as e:  # an ORT CPU build that cannot run some FP16 op: say so, keep the graph
                 report["fp16_check"] = f"not run: ONNX Runtime CPU failed on the FP16 graph ({type(e).__name__}: {e})"
                 log("  " + report["fp16_check"])
+    if int8:
+        if fp16:
+            raise ValueError("--fp16 and --int8 are two different graphs: choose one")
+        graph = to_int8(graph)
+        ops8 = op_counts(graph)
+        report["int8_quantized_matmuls"] = ops8["MatMulInteger"] + ops8["DynamicQuantizeMatMul"]
+        log(f"  INT8 graph: {report['int8_quantized_matmuls']} MatMuls with INT8 weights (dynamic quantization); "
+            f"{', '.join(INT8_KEEP)} stay FP32")
+        if check:
+            report["int8_check"] = verify_written(model, graph, external, out_path.parent, batch=batch,
+                                                  all_scales=all_scales, require_exact=False, log=log)
     wanted = output_names(all_scales, model.cfg.target)[:-1] + (["tokens"] if tokens else [])
     graph = keep_outputs(graph, wanted)
     save_graph(graph, out_path, external)
@@ -548,7 +708,7 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
                   megabytes=round(sum(f.stat().st_size for f in files) / 2**20, 2),
                   export_seconds=round(time.perf_counter() - t0, 1))
     log(f"wrote {' + '.join(str(f) for f in files)} ({report['megabytes']} MB, outputs {', '.join(wanted)}, "
-        f"{'float16' if fp16 else 'float32'} inside, float32 image in and {model.cfg.target} out)")
+        f"{'float16' if fp16 else 'int8 weights' if int8 else 'float32'} inside, float32 image in and {model.cfg.target} out)")
     return report
 
 
@@ -589,34 +749,43 @@ def refuse_stage1(checkpoint):
                          "depth would be noise; pass a stage-2 checkpoint (train.py --stage transformer)")
 
 
-def engine_name(onnx_bytes: bytes, trt_version: str, gpu_name: str, compute_capability: str) -> str:
+def engine_name(onnx_bytes: bytes, trt_version: str, gpu_name: str, compute_capability: str, tag: str = "") -> str:
     """depthart-<graph sha256[:16]>-trt<version>-<gpu>-sm<cc>.engine: a different graph, TensorRT or GPU
     gives a different file, so an engine built elsewhere is never loaded (it would not deserialize)."""
     digest = hashlib.sha256(onnx_bytes).hexdigest()[:16]
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower() or "gpu"
     cc = compute_capability.replace(".", "")
-    return f"depthart-{digest}-trt{trt_version}-{gpu}-sm{cc}.engine"
+    return f"depthart-{digest}{tag}-trt{trt_version}-{gpu}-sm{cc}.engine"
 
 
-def engine_path_for(onnx_path, engine_dir=None) -> Path:
+def engine_path_for(onnx_path, engine_dir=None, tag: str = "") -> Path:
     """Where the engine for this graph on this machine lives (needs TensorRT and a GPU to know)."""
     trt = import_tensorrt()
     name, cc = gpu_description()
     onnx_path = Path(onnx_path)
     files = graph_files(onnx_path)  # with external data, the weights are in the second file
     key = onnx_path.read_bytes() if len(files) == 1 else "".join(file_sha256(f) for f in files).encode()
-    return Path(engine_dir or onnx_path.parent) / engine_name(key, trt.__version__, name, cc)
+    return Path(engine_dir or onnx_path.parent) / engine_name(key, trt.__version__, name, cc, tag)
 
 
-def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_cache=None, log=print) -> Path:
+def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_cache=None, log=print,
+                 fp16_constrained: bool = False) -> Path:
     """Build (or reuse) the TensorRT engine of an ONNX graph; returns its path.
 
     Precision comes from the graph: a float32 graph builds float32 kernels (TF32 cleared, so tokens can
-    match PyTorch FP32 exactly), an FP16 graph builds FP16 kernels (strongly typed network). The timing
-    cache is read from and written back to `timing_cache` (default: beside the engine).
+    match PyTorch FP32 exactly), an FP16 graph (export.py --fp16, FP32 islands included) builds FP16 kernels
+    where its tensors are FP16 and FP32 ones where they are FP32 (strongly typed network). fp16_constrained
+    (TensorRT 10 only, whose networks may be weakly typed): from a float32 graph, BuilderFlag.FP16 lets TensorRT
+    choose FP16 anywhere except the layers of fp32_islands(graph), which are pinned to FP32 with the layer
+    precision API and OBEY_PRECISION_CONSTRAINTS (constrain_layers). The timing cache is read from and
+    written back to `timing_cache` (default: beside the engine).
     """
     trt = import_tensorrt()
-    path = engine_path_for(onnx_path, engine_dir)
+    major = int(trt.__version__.split(".")[0])
+    if fp16_constrained and (major >= 11 or not hasattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS")):
+        raise EngineUnavailable(f"TensorRT {trt.__version__} networks are strongly typed, so layer precision "
+                                "constraints do not apply: build the engine from the --fp16 graph instead")
+    path = engine_path_for(onnx_path, engine_dir, "-fp16c" if fp16_constrained else "")
     if path.exists():
         log(f"engine {path} exists (same graph, TensorRT and GPU): reusing it")
         return path
@@ -624,8 +793,7 @@ def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_c
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0  # TensorRT 11: networks are strongly typed and explicit-batch by default
-    major = int(trt.__version__.split(".")[0])
-    if major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+    if major < 11 and not fp16_constrained and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # TensorRT 10: precision from the graph
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -636,6 +804,11 @@ def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_c
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     if hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # FP32 must mean FP32 for token parity
+    if fp16_constrained:
+        pinned = constrain_layers(trt, network, fp32_islands(onnx.load(str(onnx_path), load_external_data=False)))
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        log(f"FP16 engine with {pinned} of {network.num_layers} layers pinned to FP32 (OBEY_PRECISION_CONSTRAINTS)")
     cached = timing_cache.read_bytes() if timing_cache.is_file() else b""
     if cached and not _use_timing_cache(config, cached):
         log(f"timing cache {timing_cache} does not fit this TensorRT and GPU: building without it")
@@ -663,6 +836,27 @@ def build_engine(onnx_path, engine_dir=None, workspace_mib: int = 4096, timing_c
         log(f"timing cache not saved to {timing_cache} ({e.strerror or e}); the engine was")
     log(f"built {path} in {time.perf_counter() - t0:.0f} s (timing cache {timing_cache})")
     return path
+
+
+def constrain_layers(trt, network, fp32_outputs: set) -> int:
+    """Pin to FP32 the layers that compute the ONNX values in fp32_outputs (fp32_islands' names): TensorRT's
+    ONNX parser names each ITensor after its ONNX value. Layer-level precision control as the TensorRT developer
+    guide describes it for weakly typed networks (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/
+    precision-control.html, "Reduced Precision in Weakly-Typed Networks"): ILayer.precision sets the precision a layer computes in, ILayer.set_output_type the
+    type of its outputs, and BuilderFlag.OBEY_PRECISION_CONSTRAINTS makes the builder keep both (without it they
+    are preferences). Returns the number of layers pinned."""
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not any(t.name in fp32_outputs for t in outputs):
+            continue
+        layer.precision = trt.float32
+        for j, t in enumerate(outputs):
+            if t.dtype in (trt.float32, trt.float16):
+                layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
 
 
 def timing_cache_name(trt_version: str, gpu_name: str, compute_capability: str) -> str:
@@ -712,7 +906,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-scale", type=int, metavar="K", help="anytime depth: stop after the first K scales and "
                                                                "decode that partial sum (default: all scales)")
     p.add_argument("--tokens", action="store_true", help="also output tokens (B,L) int64: greedy tokens of all scales")
-    p.add_argument("--fp16", action="store_true", help="write an FP16 graph (float32 input and outputs)")
+    p.add_argument("--fp16", action="store_true", help="write an FP16 graph (float32 input and outputs) whose "
+                                                         "token-deciding parts stay FP32 (--fp16-keep)")
+    p.add_argument("--fp16-keep", default=",".join(FP16_KEEP),
+                   help=f"--fp16: the parts kept FP32, comma-separated, from {', '.join(FP16_KEEP_CHOICES)}, or none "
+                        f"(the whole graph in FP16; flips tokens); default {','.join(FP16_KEEP)}")
+    p.add_argument("--int8", action="store_true", help="write an INT8 graph for ONNX Runtime on the CPU (dynamic "
+                                                         "quantization of the MatMuls; head, codebook, quantizer FP32)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison with PyTorch")
     p.add_argument("--allow-token-flips", action="store_true",
                    help="write the graph even if some near-tied greedy tokens differ from PyTorch (undertrained "
@@ -720,10 +920,22 @@ def main(argv=None) -> int:
     p.add_argument("--external-data", action="store_true",
                    help="store the weights in OUT.data (default: when over 512 MiB, e.g. d16 and the release)")
     p.add_argument("--engine", action="store_true", help="also build a TensorRT engine next to the graph")
+    p.add_argument("--engine-fp16-constrained", action="store_true",
+                   help="--engine from the FP32 graph as an FP16 engine whose token-deciding layers TensorRT must keep "
+                        "FP32 (layer precision constraints; TensorRT 10 only: TensorRT 11 builds from --fp16 graphs)")
     p.add_argument("--engine-dir", help="where engines go (default: beside the graph)")
     p.add_argument("--workspace-mib", type=int, default=4096, help="TensorRT workspace limit (default 4096 MiB)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (default: beside the engine)")
     args = p.parse_args(argv)
+    args.fp16_keep = () if args.fp16_keep.strip() == "none" else tuple(k.strip() for k in args.fp16_keep.split(",") if k.strip())
+    if unknown := set(args.fp16_keep) - set(FP16_KEEP_CHOICES):
+        p.error(f"--fp16-keep: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(FP16_KEEP_CHOICES)} or none")
+    if args.fp16 and args.int8:
+        p.error("--fp16 and --int8 are two different graphs: choose one")
+    if args.engine_fp16_constrained and (args.fp16 or args.int8 or not args.engine):
+        p.error("--engine-fp16-constrained builds an --engine from the FP32 graph: drop --fp16/--int8, add --engine")
+    if args.int8 and args.engine:
+        p.error("--int8 graphs are for ONNX Runtime on the CPU; TensorRT engines come from FP32 or --fp16 graphs")
     if args.checkpoint:
         args.checkpoint = str(download.resolve_arg(args.checkpoint, args.download, prog="export.py"))
     try:
@@ -749,12 +961,14 @@ def run(args) -> int:
         print(f"preset {args.preset}: random weights (residual branches scaled up so the transformer is not an identity)")
     report = export(model, args.out, batch=args.batch, all_scales=args.all_scales, tokens=args.tokens,
                     fp16=args.fp16, check=not args.no_check, exact=not args.allow_token_flips,
-                    external_data=args.external_data or None, max_scale=args.max_scale)
+                    external_data=args.external_data or None, fp16_keep=args.fp16_keep, int8=args.int8,
+                    max_scale=args.max_scale)
     print("operators: " + ", ".join(f"{k} {v}" for k, v in report["operators"].items()))
     Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     if args.engine:
         try:
-            build_engine(args.out, args.engine_dir, args.workspace_mib, args.timing_cache)
+            build_engine(args.out, args.engine_dir, args.workspace_mib, args.timing_cache,
+                         fp16_constrained=args.engine_fp16_constrained)
         except EngineUnavailable as e:
             print(f"no engine built: {e}; the ONNX graph {args.out} was written")
             return 2

@@ -96,6 +96,7 @@ DEFAULT_NORMALS_CHECKPOINT = DEFAULT_CHECKPOINT.with_name("depthart_normals_tiny
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".jfif"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 BACKENDS = ("auto", "trt", "ort", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def default_cache_dir() -> Path:
@@ -296,33 +297,37 @@ def check_max_scale(max_scale: int | None, cfg: D.Config | None) -> int | None:
     return None if max_scale == K else int(max_scale)
 
 
-def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, fp16: bool = False,
+def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, precision: str = "fp32",
                  cache_dir=None, log=print, max_scale: int | None = None) -> Path:
-    """The exported graph of a checkpoint, exported (and checked against PyTorch) on first use; max_scale k:
-    the anytime graph that stops after k scales (one graph, cached, per k)."""
+    """The exported graph of a checkpoint (precision fp32, fp16 or int8: export.py's --fp16, --int8), exported
+    (and checked against PyTorch) on first use; max_scale k: the anytime graph that stops after k scales (one
+    graph, cached, per k)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     checkpoint = Path(checkpoint)
     digest = E.file_sha256(checkpoint)[:16]
-    opts = f"b{batch}" + ("-scales" if all_scales else "") + ("-fp16" if fp16 else "") + \
+    opts = f"b{batch}" + ("-scales" if all_scales else "") + ("" if precision == "fp32" else f"-{precision}") + \
         (f"-k{max_scale}" if max_scale else "")
     path = Path(cache_dir or default_cache_dir()) / digest / f"depthart-{opts}-opset{E.OPSET}-{_code_digest()}.onnx"
     if path.exists():
         return path
     log(f"exporting {checkpoint} to {path} (once; later runs reuse it)")
     model = Z.load(checkpoint)
-    E.export(model, path, batch=batch, all_scales=all_scales, fp16=fp16, check=True, exact=False,
-             log=lambda s: log("  " + s), max_scale=max_scale)
+    E.export(model, path, batch=batch, all_scales=all_scales, fp16=precision == "fp16", int8=precision == "int8",
+             check=True, exact=False, log=lambda s: log("  " + s), max_scale=max_scale)
     return path
 
 
 def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1, all_scales: bool = False,
-                 fp16: bool = False, cache_dir=None, log=print, sampling: str = "greedy", seed: int | None = None,
-                 max_scale: int | None = None, samples: int = 1) -> Backend:
+                 precision: str = "fp32", cache_dir=None, log=print, sampling: str = "greedy",
+                 seed: int | None = None, max_scale: int | None = None, samples: int = 1) -> Backend:
     """A Backend for a checkpoint (.safetensors: ours or the DepthART release's model.safetensors), an ONNX
     graph (.onnx) or a TensorRT engine (.engine).
 
     backend: auto (TensorRT, then ONNX Runtime, then PyTorch), or trt / ort / torch to force one.
-    batch, all_scales and fp16 choose the exported graph of a checkpoint; a given .onnx or .engine
-    brings its own. Graphs and engines decode greedily; sampling="release" (the release's sampler, seeded
+    batch, all_scales and precision (fp32; fp16, the FP16 graph with FP32 islands, for TensorRT and CUDA; int8,
+    for ONNX Runtime on the CPU: TensorRT is skipped) choose the exported graph of a checkpoint; a given .onnx
+    or .engine brings its own. Graphs and engines decode greedily; sampling="release" (the release's sampler, seeded
     with `seed`) runs in PyTorch. Returns an object with .predict(images (B,3,S,S) float32 [0,1]) ->
     (B,1,S,S) and .image_size. samples N > 1: an ensemble of N sampled rollouts (PyTorch; the release's
     sampler unless `sampling` names another; outputs also `uncertainty`, see TorchBackend). max_scale k (anytime depth): stop after the first k scales (a checkpoint's
@@ -367,13 +372,21 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
                 log(f"TensorRT unavailable ({e}); using ONNX Runtime")
         return OrtBackend(path, cache_dir=cache_dir, log=log)
 
+    if precision == "auto":  # README, FP16 and INT8 graphs: INT8 changed AbsRel by under 1% and runs faster on CPUs
+        precision = "int8" if backend in ("auto", "ort") and not _cuda_present() else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
     if backend == "torch":
+        if precision != "fp32":
+            raise ValueError(f"--precision {precision} is an exported graph's: the torch backend runs FP32")
         return TorchBackend(Z.load(path), all_scales, max_scale=max_scale)
+    if precision == "int8" and backend == "trt":
+        raise ValueError("--precision int8 is an ONNX Runtime CPU graph: use --backend ort or auto")
     reasons = []
-    if backend in ("auto", "trt"):
+    if backend in ("auto", "trt") and precision != "int8":
         try:
             E.import_tensorrt(), E.gpu_description()
-            graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log, max_scale)
+            graph = cached_graph(path, batch, all_scales, precision, cache_dir, log, max_scale)
             return TrtBackend(E.build_engine(graph, graph.parent, log=log), log=log)
         except (RuntimeError, OSError) as e:  # missing, present but failing, or unwritable: say why, go on
             if backend == "trt":
@@ -381,7 +394,7 @@ def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1,
             reasons.append(f"TensorRT unavailable: {e}")
     for reason in reasons:
         log(reason)
-    graph = cached_graph(path, batch, all_scales, fp16, cache_dir, log, max_scale)
+    graph = cached_graph(path, batch, all_scales, precision, cache_dir, log, max_scale)
     return OrtBackend(graph, cache_dir=graph.parent, log=log)
 
 
@@ -464,22 +477,23 @@ class DepthModel:
 
 
 def load(path=None, backend: str = "auto", fit: str = "pad", cache_dir=None, log=print,
-         download: bool = False, max_scale: int | None = None, samples: int = 1, sampling: str = "greedy",
-         seed: int | None = None) -> DepthModel:
+         download: bool = False, precision: str = "auto", max_scale: int | None = None, samples: int = 1,
+         sampling: str = "greedy", seed: int | None = None) -> DepthModel:
     """The Python API: `model = infer_trt.load()` then `model.predict(image)`.
 
     path: a checkpoint (.safetensors), an .onnx graph or a TensorRT .engine, or a name of download.py's
     ("release": the paper's model); default the shipped model. A name not yet downloaded is a
     FileNotFoundError naming the command, unless download=True (then it downloads, with a progress bar).
     backend: auto (the best present: TensorRT, ONNX Runtime, PyTorch) or trt / ort / torch.
-    fit: pad (default, keeps the aspect ratio) or squash. The first call for a checkpoint exports and
-    caches its graph (log says so). max_scale k: anytime depth, the rollout stops after k scales. samples N > 1:
-    an ensemble of N sampled rollouts (PyTorch; sampling "release" unless "temperature" is named, seed default 0),
-    whose uncertainty predict_with_uncertainty returns."""
+    fit: pad (default, keeps the aspect ratio) or squash. precision: auto (INT8 without a GPU, else FP32), fp32,
+    fp16 or int8 (the graph's; load_backend). The first call for a checkpoint exports and caches its graph (log
+    says so). max_scale k: anytime depth, the rollout stops after k scales. samples N > 1: an ensemble of N
+    sampled rollouts (PyTorch; sampling "release" unless "temperature" is named, seed default 0), whose
+    uncertainty predict_with_uncertainty returns."""
     path = DEFAULT_CHECKPOINT if path is None else weights.resolve(path, download)
     seed = 0 if samples > 1 and seed is None else seed
-    return DepthModel(load_backend(path, backend, cache_dir=cache_dir, log=log, max_scale=max_scale, samples=samples,
-                                   sampling=sampling, seed=seed), fit)
+    return DepthModel(load_backend(path, backend, precision=precision, cache_dir=cache_dir, log=log,
+                                   max_scale=max_scale, samples=samples, sampling=sampling, seed=seed), fit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -879,7 +893,11 @@ def parse_args(argv=None):
     p.add_argument("--fit", choices=FITS, default="pad",
                    help="how an image meets the square model: pad (default; keeps the aspect ratio) or squash")
     p.add_argument("--batch", type=int, default=1, help="images per model call (graphs are exported per batch size)")
-    p.add_argument("--fp16", action="store_true", help="use the FP16 graph (for TensorRT / CUDA; slower on the CPU)")
+    p.add_argument("--precision", choices=("auto",) + PRECISIONS, default="auto",
+                   help="the exported graph's precision: auto (default: int8 on a machine without a GPU, else fp32), "
+                        "fp32, fp16 (FP16 with the token-deciding parts in FP32; for TensorRT / CUDA, slower on the CPU) "
+                        "or int8 (ONNX Runtime on the CPU; README, FP16 and INT8 graphs)")
+    p.add_argument("--fp16", action="store_true", help="the same as --precision fp16")
     p.add_argument("--cache-dir", help=f"where exported graphs and engines are cached (default {default_cache_dir()})")
     p.add_argument("--npy", action="store_true", help="also write the float32 depth as .npy")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply)")
@@ -953,7 +971,8 @@ def main(argv=None) -> int:
         return 1
     t0 = time.perf_counter()
     try:
-        backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales, fp16=args.fp16,
+        backend = load_backend(checkpoint, args.backend, args.batch, all_scales=args.scales,
+                               precision="fp16" if args.fp16 else args.precision,
                                cache_dir=args.cache_dir, sampling=args.sampling, seed=args.seed,
                                max_scale=args.max_scale, samples=args.samples)
     except (ImportError, OSError, ValueError, RuntimeError) as e:  # EngineUnavailable is a RuntimeError

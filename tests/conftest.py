@@ -29,6 +29,12 @@ def make_fake_tensorrt(version="10.9.0", accept_cache=True, fail_with_cache=Fals
     class Config:
         cache = None
 
+        def __init__(self):
+            self.flags = set()
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
         def set_memory_pool_limit(self, pool, size):
             pass
 
@@ -53,10 +59,12 @@ def make_fake_tensorrt(version="10.9.0", accept_cache=True, fail_with_cache=Fals
             pass
 
         def create_network(self, flags):
-            return object()
+            trt.network = Network()
+            return trt.network
 
         def create_builder_config(self):
-            return Config()
+            trt.config = Config()
+            return trt.config
 
         def build_serialized_network(self, network, config):
             if trt.fail_with_cache and config.cache is not None and config.cache.data:
@@ -68,15 +76,51 @@ def make_fake_tensorrt(version="10.9.0", accept_cache=True, fail_with_cache=Fals
         num_errors = 0
 
         def __init__(self, network, logger):
-            pass
+            self.network = network
 
-        def parse_from_file(self, path):
+        def parse_from_file(self, path):  # one layer per ONNX node, its tensors named after the node's outputs
+            import onnx
+            try:
+                nodes = onnx.load(str(path), load_external_data=False).graph.node
+            except Exception:  # the tests whose "graph" is a few placeholder bytes
+                nodes = []
+            for node in nodes:
+                self.network.layers.append(Layer(node.name, node.output, "ArgM" in node.op_type))
             return True
 
+    class Tensor:
+        def __init__(self, name, dtype):
+            self.name, self.dtype = name, dtype
+
+    class Layer:
+        def __init__(self, name, outputs, integer):
+            self.name, self.precision, self.output_types = name, None, {}
+            self.outputs = [Tensor(o, trt.int64 if integer else trt.float32) for o in outputs]
+            self.num_outputs = len(self.outputs)
+
+        def get_output(self, i):
+            return self.outputs[i]
+
+        def set_output_type(self, i, dtype):
+            self.output_types[i] = dtype
+
+    class Network:
+        def __init__(self):
+            self.layers = []
+
+        @property
+        def num_layers(self):
+            return len(self.layers)
+
+        def get_layer(self, i):
+            return self.layers[i]
+
+    trt.float32, trt.float16, trt.int64 = "float32", "float16", "int64"
     trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
-    trt.BuilderFlag = types.SimpleNamespace(TF32=0)
+    trt.BuilderFlag = types.SimpleNamespace(TF32=0, FP16=1, OBEY_PRECISION_CONSTRAINTS=2)
+    trt.network = None
     return trt
 
 

@@ -1,6 +1,7 @@
 """Tests of export.py on the tiny preset: one static graph, token-exact in ONNX Runtime, deployable."""
 import hashlib
 import json
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -119,6 +120,107 @@ def test_fp16_graph_is_half_inside_and_runs(exported, tiny):
     assert check["depth_mean_abs_err"] < 0.05
 
 
+def _types(model) -> dict:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return types
+
+
+def _copies_of(weight, initializers) -> list:
+    """The initializers holding this weight (or its transpose) in any float precision."""
+    w = weight.detach().numpy()
+    found = []
+    for i in initializers:
+        a = onnx.numpy_helper.to_array(i)
+        if a.dtype in (np.float32, np.float16) and any(a.shape == x.shape and np.allclose(a, x, atol=1e-3)
+                                                       for x in (w, w.T)):
+            found.append(i)
+    return found
+
+
+def test_fp16_islands_decide_tokens_in_fp32_and_the_rest_is_half(exported, tiny):
+    batch, _, graph = exported
+    if batch != 2:
+        pytest.skip("one check is enough: the batch-2 graph, which has the tokens output")
+    islands = E.fp32_islands(graph)
+    by_out = {n.output[0]: n for n in graph.graph.node}
+    assert {n.output[0] for n in graph.graph.node if n.op_type in ("ArgMax", "ArgMin", "ReduceL2")} <= islands
+    assert {by_out[o].op_type for o in islands} >= {"MatMul", "Sub", "ReduceSum", "Clip", "Div", "Conv"}  # Conv: Phi
+    half = E.to_fp16(graph, keep_fp32=islands)
+    assert E.graph_problems(half) == []
+    types = _types(half)
+    for node in half.graph.node:
+        if node.op_type in ("ArgMax", "ArgMin", "ReduceL2", "Div") and node.output[0] in islands:
+            assert types[node.input[0]] == TensorProto.FLOAT, node.name
+        if node.op_type == "Clip" and by_out.get(node.input[0], node).op_type == "ReduceL2":  # F.normalize's eps
+            eps = [onnx.numpy_helper.to_array(i) for i in half.graph.initializer if i.name == node.input[1]] or \
+                  [onnx.numpy_helper.to_array(n.attribute[0].t) for n in half.graph.node if n.output[0] == node.input[1]]
+            assert eps[0].dtype == np.float32 and eps[0] == np.float32(1e-12)
+    weights = {i.name: i for i in half.graph.initializer}
+    assert [w.data_type for w in _copies_of(tiny.var.head.weight, weights.values())] == [TensorProto.FLOAT]
+    float_bytes = Counter()
+    for w in weights.values():
+        float_bytes[w.data_type] += E._tensor_nbytes(w)
+    assert float_bytes[TensorProto.FLOAT16] > float_bytes[TensorProto.FLOAT]  # the bulk is half precision
+    assert half.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.INT64) for o in half.graph.output)
+    check = E.verify(tiny, half, batch, True, require_exact=False, log=lambda s: None)
+    assert check["token_agreement_per_scale"] == [1.0] * 6
+    assert check["depth_max_abs_err"] < 0.01
+
+
+def _normalize_graph(shape=(1, 4)):
+    """F.normalize(x, dim=-1) as torch exports it: ReduceL2, Clip(min=1e-12), Expand, Div."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    nodes = [helper.make_node("ReduceL2", ["x"], ["n"], axes=[-1], keepdims=1, name="l2"),
+             helper.make_node("Constant", [], ["eps"], value=onnx.numpy_helper.from_array(np.array(1e-12, np.float32))),
+             helper.make_node("Clip", ["n", "eps"], ["c"], name="clip"),
+             helper.make_node("Constant", [], ["shape"], value=onnx.numpy_helper.from_array(np.array(shape, np.int64))),
+             helper.make_node("Expand", ["c", "shape"], ["e"], name="expand"),
+             helper.make_node("Div", ["x", "e"], ["y"], name="div")]
+    return helper.make_model(helper.make_graph(nodes, "normalize", [x], [y]), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_zero_vector_normalizes_to_zero_in_the_fp16_graph_not_nan():
+    graph, zero = _normalize_graph(), {"x": np.zeros((1, 4), np.float32)}
+    assert E.fp32_islands(graph) == {"n", "c", "e", "y"}
+    whole = E.ort_session(E.to_fp16(graph)).run(None, zero)[0]
+    kept = E.ort_session(E.to_fp16(graph, keep_fp32=E.fp32_islands(graph))).run(None, zero)[0]
+    assert np.isnan(whole).all()  # epsilon 1e-12 is 0 in FP16: 0 / 0
+    assert (kept == 0).all()
+    ones = E.ort_session(E.to_fp16(graph, keep_fp32=E.fp32_islands(graph))).run(None, {"x": np.ones((1, 4), np.float32)})
+    assert np.allclose(ones[0], 0.5)
+
+
+def test_int8_graph_quantizes_the_matmuls_keeps_the_head_and_runs(exported, tiny):
+    batch, _, graph = exported
+    if batch != 2:
+        pytest.skip("one check is enough: the batch-2 graph, which has the tokens output")
+    q = E.to_int8(graph)
+    ops = E.op_counts(q)
+    assert ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] > 20
+    assert [w.data_type for w in _copies_of(tiny.var.head.weight, q.graph.initializer)] == [TensorProto.FLOAT]
+    assert ops["ArgMax"] == ops["ArgMin"] == 6 and len(q.graph.initializer) > 0
+    assert sum(E._tensor_nbytes(i) for i in q.graph.initializer) < E.initializer_bytes(graph)
+    check = E.verify(tiny, q, batch, True, require_exact=False, log=lambda s: None)
+    assert check["token_agreement_per_scale"][0] == 1.0
+    assert np.mean(check["token_agreement_per_scale"]) > 0.7
+    assert check["depth_mean_abs_err"] < 0.05
+
+
+@pytest.mark.parametrize("flags, said", [(["--fp16", "--int8"], "choose one"),
+                                         (["--fp16", "--fp16-keep", "head,tail"], "unknown part"),
+                                         (["--int8", "--engine"], "ONNX Runtime on the CPU")])
+def test_precision_flags_that_contradict_are_one_line(tmp_path, capsys, flags, said):
+    with pytest.raises(SystemExit) as e:
+        E.main(["--preset", "tiny", "--out", str(tmp_path / "x.onnx")] + flags)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and said in err[-1] and not (tmp_path / "x.onnx").exists()
+
+
 def test_engine_flag_without_tensorrt_writes_onnx_and_fails_in_one_line(tmp_path, capsys, monkeypatch):
     def missing():
         raise E.EngineUnavailable("TensorRT is not installed")
@@ -150,7 +252,7 @@ def test_graph_checker_catches_what_tensorrt_would_refuse():
                           helper.make_tensor_value_info("i", TensorProto.INT64, [1, 1]),
                           helper.make_tensor_value_info("u", TensorProto.FLOAT, [1, 4])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)])
-        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     scatter = graph_with(helper.make_node("ScatterND", ["x", "i", "u"], ["y"]), ["B", 4])
     problems = " ".join(E.graph_problems(scatter))
     assert "ScatterND" in problems and "static shape" in problems
@@ -176,6 +278,27 @@ def test_timing_cache_is_keyed_by_tensorrt_and_gpu(fake_tensorrt, tmp_path):
     assert (tmp_path / "timing-trt10.9.0-nvidia-a100-sxm4-40gb-sm80.cache").is_file()
     trt = fake_tensorrt("NVIDIA H100 80GB HBM3", "9.0")
     assert E.build_engine(graph, tmp_path, log=lambda s: None) == engine and trt.built == 0  # reused
+
+
+def test_fp16_constrained_engine_pins_the_island_layers_to_fp32(exported, fake_tensorrt, tmp_path):
+    batch, _, graph = exported
+    if batch != 2:
+        pytest.skip("one check is enough")
+    path = tmp_path / "g.onnx"
+    onnx.save(graph, str(path))
+    trt = fake_tensorrt()  # TensorRT 10.9: weakly typed networks allowed
+    engine = E.build_engine(path, tmp_path, log=lambda s: None, fp16_constrained=True)
+    assert "-fp16c-" in engine.name and engine != E.engine_path_for(path, tmp_path)
+    assert trt.config.flags == {trt.BuilderFlag.FP16, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS}
+    islands = E.fp32_islands(graph)
+    pinned = [layer for layer in trt.network.layers if layer.precision == trt.float32]
+    assert {layer.outputs[0].name for layer in pinned} == islands
+    assert all(layer.output_types == {j: trt.float32 for j, t in enumerate(layer.outputs) if t.dtype == trt.float32}
+               for layer in pinned)
+    assert all(layer.precision is None for layer in trt.network.layers if layer.outputs[0].name not in islands)
+    fake_tensorrt(version="11.0.0")  # TensorRT 11 is strongly typed: the constraints do not exist there
+    with pytest.raises(E.EngineUnavailable, match="strongly typed"):
+        E.build_engine(path, tmp_path, log=lambda s: None, fp16_constrained=True)
 
 
 def test_a_rejected_or_failing_timing_cache_is_dropped_and_said(fake_tensorrt, tmp_path):
