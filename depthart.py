@@ -24,7 +24,7 @@ targets side by side, one rollout, loss, predict). This file imports only torch;
 holds what surrounds the method: checkpoints, official key names, the release's sampler and loss, normals.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
-S_si: area resize to scale si, eta_i: Phi_i after bicubic upsampling of token map i to the full latent):
+S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
   var:       inputs and targets from the VQ-VAE's own walk, x_si = Q(S_si(f_D - sum_{i<si} eta_i(x_i)))
   depthart:  inputs from the model's greedy walk z_si; targets t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i)))
 When the model walks exactly the VQ-VAE's path (z = x), the two coincide: they differ only in who walks.
@@ -46,7 +46,7 @@ One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wron
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning):
   B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
-  V vocabulary     H, W image size               h, w a VQ-VAE feature map's size K scales (10)   A heads (16)
+  V vocabulary     H, W image size     h, w a VQ-VAE feature map's size     K scales (10)     A heads (16)
   L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
   c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   J sums
   si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]
@@ -585,7 +585,7 @@ def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = 
     """Depth -> the VQ-VAE's 3-channel input: 2 d / quantile(d, 0.98) - 1, clipped to [-1, 1]: one per-image
     scale (no offset, no log), as the paper. `valid` only picks the pixels of the quantile: invalid ones still
     enter the VQ-VAE, and their tokens are scored like any other (fill them with plausible depth)."""
-    if not torch.isfinite(depth_B1HW).all():
+    if not torch.isfinite(depth_B1HW).all():  # [repo] input checks here and below: one clear line each
         raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
     B = depth_B1HW.shape[0]
     depth_BP = depth_B1HW.reshape(B, -1).float()
@@ -606,8 +606,8 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
 
 
 class DepthTarget:
-    """What the second modality is, into and out of the VQ-VAE: the paper's depth. zoo.py holds the others
-    (surface normals, other depth normalizations), each with a name (Config.target) and channels T."""
+    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
+    targets (surface normals, other depth normalizations) here, each with a name (Config.target) and channels T."""
     name, channels = "depth", 1
     encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
     decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
@@ -639,7 +639,7 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv).
-    zoo.release_sampler is the other choice: the release's averaged draws."""
+    [release] zoo.release_sampler is the other: the mean code vector of 5 filtered draws per position."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
@@ -651,7 +651,7 @@ class DepthART(nn.Module):
     def __init__(self, cfg: Config, target=None):
         super().__init__()
         self.cfg, self.target = cfg, target or DepthTarget()
-        if self.target.name != cfg.target:
+        if self.target.name != cfg.target:  # [normals]
             raise ValueError(f"Config.target {cfg.target!r} needs its target object: build the model with "
                              f"zoo.build(cfg)")
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
@@ -659,7 +659,7 @@ class DepthART(nn.Module):
         # token k of a modality belongs to scale si when bounds[si] <= k < bounds[si + 1]
         self.bounds = [sum(pn * pn for pn in cfg.patch_nums[:si]) for si in range(len(cfg.patch_nums) + 1)]
 
-    def check_image(self, image_B3HW: torch.Tensor):
+    def check_image(self, image_B3HW: torch.Tensor):  # [repo] a clear error, not a shape mismatch deep inside
         H = self.cfg.image_size
         if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, H, H):
             raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this preset, "
@@ -706,7 +706,7 @@ class DepthART(nn.Module):
 
         The first call runs the image prefix and the depth start token together (mask level 0 sees all of
         itself); each later call adds one scale: with the KV cache (inference, training, export) only the new
-        scale, with cache=False the whole sequence under the mask [repo: speed and tests]; max_scale k: k scales.
+        scale; cache=False [repo] reruns the whole sequence under the mask (the slow reference); max_scale: k scales.
         """
         caches = [dict() for _ in self.var.blocks] if cache else None
         quant, patch_nums = self.vae.quantize, self.cfg.patch_nums[:max_scale]  # None: all K scales
@@ -730,11 +730,12 @@ class DepthART(nn.Module):
 
     def logits_and_targets(self, image_B3HW, y_BTHW, objective: str = "depthart", valid_B1HW=None):
         """Depth logits of one block-causal forward and their token targets -> (logits_BLV, target_BL, the walk's
-        f_hats, f_D; the last two for zoo.release_loss); y_BTHW is the ground truth, depth (B, 1, H, W) here.
+        f_hats, f_D: [release] for zoo.release_loss); y_BTHW is the ground truth, depth (B, 1, H, W) here.
         var:       teacher forcing: targets and inputs from the VQ-VAE's decomposition of f_D.
         depthart:  a no-grad greedy rollout, predict's default, walks z; only its tokens are kept, and
                    dynamic_targets re-sums the walk in the codebook's precision, so targets and inputs share
-                   one arithmetic; the forward then recomputes the rollout's logits with gradients."""
+                   one arithmetic; the forward then recomputes (up to precision) the rollout's logits with
+                   gradients. Every step rolls out afresh with the current weights."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         with torch.no_grad():
