@@ -296,8 +296,8 @@ def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
 
 
 class Resampler(nn.Module):
-    """Every resize between scales as a constant matrix product, so that training, inference and export run one
-    arithmetic [export]: ONNX tools reject uneven area resizes (16 -> 13) and lack PyTorch's cubic."""
+    """F.interpolate (area or bicubic) between the schedule's sides, as constant matrix products [export]: the
+    legacy ONNX exporter rejects uneven area resizes (16 -> 13), and a MatMul avoids TensorRT's cubic Resize."""
 
     def __init__(self, patch_nums):
         super().__init__()
