@@ -19,13 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.torch
-import torch
 
-import depthart as D
 import download
 import infer_trt
-from test_release import lively, small_release_config, to_release_layout
+from test_release import small_release  # noqa: F401  (a fixture: the release-layout checkpoint)
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVE_ID = download.REGISTRY["release"].files[0].location
@@ -137,13 +134,9 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def release_bytes(tmp_path_factory):
-    """A small checkpoint in the release's key layout (the d16 schedule, narrow), as the Drive file."""
-    torch.manual_seed(0)
-    model = lively(D.DepthART(small_release_config()))
-    path = tmp_path_factory.mktemp("rel") / "model.safetensors"
-    safetensors.torch.save_file({k: v.contiguous() for k, v in to_release_layout(model.state_dict()).items()}, str(path))
-    return path.read_bytes()
+def release_bytes(small_release):
+    """test_release's small checkpoint in the release's key layout (the d16 schedule, narrow), as the Drive file."""
+    return small_release[1].read_bytes()
 
 
 @pytest.fixture
