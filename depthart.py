@@ -638,8 +638,8 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv).
-    [release] zoo.release_sampler is the other: the mean code vector of 5 filtered draws per position."""
+    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). Training
+    walks greedily; [release] the authors' evaluation runs zoo.release_sampler (mean code of 5 filtered draws)."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
