@@ -168,7 +168,8 @@ class TorchBackend(Backend):
         self.pick = Z.sampler(sampling, None if seed is None else torch.Generator(self.device).manual_seed(seed))
         how = "greedy" if sampling == "greedy" else f"{sampling} sampler, seed {seed}"
         stop = "" if self.max_scale is None else f", first {self.max_scale} of {len(model.cfg.patch_nums)} scales"
-        self.samples, self.mode = samples, "affine" if model.cfg.depth_norm == "q98_shift" else "scale"
+        # the ensemble aligns its samples in depth: affine for q98_shift, by scale otherwise (disparity included)
+        self.samples, self.mode = samples, "affine" if Z.alignment(model.cfg) == "affine" else "scale"
         ens = f", ensemble of {samples}" if samples > 1 else ""
         self.name = f"torch ({self.device}, eager, cached rollout, {how}{stop}{ens})"
 
@@ -709,11 +710,11 @@ def fit_mode(checkpoint) -> str:
     """How a model's relative depth meets metric depth: scale only for the paper's d / q98 (and log) targets,
     scale and shift for q98_shift; an .onnx or .engine is taken to have the paper's target."""
     cfg = Z.checkpoint_config(checkpoint) if Path(checkpoint).suffix == ".safetensors" else None
-    norm = cfg.depth_norm if cfg is not None else "q98"
-    if norm == "disparity":
+    mode = Z.alignment(cfg) if cfg is not None else "scale"
+    if mode == "affine_inverse":
         raise ValueError("--known/--sparse: this model predicts affine inverse depth (depth_norm disparity), "
                          "whose fit to metric points is not implemented")
-    return "affine" if norm == "q98_shift" else "scale"
+    return mode
 
 
 def uncertainty_png(unc_hw: np.ndarray, cmap: str = "magma") -> bytes:

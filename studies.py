@@ -197,7 +197,7 @@ def known_study(args) -> dict:
     torch.set_num_threads(args.threads)
     model = Z.load(args.checkpoint).eval()
     backend, S = I.TorchBackend(model), model.cfg.image_size
-    mode = "affine" if model.cfg.depth_norm == "q98_shift" else "scale"
+    mode = "affine" if Z.alignment(model.cfg) == "affine" else "scale"
     frames = real_metric_frames(args.real)
     rows = {}
     for s in frames:

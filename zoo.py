@@ -103,6 +103,12 @@ class DepthNormTarget:
         return torch.exp((x_B1HW - 1) * math.log(64))
 
 
+def alignment(cfg: D.Config) -> str:
+    """How a depth model's relative output meets true or known depth: "scale" (the paper's q98, log),
+    "affine" (q98_shift: scale and shift in depth) or "affine_inverse" (disparity: scale and shift in 1/depth)."""
+    return {"q98_shift": "affine", "disparity": "affine_inverse"}.get(cfg.depth_norm, "scale")
+
+
 TARGETS = {"depth": D.DepthTarget, "normals": NormalsTarget}  # Config.target -> its target class
 DEPTH_NORMS = ("q98", "q98_shift", "disparity", "log")     # Config.depth_norm: q98 is the paper's
 
