@@ -67,7 +67,7 @@ def count_flops(model: D.DepthART, image) -> tuple[int, dict]:
 def predict_uncached(model: D.DepthART, image_B3HW) -> tuple[torch.Tensor, list]:
     """Greedy inference without a KV cache (model.rollout(cache=False)) -> (depth, tokens per scale)."""
     z, f_hats, _ = model.rollout(model.encode_image(image_B3HW), cache=False)
-    return model.last_scale(model.decode_target(f_hats[-1:])), z
+    return model.decode(f_hats[-1]), z
 
 
 def agreement(z_ref: list, z: list) -> np.ndarray:

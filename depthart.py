@@ -607,10 +607,16 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
 
 class DepthTarget:
     """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
-    targets (surface normals, other depth normalizations) here, each with a name (Config.target) and channels T."""
+    targets (surface normals, other depth normalizations) here, each with a name (Config.target), channels T
+    and the shape its per-scale stack takes."""
     name, channels = "depth", 1
     encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
     decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
+
+    @staticmethod
+    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
+        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
+        return y_BJTHW[:, :, 0]
 
 
 def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
@@ -666,12 +672,12 @@ class DepthART(nn.Module):
                              f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
 
     def encode_image(self, image_B3HW: torch.Tensor) -> torch.Tensor:
-        """Image prefix (paper Sec. 3.2) -> latents img_BLCv. Prefix map si is the image's quantized sum after
-        scales 0..si, bicubic-resized to side pn (the official DepthART code's choice): the whole image at that
-        resolution. Every depth scale attends to the whole prefix; map si shares depth scale si's scale
-        embedding (lvl_embed) and position embeddings (image and depth share word_embed, lvl_embed and pos_1LC, as
-        VAR-d16 has no modality embedding; the mask and the start token tell the halves apart). The depth input of
-        scale si instead stops at si - 1 (area-resized, as VAR): scale si's depth tokens are being predicted."""
+        """Image prefix (paper Sec. 3.2) -> latents img_BLCv: map si is the image's quantized sum after scales
+        0..si, the whole image at side pn."""
+        # Bicubic, as the official DepthART code; the depth input of scale si instead stops at si - 1 and is
+        # area-resized (as VAR), because scale si's depth tokens are the ones being predicted. Prefix map si
+        # shares depth scale si's lvl_embed and pos_1LC (VAR-d16 has no modality embedding); the mask and the
+        # start token tell the halves apart, and every depth scale attends to the whole prefix.
         self.check_image(image_B3HW)
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         rs = self.vae.quantize.resample
@@ -731,11 +737,7 @@ class DepthART(nn.Module):
     def logits_and_targets(self, image_B3HW, y_BTHW, objective: str = "depthart", valid_B1HW=None):
         """Depth logits of one block-causal forward and their token targets -> (logits_BLV, target_BL, the walk's
         f_hats, f_D: [release] for zoo.release_loss); y_BTHW is the ground truth, depth (B, 1, H, W) here.
-        var:       teacher forcing: targets and inputs from the VQ-VAE's decomposition of f_D.
-        depthart:  a no-grad greedy rollout, predict's default, walks z; only its tokens are kept, and
-                   dynamic_targets re-sums the walk in the codebook's precision, so targets and inputs share
-                   one arithmetic; the forward then recomputes (up to precision) the rollout's logits with
-                   gradients. Every step rolls out afresh with the current weights."""
+        objective "var" is teacher forcing, "depthart" the dynamic targets."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         with torch.no_grad():
@@ -743,9 +745,11 @@ class DepthART(nn.Module):
             f_D = self.vae.encode(self.target.encode(y_BTHW, valid_B1HW))
             if objective == "var":
                 targets, f_hats = teacher_forcing_targets(self.vae.quantize, f_D)
-            else:
+            else:  # every step walks afresh with the current weights; only the walk's tokens are kept, and
+                # dynamic_targets re-sums them in the codebook's precision, so targets and inputs share one arithmetic
                 targets, f_hats = dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
             inputs = self.vae.quantize.next_inputs(f_hats)
+        # with gradients, the forward recomputes (up to precision) the logits the walk saw
         return self.parallel_logits(img_BLCv, inputs), torch.cat(targets, 1), f_hats, f_D
 
     def loss(self, image_B3HW, y_BTHW, objective: str = "depthart", valid_B1HW=None):
@@ -755,17 +759,15 @@ class DepthART(nn.Module):
         token_acc = (logits_BLV.detach().argmax(-1) == target_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
 
-    def decode_target(self, f_hats: list) -> torch.Tensor:
-        """J partial sums f_hat -> depth after each, from one batched decoder call: (B, J, H, W) in [0, 1]
-        ((B, J, T, H, W) for T > 1 channels). All K give the paper's Fig. 7, coarse to fine."""
-        J, B = len(f_hats), f_hats[0].shape[0]
-        y_JBTHW = self.target.decode(self.vae.decode(torch.cat(f_hats, 0))).unflatten(0, (J, B))
-        y_BJTHW = y_JBTHW.transpose(0, 1)
-        return y_BJTHW[:, :, 0] if self.target.channels == 1 else y_BJTHW  # [normals] T > 1
+    def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
+        """One partial sum f_hat -> the target it decodes to: relative depth (B, 1, H, W) in [0, 1]."""
+        return self.target.decode(self.vae.decode(f_hat_BCvhw))
 
-    def last_scale(self, y_BJHW: torch.Tensor) -> torch.Tensor:
-        """decode_target's output (B, J, H, W) or (B, J, T, H, W) -> the target after its last sum (B, T, H, W)."""
-        return y_BJHW[:, -1:] if self.target.channels == 1 else y_BJHW[:, -1]
+    def decode_target(self, f_hats: list) -> torch.Tensor:
+        """J partial sums f_hat -> the target after each, from one batched decoder call: (B, J, H, W) for depth
+        (target.per_scale). All K give the paper's Fig. 7, coarse to fine."""
+        J, B = len(f_hats), f_hats[0].shape[0]
+        return self.target.per_scale(self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1))
 
     @torch.no_grad()
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy, max_scale=None) -> torch.Tensor:
@@ -773,5 +775,4 @@ class DepthART(nn.Module):
         all_scales: the depth after every scale (B, K, H, W). pick: greedy (deterministic; what export unrolls)
         or zoo.release_sampler(generator). max_scale k (anytime depth): decode the partial sum after k scales."""
         f_hats = self.rollout(self.encode_image(image_B3HW), pick, max_scale=max_scale)[1]
-        y_BJHW = self.decode_target(f_hats if all_scales else f_hats[-1:])
-        return y_BJHW if all_scales else self.last_scale(y_BJHW)
+        return self.decode_target(f_hats) if all_scales else self.decode(f_hats[-1])

@@ -104,7 +104,7 @@ def per_scale(model: D.DepthART, val, bs: int = 50) -> list[dict]:
         dyn_z, _ = D.dynamic_targets(model.vae.quantize, f_D, own_z)
         depths_BKHW = model.decode_target(f_hats)  # (B, K, 3, H, W) for normals
         for k in range(K):
-            depths[k].append(model.last_scale(depths_BKHW[:, :k + 1]))
+            depths[k].append(Z.last_scale(depths_BKHW[:, :k + 1]))
             logp = logits[k].log_softmax(-1)
             entropy[k].append(-(logp.exp() * logp).sum(-1).mean(1))
             hits_tf[k] += (tf_BL[:, model.bounds[k]:model.bounds[k + 1]] == true_z[k]).float().mean(1).sum()

@@ -98,8 +98,8 @@ class Unrolled(nn.Module):
         z, f_hats, _ = m.rollout(m.encode_image(image_B3HW), max_scale=self.max_scale)
         if self.all_scales:
             scales = m.decode_target(f_hats)
-            return m.last_scale(scales), scales, torch.cat(z, 1)
-        return m.last_scale(m.decode_target(f_hats[-1:])), torch.cat(z, 1)
+            return Z.last_scale(scales), scales, torch.cat(z, 1)
+        return m.decode(f_hats[-1]), torch.cat(z, 1)
 
 
 def output_names(all_scales: bool, target: str = "depth") -> list[str]:

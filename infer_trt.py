@@ -200,7 +200,7 @@ class TorchBackend(Backend):
             scales = self.model.predict(x, self.has_scales, self.pick, self.max_scale).cpu().numpy()
             if not self.has_scales:
                 return {self.target: scales}
-            return {self.target: self.model.last_scale(torch.from_numpy(scales)).numpy(), f"{self.target}_scales": scales}
+            return {self.target: Z.last_scale(torch.from_numpy(scales)).numpy(), f"{self.target}_scales": scales}
 
 
 def _cuda_present() -> bool:

@@ -26,7 +26,9 @@ the manifest, never the frames; docs/real/manifest.json lists repository, commit
   lattermann  12 of the 57 rectified tabletop pairs of github.com/l-lattermann/Stereo-Dataset (every 5th by
               name), with its camera_parameters.txt (fx 1104.37 px at 1280x960, baseline 0.16005 m, and the
               README's z = fx * baseline / disparity, i.e. no disparity offset): StereoSGBM pseudo-depth on the
-              half-size pair. kind: metric.
+              half-size pair. kind: metric. Not built unless asked for (--only ... lattermann): the tables are
+              white and nearly textureless, SGBM keeps 10-16% of the pixels and puts a flat tabletop at 0.7-150 m
+              (q98 / q2 6-137, where the truth is about 1.1), so its "depth" is noise that no protocol can score.
   eth3d       12 of the 27 ETH3D two-view training pairs (every other by name) from
               github.com/ccj5351/ccj5351.github.io, files/stereo-datasets/ETH3D/two_view_training/image_{0,1}
               (rectified; that copy has no calib.txt): StereoSGBM disparity. kind: disparity_only.
@@ -482,7 +484,10 @@ def stereo_check(frame) -> dict:
             "abs_rel": round(float(rel.mean()), 4), "within_5pct": round(float((rel < 0.05).mean()), 4)}
 
 
-def build(out: Path, repos: dict, register=True, sources=("7scenes", "middlebury", "lattermann", "eth3d")) -> dict:
+DEFAULT_SOURCES = ("7scenes", "middlebury", "eth3d")  # lattermann is opt-in: see the module docstring
+
+
+def build(out: Path, repos: dict, register=True, sources=DEFAULT_SOURCES) -> dict:
     makers = {"7scenes": lambda repo: sevenscenes_frames(repo, register), "middlebury": middlebury_frames,
               "lattermann": lattermann_frames, "eth3d": eth3d_frames}
     out.mkdir(parents=True, exist_ok=True)
@@ -508,7 +513,8 @@ def main(argv=None):
     parser.add_argument("--clone", action="store_true", help="git clone missing repositories from GitHub")
     parser.add_argument("--no-register", action="store_true", help="7-Scenes depth as recorded, not registered")
     parser.add_argument("--only", nargs="+", choices=["7scenes", "middlebury", "lattermann", "eth3d"],
-                        default=["7scenes", "middlebury", "lattermann", "eth3d"])
+                        default=list(DEFAULT_SOURCES),
+                        help="sources to build (default: %(default)s; lattermann's stereo depth is noise, see above)")
     parser.add_argument("--manifest", default=None, help="also copy manifest.json here (docs/real/manifest.json)")
     args = parser.parse_args(argv)
     try:

@@ -1119,16 +1119,39 @@ def _jpeg(img_HW3, quality: int):
     return np.asarray(Image.open(buf), dtype=np.float32) / 255.0
 
 
-def render_world(seed: int, size=128, family: str | None = None, augment: bool = True) -> dict:
+def family_weights(spec: str | None) -> tuple | None:
+    """"room=0.4,tabletop=0.3" -> the world's family probabilities in FAMILIES order (unnamed families 0),
+    normalized; None or "" -> None (the world's own mix, _FAMILY_P). One clear error for a bad spec."""
+    if not spec:
+        return None
+    w = dict.fromkeys(FAMILIES, 0.0)
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        try:
+            if name.strip() not in w or float(value) < 0:
+                raise ValueError
+            w[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"families {spec!r}: expected name=weight,... with names from {', '.join(FAMILIES)} "
+                             "and weights >= 0") from None
+    total = sum(w.values())
+    if total <= 0:
+        raise ValueError(f"families {spec!r}: the weights sum to 0")
+    return tuple(v / total for v in w.values())
+
+
+def render_world(seed: int, size=128, family: str | None = None, augment: bool = True, mix: tuple | None = None) -> dict:
     """One scene of the world: {"image", "depth", "normals", "valid", "family"}.
 
     image (H, W, 3) float32 in [0, 1]; depth (H, W) float32 planar metres, 0 where invalid;
     normals (H, W, 3) float32 unit, camera frame, facing the camera, 0 where invalid; valid
     (H, W) bool, False where the ray escapes to the sky. size: n or (H, W). The family is drawn
-    from the seed unless given; augmentation has its own stream, so it never moves the geometry.
+    from the seed unless given, with probabilities mix (family_weights; default the world's own _FAMILY_P: the
+    draw consumes the same random numbers either way, so a seed's geometry depends only on its family);
+    augmentation has its own stream, so it never moves the geometry.
     """
     rng = np.random.default_rng(seed)
-    drawn = FAMILIES[int(rng.choice(len(FAMILIES), p=_FAMILY_P))]
+    drawn = FAMILIES[int(rng.choice(len(FAMILIES), p=_FAMILY_P if mix is None else mix))]
     family = family or drawn
     scene, camera = _BUILDERS[family](rng)
     out = shade(scene, camera, size)

@@ -43,6 +43,7 @@ import download
 import zoo as Z
 from data import SyntheticScenes, atomic_write, make_dataset, writable_dir
 from metrics import mean_normal_metrics, median_aligned_scores
+from scenes import family_weights
 
 matplotlib.use("Agg")  # curves are written to files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -103,7 +104,7 @@ def make_data(args, split: str, size: int):
     if args.data in ("synthetic", "world"):
         return SyntheticScenes(split, size=size, length=length, cache=args.cache_data or split == "val",
                                world=args.data == "world", disk_cache=args.disk_cache if split == "train" else None,
-                               subjects=args.subjects)
+                               subjects=args.subjects, families=args.families)
     # make_dataset raises one clear error for unknown names, missing roots, empty splits
     return make_dataset(args.data, split=split, size=size, root=args.data_root, length=length, use_hdr=args.hdr,
                         normals=args.target == "normals")
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--subjects", type=float, default=0.0,
                     help="world: this share of the scenes (training and validation) frame a person or an object near "
                          "the camera, as photographs do (default 0: the world's own mix)")
+    ap.add_argument("--families", default=None,
+                    help="world: draw the scene families with these weights, e.g. room=0.4,tabletop=0.3,corridor=0.05,"
+                         "outdoor=0.1,box_room=0.15 (unnamed: 0; default the world's own mix)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
     ap.add_argument("--preset", default=None, choices=["tiny", "small", "d16", "release"],
                     help="model size (default tiny); --resume and --init of ours take the checkpoint's config")
@@ -342,6 +346,10 @@ def check_args(args):
     if args.target == "normals" and args.data == "synthetic":
         raise ValueError("--target normals: the 'synthetic' box rooms have no normals; use --data world (the synthetic "
                          "world, exact normals) or --data hypersim (normal_cam.hdf5)")
+    if args.families and args.data != "world":
+        raise ValueError(f"--families {args.families}: a mix of the scenes of --data world")
+    if args.families:
+        family_weights(args.families)  # a bad spec fails here, in one line, before anything is built
     if args.subjects and (args.data != "world" or not 0.0 < args.subjects <= 1.0):
         raise ValueError(f"--subjects {args.subjects}: a share in (0, 1] of the scenes of --data world")
     if args.data == "hypersim" and not args.data_root:

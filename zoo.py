@@ -51,6 +51,11 @@ class NormalsTarget:
     encode = staticmethod(normalize_normals)
     decode = staticmethod(normals_from_decoder)
 
+    @staticmethod
+    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
+        """Every channel kept: (B, J, 3, H, W)."""
+        return y_BJTHW
+
 
 def _quantiles(v_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None, qs=(0.02, 0.98)) -> torch.Tensor:
     """Per-image quantiles of v over valid pixels -> (len(qs), B, 1, 1, 1); a one-line error where none is valid."""
@@ -75,6 +80,7 @@ class DepthNormTarget:
                  over the codes (d / q98 = 1/64 -> 0), decoded as p = 64^(x - 1)
     x in [0, 1] is mapped to [-1, 1] and clipped, as the paper's."""
     name, channels = "depth", 1
+    per_scale = staticmethod(D.DepthTarget.per_scale)
 
     def __init__(self, norm: str):
         self.norm = norm
@@ -111,6 +117,12 @@ def alignment(cfg: D.Config) -> str:
 
 TARGETS = {"depth": D.DepthTarget, "normals": NormalsTarget}  # Config.target -> its target class
 DEPTH_NORMS = ("q98", "q98_shift", "disparity", "log")     # Config.depth_norm: q98 is the paper's
+
+
+def last_scale(y_per_scale: torch.Tensor) -> torch.Tensor:
+    """DepthART.decode_target's stack -> the target after its last scale: depth (B, J, H, W) -> (B, 1, H, W),
+    normals (B, J, T, H, W) -> (B, T, H, W)."""
+    return y_per_scale[:, -1] if y_per_scale.ndim == 5 else y_per_scale[:, -1:]
 
 
 def build(cfg: D.Config) -> D.DepthART:
