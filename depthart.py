@@ -286,35 +286,6 @@ def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
 
 
-def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
-    """The (dst, src) matrix M with F.interpolate(x, (dst, dst), mode) == M @ x @ M.T: PyTorch's bicubic
-    (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
-    an identity matrix's rows reads M off."""
-    eye = torch.eye(src, dtype=torch.float64)[None, None]
-    kwargs = {"align_corners": False} if mode == "bicubic" else {}
-    return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
-
-
-class Resampler(nn.Module):
-    """F.interpolate (area or bicubic) between the schedule's sides, as constant matrix products [export]: the
-    legacy ONNX exporter rejects uneven area resizes (16 -> 13), and a MatMul avoids TensorRT's cubic Resize."""
-
-    def __init__(self, patch_nums):
-        super().__init__()
-        last = patch_nums[-1]
-        for pn in patch_nums[:-1]:
-            self.register_buffer(f"area_{last}_{pn}", resize_matrix(last, pn, "area"), persistent=False)
-            self.register_buffer(f"bicubic_{pn}_{last}", resize_matrix(pn, last, "bicubic"), persistent=False)
-            self.register_buffer(f"bicubic_{last}_{pn}", resize_matrix(last, pn, "bicubic"), persistent=False)
-
-    def forward(self, f_BCvhw: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-        src = f_BCvhw.shape[-1]
-        if src == size:
-            return f_BCvhw
-        M = getattr(self, f"{mode}_{src}_{size}")
-        return M @ f_BCvhw @ M.T
-
-
 class ResidualQuantizer(nn.Module):
     """VAR's multi-scale residual quantizer: one short loop over scales (VAR Algorithm 1)."""
 
@@ -325,7 +296,7 @@ class ResidualQuantizer(nn.Module):
         self.quant_resi = nn.Module()  # a bare module only for the official keys quantize.quant_resi.qresi_ls.{i}
         self.quant_resi.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
         self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
-        self.resample = Resampler(cfg.patch_nums)
+        self.resample = Resampler(cfg.patch_nums)  # F.interpolate(f, (pn, pn), mode), as matrices [export]: section 5
         # Official key only: VAR's per-scale code-hit statistics (K, V). Nothing here reads it; stage 1
         # counts hits itself (train.py) to restart dead codes.
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
@@ -381,29 +352,8 @@ class VQVAE(nn.Module):
         """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw (never quantized)."""
         return self.quant_conv(self.encoder(x_B3HW))
 
-    def decompose(self, f_BCvhw: torch.Tensor) -> list:
-        """Continuous latent -> token indices per scale, [idx_Bl for each scale]."""
-        return self.quantize(f_BCvhw)[0]
-
-    def rebuild(self, idx_list: list) -> torch.Tensor:
-        """Token indices of scales 0..len(idx_list)-1 -> their partial sum f_hat."""
-        return sum(self.quantize.eta_idx(idx_Bl, si) for si, idx_Bl in enumerate(idx_list))
-
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(f_hat_BCvhw))
-
-    def reconstruct(self, x_B3HW: torch.Tensor) -> torch.Tensor:
-        """Encode, quantize at every scale, decode the full sum: what the VQ-VAE alone gives back."""
-        return self.decode(self.quantize(self.encode(x_B3HW))[1][-1])
-
-    def forward(self, x_B3HW: torch.Tensor, beta: float = 0.25):
-        """Stage-1 training: reconstruction, VQ loss (codebook + beta * commitment), tokens. The decoder sees
-        f_hat with a straight-through gradient to the encoder (VQ-VAE's estimator)."""
-        f_BCvhw = self.encode(x_B3HW)
-        idx_list, f_hats = self.quantize(f_BCvhw)
-        vq_loss = sum(F.mse_loss(fh, f_BCvhw.detach()) + beta * F.mse_loss(fh.detach(), f_BCvhw) for fh in f_hats)
-        f_st_BCvhw = f_BCvhw + (f_hats[-1] - f_BCvhw).detach()
-        return self.decode(f_st_BCvhw), vq_loss / len(f_hats), idx_list
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,20 +555,6 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     return ((x_B3HW.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
 
 
-class DepthTarget:
-    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
-    targets (surface normals, other depth normalizations) here, each with a name (Config.target), channels T
-    and the shape its per-scale stack takes."""
-    name, channels = "depth", 1
-    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
-    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
-
-    @staticmethod
-    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
-        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
-        return y_BJTHW[:, :, 0]
-
-
 def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
     """VAR's objective (paper Eq. 3): targets x_si are the VQ-VAE's own decomposition of the depth latent
     f_D, and the inputs are built from the same x_si -> (idx_Bl per scale, cumulative f_hat per scale)."""
@@ -776,3 +712,52 @@ class DepthART(nn.Module):
         or zoo.release_sampler(generator). max_scale k (anytime depth): decode the partial sum after k scales."""
         f_hats = self.rollout(self.encode_image(image_B3HW), pick, max_scale=max_scale)[1]
         return self.decode_target(f_hats) if all_scales else self.decode(f_hats[-1])
+
+
+class DepthTarget:
+    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
+    targets (surface normals, other depth normalizations) here, each with a name (Config.target), channels T
+    and the shape its per-scale stack takes."""
+    name, channels = "depth", 1
+    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
+    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
+
+    @staticmethod
+    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
+        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
+        return y_BJTHW[:, :, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. [export] The resizes (S_si, eta's upsampling, the prefix's maps) as constant matrix products
+# ----------------------------------------------------------------------------------------------
+# Read `quant.resample(f, pn, mode)` above as F.interpolate(f, (pn, pn), mode). The matrices give the same values
+# up to float32 rounding (~1e-6; tests compare every pair of sides), and every path uses them, so training,
+# inference and the exported graphs run one arithmetic: the legacy ONNX exporter rejects uneven area resizes
+# (16 -> 13), and a MatMul avoids TensorRT's cubic Resize.
+def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
+    """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
+    (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
+    an identity matrix's rows reads mat off."""
+    eye = torch.eye(src, dtype=torch.float64)[None, None]
+    kwargs = {"align_corners": False} if mode == "bicubic" else {}
+    return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
+
+
+class Resampler(nn.Module):
+    """F.interpolate(f, (size, size), mode), area or bicubic, between the schedule's sides, as mat @ f @ mat.T."""
+
+    def __init__(self, patch_nums):
+        super().__init__()
+        last = patch_nums[-1]
+        for pn in patch_nums[:-1]:
+            self.register_buffer(f"area_{last}_{pn}", resize_matrix(last, pn, "area"), persistent=False)
+            self.register_buffer(f"bicubic_{pn}_{last}", resize_matrix(pn, last, "bicubic"), persistent=False)
+            self.register_buffer(f"bicubic_{last}_{pn}", resize_matrix(last, pn, "bicubic"), persistent=False)
+
+    def forward(self, f_BCvhw: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+        src = f_BCvhw.shape[-1]
+        if src == size:
+            return f_BCvhw
+        mat = getattr(self, f"{mode}_{src}_{size}")
+        return mat @ f_BCvhw @ mat.T

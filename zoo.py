@@ -140,7 +140,24 @@ def build(cfg: D.Config) -> D.DepthART:
 def vqvae_ceiling(model: D.DepthART, y_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
     """The target decoded from the VQ-VAE's own tokens of the true target: the best any transformer on this
     VQ-VAE can predict (stage 1's validation figure) -> (B, T, H, W)."""
-    return model.target.decode(model.vae.reconstruct(model.target.encode(y_BTHW, valid_B1HW)))
+    return model.target.decode(vqvae_reconstruct(model.vae, model.target.encode(y_BTHW, valid_B1HW)))
+
+
+def vqvae_reconstruct(vae: D.VQVAE, x_B3HW: torch.Tensor) -> torch.Tensor:
+    """Encode, quantize at every scale, decode the full sum: what the VQ-VAE alone gives back."""
+    return vae.decode(vae.quantize(vae.encode(x_B3HW))[1][-1])
+
+
+def vqvae_stage1(vae: D.VQVAE, x_B3HW: torch.Tensor, beta: float = 0.25):
+    """Stage 1 of the CPU presets (the paper keeps VAR's VQ-VAE frozen): reconstruction, VQ loss (codebook +
+    beta * commitment), tokens. The decoder sees f_hat with a straight-through gradient to the encoder (VQ-VAE's
+    estimator)."""
+    f_BCvhw = vae.encode(x_B3HW)
+    idx_list, f_hats = vae.quantize(f_BCvhw)
+    vq_loss = sum(F.mse_loss(f_hat_BCvhw, f_BCvhw.detach()) + beta * F.mse_loss(f_hat_BCvhw.detach(), f_BCvhw)
+                  for f_hat_BCvhw in f_hats)
+    f_st_BCvhw = f_BCvhw + (f_hats[-1] - f_BCvhw).detach()
+    return vae.decode(f_st_BCvhw), vq_loss / len(f_hats), idx_list
 
 
 # ----------------------------------------------------------------------------------------------
