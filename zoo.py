@@ -2,7 +2,8 @@
 official weights' key names, and the DepthART release's sampler and loss variant.
 
   1. Targets       what the second modality is: the paper's depth (depthart.DepthTarget) or, an extension,
-                   camera-frame surface normals; `build(cfg)` makes the model for a Config
+                   camera-frame surface normals or depth normalized otherwise; `build(cfg)` makes the model
+                   for a Config; the VQ-VAE's stage-1 loss of the CPU presets (`vqvae_stage1`)
   2. Checkpoints   ours (safetensors, config and run settings in the metadata), VAR's official .pth files,
                    and the authors' DepthART release (github bulatko/DepthART, model.safetensors), whose key
                    names map onto ours in one place at load (`from_release_keys`); `load(path)` is the one
@@ -137,10 +138,10 @@ def build(cfg: D.Config) -> D.DepthART:
 
 
 @torch.no_grad()
-def vqvae_ceiling(model: D.DepthART, y_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+def vqvae_ceiling(model: D.DepthART, gt_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
     """The target decoded from the VQ-VAE's own tokens of the true target: the best any transformer on this
     VQ-VAE can predict (stage 1's validation figure) -> (B, T, H, W)."""
-    return model.target.decode(vqvae_reconstruct(model.vae, model.target.encode(y_BTHW, valid_B1HW)))
+    return model.target.decode(vqvae_reconstruct(model.vae, model.target.encode(gt_BTHW, valid_B1HW)))
 
 
 def vqvae_reconstruct(vae: D.VQVAE, x_B3HW: torch.Tensor) -> torch.Tensor:
@@ -364,12 +365,12 @@ def sampler(sampling: str, generator: torch.Generator | None = None):
     return D.greedy if sampling == "greedy" else release_sampler(generator)
 
 
-def release_loss(model: D.DepthART, image_B3HW, y_BTHW, objective: str = "depthart", valid_B1HW=None):
+def release_loss(model: D.DepthART, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
     """The release's training loss (`rec_loss: True`, VARLoss(L=424) at d16): cross-entropy on scales 0..K-2
     only; at the last scale a soft Gumbel-softmax (tau 1) mixture of all codes completes the walk's f_hat,
     pulled toward f_D by 10 x MSE (as its code describes; as published, that term never reaches its
     optimizer) -> (loss, stats); token accuracy counts the scales the cross-entropy scores."""
-    logits_BLV, target_BL, f_hats, f_D = model.logits_and_targets(image_B3HW, y_BTHW, objective, valid_B1HW)
+    logits_BLV, target_BL, f_hats, f_D = model.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
     n, quant = model.bounds[-2], model.vae.quantize
     ce = F.cross_entropy(logits_BLV[:, :n].reshape(-1, logits_BLV.shape[-1]), target_BL[:, :n].reshape(-1))
     soft_BlCv = F.gumbel_softmax(logits_BLV[:, n:], tau=1.0, hard=False) @ quant.embedding.weight
