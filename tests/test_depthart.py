@@ -322,6 +322,8 @@ def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
         Z.build(D.Config(target="albedo"))
     with pytest.raises(ValueError, match="zoo.build"):  # the model file alone knows only the paper's depth
         D.DepthART(cfg)
+    with pytest.raises(ValueError, match="depth_norm 'log'"):  # nor the paper's depth normalized otherwise
+        D.DepthART(D.Config(depth_norm="log"))
 
 
 def test_a_half_precision_checkpoint_is_half_the_file_and_loads_back_to_float32(tmp_path):
