@@ -5,23 +5,26 @@ map the way VAR (Tian et al., arXiv 2404.02905) generates an image: as token map
 fine (16x16), each a *residual* on the sum of the coarser ones, here after a prefix of the RGB image's
 tokens. VAR trains by teacher forcing: at scale si the transformer is shown the *true* coarser maps. At
 inference it is shown its *own*, whose mistakes it never saw in training, so errors compound from scale
-to scale: exposure bias. DepthART trains on what inference sees. The model rolls out its own greedy maps
-z_0..z_{si-1} without gradients, and the target at scale si is recomputed from the true depth: the nearest
-codes to what that walk left unexplained (the quantizer's own rule, a "dynamic target"; t_0 = x_0 always);
-one ordinary block-causal forward over the walk then scores them, and no gradient flows through the walk,
-which only chooses targets and inputs. A walk that matches the truth gets VAR's targets back.
+to scale: exposure bias. DepthART trains on what inference sees. Each step the model first walks: it rolls
+out its own greedy maps z_0..z_{K-1}, without gradients. Then the target at scale si (a "dynamic target") is
+recomputed from the true depth: the tokens the VQ-VAE's quantizer would choose for what the walk's scales
+0..si-1 left unexplained (formulas below; t_0 = x_0 always). One ordinary block-causal forward over the walk's
+maps scores those targets; the walk only chooses targets and inputs. A walk that matches the truth gets VAR's
+targets back.
 
 Where training starts. A repair target is only learnable when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, its VQ-VAE (VAR's) frozen: the transformer
 already walks coherent residual maps over that VQ-VAE. From random weights the walk is noise and so are the
-targets. So the CPU presets [repo] train the VQ-VAE first (stage 1), then the transformer (stage 2) in two runs:
-teacher forcing until it predicts well, then DepthART from those weights (train.py --objective var, depthart).
+targets. So the CPU presets [repo] train the VQ-VAE first (stage 1, zoo.vqvae_stage1), then the transformer
+(stage 2) in two runs: teacher forcing for a budget fixed in advance, not a measured switch point (tiny 1500
+steps, small 3000, lr 1e-3), then DepthART from those weights at lr 5e-4 (train.py --objective var, depthart).
 
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
 4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
-targets side by side, one rollout, loss, predict). This file imports only torch; zoo.py, which imports it,
-holds what surrounds the method: checkpoints, official key names, the release's sampler and loss, normals.
+targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file
+imports only torch; zoo.py, which imports it, holds what surrounds the method: checkpoints, official key
+names, the release's sampler and loss, normals and other depth normalizations, stage 1's loss.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -44,16 +47,18 @@ One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wron
   logits_BLV[:, 14:30] vs t_3            scale 3 is positions bounds[3]..bounds[4]-1 = 14..29 of the depth half
   loss = CE(logits_BLV, t_0..t_9)        one mean over all 680 tokens: it learns to repair its own past
 
-Shape legend (names carry shapes, as in minVAR; one letter, one meaning):
+Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
   V vocabulary     H, W image size     h, w a VQ-VAE feature map's size     K scales (10)     A heads (16)
   L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
   c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   J sums
-  si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]
-Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), img
-the image prefix's latents, idx token indices, code code vectors, y a decoded target. In formulas, as the
-paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser scale, S_si an area resize
-to side pn. "Target" also names the modality predicted (Config.target, y_BTHW). Official key names keep VAR's
+  si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: ada_B16C (B,1,6,C)
+Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), image
+pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground truth (depth, or
+Config.target's modality), y a decoded target. Lists with one entry per scale are plain plurals, coarse to fine
+(z, targets, f_hats, idx_list, inputs, logits); f_D and `chosen` (shaped by the pick) drop the shape. In formulas, as
+the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser scale, S_si an area
+resize to side pn. "Target" also names the modality predicted (Config.target). Official key names keep VAR's
 letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
 
 Tags mark what a learner may skip: "official key" exists only so that VAR's checkpoints load strictly
@@ -95,11 +100,11 @@ class Config:
     norm_eps: float = 1e-6
     image_shortcut: bool = False   # extension (see module docstring); off for the paper
     target: str = "depth"          # the second modality: "depth" (the paper, section 4) or a target defined in zoo.py
-    depth_norm: str = "q98"        # how depth enters the VQ-VAE: "q98" (the paper, section 4) or a variant in zoo.py
+    depth_norm: str = "q98"        # depth into the VQ-VAE: "q98" normalize_depth (the paper); others: zoo.py targets
     attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain" [release]
     attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
-    def __post_init__(self):
+    def __post_init__(self):  # [repo] tuples back from a checkpoint's JSON lists; a clear error for a bad Config
         self.patch_nums = tuple(self.patch_nums)
         self.vae_ch_mult = tuple(self.vae_ch_mult)
         down = 2 ** (len(self.vae_ch_mult) - 1)
@@ -140,7 +145,7 @@ class Config:
                    num_classes=0, image_shortcut=True)
 
     @classmethod
-    def preset(cls, name: str) -> "Config":
+    def preset(cls, name: str) -> "Config":  # [repo] for the tools' --preset
         presets = {"d16": cls.d16, "release": cls.release, "tiny": cls.tiny, "small": cls.small}
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
@@ -286,35 +291,6 @@ def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
 
 
-def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
-    """The (dst, src) matrix M with F.interpolate(x, (dst, dst), mode) == M @ x @ M.T: PyTorch's bicubic
-    (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
-    an identity matrix's rows reads M off."""
-    eye = torch.eye(src, dtype=torch.float64)[None, None]
-    kwargs = {"align_corners": False} if mode == "bicubic" else {}
-    return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
-
-
-class Resampler(nn.Module):
-    """F.interpolate (area or bicubic) between the schedule's sides, as constant matrix products [export]: the
-    legacy ONNX exporter rejects uneven area resizes (16 -> 13), and a MatMul avoids TensorRT's cubic Resize."""
-
-    def __init__(self, patch_nums):
-        super().__init__()
-        last = patch_nums[-1]
-        for pn in patch_nums[:-1]:
-            self.register_buffer(f"area_{last}_{pn}", resize_matrix(last, pn, "area"), persistent=False)
-            self.register_buffer(f"bicubic_{pn}_{last}", resize_matrix(pn, last, "bicubic"), persistent=False)
-            self.register_buffer(f"bicubic_{last}_{pn}", resize_matrix(last, pn, "bicubic"), persistent=False)
-
-    def forward(self, f_BCvhw: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-        src = f_BCvhw.shape[-1]
-        if src == size:
-            return f_BCvhw
-        M = getattr(self, f"{mode}_{src}_{size}")
-        return M @ f_BCvhw @ M.T
-
-
 class ResidualQuantizer(nn.Module):
     """VAR's multi-scale residual quantizer: one short loop over scales (VAR Algorithm 1)."""
 
@@ -325,7 +301,7 @@ class ResidualQuantizer(nn.Module):
         self.quant_resi = nn.Module()  # a bare module only for the official keys quantize.quant_resi.qresi_ls.{i}
         self.quant_resi.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
         self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
-        self.resample = Resampler(cfg.patch_nums)
+        self.resample = Resampler(cfg.patch_nums)  # F.interpolate(f, (pn, pn), mode), as matrices [export]: section 5
         # Official key only: VAR's per-scale code-hit statistics (K, V). Nothing here reads it; stage 1
         # counts hits itself (train.py) to restart dead codes.
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
@@ -350,7 +326,8 @@ class ResidualQuantizer(nn.Module):
     def forward(self, f_BCvhw: torch.Tensor):
         """Decompose f into per-scale tokens, x_si = Q(S_si(f - sum_{i<si} eta_i(x_i))) -> (idx_Bl per scale,
         cumulative f_hat per scale): each scale quantizes what the coarser ones left unexplained."""
-        with torch.autocast(f_BCvhw.device.type, enabled=False):  # in the codebook's precision, not autocast's
+        # Not autocast's half precision: it can change which code is nearest, and tokens would not reproduce.
+        with torch.autocast(f_BCvhw.device.type, enabled=False):
             f_BCvhw = f_BCvhw.to(self.embedding.weight.dtype)
             rest_BCvhw, f_hat_BCvhw = f_BCvhw.detach(), torch.zeros_like(f_BCvhw)
             idx_list, f_hats = [], []
@@ -381,29 +358,8 @@ class VQVAE(nn.Module):
         """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw (never quantized)."""
         return self.quant_conv(self.encoder(x_B3HW))
 
-    def decompose(self, f_BCvhw: torch.Tensor) -> list:
-        """Continuous latent -> token indices per scale, [idx_Bl for each scale]."""
-        return self.quantize(f_BCvhw)[0]
-
-    def rebuild(self, idx_list: list) -> torch.Tensor:
-        """Token indices of scales 0..len(idx_list)-1 -> their partial sum f_hat."""
-        return sum(self.quantize.eta_idx(idx_Bl, si) for si, idx_Bl in enumerate(idx_list))
-
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(f_hat_BCvhw))
-
-    def reconstruct(self, x_B3HW: torch.Tensor) -> torch.Tensor:
-        """Encode, quantize at every scale, decode the full sum: what the VQ-VAE alone gives back."""
-        return self.decode(self.quantize(self.encode(x_B3HW))[1][-1])
-
-    def forward(self, x_B3HW: torch.Tensor, beta: float = 0.25):
-        """Stage-1 training: reconstruction, VQ loss (codebook + beta * commitment), tokens. The decoder sees
-        f_hat with a straight-through gradient to the encoder (VQ-VAE's estimator)."""
-        f_BCvhw = self.encode(x_B3HW)
-        idx_list, f_hats = self.quantize(f_BCvhw)
-        vq_loss = sum(F.mse_loss(fh, f_BCvhw.detach()) + beta * F.mse_loss(fh.detach(), f_BCvhw) for fh in f_hats)
-        f_st_BCvhw = f_BCvhw + (f_hats[-1] - f_BCvhw).detach()
-        return self.decode(f_st_BCvhw), vq_loss / len(f_hats), idx_list
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,8 +384,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x_BNC, bias_11NM, cache: dict | None = None):
         B, N, C = x_BNC.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, bias).view(B, N, 3, self.heads, C // self.heads)
+        qkv_bias_3C = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, qkv_bias_3C).view(B, N, 3, self.heads, C // self.heads)
         q_BANc, k_BANc, v_BANc = qkv_BN3Ac.permute(2, 0, 3, 1, 4).unbind(0)
         if self.l2:
             q_BANc = F.normalize(q_BANc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
@@ -449,8 +405,8 @@ class FFN(nn.Module):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
 
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+    def forward(self, x_BNC):
+        return self.fc2(F.gelu(self.fc1(x_BNC), approximate="tanh"))
 
 
 class AdaLNBlock(nn.Module):
@@ -472,9 +428,9 @@ class AdaLNBlock(nn.Module):
             ada_B16C = self.ada_lin(cond_BC).view(-1, 1, 6, x_BNC.shape[-1])
             if cache is not None:
                 cache["ada"] = ada_B16C
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.unbind(2)  # each (B, 1, C)
-        x_BNC = x_BNC + self.attn(self.ln(x_BNC) * (1 + scale1) + shift1, bias_11NM, cache) * gamma1
-        return x_BNC + self.ffn(self.ln(x_BNC) * (1 + scale2) + shift2) * gamma2
+        gamma1_B1C, gamma2_B1C, scale1_B1C, scale2_B1C, shift1_B1C, shift2_B1C = ada_B16C.unbind(2)
+        x_BNC = x_BNC + self.attn(self.ln(x_BNC) * (1 + scale1_B1C) + shift1_B1C, bias_11NM, cache) * gamma1_B1C
+        return x_BNC + self.ffn(self.ln(x_BNC) * (1 + scale2_B1C) + shift2_B1C) * gamma2_B1C
 
 
 class AdaLNHead(nn.Module):
@@ -484,8 +440,8 @@ class AdaLNHead(nn.Module):
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 2 * cfg.width))
 
     def forward(self, x_BNC, cond_BC):
-        scale, shift = self.ada_lin(cond_BC).view(-1, 1, 2, x_BNC.shape[-1]).unbind(2)
-        return self.ln(x_BNC) * (1 + scale) + shift
+        scale_B1C, shift_B1C = self.ada_lin(cond_BC).view(-1, 1, 2, x_BNC.shape[-1]).unbind(2)
+        return self.ln(x_BNC) * (1 + scale_B1C) + shift_B1C
 
 
 def levels_of(patch_nums) -> torch.Tensor:
@@ -516,9 +472,9 @@ class VAR(nn.Module):
         self.head = nn.Linear(C, cfg.vocab_size)
         if cfg.image_shortcut:  # extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
-        # lvl_1L: VAR's scale index per token (read by lvl_pos). Official key only: attn_bias_for_masking, never
-        # read (the prefix mask replaces it); VAR's checkpoints hold it, the release's do not [release], and
-        # plain attention identifies the release, so it is persistent only for l2.
+        # lvl_1L: VAR's scale index per token (read by lvl_pos). attn_bias_for_masking: official key, never read
+        # (prefix_bias_11NN replaces it). VAR's checkpoints hold it, the release's do not [release]; only the
+        # release uses plain attention, so cfg.attention decides whether the state_dict carries it.
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
         self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]),
                              persistent=cfg.attention == "l2")
@@ -530,7 +486,8 @@ class VAR(nn.Module):
         self._init_weights()
 
     def _init_weights(self, init_std=None, adaln=0.5, adaln_gamma=1e-5, head=0.02):
-        """VAR's initialization: small residual branches (gamma ~ 1e-5) so a deep stack starts as identity."""
+        """[repo] From scratch only (checkpoints overwrite it): VAR's initialization, small residual branches
+        (gamma ~ 1e-5) so a deep stack starts as identity."""
         std = init_std or math.sqrt(1 / self.cfg.width / 3)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -551,8 +508,8 @@ class VAR(nn.Module):
 
     def cond(self, B: int) -> torch.Tensor:
         """AdaLN's condition: the learned null-class embedding (constant; no guidance) -> (B, C)."""
-        null = torch.full((B,), self.cfg.num_classes, dtype=torch.long, device=self.pos_start.device)
-        return self.class_emb(null)
+        null_B = torch.full((B,), self.cfg.num_classes, dtype=torch.long, device=self.pos_start.device)
+        return self.class_emb(null_B)
 
     def lvl_pos(self, begin: int, end: int) -> torch.Tensor:
         """Scale and position embedding of tokens begin..end-1 of a modality -> (1, N, C)."""
@@ -605,20 +562,6 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     return ((x_B3HW.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
 
 
-class DepthTarget:
-    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
-    targets (surface normals, other depth normalizations) here, each with a name (Config.target), channels T
-    and the shape its per-scale stack takes."""
-    name, channels = "depth", 1
-    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
-    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
-
-    @staticmethod
-    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
-        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
-        return y_BJTHW[:, :, 0]
-
-
 def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
     """VAR's objective (paper Eq. 3): targets x_si are the VQ-VAE's own decomposition of the depth latent
     f_D, and the inputs are built from the same x_si -> (idx_Bl per scale, cumulative f_hat per scale)."""
@@ -627,12 +570,12 @@ def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tupl
 
 def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tuple[list, list]:
     """DepthART's objective (paper Eq. 4-5): the model walked z_0..z_{K-1} (its own greedy tokens); the
-    target at scale si is the code that best repairs what that walk left unexplained,
+    target at scale si is, per position, the nearest code to the area-resized residual the walk left,
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
-    and the inputs are built from the walk -> (t_Bl per scale, the walk's cumulative f_hat per scale).
+    and the inputs are built from the walk -> (targets: idx_Bl per scale, the walk's cumulative f_hat per scale).
     The quantizer's loop with z in place of its nearest codes: if z is its decomposition, these are exactly
     the teacher-forcing targets. z holds token indices: training walks greedily."""
-    with torch.autocast(f_D.device.type, enabled=False):  # the codebook's precision, as the quantizer
+    with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
         for si, pn in enumerate(quant.patch_nums):
@@ -657,9 +600,10 @@ class DepthART(nn.Module):
     def __init__(self, cfg: Config, target=None):
         super().__init__()
         self.cfg, self.target = cfg, target or DepthTarget()
-        if self.target.name != cfg.target:  # [normals]
-            raise ValueError(f"Config.target {cfg.target!r} needs its target object: build the model with "
-                             f"zoo.build(cfg)")
+        # [normals] This file knows only the paper's depth; zoo.build passes the object other Configs need.
+        if (self.target.name, getattr(self.target, "norm", cfg.depth_norm)) != (cfg.target, cfg.depth_norm):
+            raise ValueError(f"Config.target {cfg.target!r} (depth_norm {cfg.depth_norm!r}) needs its target "
+                             f"object: build the model with zoo.build(cfg)")
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
         # token k of a modality belongs to scale si when bounds[si] <= k < bounds[si + 1]
@@ -681,8 +625,8 @@ class DepthART(nn.Module):
         self.check_image(image_B3HW)
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         rs = self.vae.quantize.resample
-        return torch.cat([rs(f, pn, "bicubic").flatten(2).transpose(1, 2)
-                          for f, pn in zip(f_hats, self.cfg.patch_nums)], 1)
+        return torch.cat([rs(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
+                          for f_hat_BCvhw, pn in zip(f_hats, self.cfg.patch_nums)], 1)
 
     def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
         """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC."""
@@ -701,18 +645,19 @@ class DepthART(nn.Module):
     def parallel_logits(self, img_BLCv: torch.Tensor, inputs: list) -> torch.Tensor:
         """One block-causal forward over [image prefix | depth inputs] -> depth logits_BLV; `inputs` are the
         latents that feed scales 1..K-1 (from the VQ-VAE's walk or from the rollout)."""
-        f_BNCv = torch.cat([f.flatten(2).transpose(1, 2) for f in inputs], 1)
+        f_BNCv = torch.cat([f_BCvhw.flatten(2).transpose(1, 2) for f_BCvhw in inputs], 1)
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L),
                            self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
-    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True, max_scale: int | None = None):
+    def rollout(self, img_BLCv: torch.Tensor, pick=greedy,  # pick: greedy, or [release] zoo's samplers
+                cache: bool = True, max_scale: int | None = None):  # cache=False, max_scale: [repo]
         """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
         what `pick(logits_BlV, code_VCv)` chose (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV.
 
         The first call runs the image prefix and the depth start token together (mask level 0 sees all of
         itself); each later call adds one scale: with the KV cache (inference, training, export) only the new
-        scale; cache=False [repo] reruns the whole sequence under the mask (the slow reference); max_scale: k scales.
+        scale; cache=False reruns the whole sequence under the mask (the slow reference); max_scale: k scales.
         """
         caches = [dict() for _ in self.var.blocks] if cache else None
         quant, patch_nums = self.vae.quantize, self.cfg.patch_nums[:max_scale]  # None: all K scales
@@ -729,38 +674,39 @@ class DepthART(nn.Module):
             f_hats.append(f_hat_BCvhw)
             logits.append(logits_BlV)
             if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to the next scale
-                nxt_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
-                x_BlC = self.depth_tokens(nxt_BlCv, img_BLCv, si + 1, si + 2)
+                f_next_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
+                x_BlC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
                 x_BNC = x_BlC if cache else torch.cat((x_BNC, x_BlC), 1)
         return z, f_hats, logits
 
-    def logits_and_targets(self, image_B3HW, y_BTHW, objective: str = "depthart", valid_B1HW=None):
-        """Depth logits of one block-causal forward and their token targets -> (logits_BLV, target_BL, the walk's
-        f_hats, f_D: [release] for zoo.release_loss); y_BTHW is the ground truth, depth (B, 1, H, W) here.
-        objective "var" is teacher forcing, "depthart" the dynamic targets."""
+    def logits_and_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+        """Depth logits of one block-causal forward and their token targets -> (logits_BLV, target_BL, f_hats,
+        f_D); the last two (the walk's sums, the depth latent) are [release] extras for zoo.release_loss alone.
+        gt_BTHW: ground-truth depth (B, 1, H, W). objective "var" is teacher forcing, "depthart" dynamic targets."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         with torch.no_grad():
             img_BLCv = self.encode_image(image_B3HW)
-            f_D = self.vae.encode(self.target.encode(y_BTHW, valid_B1HW))
+            f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))
             if objective == "var":
                 targets, f_hats = teacher_forcing_targets(self.vae.quantize, f_D)
             else:  # every step walks afresh with the current weights; only the walk's tokens are kept, and
                 # dynamic_targets re-sums them in the codebook's precision, so targets and inputs share one arithmetic
                 targets, f_hats = dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
             inputs = self.vae.quantize.next_inputs(f_hats)
-        # with gradients, the forward recomputes (up to precision) the logits the walk saw
+        # with gradients: for depthart the forward recomputes (up to precision) the logits the walk saw; for var
+        # it scores the VQ-VAE's walk (no rollout ran)
         return self.parallel_logits(img_BLCv, inputs), torch.cat(targets, 1), f_hats, f_D
 
-    def loss(self, image_B3HW, y_BTHW, objective: str = "depthart", valid_B1HW=None):
+    def loss(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict)."""
-        logits_BLV, target_BL, _, _ = self.logits_and_targets(image_B3HW, y_BTHW, objective, valid_B1HW)
+        logits_BLV, target_BL, _, _ = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
         loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
         token_acc = (logits_BLV.detach().argmax(-1) == target_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
 
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
-        """One partial sum f_hat -> the target it decodes to: relative depth (B, 1, H, W) in [0, 1]."""
+        """One partial sum f_hat -> the target it decodes to (self.target.decode): depth (B, 1, H, W) in [0, 1]."""
         return self.target.decode(self.vae.decode(f_hat_BCvhw))
 
     def decode_target(self, f_hats: list) -> torch.Tensor:
@@ -772,7 +718,57 @@ class DepthART(nn.Module):
     @torch.no_grad()
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy, max_scale=None) -> torch.Tensor:
         """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near);
-        all_scales: the depth after every scale (B, K, H, W). pick: greedy (deterministic; what export unrolls)
-        or zoo.release_sampler(generator). max_scale k (anytime depth): decode the partial sum after k scales."""
+        all_scales: the depth after every scale (B, k, H, W), k = max_scale or K. pick: greedy (deterministic;
+        what export unrolls) or zoo.release_sampler(generator). max_scale k [repo] (anytime depth): decode the
+        partial sum after k scales."""
         f_hats = self.rollout(self.encode_image(image_B3HW), pick, max_scale=max_scale)[1]
         return self.decode_target(f_hats) if all_scales else self.decode(f_hats[-1])
+
+
+class DepthTarget:
+    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
+    targets here: surface normals (Config.target) and depth under another Config.depth_norm, each with a name,
+    channels T, a norm where it is depth, and the shape its per-scale stack takes."""
+    name, channels, norm = "depth", 1, "q98"
+    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
+    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
+
+    @staticmethod
+    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
+        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
+        return y_BJTHW[:, :, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. [export] The resizes (S_si, eta's upsampling, the prefix's maps) as constant matrix products
+# ----------------------------------------------------------------------------------------------
+# Read `quant.resample(f, pn, mode)` above as F.interpolate(f, (pn, pn), mode). The matrices give the same values
+# up to float32 rounding (~1e-6; tests compare every pair of sides), and every path uses them, so training,
+# inference and the exported graphs run one arithmetic: the legacy ONNX exporter rejects uneven area resizes
+# (16 -> 13), and a MatMul avoids TensorRT's cubic Resize.
+def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
+    """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
+    (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
+    an identity matrix's rows reads mat off."""
+    eye = torch.eye(src, dtype=torch.float64)[None, None]
+    kwargs = {"align_corners": False} if mode == "bicubic" else {}
+    return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
+
+
+class Resampler(nn.Module):
+    """F.interpolate(f, (size, size), mode), area or bicubic, between the schedule's sides, as mat @ f @ mat.T."""
+
+    def __init__(self, patch_nums):
+        super().__init__()
+        last = patch_nums[-1]
+        for pn in patch_nums[:-1]:
+            self.register_buffer(f"area_{last}_{pn}", resize_matrix(last, pn, "area"), persistent=False)
+            self.register_buffer(f"bicubic_{pn}_{last}", resize_matrix(pn, last, "bicubic"), persistent=False)
+            self.register_buffer(f"bicubic_{last}_{pn}", resize_matrix(last, pn, "bicubic"), persistent=False)
+
+    def forward(self, f_BCvhw: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+        src = f_BCvhw.shape[-1]
+        if src == size:
+            return f_BCvhw
+        mat = getattr(self, f"{mode}_{src}_{size}")
+        return mat @ f_BCvhw @ mat.T

@@ -131,7 +131,7 @@ class StageLoss(torch.nn.Module):
             return self.model.loss(image, target, self.objective, valid)
         # Stage 1: L1 reconstruction (sharper edges than MSE) + the VQ-VAE's codebook/commitment loss.
         x = vae_inputs(self.model, image, target, valid)
-        rec, vq_loss, idx_list = self.model.vae(x)
+        rec, vq_loss, idx_list = Z.vqvae_stage1(self.model.vae, x)
         rec_loss = F.l1_loss(rec, x)
         loss = rec_loss + vq_loss
         return loss, {"loss": loss.detach(), "rec_l1": rec_loss.detach(), "vq": vq_loss.detach(), "idx": idx_list}
@@ -179,7 +179,7 @@ def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size:
             extra.setdefault("val_loss", []).append(model.loss(b["image"], b[target], objective, b["valid"])[0].item())
         else:
             x = vae_inputs(model, b["image"], b[target], b["valid"])
-            rec = model.vae.reconstruct(x)
+            rec = Z.vqvae_reconstruct(model.vae, x)
             n = len(b["image"])
             extra.setdefault("val_image_l1", []).append(F.l1_loss(rec[:n], x[:n]).item())
             extra.setdefault(f"val_{target}_l1", []).append(F.l1_loss(rec[n:], x[n:]).item())

@@ -2,7 +2,8 @@
 official weights' key names, and the DepthART release's sampler and loss variant.
 
   1. Targets       what the second modality is: the paper's depth (depthart.DepthTarget) or, an extension,
-                   camera-frame surface normals; `build(cfg)` makes the model for a Config
+                   camera-frame surface normals or depth normalized otherwise; `build(cfg)` makes the model
+                   for a Config; the VQ-VAE's stage-1 loss of the CPU presets (`vqvae_stage1`)
   2. Checkpoints   ours (safetensors, config and run settings in the metadata), VAR's official .pth files,
                    and the authors' DepthART release (github bulatko/DepthART, model.safetensors), whose key
                    names map onto ours in one place at load (`from_release_keys`); `load(path)` is the one
@@ -137,10 +138,27 @@ def build(cfg: D.Config) -> D.DepthART:
 
 
 @torch.no_grad()
-def vqvae_ceiling(model: D.DepthART, y_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+def vqvae_ceiling(model: D.DepthART, gt_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
     """The target decoded from the VQ-VAE's own tokens of the true target: the best any transformer on this
     VQ-VAE can predict (stage 1's validation figure) -> (B, T, H, W)."""
-    return model.target.decode(model.vae.reconstruct(model.target.encode(y_BTHW, valid_B1HW)))
+    return model.target.decode(vqvae_reconstruct(model.vae, model.target.encode(gt_BTHW, valid_B1HW)))
+
+
+def vqvae_reconstruct(vae: D.VQVAE, x_B3HW: torch.Tensor) -> torch.Tensor:
+    """Encode, quantize at every scale, decode the full sum: what the VQ-VAE alone gives back."""
+    return vae.decode(vae.quantize(vae.encode(x_B3HW))[1][-1])
+
+
+def vqvae_stage1(vae: D.VQVAE, x_B3HW: torch.Tensor, beta: float = 0.25):
+    """Stage 1 of the CPU presets (the paper keeps VAR's VQ-VAE frozen): reconstruction, VQ loss (codebook +
+    beta * commitment), tokens. The decoder sees f_hat with a straight-through gradient to the encoder (VQ-VAE's
+    estimator)."""
+    f_BCvhw = vae.encode(x_B3HW)
+    idx_list, f_hats = vae.quantize(f_BCvhw)
+    vq_loss = sum(F.mse_loss(f_hat_BCvhw, f_BCvhw.detach()) + beta * F.mse_loss(f_hat_BCvhw.detach(), f_BCvhw)
+                  for f_hat_BCvhw in f_hats)
+    f_st_BCvhw = f_BCvhw + (f_hats[-1] - f_BCvhw).detach()
+    return vae.decode(f_st_BCvhw), vq_loss / len(f_hats), idx_list
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,12 +365,12 @@ def sampler(sampling: str, generator: torch.Generator | None = None):
     return D.greedy if sampling == "greedy" else release_sampler(generator)
 
 
-def release_loss(model: D.DepthART, image_B3HW, y_BTHW, objective: str = "depthart", valid_B1HW=None):
+def release_loss(model: D.DepthART, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
     """The release's training loss (`rec_loss: True`, VARLoss(L=424) at d16): cross-entropy on scales 0..K-2
     only; at the last scale a soft Gumbel-softmax (tau 1) mixture of all codes completes the walk's f_hat,
     pulled toward f_D by 10 x MSE (as its code describes; as published, that term never reaches its
     optimizer) -> (loss, stats); token accuracy counts the scales the cross-entropy scores."""
-    logits_BLV, target_BL, f_hats, f_D = model.logits_and_targets(image_B3HW, y_BTHW, objective, valid_B1HW)
+    logits_BLV, target_BL, f_hats, f_D = model.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
     n, quant = model.bounds[-2], model.vae.quantize
     ce = F.cross_entropy(logits_BLV[:, :n].reshape(-1, logits_BLV.shape[-1]), target_BL[:, :n].reshape(-1))
     soft_BlCv = F.gumbel_softmax(logits_BLV[:, n:], tau=1.0, hard=False) @ quant.embedding.weight

@@ -77,8 +77,9 @@ def test_quantizer_round_trip_reduces_error_scale_by_scale():
         for phi in vae.quantize.quant_resi.qresi_ls:
             phi.weight.zero_(), phi.bias.zero_()
             phi.weight[range(32), range(32), 1, 1] = 1.0
-        idx = vae.decompose(f)
-        errors = [(f - vae.rebuild(idx[: k + 1])).square().mean().item() for k in range(len(idx))]
+        idx = vae.quantize(f)[0]
+        etas = [vae.quantize.eta_idx(idx_Bl, si) for si, idx_Bl in enumerate(idx)]
+        errors = [(f - sum(etas[: k + 1])).square().mean().item() for k in range(len(idx))]
     assert [i.shape[1] for i in idx] == [pn * pn for pn in cfg.patch_nums]
     energy = f.square().mean().item()
     assert all(b < a for a, b in zip([energy] + errors, errors)), errors
@@ -321,6 +322,8 @@ def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
         Z.build(D.Config(target="albedo"))
     with pytest.raises(ValueError, match="zoo.build"):  # the model file alone knows only the paper's depth
         D.DepthART(cfg)
+    with pytest.raises(ValueError, match="depth_norm 'log'"):  # nor the paper's depth normalized otherwise
+        D.DepthART(D.Config(depth_norm="log"))
 
 
 def test_a_half_precision_checkpoint_is_half_the_file_and_loads_back_to_float32(tmp_path):

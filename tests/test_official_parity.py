@@ -198,7 +198,7 @@ def vae_run():
         hook.remove()
         r["f_off"] = captured["f"]
         r["f_ours"] = ours.encode(x)
-        r["idx_ours"] = ours.decompose(r["f_ours"])
+        r["idx_ours"] = ours.quantize(r["f_ours"])[0]
         r["fhats_off"] = official.quantize.f_to_idxBl_or_fhat(r["f_off"], to_fhat=True)
         r["fhats_ours"] = ours.quantize(r["f_ours"])[1]
         r["tf_off"] = official.quantize.idxBl_to_var_input(r["idx_off"])
@@ -206,7 +206,7 @@ def vae_run():
         r["phi_off"] = [official.quantize.quant_resi[si / (len(PATCH_NUMS) - 1)] for si in range(len(PATCH_NUMS))]
         r["phi_ours"] = [official.quantize.quant_resi.qresi_ls[i] for i in ours.quantize.phi_of_scale]
         r["img_fhat_off"] = official.fhat_to_img(r["fhats_off"][-1])
-        r["img_ours"] = ours.decode(ours.rebuild(r["idx_ours"])).clamp(-1, 1)
+        r["img_ours"] = ours.decode(sum(ours.quantize.eta_idx(i, si) for si, i in enumerate(r["idx_ours"]))).clamp(-1, 1)
         # The official idxBl_to_img sums its f_hat in float32 whatever the weights: run it in float32.
         official.float()
         r["img_idx_off"] = official.idxBl_to_img(r["idx_off"], same_shape=True, last_one=True)
