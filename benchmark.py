@@ -556,11 +556,11 @@ def anchor_groups(args, tiny: bool) -> list:
     groups = [lambda: depthart_group(args)]
     groups += [lambda size=size: depth_anything_group(size, tiny) for size in "SBL"]
     groups.append(lambda: marigold_group(tiny))
-    try:
-        from transformers import DepthProForDepthEstimation  # noqa: F401  (newer transformers only)
+    import transformers
+    if hasattr(transformers, "DepthProForDepthEstimation"):  # transformers >= 4.51
         groups.append(lambda: depth_pro_group(tiny))
-    except ImportError:
-        print("Depth Pro: left out (this transformers has no DepthProForDepthEstimation)")
+    else:
+        print(f"Depth Pro: left out (transformers {transformers.__version__} has no DepthProForDepthEstimation)")
     return groups
 
 
