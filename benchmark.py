@@ -578,6 +578,11 @@ def figure(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
+def table_row(r: dict) -> str:
+    return (f"| {r['model']} | {r['input']} | {r['seconds']:.3g}{' (*)' if r['composed'] else ''} | "
+            f"{figure(r['gflop'])} | {figure(r['gflop'] / r['seconds'])} | {r['of_matmul']:.2f} ({r['matmul_gflops']:.0f}) |")
+
+
 def anchors_table(args, tiny: bool) -> list:
     """--anchors: seconds, GFLOP and the fraction of the FP32 matmul rate per image, for DepthART and the anchors
     in one run. Groups run one after another; each group's parts are timed in interleaved rounds, and each
@@ -606,15 +611,13 @@ def anchors_table(args, tiny: bool) -> list:
                             of_matmul=flops / seconds / rate, reps=reps, composed=composed,
                             parts={p: dict(times=n, seconds=seconds_of[p], gflop=flops_of[p] / 1e9)
                                    for p, n in recipe.items()}))
-        print(f"{group}: done in {time.perf_counter() - t0:.0f} s (FP32 matmul {rate / 1e9:.0f} GFLOP/s before it)",
-              flush=True)
+        print(f"{group}: done in {time.perf_counter() - t0:.0f} s (FP32 matmul {rate / 1e9:.0f} GFLOP/s before it)\n"
+              + "\n".join(table_row(r) for r in out[-len(rows):]), flush=True)  # a long run shows what it has
         del parts, fn  # the group's models go before the next group's are built
     print("\n| model | input | s / image | GFLOP / image | GFLOP/s | of the FP32 matmul rate (GFLOP/s then) |\n"
           "|---|---|---|---|---|---|")
     for r in out:
-        mark = " (*)" if r["composed"] else ""
-        print(f"| {r['model']} | {r['input']} | {r['seconds']:.3g}{mark} | {figure(r['gflop'])} | "
-              f"{figure(r['gflop'] / r['seconds'])} | {r['of_matmul']:.2f} ({r['matmul_gflops']:.0f}) |")
+        print(table_row(r))
     if any(r["composed"] for r in out):
         print("(*) the sum of parts timed separately (medians): VAE encode + N x UNet step + VAE decode")
     return out
