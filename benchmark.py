@@ -4,6 +4,8 @@
     python benchmark.py --preset d16             # a few minutes (model construction alone ~10 s; the first
                                                  # run exports the ONNX graph, ~3 min, then it is cached)
     python benchmark.py --checkpoint weights/depthart_tiny.safetensors
+    python benchmark.py --anchors --threads 2   # DepthART d16 against Depth Anything V2, Marigold, Depth Pro
+                                                # (pip install -r requirements-anchors.txt; ~15-30 min on 2 cores)
 
 One run, one set of weights, the same images, one image per call, medians per image:
   torch eager     model.predict: the cached greedy rollout (one transformer call per scale, KV cache)
@@ -16,16 +18,22 @@ One run, one set of weights, the same images, one image per call, medians per im
 and the model's FLOPs per image (torch.utils.flop_counter on the cached path, attention included), the
 FLOP/s each path achieves, and this machine's FP32 and BF16 matmul rates measured in the same run.
 Random weights (residual branches scaled up so the transformer is not an identity) unless --checkpoint.
+
+--anchors prints instead one cost table, DepthART beside published monocular depth models built offline from
+their configuration classes with random weights: seconds, GFLOP and the fraction of the FP32 matmul rate
+per image (see anchors_table).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import platform
 import statistics
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +56,18 @@ from train import matmul_rate, native_bf16
 VAR_D16_GENERATION_SECONDS = 8.5
 
 
-def count_flops(model: D.DepthART, image) -> tuple[int, dict]:
-    """FLOPs of model.predict on one image: matmuls, convolutions and attention (2 per multiply-add)."""
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter (matmuls, convolutions, attention; 2 per multiply-add; norms and pointwise ops
+    are not counted), taught the CPU attention kernel."""
     # PyTorch's counter knows the GPU attention kernels, not the CPU one: count that from q, k, v shapes.
     cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
                      lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
-    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+    return FlopCounterMode(display=False, custom_mapping=cpu_attention)
+
+
+def count_flops(model: D.DepthART, image) -> tuple[int, dict]:
+    """FLOPs of model.predict on one image: matmuls, convolutions and attention (2 per multiply-add)."""
+    with flop_counter() as counter:
         model.predict(image)
     by_module = counter.get_flop_counts()
     parts = {name: sum(by_module.get(key, {}).values())
@@ -102,7 +116,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", default="tiny", help="tiny (default), d16 or release (d16 with the release's plain attention), random weights")
+    src.add_argument("--preset", help="tiny (default; d16 with --anchors), d16 or release (d16 with the release's plain attention), random weights")
     src.add_argument("--checkpoint", help="a .safetensors checkpoint (ours or the DepthART release's, or release after "
                                           "`python download.py release`) instead of random weights")
     p.add_argument("--download", action="store_true", help="download a --checkpoint name (release) that is not here yet")
@@ -122,9 +136,22 @@ def parse_args(argv=None):
                    help="only the graph precision table: FP32, all-FP16, FP16 with FP32 islands and INT8 graphs in ONNX "
                         "Runtime on --world held-out world scenes plus examples/: token agreement, depth, AbsRel, speed")
     p.add_argument("--world", type=int, default=48, help="--precisions: held-out world scenes (default 48)")
+    p.add_argument("--anchors", action="store_true",
+                   help="only the cost table against published depth models (Depth Anything V2 S/B/L, Marigold at 1/4/50 "
+                        "steps, Depth Pro), random weights from their configurations: s/image, GFLOP/image, fraction of "
+                        "the FP32 matmul rate; needs requirements-anchors.txt")
+    p.add_argument("--anchors-tiny", action="store_true",
+                   help="--anchors with toy-sized anchors and the tiny preset: a quick test of the code path, not a measurement")
+    p.add_argument("--anchors-ort", action="store_true",
+                   help="--anchors: also time DepthART's FP32 and INT8 graphs in ONNX Runtime, exporting what --graph / "
+                        "--int8-graph do not give (d16: ~15 GB and minutes, once; cached)")
+    p.add_argument("--int8-graph", help="--anchors: an INT8 graph of these weights (export.py --int8) to time")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--export-only", help=argparse.SUPPRESS)  # used by graph_for's child process
     args = p.parse_args(argv)
+    args.anchors = args.anchors or args.anchors_tiny
+    if not args.checkpoint and not args.preset:
+        args.preset = "d16" if args.anchors and not args.anchors_tiny else "tiny"
     if args.checkpoint:
         args.checkpoint = str(download.resolve_arg(args.checkpoint, args.download, prog="benchmark.py"))
     return args
@@ -371,12 +398,248 @@ def report(cfg: D.Config, timings: dict, flops: int, rate32: float, rate16: floa
                       f"{', half or better' if seconds <= VAR_D16_GENERATION_SECONDS / 2 else ''})")
 
 
+# ----------------------------------------------------------------------------------------------
+# --anchors: what published monocular depth models cost on the same machine, in the same run
+# ----------------------------------------------------------------------------------------------
+# Every anchor is built from its configuration class with random weights (the cost of a forward pass does not
+# depend on the weights, and nothing is downloaded). Depth Anything V2 (Yang et al. 2024) is a DINOv2 ViT/14 with
+# a DPT head; per size: the ViT's width, depth and heads, the four blocks the head reads (1-based: the official
+# repository's intermediate_layer_idx plus one), the head's per-level widths (out_channels) and fusion width
+# (features), as in the official model_configs and the published -hf configurations.
+DEPTH_ANYTHING_V2 = {
+    "S": dict(hidden=384, layers=12, heads=6, out_indices=[3, 6, 9, 12], neck=[48, 96, 192, 384], fusion=64),
+    "B": dict(hidden=768, layers=12, heads=12, out_indices=[3, 6, 9, 12], neck=[96, 192, 384, 768], fusion=128),
+    "L": dict(hidden=1024, layers=24, heads=16, out_indices=[5, 12, 18, 24], neck=[256, 512, 1024, 1024], fusion=256),
+}
+# --anchors-tiny: the same code paths at toy widths, ordered S < B < L like the real ones (a test, not a measurement)
+DEPTH_ANYTHING_V2_TINY = {
+    "S": dict(hidden=32, layers=4, heads=2, out_indices=[1, 2, 3, 4], neck=[8, 16, 32, 32], fusion=16),
+    "B": dict(hidden=48, layers=4, heads=3, out_indices=[1, 2, 3, 4], neck=[12, 24, 48, 48], fusion=16),
+    "L": dict(hidden=64, layers=8, heads=4, out_indices=[2, 4, 6, 8], neck=[16, 32, 64, 64], fusion=32),
+}
+DEPTH_ANYTHING_SIZE = 518  # its inference resolution: 37x37 patches of 14
+MARIGOLD_RESOLUTION = 768  # Marigold's default processing resolution (the longer side; a square image here)
+MARIGOLD_STEPS = (1, 4, 50)  # the few-step checkpoints' 1 and 4, the paper's 50 DDIM steps
+DEPTH_PRO_SIZE = 1536  # Depth Pro's fixed network resolution
+
+
+def depth_anything_v2(size: str, tiny: bool = False):
+    """Depth Anything V2 S/B/L: transformers' DepthAnythingForDepthEstimation -> (model, input side)."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    c = (DEPTH_ANYTHING_V2_TINY if tiny else DEPTH_ANYTHING_V2)[size]
+    side = 56 if tiny else DEPTH_ANYTHING_SIZE
+    backbone = Dinov2Config(hidden_size=c["hidden"], num_hidden_layers=c["layers"], num_attention_heads=c["heads"],
+                            out_indices=c["out_indices"], reshape_hidden_states=False, image_size=side)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=c["hidden"],
+                                 neck_hidden_sizes=c["neck"], fusion_hidden_size=c["fusion"],
+                                 head_hidden_size=8 if tiny else 32)
+    return DepthAnythingForDepthEstimation(config).eval(), side
+
+
+def marigold(tiny: bool = False):
+    """Marigold (Ke et al. 2024): Stable Diffusion 2's UNet with 8 input channels (the image's latent beside the
+    noisy depth latent) and SD's VAE, as diffusers builds them -> (unet, vae, processing side, text embedding)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    if tiny:
+        unet = UNet2DConditionModel(in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                    attention_head_dim=(2, 4), cross_attention_dim=32, use_linear_projection=True)
+        vae = AutoencoderKL(block_out_channels=(32, 64), layers_per_block=1,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+        side = 32
+    else:
+        # stabilityai/stable-diffusion-2's unet/config.json, in_channels 4 -> 8 as Marigold widens its first conv.
+        # (diffusers' attention_head_dim holds SD2's head counts 5/10/20/20: heads of 64 channels.)
+        unet = UNet2DConditionModel(in_channels=8, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+                                    layers_per_block=2, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+                                    use_linear_projection=True, norm_num_groups=32,
+                                    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        # SD's VAE (stable-diffusion-2's vae/config.json): 8x down, 4 latent channels
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        side = MARIGOLD_RESOLUTION
+    # Marigold conditions on the empty prompt, whose CLIP embedding it computes once per pipeline, not per image
+    text = torch.randn(1, 77, unet.config.cross_attention_dim)
+    return unet.eval(), vae.eval(), side, text
+
+
+def depth_pro(tiny: bool = False):
+    """Depth Pro (Bochkovskii et al. 2024): transformers' DepthProForDepthEstimation, ViT-L/16 at 384 for the
+    patch, image and field-of-view encoders (the FoV head runs: the official inference estimates the focal
+    length when none is given) -> (model, input side)."""
+    from transformers import DepthProConfig, DepthProForDepthEstimation, Dinov2Config
+    if tiny:
+        vit = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=16, image_size=64)
+        extra = dict(intermediate_hook_ids=[3, 1], intermediate_feature_dims=[16, 16],
+                     scaled_images_feature_dims=[32, 32, 16], fusion_hidden_size=16)
+    else:
+        vit = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=16, image_size=384)
+        extra = {}  # the class defaults are apple/DepthPro's head: hooks 11 and 5, fusion 256
+    config = DepthProConfig(patch_size=vit["image_size"], use_fov_model=True, image_model_config=Dinov2Config(**vit),
+                            patch_model_config=Dinov2Config(**vit), fov_model_config=Dinov2Config(**vit), **extra)
+    # the network's input: the largest of its three scales (ratios 0.25, 0.5, 1) is 4 ViT tiles wide
+    return DepthProForDepthEstimation(config).eval(), 4 * vit["image_size"]
+
+
+def depthart_int8_graph(graph: Path) -> Path:
+    """The INT8 graph (export.to_int8, as export.py --int8 writes it) of an FP32 graph, cached beside it."""
+    path = graph.with_name(graph.stem + "-int8.onnx")
+    if not path.exists():
+        import onnx
+        int8 = E.to_int8(onnx.load(str(graph)))
+        big = E.initializer_bytes(int8) > E.EXTERNAL_DATA_BYTES
+        onnx.save_model(int8, str(path), save_as_external_data=big, location=path.name + ".data")
+    return path
+
+
+def depthart_group(args):
+    """DepthART: PyTorch eager FP32, and the FP32 / INT8 graphs in ONNX Runtime where given or --anchors-ort."""
+    model, name = build_model(args)
+    S, name = model.cfg.image_size, args.preset or name
+    image = E.sample_images(1, S)
+    parts = {"torch": (lambda: model.predict(image), None)}
+    rows = [(f"DepthART {name}, PyTorch FP32 eager (KV cache)", f"{S}x{S}", {"torch": 1})]
+    graph, int8 = args.graph, args.int8_graph
+    if args.anchors_ort and not graph:
+        graph = graph_for(args, model, args.checkpoint)
+    if args.anchors_ort and graph and not int8:
+        int8 = depthart_int8_graph(Path(graph))
+    for label, path in (("FP32", graph), ("INT8 dynamic (INT8 MatMul weights)", int8)):
+        if path:
+            sess, x = E.ort_session(str(path), args.threads), image.numpy()
+            # its FLOPs are the eager path's: the graph is the same cached rollout, traced
+            parts[f"ort {label}"] = (lambda s=sess: s.run(None, {"image": x}), "torch")
+            rows.append((f"DepthART {name}, ONNX Runtime CPU {label}", f"{S}x{S}", {f"ort {label}": 1}))
+    return "DepthART", parts, rows
+
+
+def depth_anything_group(size: str, tiny: bool):
+    net, side = depth_anything_v2(size, tiny)
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    return (f"Depth Anything V2 {size}", {"forward": (lambda: net(pixel_values=x).predicted_depth, None)},
+            [(f"Depth Anything V2 {size} (DINOv2 ViT-{size}/14 + DPT), PyTorch FP32", f"{side}x{side}", {"forward": 1})])
+
+
+def marigold_group(tiny: bool):
+    """Marigold per image: VAE encode of the image, N UNet steps, VAE decode of the depth latent (one ensemble
+    member; the scheduler's arithmetic is negligible). Each part is timed once per round and rows are sums, so
+    50 steps cost 50 timed UNet steps without running 50."""
+    unet, vae, side, text = marigold(tiny)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, side, side, generator=g) * 2 - 1  # the VAE's input range
+    L = side // 2 ** (len(vae.config.block_out_channels) - 1)  # the latent's side (8x down in SD's VAE)
+    latent, noisy = torch.randn(2, 1, 4, L, L, generator=g)
+    parts = {"VAE encode": (lambda: vae.encode(x).latent_dist.mean, None),
+             "UNet step": (lambda: unet(torch.cat([latent, noisy], 1), 999, encoder_hidden_states=text).sample, None),
+             "VAE decode": (lambda: vae.decode(noisy).sample, None)}
+    rows = [(f"Marigold, {n} step{'s' if n > 1 else ''} (SD2 UNet + SD VAE), PyTorch FP32",
+             f"{side}x{side} (latent {L}x{L})", {"VAE encode": 1, "UNet step": n, "VAE decode": 1})
+            for n in MARIGOLD_STEPS]
+    return "Marigold", parts, rows
+
+
+def depth_pro_group(tiny: bool):
+    net, side = depth_pro(tiny)
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    return ("Depth Pro", {"forward": (lambda: net(pixel_values=x).predicted_depth, None)},
+            [("Depth Pro (DINOv2 ViT-L/16 patch, image and FoV encoders), PyTorch FP32", f"{side}x{side}",
+              {"forward": 1})])
+
+
+def anchor_groups(args, tiny: bool) -> list:
+    """The cost table's models as builders, so that each group is built only when its turn comes and dropped
+    after (no two large models share the memory). A builder returns (group, parts, rows); parts: {part: (fn(),
+    its FLOPs: None to count them, or the part whose count it shares)}, each timed; rows: [(row, input, {part:
+    times it runs per image})]: a row is a sum of timed parts."""
+    groups = [lambda: depthart_group(args)]
+    groups += [lambda size=size: depth_anything_group(size, tiny) for size in "SBL"]
+    groups.append(lambda: marigold_group(tiny))
+    import transformers
+    if hasattr(transformers, "DepthProForDepthEstimation"):  # transformers >= 4.51
+        groups.append(lambda: depth_pro_group(tiny))
+    else:
+        print(f"Depth Pro: left out (transformers {transformers.__version__} has no DepthProForDepthEstimation)")
+    return groups
+
+
+def cpu_name() -> str:
+    """The CPU's model name (a table says what it ran on)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def figure(x: float) -> str:
+    """Three significant digits, but whole numbers from 100 up (1,248 GFLOP, not 1.25e+03)."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def table_row(r: dict) -> str:
+    return (f"| {r['model']} | {r['input']} | {r['seconds']:.3g}{' (*)' if r['composed'] else ''} | "
+            f"{figure(r['gflop'])} | {figure(r['gflop'] / r['seconds'])} | {r['of_matmul']:.2f} ({r['matmul_gflops']:.0f}) |")
+
+
+def anchors_table(args, tiny: bool) -> list:
+    """--anchors: seconds, GFLOP and the fraction of the FP32 matmul rate per image, for DepthART and the anchors
+    in one run. Groups run one after another; each group's parts are timed in interleaved rounds, and each
+    group's fraction is read against the FP32 matmul rate measured just before it (a busy machine moves it)."""
+    out = []
+    for build in anchor_groups(args, tiny):
+        group, parts, rows = build()
+        rate = matmul_rate(torch.float32, n=512 if tiny else 2048)
+        seconds_of, flops_of, t0 = {}, {}, time.perf_counter()
+        for label, (fn, flops) in parts.items():  # the counted run is also the warm-up run
+            if flops is None:
+                with flop_counter() as counter:
+                    fn()
+                flops = counter.get_total_flops()
+            else:
+                fn()
+                flops = flops_of[flops]
+            flops_of[label] = flops
+        reps = args.reps or (1 if group == "Depth Pro" and not tiny else 3)  # Depth Pro: ~12 TFLOP a call
+        seconds_of = time_interleaved({label: (lambda i, f=fn: f(), reps, 0) for label, (fn, _) in parts.items()})
+        for row, side, recipe in rows:
+            seconds = sum(n * seconds_of[p] for p, n in recipe.items())
+            flops = sum(n * flops_of[p] for p, n in recipe.items())
+            composed = len(recipe) > 1 or max(recipe.values()) > 1
+            out.append(dict(model=row, input=side, seconds=seconds, gflop=flops / 1e9, matmul_gflops=rate / 1e9,
+                            of_matmul=flops / seconds / rate, reps=reps, composed=composed,
+                            parts={p: dict(times=n, seconds=seconds_of[p], gflop=flops_of[p] / 1e9)
+                                   for p, n in recipe.items()}))
+        print(f"{group}: done in {time.perf_counter() - t0:.0f} s (FP32 matmul {rate / 1e9:.0f} GFLOP/s before it)\n"
+              + "\n".join(table_row(r) for r in out[-len(rows):]), flush=True)  # a long run shows what it has
+        del parts, fn  # the group's models go before the next group's are built
+    print("\n| model | input | s / image | GFLOP / image | GFLOP/s | of the FP32 matmul rate (GFLOP/s then) |\n"
+          "|---|---|---|---|---|---|")
+    for r in out:
+        print(table_row(r))
+    if any(r["composed"] for r in out):
+        print("(*) the sum of parts timed separately (medians): VAE encode + N x UNet step + VAE decode")
+    return out
+
+
+
 @torch.no_grad()  # inference only; a decorator, so callers (tests) keep their grad mode
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {"threads": torch.get_num_threads()}
+    if args.anchors and not args.export_only:
+        results.update(cpu=cpu_name(), torch=torch.__version__, onnxruntime=ort.__version__,
+                       transformers=version("transformers"), diffusers=version("diffusers"))
+        print(f"{results['cpu']}, {results['threads']} threads; torch {torch.__version__}, onnxruntime "
+              f"{ort.__version__}, transformers {results['transformers']}, diffusers {results['diffusers']}; random "
+              f"weights; one image per call, medians of timed runs after a warm-up run that counts the FLOPs", flush=True)
+        results["anchors"] = anchors_table(args, tiny=args.anchors_tiny)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+        return 0
     t0 = time.perf_counter()
     model, name = build_model(args)
     cfg = model.cfg

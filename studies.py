@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -28,17 +26,9 @@ import infer_trt as I
 import metrics as M
 from data import SyntheticScenes, fit_square, unfit_square
 from evaluate import DEPTHART, read_real
-from benchmark import time_interleaved
+from benchmark import cpu_name, time_interleaved
 
 DEFAULT = I.DEFAULT_CHECKPOINT
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def world_scenes(n: int):

@@ -1,0 +1,63 @@
+"""benchmark.py --anchors at toy size: the table's rows, and FLOP figures that add up (never a speed)."""
+import json
+
+import pytest
+
+pytest.importorskip("transformers", reason="the anchors need requirements-anchors.txt (transformers)")
+pytest.importorskip("diffusers", reason="the anchors need requirements-anchors.txt (diffusers)")
+
+import onnx  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+
+import benchmark  # noqa: E402
+
+
+def stand_in_graph(path):
+    """A graph with DepthART tiny's input and a depth output: enough to wire the ONNX Runtime rows without the
+    export (tens of seconds); its cost is not what the row reports (the row shares the eager path's FLOPs)."""
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 64])
+    depth = helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, 1, 64, 64])
+    node = helper.make_node("ReduceMean", ["image"], ["depth"], axes=[1], keepdims=1)
+    graph = helper.make_graph([node], "stand_in", [image], [depth])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)  # any ORT loads IR 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_anchor_table_rows_and_flops(tmp_path, capsys):
+    graph = stand_in_graph(tmp_path / "g.onnx")
+    out = tmp_path / "anchors.json"
+    assert benchmark.main(["--anchors-tiny", "--reps", "1", "--graph", graph, "--int8-graph", graph,
+                           "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    models = [r["model"] for r in result["anchors"]]
+    expected = ["DepthART tiny, PyTorch FP32 eager", "DepthART tiny, ONNX Runtime CPU FP32",
+                "DepthART tiny, ONNX Runtime CPU INT8", "Depth Anything V2 S", "Depth Anything V2 B",
+                "Depth Anything V2 L", "Marigold, 1 step", "Marigold, 4 steps", "Marigold, 50 steps"]
+    assert len(models) in (len(expected), len(expected) + 1)
+    assert all(m.startswith(e) for m, e in zip(models, expected)), models
+    assert models[len(expected):] in ([], [m for m in models if m.startswith("Depth Pro")])  # where transformers has it
+    rows = {e: r for e, r in zip(expected, result["anchors"])}
+    for r in result["anchors"]:
+        assert r["seconds"] > 0 and r["gflop"] > 0 and r["of_matmul"] > 0 and r["matmul_gflops"] > 0, r
+    depthart = rows["DepthART tiny, PyTorch FP32 eager"]["gflop"]
+    assert depthart == pytest.approx(1.21, rel=0.05)  # the tiny preset's count in the plain benchmark
+    assert rows["DepthART tiny, ONNX Runtime CPU FP32"]["gflop"] == rows["DepthART tiny, ONNX Runtime CPU INT8"]["gflop"] == depthart
+    da = [rows[f"Depth Anything V2 {s}"]["gflop"] for s in "SBL"]
+    assert da[0] < da[1] < da[2]
+
+    # Marigold's rows are the VAE encode, N UNet steps and the VAE decode, timed and counted once each
+    one, four, fifty = (rows[f"Marigold, {n}"] for n in ("1 step", "4 steps", "50 steps"))
+    step = one["parts"]["UNet step"]
+    assert one["gflop"] < four["gflop"] < fifty["gflop"]
+    assert four["gflop"] - one["gflop"] == pytest.approx(3 * step["gflop"])
+    for n, r in ((1, one), (4, four), (50, fifty)):
+        assert r["parts"]["UNet step"]["times"] == n and r["composed"]
+        assert r["seconds"] == pytest.approx(sum(p["times"] * p["seconds"] for p in r["parts"].values()))
+    assert result["cpu"] and result["transformers"] and result["diffusers"]
+
+    printed = capsys.readouterr().out  # each group's rows as it finishes, then the whole table
+    header = "| model | input | s / image | GFLOP / image |"
+    assert header in printed
+    table = printed.split(header)[1]
+    assert table.count("| Marigold") == 3 and "(*) the sum of parts" in table
