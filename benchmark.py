@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import json
 import platform
 import statistics
@@ -146,6 +147,9 @@ def parse_args(argv=None):
                    help="--anchors: also time DepthART's FP32 and INT8 graphs in ONNX Runtime, exporting what --graph / "
                         "--int8-graph do not give (d16: ~15 GB and minutes, once; cached)")
     p.add_argument("--int8-graph", help="--anchors: an INT8 graph of these weights (export.py --int8) to time")
+    p.add_argument("--var-repo", default=os.environ.get("VAR_REPO"),
+                   help="--anchors: a checkout of github.com/FoundationVision/VAR (default $VAR_REPO): time its d16 "
+                        "class-conditional generation beside DepthART's d16, in the same interleaved rounds")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--export-only", help=argparse.SUPPRESS)  # used by graph_for's child process
     args = p.parse_args(argv)
@@ -494,13 +498,38 @@ def depthart_int8_graph(graph: Path) -> Path:
     return path
 
 
+def official_var_d16(var_repo: str):
+    """VAR-d16 as its own code builds it (models.build_vae_var's arguments, without its global patching of
+    reset_parameters), random weights -> generate(): one 256x256 image the way VAR's demo samples it (class 207,
+    guidance 4 with the batch doubled for it, top-k 900, top-p 0.95)."""
+    root = Path(var_repo).resolve()
+    if not ((root / "models" / "var.py").is_file() and (root / "dist.py").is_file()):
+        raise SystemExit(f"benchmark.py: error: --var-repo {var_repo}: not a checkout of FoundationVision/VAR "
+                         "(no models/var.py and dist.py)")
+    sys.path.insert(0, str(root))  # VAR's modules import `dist` and `models` from its root
+    from models.var import VAR
+    from models.vqvae import VQVAE
+    pns = D.Config.d16().patch_nums
+    vae = VQVAE(vocab_size=4096, z_channels=32, ch=160, test_mode=True, share_quant_resi=4, v_patch_nums=pns)
+    var = VAR(vae_local=vae, num_classes=1000, depth=16, embed_dim=1024, num_heads=16, drop_rate=0.0,
+              attn_drop_rate=0.0, drop_path_rate=0.0, norm_eps=1e-6, shared_aln=False, cond_drop_rate=0.1,
+              attn_l2_norm=True, patch_nums=pns, flash_if_available=False, fused_if_available=False).eval()
+    var.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
+    label_B = torch.tensor([207])
+    return lambda: var.autoregressive_infer_cfg(B=1, label_B=label_B, g_seed=0, cfg=4.0, top_k=900, top_p=0.95)
+
+
 def depthart_group(args):
-    """DepthART: PyTorch eager FP32, and the FP32 / INT8 graphs in ONNX Runtime where given or --anchors-ort."""
+    """DepthART: PyTorch eager FP32, and the FP32 / INT8 graphs in ONNX Runtime where given or --anchors-ort;
+    with --var-repo, VAR-d16's own generation in the same rounds (the cost DepthART adds to its backbone)."""
     model, name = build_model(args)
     S, name = model.cfg.image_size, args.preset or name
     image = E.sample_images(1, S)
     parts = {"torch": (lambda: model.predict(image), None)}
     rows = [(f"DepthART {name}, PyTorch FP32 eager (KV cache)", f"{S}x{S}", {"torch": 1})]
+    if args.var_repo:
+        parts["var"] = (official_var_d16(args.var_repo), None)
+        rows.append(("VAR-d16, its own code: class-conditional generation, guidance 4 (batch 2)", "256x256", {"var": 1}))
     graph, int8 = args.graph, args.int8_graph
     if args.anchors_ort and not graph:
         graph = graph_for(args, model, args.checkpoint)
