@@ -15,16 +15,15 @@ targets back.
 Where training starts. A repair target is only learnable when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, its VQ-VAE (VAR's) frozen: the transformer
 already walks coherent residual maps over that VQ-VAE. From random weights the walk is noise and so are the
-targets. So the CPU presets [repo] train the VQ-VAE first (stage 1, zoo.vqvae_stage1), then the transformer
-(stage 2) in two runs: teacher forcing for a budget fixed in advance, not a measured switch point (tiny 1500
-steps, small 3000, lr 1e-3), then DepthART from those weights at lr 5e-4 (train.py --objective var, depthart).
+targets. So the CPU presets [repo] train the VQ-VAE first (stage 1), then the transformer by teacher forcing,
+then by DepthART from those weights; train.py runs the stages, and it and the README give steps and rates.
 
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
 4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
 targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file
-imports only torch; zoo.py, which imports it, holds what surrounds the method: checkpoints, official key
-names, the release's sampler and loss, normals and other depth normalizations, stage 1's loss.
+imports only torch; zoo.py, which imports it, holds what surrounds the method: checkpoints, the release's key
+names, sampler and loss, normals and other depth normalizations, stage 1's loss.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -36,16 +35,16 @@ d16: image (B,3,256,256) -> f (B,32,16,16) -> 10 token maps, sides pn = 1,2,3,4,
 transformer input (B, 680 + 680, 1024) = [image prefix | depth start token, depth inputs of scales 1..9].
 
 One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wrong at scale 2:
-  f_D = vae.encode(depth)                (1,32,16,16) the depth map's latent; the VQ-VAE itself is frozen
+  f_D = vae.encode(normalize_depth(d))   (1,32,16,16) the depth map d's latent; the VQ-VAE itself is frozen
   z_0, z_1, z_2 = greedy rollout         (1,1) (1,4) (1,9) token indices; say z_2 differs from x_2 at 3 of 9
   rest = f_D - sum_{i<3} eta_i(z_i)      (1,32,16,16) what the model's own walk left unexplained
   t_3 = Q(S_3(rest))                     (1,16) area-resize to 4x4, nearest code per position: the dynamic target
   x_3 = Q(S_3(f_D - sum eta_i(x_i)))     (1,16) teacher forcing's target repairs the VQ-VAE's walk instead:
                                          it can differ from t_3 wherever eta_2(z_2)'s error reaches
-  input_3 = S_3(sum_{i<3} eta_i(z_i))    (1,32,4,4) -> (1,16,32) -> word_embed + position -> (1,16,1024)
+  inputs[2] = S_3(sum_{i<3} eta_i(z_i))  (1,32,4,4) feeds scale 3 -> (1,16,32) -> word_embed + pos -> (1,16,1024)
   logits_BLV = parallel_logits(...)      (1,680,4096) the depth half of one block-causal forward over the walk
   logits_BLV[:, 14:30] vs t_3            scale 3 is positions bounds[3]..bounds[4]-1 = 14..29 of the depth half
-  loss = CE(logits_BLV, t_0..t_9)        one mean over all 680 tokens: it learns to repair its own past
+  loss = CE(logits_BLV, t_0..t_9)        one mean over all B x 680 tokens: it learns to repair its own past
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
@@ -99,7 +98,7 @@ class Config:
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
     image_shortcut: bool = False   # extension (see module docstring); off for the paper
-    target: str = "depth"          # the second modality: "depth" (the paper, section 4) or a target defined in zoo.py
+    target: str = "depth"          # the second modality: "depth" (the paper's) or a target defined in zoo.py
     depth_norm: str = "q98"        # depth into the VQ-VAE: "q98" normalize_depth (the paper); others: zoo.py targets
     attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain" [release]
     attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
@@ -285,7 +284,8 @@ class Phi(nn.Conv2d):
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     """Which Phi each scale uses: VAR's table (its PhiPartiallyShared), kept so that the checkpoints' Phis meet
     their scales: the tick nearest to si/(K-1), ticks inset by 1/(3 phi_count) when phi_count is 4, else
-    1/(2 phi_count). At d16, si = 2 and 7 tie; float64 rounding picks the finer Phi: [0,0,1,1,1,2,2,3,3,3]."""
+    1/(2 phi_count). At d16, si = 2 and 7 lie exactly between two ticks; float64 rounding, which VAR's numpy
+    ticks share, gives the finer Phi. VAR's table: [0,0,1,1,1,2,2,3,3,3]."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
@@ -355,7 +355,7 @@ class VQVAE(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
 
     def encode(self, x_B3HW: torch.Tensor) -> torch.Tensor:
-        """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw (never quantized)."""
+        """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw; quantize() decomposes it."""
         return self.quant_conv(self.encoder(x_B3HW))
 
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
