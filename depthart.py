@@ -55,10 +55,10 @@ Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and 
 Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), image
 pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground truth (depth, or
 Config.target's modality), y a decoded target. Lists with one entry per scale are plain plurals, coarse to fine
-(z, targets, f_hats, idx_list, inputs, logits); f_D and `chosen` (shaped by the pick) drop the shape. In formulas, as
-the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser scale, S_si an area
-resize to side pn. "Target" also names the modality predicted (Config.target). Official key names keep VAR's
-letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
+(z, targets, f_hats, idx_list, inputs, logits); f_D and z_si (shaped by the rollout's pick) drop the shape.
+In formulas, as the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser
+scale, S_si an area resize to side pn. "Target" also names the modality predicted (Config.target). Official
+key names keep VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
 
 Tags mark what a learner may skip: "official key" exists only so that VAR's checkpoints load strictly
 (`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes); [release] serves
@@ -650,27 +650,25 @@ class DepthART(nn.Module):
                            self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
-    def rollout(self, img_BLCv: torch.Tensor, pick=greedy,  # pick: greedy, or [release] zoo's samplers
-                cache: bool = True, max_scale: int | None = None):  # cache=False, max_scale: [repo]
+    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True, max_scale: int | None = None):
         """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
-        what `pick(logits_BlV, code_VCv)` chose (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV.
+        the tokens z_si (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV. The first call runs the image
+        prefix and the depth start token together (mask level 0 sees all of itself); each later call adds only
+        the new scale, whose keys and values join the KV cache (inference, training and export alike).
 
-        The first call runs the image prefix and the depth start token together (mask level 0 sees all of
-        itself); each later call adds one scale: with the KV cache (inference, training, export) only the new
-        scale; cache=False reruns the whole sequence under the mask (the slow reference); max_scale: k scales.
-        """
+        Options (only the lines naming them depend on them): pick, greedy or [release] zoo's samplers; [repo]
+        cache=False reruns the whole sequence under the mask (the slow reference); [repo] max_scale k: stop after k."""
         caches = [dict() for _ in self.var.blocks] if cache else None
         quant, patch_nums = self.vae.quantize, self.cfg.patch_nums[:max_scale]  # None: all K scales
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
         z, f_hats, logits = [], [], []
-        f_hat_BCvhw = 0
+        f_hat_BCvhw = 0  # not a tensor: the sum takes eta's shape, dtype and device from scale 0
         for si, pn in enumerate(patch_nums):
-            N = x_BNC.shape[1]
-            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :N, :N]
+            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :x_BNC.shape[1], :x_BNC.shape[1]]
             logits_BlV = self.var(x_BNC, bias_11NN, caches)[:, -pn * pn:]
-            chosen, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # greedy: chosen is idx_Bl
+            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # and the codes that build f_hat
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
-            z.append(chosen)
+            z.append(z_si)
             f_hats.append(f_hat_BCvhw)
             logits.append(logits_BlV)
             if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to the next scale
