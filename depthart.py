@@ -51,7 +51,7 @@ Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and 
   V vocabulary     H, W image size     h, w a VQ-VAE feature map's size     K scales (10)     A heads (16)
   L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
   c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   J sums
-  si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: ada_B16C (B,1,6,C)
+  si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: x_B3HW (B,3,H,W)
 Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), image
 pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground truth (depth, or
 Config.target's modality), y a decoded target. Lists with one entry per scale are plain plurals, coarse to fine
@@ -421,16 +421,19 @@ class AdaLNBlock(nn.Module):
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
     def forward(self, x_BNC, cond_BC, bias_11NM, cache=None):
-        # [speed] The modulation depends only on the constant condition: a cached rollout computes it once, not per
-        # scale (ada_lin is a third of a block's weights, which every small scale would otherwise re-read).
-        ada_B16C = cache.get("ada") if cache is not None else None
-        if ada_B16C is None:
-            ada_B16C = self.ada_lin(cond_BC).view(-1, 1, 6, x_BNC.shape[-1])
-            if cache is not None:
-                cache["ada"] = ada_B16C
-        gamma1_B1C, gamma2_B1C, scale1_B1C, scale2_B1C, shift1_B1C, shift2_B1C = ada_B16C.unbind(2)
+        gamma1_B1C, gamma2_B1C, scale1_B1C, scale2_B1C, shift1_B1C, shift2_B1C = self.ada(cond_BC, cache).unbind(2)
         x_BNC = x_BNC + self.attn(self.ln(x_BNC) * (1 + scale1_B1C) + shift1_B1C, bias_11NM, cache) * gamma1_B1C
         return x_BNC + self.ffn(self.ln(x_BNC) * (1 + scale2_B1C) + shift2_B1C) * gamma2_B1C
+
+    def ada(self, cond_BC, cache=None) -> torch.Tensor:
+        """The six modulations from the condition -> ada_B16C, shape (B, 1, 6, C). [speed] The condition is
+        constant, so a cached rollout computes them once, not per scale: ada_lin is a third of a block's weights."""
+        if cache is not None and "ada" in cache:
+            return cache["ada"]
+        ada_B16C = self.ada_lin(cond_BC).view(-1, 1, 6, cond_BC.shape[-1])
+        if cache is not None:
+            cache["ada"] = ada_B16C
+        return ada_B16C
 
 
 class AdaLNHead(nn.Module):
