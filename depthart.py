@@ -565,6 +565,20 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     return ((x_B3HW.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
 
 
+class DepthTarget:
+    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
+    targets here: surface normals (Config.target) and depth under another Config.depth_norm, each with a name,
+    channels T, a norm where it is depth, and the shape its per-scale stack takes."""
+    name, channels, norm = "depth", 1, "q98"
+    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
+    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
+
+    @staticmethod
+    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
+        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
+        return y_BJTHW[:, :, 0]
+
+
 def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
     """VAR's objective (paper Eq. 3): targets x_si are the VQ-VAE's own decomposition of the depth latent
     f_D, and the inputs are built from the same x_si -> (idx_Bl per scale, cumulative f_hat per scale)."""
@@ -680,28 +694,31 @@ class DepthART(nn.Module):
                 x_BNC = x_BlC if cache else torch.cat((x_BNC, x_BlC), 1)
         return z, f_hats, logits
 
-    def logits_and_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
-        """Depth logits of one block-causal forward and their token targets -> (logits_BLV, target_BL, f_hats,
-        f_D); the last two (the walk's sums, the depth latent) are [release] extras for zoo.release_loss alone.
-        gt_BTHW: ground-truth depth (B, 1, H, W). objective "var" is teacher forcing, "depthart" dynamic targets."""
+    @torch.no_grad()
+    def walk_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+        """The walk and its targets, without gradients -> (img_BLCv, f_D, targets: idx_Bl per scale, the walk's
+        cumulative f_hats). gt_BTHW: ground-truth depth (B, 1, H, W). objective "var" is teacher forcing (the
+        VQ-VAE walks), "depthart" dynamic targets (the model walks)."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
-        with torch.no_grad():
-            img_BLCv = self.encode_image(image_B3HW)
-            f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))
-            if objective == "var":
-                targets, f_hats = teacher_forcing_targets(self.vae.quantize, f_D)
-            else:  # every step walks afresh with the current weights; only the walk's tokens are kept, and
-                # dynamic_targets re-sums them in the codebook's precision, so targets and inputs share one arithmetic
-                targets, f_hats = dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
-            inputs = self.vae.quantize.next_inputs(f_hats)
-        # with gradients: for depthart the forward recomputes (up to precision) the logits the walk saw; for var
-        # it scores the VQ-VAE's walk (no rollout ran)
-        return self.parallel_logits(img_BLCv, inputs), torch.cat(targets, 1), f_hats, f_D
+        img_BLCv = self.encode_image(image_B3HW)
+        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # [normals] the paper's: normalize_depth
+        if objective == "var":
+            return (img_BLCv, f_D) + teacher_forcing_targets(self.vae.quantize, f_D)
+        # every step walks afresh with the current weights; only the walk's tokens are kept, and dynamic_targets
+        # re-sums them in the codebook's precision, so targets and inputs share one arithmetic
+        return (img_BLCv, f_D) + dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
+
+    def logits_and_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+        """Depth logits of one block-causal forward over the walk, and their targets -> (logits_BLV, target_BL).
+        With gradients: for depthart it recomputes (up to precision) the logits the walk saw; for var it scores
+        the VQ-VAE's walk. [release] zoo.release_loss repeats these two lines: it also reads f_hats and f_D."""
+        img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
     def loss(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict)."""
-        logits_BLV, target_BL, _, _ = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        logits_BLV, target_BL = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
         loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
         token_acc = (logits_BLV.detach().argmax(-1) == target_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
@@ -724,20 +741,6 @@ class DepthART(nn.Module):
         partial sum after k scales."""
         f_hats = self.rollout(self.encode_image(image_B3HW), pick, max_scale=max_scale)[1]
         return self.decode_target(f_hats) if all_scales else self.decode(f_hats[-1])
-
-
-class DepthTarget:
-    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
-    targets here: surface normals (Config.target) and depth under another Config.depth_norm, each with a name,
-    channels T, a norm where it is depth, and the shape its per-scale stack takes."""
-    name, channels, norm = "depth", 1, "q98"
-    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
-    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
-
-    @staticmethod
-    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
-        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
-        return y_BJTHW[:, :, 0]
 
 
 # ----------------------------------------------------------------------------------------------
