@@ -476,8 +476,7 @@ class VAR(nn.Module):
         if cfg.image_shortcut:  # extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
         # lvl_1L: VAR's scale index per token (read by lvl_pos). attn_bias_for_masking: official key, never read
-        # (prefix_bias_11NN replaces it). VAR's checkpoints hold it, the release's do not [release]; only the
-        # release uses plain attention, so cfg.attention decides whether the state_dict carries it.
+        # (prefix_bias_11NN replaces it); [release] saved as each checkpoint format has it: VAR's l2, not plain.
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
         self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]),
                              persistent=cfg.attention == "l2")
@@ -505,7 +504,7 @@ class VAR(nn.Module):
             for b in self.blocks:
                 b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
                 b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
-                ada_weight = b.ada_lin[-1].weight
+                ada_weight = b.ada_lin[-1].weight  # (6C, C): rows of gamma1, gamma2, then the scales and shifts
                 ada_weight[2 * self.cfg.width:].mul_(adaln)
                 ada_weight[: 2 * self.cfg.width].mul_(adaln_gamma)
 
@@ -754,7 +753,7 @@ def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
     an identity matrix's rows reads mat off."""
-    eye = torch.eye(src, dtype=torch.float64)[None, None]
+    eye = torch.eye(src, dtype=torch.float64)[None, None]  # (1, 1, src, src): its rows resized give mat (dst, src)
     kwargs = {"align_corners": False} if mode == "bicubic" else {}
     return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
 
@@ -774,5 +773,5 @@ class Resampler(nn.Module):
         src = f_BCvhw.shape[-1]
         if src == size:
             return f_BCvhw
-        mat = getattr(self, f"{mode}_{src}_{size}")
+        mat = getattr(self, f"{mode}_{src}_{size}")  # (size, src)
         return mat @ f_BCvhw @ mat.T
