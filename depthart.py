@@ -476,7 +476,7 @@ class VAR(nn.Module):
         if cfg.image_shortcut:  # extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
         # lvl_1L: VAR's scale index per token (read by lvl_pos). attn_bias_for_masking: official key, never read
-        # (prefix_bias_11NN replaces it); [release] saved as each checkpoint format has it: VAR's l2, not plain.
+        # (prefix_bias_11NN replaces it); [release] saved only where checkpoints hold it: VAR's (l2), not plain.
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
         self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]),
                              persistent=cfg.attention == "l2")
