@@ -701,7 +701,7 @@ class DepthART(nn.Module):
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
-        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # [normals] the paper's: normalize_depth
+        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # [normals] for the paper, normalize_depth
         if objective == "var":
             return (img_BLCv, f_D) + teacher_forcing_targets(self.vae.quantize, f_D)
         # every step walks afresh with the current weights; only the walk's tokens are kept, and dynamic_targets
