@@ -15,16 +15,15 @@ targets back.
 Where training starts. A repair target is only learnable when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, its VQ-VAE (VAR's) frozen: the transformer
 already walks coherent residual maps over that VQ-VAE. From random weights the walk is noise and so are the
-targets. So the CPU presets [repo] train the VQ-VAE first (stage 1, zoo.vqvae_stage1), then the transformer
-(stage 2) in two runs: teacher forcing for a budget fixed in advance, not a measured switch point (tiny 1500
-steps, small 3000, lr 1e-3), then DepthART from those weights at lr 5e-4 (train.py --objective var, depthart).
+targets. So the CPU presets [repo] train the VQ-VAE first (stage 1), then the transformer by teacher forcing,
+then by DepthART from those weights; train.py runs the stages, and it and the README give steps and rates.
 
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
 4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
 targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file
-imports only torch; zoo.py, which imports it, holds what surrounds the method: checkpoints, official key
-names, the release's sampler and loss, normals and other depth normalizations, stage 1's loss.
+imports only torch; zoo.py, which imports it, holds what surrounds the method: checkpoints, the release's key
+names, sampler and loss, normals and other depth normalizations, stage 1's loss.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -36,30 +35,30 @@ d16: image (B,3,256,256) -> f (B,32,16,16) -> 10 token maps, sides pn = 1,2,3,4,
 transformer input (B, 680 + 680, 1024) = [image prefix | depth start token, depth inputs of scales 1..9].
 
 One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wrong at scale 2:
-  f_D = vae.encode(depth)                (1,32,16,16) the depth map's latent; the VQ-VAE itself is frozen
+  f_D = vae.encode(normalize_depth(d))   (1,32,16,16) the depth map d's latent; the VQ-VAE itself is frozen
   z_0, z_1, z_2 = greedy rollout         (1,1) (1,4) (1,9) token indices; say z_2 differs from x_2 at 3 of 9
   rest = f_D - sum_{i<3} eta_i(z_i)      (1,32,16,16) what the model's own walk left unexplained
   t_3 = Q(S_3(rest))                     (1,16) area-resize to 4x4, nearest code per position: the dynamic target
   x_3 = Q(S_3(f_D - sum eta_i(x_i)))     (1,16) teacher forcing's target repairs the VQ-VAE's walk instead:
                                          it can differ from t_3 wherever eta_2(z_2)'s error reaches
-  input_3 = S_3(sum_{i<3} eta_i(z_i))    (1,32,4,4) -> (1,16,32) -> word_embed + position -> (1,16,1024)
+  inputs[2] = S_3(sum_{i<3} eta_i(z_i))  (1,32,4,4) feeds scale 3 -> (1,16,32) -> word_embed + pos -> (1,16,1024)
   logits_BLV = parallel_logits(...)      (1,680,4096) the depth half of one block-causal forward over the walk
   logits_BLV[:, 14:30] vs t_3            scale 3 is positions bounds[3]..bounds[4]-1 = 14..29 of the depth half
-  loss = CE(logits_BLV, t_0..t_9)        one mean over all 680 tokens: it learns to repair its own past
+  loss = CE(logits_BLV, t_0..t_9)        one mean over all B x 680 tokens: it learns to repair its own past
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
   V vocabulary     H, W image size     h, w a VQ-VAE feature map's size     K scales (10)     A heads (16)
   L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
   c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   J sums
-  si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: ada_B16C (B,1,6,C)
+  si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: x_B3HW (B,3,H,W)
 Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), image
 pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground truth (depth, or
 Config.target's modality), y a decoded target. Lists with one entry per scale are plain plurals, coarse to fine
-(z, targets, f_hats, idx_list, inputs, logits); f_D and `chosen` (shaped by the pick) drop the shape. In formulas, as
-the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser scale, S_si an area
-resize to side pn. "Target" also names the modality predicted (Config.target). Official key names keep VAR's
-letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
+(z, targets, f_hats, idx_list, inputs, logits); f_D and z_si (shaped by the rollout's pick) drop the shape.
+In formulas, as the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser
+scale, S_si an area resize to side pn. "Target" also names the modality predicted (Config.target). Official
+key names keep VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
 
 Tags mark what a learner may skip: "official key" exists only so that VAR's checkpoints load strictly
 (`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes); [release] serves
@@ -99,7 +98,7 @@ class Config:
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
     image_shortcut: bool = False   # extension (see module docstring); off for the paper
-    target: str = "depth"          # the second modality: "depth" (the paper, section 4) or a target defined in zoo.py
+    target: str = "depth"          # the second modality: "depth" (the paper's) or a target defined in zoo.py
     depth_norm: str = "q98"        # depth into the VQ-VAE: "q98" normalize_depth (the paper); others: zoo.py targets
     attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain" [release]
     attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
@@ -285,7 +284,8 @@ class Phi(nn.Conv2d):
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     """Which Phi each scale uses: VAR's table (its PhiPartiallyShared), kept so that the checkpoints' Phis meet
     their scales: the tick nearest to si/(K-1), ticks inset by 1/(3 phi_count) when phi_count is 4, else
-    1/(2 phi_count). At d16, si = 2 and 7 tie; float64 rounding picks the finer Phi: [0,0,1,1,1,2,2,3,3,3]."""
+    1/(2 phi_count). At d16, si = 2 and 7 lie exactly between two ticks; float64 rounding, which VAR's numpy
+    ticks share, gives the finer Phi. VAR's table: [0,0,1,1,1,2,2,3,3,3]."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
@@ -355,7 +355,7 @@ class VQVAE(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
 
     def encode(self, x_B3HW: torch.Tensor) -> torch.Tensor:
-        """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw (never quantized)."""
+        """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw; quantize() decomposes it."""
         return self.quant_conv(self.encoder(x_B3HW))
 
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
@@ -421,16 +421,19 @@ class AdaLNBlock(nn.Module):
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
     def forward(self, x_BNC, cond_BC, bias_11NM, cache=None):
-        # [speed] The modulation depends only on the constant condition: a cached rollout computes it once, not per
-        # scale (ada_lin is a third of a block's weights, which every small scale would otherwise re-read).
-        ada_B16C = cache.get("ada") if cache is not None else None
-        if ada_B16C is None:
-            ada_B16C = self.ada_lin(cond_BC).view(-1, 1, 6, x_BNC.shape[-1])
-            if cache is not None:
-                cache["ada"] = ada_B16C
-        gamma1_B1C, gamma2_B1C, scale1_B1C, scale2_B1C, shift1_B1C, shift2_B1C = ada_B16C.unbind(2)
+        gamma1_B1C, gamma2_B1C, scale1_B1C, scale2_B1C, shift1_B1C, shift2_B1C = self.ada(cond_BC, cache).unbind(2)
         x_BNC = x_BNC + self.attn(self.ln(x_BNC) * (1 + scale1_B1C) + shift1_B1C, bias_11NM, cache) * gamma1_B1C
         return x_BNC + self.ffn(self.ln(x_BNC) * (1 + scale2_B1C) + shift2_B1C) * gamma2_B1C
+
+    def ada(self, cond_BC, cache=None) -> torch.Tensor:
+        """The six modulations from the condition -> ada_B16C, shape (B, 1, 6, C). [speed] The condition is
+        constant, so a cached rollout computes them once, not per scale: ada_lin is a third of a block's weights."""
+        if cache is not None and "ada" in cache:
+            return cache["ada"]
+        ada_B16C = self.ada_lin(cond_BC).view(-1, 1, 6, cond_BC.shape[-1])
+        if cache is not None:
+            cache["ada"] = ada_B16C
+        return ada_B16C
 
 
 class AdaLNHead(nn.Module):
@@ -473,8 +476,7 @@ class VAR(nn.Module):
         if cfg.image_shortcut:  # extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
         # lvl_1L: VAR's scale index per token (read by lvl_pos). attn_bias_for_masking: official key, never read
-        # (prefix_bias_11NN replaces it). VAR's checkpoints hold it, the release's do not [release]; only the
-        # release uses plain attention, so cfg.attention decides whether the state_dict carries it.
+        # (prefix_bias_11NN replaces it); [release] saved only where checkpoints hold it: VAR's (l2), not plain.
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
         self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]),
                              persistent=cfg.attention == "l2")
@@ -502,7 +504,7 @@ class VAR(nn.Module):
             for b in self.blocks:
                 b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
                 b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
-                ada_weight = b.ada_lin[-1].weight
+                ada_weight = b.ada_lin[-1].weight  # (6C, C): rows of gamma1, gamma2, then the scales and shifts
                 ada_weight[2 * self.cfg.width:].mul_(adaln)
                 ada_weight[: 2 * self.cfg.width].mul_(adaln_gamma)
 
@@ -560,6 +562,20 @@ def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = 
 def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     """Decoder output -> relative depth in [0, 1]: clamp to [-1, 1], map to [0, 1], mean over channels."""
     return ((x_B3HW.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
+
+
+class DepthTarget:
+    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
+    targets here: surface normals (Config.target) and depth under another Config.depth_norm, each with a name,
+    channels T, a norm where it is depth, and the shape its per-scale stack takes."""
+    name, channels, norm = "depth", 1, "q98"
+    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
+    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
+
+    @staticmethod
+    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
+        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
+        return y_BJTHW[:, :, 0]
 
 
 def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
@@ -650,27 +666,25 @@ class DepthART(nn.Module):
                            self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
-    def rollout(self, img_BLCv: torch.Tensor, pick=greedy,  # pick: greedy, or [release] zoo's samplers
-                cache: bool = True, max_scale: int | None = None):  # cache=False, max_scale: [repo]
+    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True, max_scale: int | None = None):
         """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
-        what `pick(logits_BlV, code_VCv)` chose (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV.
+        the tokens z_si (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV. The first call runs the image
+        prefix and the depth start token together (mask level 0 sees all of itself); each later call adds only
+        the new scale, whose keys and values join the KV cache (inference, training and export alike).
 
-        The first call runs the image prefix and the depth start token together (mask level 0 sees all of
-        itself); each later call adds one scale: with the KV cache (inference, training, export) only the new
-        scale; cache=False reruns the whole sequence under the mask (the slow reference); max_scale: k scales.
-        """
+        Options (only the lines naming them depend on them): pick, greedy or [release] zoo's samplers; [repo]
+        cache=False reruns the whole sequence under the mask (the slow reference); [repo] max_scale k: stop after k."""
         caches = [dict() for _ in self.var.blocks] if cache else None
         quant, patch_nums = self.vae.quantize, self.cfg.patch_nums[:max_scale]  # None: all K scales
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
         z, f_hats, logits = [], [], []
-        f_hat_BCvhw = 0
+        f_hat_BCvhw = 0  # not a tensor: the sum takes eta's shape, dtype and device from scale 0
         for si, pn in enumerate(patch_nums):
-            N = x_BNC.shape[1]
-            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :N, :N]
+            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :x_BNC.shape[1], :x_BNC.shape[1]]
             logits_BlV = self.var(x_BNC, bias_11NN, caches)[:, -pn * pn:]
-            chosen, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # greedy: chosen is idx_Bl
+            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # and the codes that build f_hat
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
-            z.append(chosen)
+            z.append(z_si)
             f_hats.append(f_hat_BCvhw)
             logits.append(logits_BlV)
             if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to the next scale
@@ -679,28 +693,31 @@ class DepthART(nn.Module):
                 x_BNC = x_BlC if cache else torch.cat((x_BNC, x_BlC), 1)
         return z, f_hats, logits
 
-    def logits_and_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
-        """Depth logits of one block-causal forward and their token targets -> (logits_BLV, target_BL, f_hats,
-        f_D); the last two (the walk's sums, the depth latent) are [release] extras for zoo.release_loss alone.
-        gt_BTHW: ground-truth depth (B, 1, H, W). objective "var" is teacher forcing, "depthart" dynamic targets."""
+    @torch.no_grad()
+    def walk_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+        """The walk and its targets, without gradients -> (img_BLCv, f_D, targets: idx_Bl per scale, the walk's
+        cumulative f_hats). gt_BTHW: ground-truth depth (B, 1, H, W). objective "var" is teacher forcing (the
+        VQ-VAE walks), "depthart" dynamic targets (the model walks)."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
-        with torch.no_grad():
-            img_BLCv = self.encode_image(image_B3HW)
-            f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))
-            if objective == "var":
-                targets, f_hats = teacher_forcing_targets(self.vae.quantize, f_D)
-            else:  # every step walks afresh with the current weights; only the walk's tokens are kept, and
-                # dynamic_targets re-sums them in the codebook's precision, so targets and inputs share one arithmetic
-                targets, f_hats = dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
-            inputs = self.vae.quantize.next_inputs(f_hats)
-        # with gradients: for depthart the forward recomputes (up to precision) the logits the walk saw; for var
-        # it scores the VQ-VAE's walk (no rollout ran)
-        return self.parallel_logits(img_BLCv, inputs), torch.cat(targets, 1), f_hats, f_D
+        img_BLCv = self.encode_image(image_B3HW)
+        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # [normals] for the paper, normalize_depth
+        if objective == "var":
+            return (img_BLCv, f_D) + teacher_forcing_targets(self.vae.quantize, f_D)
+        # every step walks afresh with the current weights; only the walk's tokens are kept, and dynamic_targets
+        # re-sums them in the codebook's precision, so targets and inputs share one arithmetic
+        return (img_BLCv, f_D) + dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
+
+    def logits_and_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+        """Depth logits of one block-causal forward over the walk, and their targets -> (logits_BLV, target_BL).
+        With gradients: for depthart it recomputes (up to precision) the logits the walk saw; for var it scores
+        the VQ-VAE's walk. [release] zoo.release_loss repeats these two lines: it also reads f_hats and f_D."""
+        img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
     def loss(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict)."""
-        logits_BLV, target_BL, _, _ = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        logits_BLV, target_BL = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
         loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
         token_acc = (logits_BLV.detach().argmax(-1) == target_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
@@ -725,20 +742,6 @@ class DepthART(nn.Module):
         return self.decode_target(f_hats) if all_scales else self.decode(f_hats[-1])
 
 
-class DepthTarget:
-    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
-    targets here: surface normals (Config.target) and depth under another Config.depth_norm, each with a name,
-    channels T, a norm where it is depth, and the shape its per-scale stack takes."""
-    name, channels, norm = "depth", 1, "q98"
-    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
-    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
-
-    @staticmethod
-    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
-        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
-        return y_BJTHW[:, :, 0]
-
-
 # ----------------------------------------------------------------------------------------------
 # 5. [export] The resizes (S_si, eta's upsampling, the prefix's maps) as constant matrix products
 # ----------------------------------------------------------------------------------------------
@@ -750,7 +753,7 @@ def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
     an identity matrix's rows reads mat off."""
-    eye = torch.eye(src, dtype=torch.float64)[None, None]
+    eye = torch.eye(src, dtype=torch.float64)[None, None]  # (1, 1, src, src): its rows resized give mat (dst, src)
     kwargs = {"align_corners": False} if mode == "bicubic" else {}
     return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
 
@@ -770,5 +773,5 @@ class Resampler(nn.Module):
         src = f_BCvhw.shape[-1]
         if src == size:
             return f_BCvhw
-        mat = getattr(self, f"{mode}_{src}_{size}")
+        mat = getattr(self, f"{mode}_{src}_{size}")  # (size, src)
         return mat @ f_BCvhw @ mat.T

@@ -370,7 +370,9 @@ def release_loss(model: D.DepthART, image_B3HW, gt_BTHW, objective: str = "depth
     only; at the last scale a soft Gumbel-softmax (tau 1) mixture of all codes completes the walk's f_hat,
     pulled toward f_D by 10 x MSE (as its code describes; as published, that term never reaches its
     optimizer) -> (loss, stats); token accuracy counts the scales the cross-entropy scores."""
-    logits_BLV, target_BL, f_hats, f_D = model.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+    img_BLCv, f_D, targets, f_hats = model.walk_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+    logits_BLV = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(f_hats))  # as logits_and_targets
+    target_BL = torch.cat(targets, 1)
     n, quant = model.bounds[-2], model.vae.quantize
     ce = F.cross_entropy(logits_BLV[:, :n].reshape(-1, logits_BLV.shape[-1]), target_BL[:, :n].reshape(-1))
     soft_BlCv = F.gumbel_softmax(logits_BLV[:, n:], tau=1.0, hard=False) @ quant.embedding.weight
