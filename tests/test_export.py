@@ -397,9 +397,12 @@ def test_the_trace_keeps_weights_apart_as_views_of_the_model(tiny):
     stubs = [i for i in graph.graph.initializer if E.is_stub(i)]
     assert {i.name for i in stubs} == set(tensors) and len(graph.SerializeToString()) < E.parameter_bytes(tiny) / 10
     storages = {t.untyped_storage().data_ptr() for t in list(tiny.parameters()) + list(tiny.buffers())}
-    copies = [name for name, t in tensors.items() if t.untyped_storage().data_ptr() not in storages]
-    assert sum(tensors[name].numel() * tensors[name].element_size() for name in copies) < 0.01 * E.parameter_bytes(tiny)
-    assert E.initializer_bytes(graph) == sum(t.numel() * t.element_size() for t in tensors.values())
+    copies = {name for name, t in tensors.items() if t.untyped_storage().data_ptr() not in storages}
+    products = {n.input[1] for n in graph.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
+    assert products & set(tensors) and not products & copies  # the weights proper are views, transposed ones too
+    # what is computed (position plus level embeddings per scale, a few Concats) is small beside the weights
+    assert sum(tensors[name].numel() * tensors[name].element_size() for name in copies) < 0.05 * E.parameter_bytes(tiny)
+    assert sum(E._tensor_nbytes(i) for i in stubs) == sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def test_weights_streamed_to_external_data_give_the_same_graph(tiny, tmp_path):
