@@ -28,7 +28,12 @@ What the exporter writes and how it is checked:
     graph never reads, like unused class-embedding rows, take a little away);
   * graphs with more than 512 MiB of weights (d16: 1.6 GB in FP32, 0.8 GB in FP16) keep them as ONNX
     external data in NAME.onnx.data beside NAME.onnx, so no size or batch meets protobuf's 2 GiB limit;
-    ONNX Runtime and TensorRT read both files from the graph's path. Every check runs on the written files.
+    ONNX Runtime and TensorRT read both files from the graph's path. Every check runs on the written files;
+  * the weights never pass through the graph in memory (trace_apart): the tracer exports without them, the
+    nodes that read only weights are computed in torch as views of the model's tensors, and save_graph streams
+    each weight into NAME.onnx.data; PyTorch's answers on the check images are computed before ONNX Runtime
+    loads the written graph without pre-packed weight copies. That keeps the d16 export near one copy of the
+    weights (README: peak resident memory of `python export.py --preset d16`).
 """
 from __future__ import annotations
 
@@ -108,16 +113,161 @@ def output_names(all_scales: bool, target: str = "depth") -> list[str]:
 
 
 def trace(model: D.DepthART, batch: int = 1, all_scales: bool = False, opset: int = OPSET, max_scale: int | None = None):
-    """torch.onnx.export with the TorchScript tracer -> onnx.ModelProto (with the `tokens` output)."""
+    """The whole graph as one onnx.ModelProto, weights inside (trace_apart, then every weight's bytes filled in)."""
+    graph, tensors = trace_apart(model, batch, all_scales, opset, max_scale)
+    return fill_weights(graph, tensors)
+
+
+def trace_apart(model: D.DepthART, batch: int = 1, all_scales: bool = False, opset: int = OPSET,
+                max_scale: int | None = None):
+    """torch.onnx.export with the TorchScript tracer, weights kept apart -> (graph, tensors).
+
+    The graph (with the `tokens` output) holds no weight bytes: every weight is an initializer stub (name, type,
+    shape, ONNX external data with no file yet), and `tensors` maps each stub's name to the torch tensor that
+    holds its values, a view of the model's parameters where it can be (a transposed weight is a transposed
+    view), so the export never holds a second copy of the weights. save_graph streams them to NAME.onnx.data.
+
+    How: the tracer exports with export_params=False (weights stay graph inputs named after the state dict) and
+    without its own constant folding, which would build a transposed copy of every MatMul weight in memory;
+    fold_weights then computes in torch, as that folding did, every node that reads only weights and constants.
+    """
     S = model.cfg.image_size
     image = torch.rand(batch, 3, S, S, generator=torch.Generator().manual_seed(0))
+    unrolled = Unrolled(model, all_scales, max_scale).eval()
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python ints from shapes: shapes are fixed here
-        torch.onnx.export(Unrolled(model, all_scales, max_scale).eval(), (image,), buf, dynamo=False,
+        torch.onnx.export(unrolled, (image,), buf, dynamo=False, export_params=False,
                           opset_version=opset, input_names=["image"], output_names=output_names(all_scales, model.cfg.target),
-                          do_constant_folding=True)
-    return onnx.load_from_string(buf.getvalue())
+                          do_constant_folding=False)
+    graph = onnx.load_from_string(buf.getvalue())
+    del buf
+    state = {name: t.detach() for name, t in unrolled.state_dict(keep_vars=True).items()}
+    weights = [i.name for i in graph.graph.input if i.name != "image"]
+    if missing := [w for w in weights if w not in state]:
+        raise RuntimeError(f"the tracer made graph inputs that are not model weights: {', '.join(missing[:5])}")
+    tensors = {w: state[w] for w in weights}
+    image_input = [i for i in graph.graph.input if i.name == "image"]
+    del graph.graph.input[:]
+    graph.graph.input.extend(image_input)
+    graph = share_weights(fold_weights(graph, tensors), tensors)
+    return graph, tensors
+
+
+def _stub(name: str, tensor: torch.Tensor):
+    """An initializer with name, type and shape whose bytes live elsewhere (ONNX external data, file not yet set)."""
+    t = TensorProto(name=name, dims=list(tensor.shape),
+                    data_type=helper.np_dtype_to_tensor_dtype(np.dtype(str(tensor.dtype).removeprefix("torch."))))
+    t.data_location = TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="")
+    return t
+
+
+def is_stub(init) -> bool:
+    return init.data_location == TensorProto.EXTERNAL
+
+
+def _const_arrays(graph) -> dict:
+    return {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.graph.node
+            if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"}
+
+
+def _torch_op(node, args: list, consts: dict):
+    """ONNX node -> its output, computed with torch on torch tensors, or None for an op left to the graph.
+
+    The ops torch.onnx.export's folding computes on this model's weights; reductions (ReduceSum of the codebook
+    squared) it leaves to the runtime, and so does this, so the graph computes what it computed before."""
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    op, x = node.op_type, args[0]
+
+    def axes_input(i):  # opset 13+: axes is an input
+        return [int(v) for v in consts[node.input[i]].reshape(-1)] if len(node.input) > i and node.input[i] else None
+    if op == "Identity":
+        return x
+    if op == "Transpose":
+        return x.permute(a.get("perm", list(range(x.dim()))[::-1]))
+    if op == "Unsqueeze":
+        for axis in sorted(ax % (x.dim() + len(axes_input(1))) for ax in axes_input(1)):
+            x = x.unsqueeze(axis)
+        return x
+    if op == "Squeeze":
+        axes = axes_input(1)
+        return x.squeeze() if axes is None else x.squeeze(tuple(ax % x.dim() for ax in axes))
+    if op == "Concat":
+        return torch.cat(args, a["axis"])
+    if op in ("Add", "Sub", "Mul", "Div", "Pow"):
+        return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow}[op](x, args[1])
+    if op == "Slice":
+        starts, ends, axes, steps = (axes_input(i) for i in (1, 2, 3, 4))
+        index = [slice(None)] * x.dim()
+        for start, end, axis, step in zip(starts, ends, axes or range(len(starts)), steps or [1] * len(starts)):
+            if step <= 0:
+                return None  # torch slices forward only; such a node stays in the graph
+            index[axis % x.dim()] = slice(start, end, step)  # Python slicing clamps as ONNX does
+        return x[tuple(index)]
+    if op == "Gather":
+        axis = a.get("axis", 0) % x.dim()
+        idx = args[1].long() % x.shape[axis]
+        return x.index_select(axis, idx.reshape(-1)).reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
+    return None
+
+
+def fold_weights(graph, tensors: dict):
+    """Compute in torch every node whose inputs are all weights (names in `tensors`) or Constants, at least one a
+    weight: its outputs join `tensors` (views where the op allows), the node leaves the graph, and the weights
+    the graph still reads become initializer stubs. The same values torch.onnx.export's constant folding would
+    store (the same torch kernels on the same bytes), without a copy of the weights."""
+    consts = _const_arrays(graph)
+    nodes = []
+    for node in graph.graph.node:
+        ins = [i for i in node.input if i]
+        value = None
+        if node.domain == "" and len(node.output) == 1 and any(i in tensors for i in ins) \
+                and all(i in tensors or i in consts for i in ins):
+            args = [tensors[i] if i in tensors else torch.from_numpy(np.array(consts[i])) for i in node.input if i]
+            value = _torch_op(node, args, consts)
+        if value is None:
+            nodes.append(node)
+        else:
+            tensors[node.output[0]] = value
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
+    read = {i for n in graph.graph.node for i in n.input}
+    for name in [k for k in tensors if k not in read]:
+        del tensors[name]
+    inits = [i for i in graph.graph.initializer if not is_stub(i)] + [_stub(name, t) for name, t in tensors.items()]
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(inits)
+    return prune(graph)  # drops nodes no output needs (Constants that only fed folds)
+
+
+def share_weights(graph, tensors: dict):
+    """share_initializers for weights kept apart: stubs with identical type, shape and bytes become one
+    (the copies leave `tensors`, in place)."""
+    seen, alias = {}, {}
+    for name, t in tensors.items():
+        key = (str(t.dtype), tuple(t.shape), hashlib.sha256(memoryview(np.ascontiguousarray(t.numpy()))).digest())
+        if key in seen:
+            alias[name] = seen[key]
+        else:
+            seen[key] = name
+    keep = [i for i in graph.graph.initializer if i.name not in alias]
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(keep)
+    _rename_inputs(graph, alias)
+    for name in alias:
+        del tensors[name]
+    return graph
+
+
+def fill_weights(graph, tensors: dict):
+    """Put every stub's bytes (from `tensors`) inside the graph, in place: a graph like any other."""
+    for init in graph.graph.initializer:
+        if is_stub(init):
+            init.raw_data = np.ascontiguousarray(tensors[init.name].numpy()).tobytes()
+            init.data_location = TensorProto.DEFAULT
+            del init.external_data[:]
+    return graph
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,6 +343,9 @@ def share_initializers(model):
     """Initializers with identical type, shape and bytes become one (unrolled steps read the same weight)."""
     seen, alias, keep = {}, {}, []
     for init in model.graph.initializer:
+        if is_stub(init):  # weights kept apart were shared by share_weights
+            keep.append(init)
+            continue
         data = init.raw_data or numpy_helper.to_array(init).tobytes()
         key = (init.data_type, tuple(init.dims), hashlib.sha256(data).digest())
         if key in seen:
@@ -222,15 +375,23 @@ def prune(model):
     return model
 
 
-def tidy(model):
-    """The clean-up pass: fold shape arithmetic, drop aliases, share initializers, prune, re-infer shapes."""
+def tidy(model, tensors: dict | None = None):
+    """The clean-up pass: fold shape arithmetic, drop aliases, share initializers, prune, re-infer shapes.
+    tensors: the weights of a graph that keeps them apart (trace_apart), which fold_weights extends in place
+    as folded shape arithmetic lets more weight-only nodes fold (a Slice of the position embedding)."""
     for _ in range(8):  # each round's folds can make more shapes static for the next
         count = len(model.graph.node)
-        model = prune(drop_identities(fold_shape_arithmetic(model)))
+        model = fold_shape_arithmetic(model)
+        if tensors is not None:
+            model = fold_weights(model, tensors)
+        model = prune(drop_identities(model))
         del model.graph.value_info[:]
         if len(model.graph.node) == count:
             break
-    model = prune(share_initializers(model))
+    model = share_initializers(model)
+    if tensors is not None:
+        model = share_weights(model, tensors)
+    model = prune(model)
     del model.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
@@ -281,6 +442,8 @@ def initializer_bytes(model) -> int:
 
 
 def _tensor_nbytes(t) -> int:
+    if is_stub(t):
+        return int(np.prod(t.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     return numpy_helper.to_array(t).nbytes
 
 
@@ -511,10 +674,18 @@ def sample_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.stack([kinds[i % len(kinds)]() for i in range(n)]).clamp(0, 1).float()
 
 
-def save_graph(graph, path, external: bool):
+def save_graph(graph, path, external: bool, tensors: dict | None = None):
     """Write a graph atomically: NAME.onnx alone, or with external=True NAME.onnx plus NAME.onnx.data holding
-    every initializer (ONNX external data, beyond protobuf's 2 GiB). The graph in memory keeps its weights."""
+    every initializer (ONNX external data, beyond protobuf's 2 GiB). The graph in memory keeps its weights.
+
+    A graph with weights kept apart (trace_apart) takes their bytes from `tensors`: with external=True they
+    are streamed into NAME.onnx.data one weight at a time (never the whole file in memory), each weight of
+    1 MiB or more at a 4 KiB-aligned offset so that ONNX Runtime can map it from the file."""
     path, data_name = Path(path), Path(path).name + ".data"
+    if any(is_stub(i) for i in graph.graph.initializer):
+        if external:
+            return _save_streamed(graph, tensors, path, data_name)
+        graph = fill_weights(copy.deepcopy(graph), tensors)
     if not external:
         data = graph.SerializeToString()
         atomic_write(path, lambda tmp: tmp.write_bytes(data))
@@ -533,17 +704,52 @@ def save_graph(graph, path, external: bool):
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def _save_streamed(graph, tensors: dict, path: Path, data_name: str):
+    graph = copy.deepcopy(graph)  # small: the weights are not in it; the caller's stubs stay stubs
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        with open(tmp_dir / data_name, "wb") as f:
+            for init in graph.graph.initializer:
+                if not is_stub(init):
+                    continue
+                array = np.ascontiguousarray(tensors[init.name].numpy())  # a copy only of a transposed view
+                del init.external_data[:]
+                if array.nbytes < 1024:  # save_model's size_threshold: small tensors stay in the graph
+                    init.raw_data, init.data_location = array.tobytes(), TensorProto.DEFAULT
+                    continue
+                if array.nbytes >= 1 << 20 and f.tell() % 4096:
+                    f.write(bytes(4096 - f.tell() % 4096))
+                offset = f.tell()
+                f.write(memoryview(array))
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
+                    init.external_data.add(key=key, value=value)
+            f.flush()
+            os.fsync(f.fileno())
+        data = graph.SerializeToString()
+        del graph
+        atomic_write(tmp_dir / path.name, lambda tmp: tmp.write_bytes(data))
+        for name in (data_name, path.name):  # the data first: NAME.onnx never points at a missing file
+            os.replace(tmp_dir / name, path.parent / name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
 def graph_files(path) -> list[Path]:
     """The files of a written graph: NAME.onnx [and NAME.onnx.data]."""
     path = Path(path)
     return [path] + [p for p in [path.with_name(path.name + ".data")] if p.exists()]
 
 
-def ort_session(model_or_path, threads: int | None = None):
+def ort_session(model_or_path, threads: int | None = None, lean: bool = False):
+    """An ONNX Runtime CPU session. lean (export's check): no memory arena and no pre-packed copies of the
+    MatMul weights, so a graph whose weights are external data costs little more than its mapped file."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if lean:
+        so.enable_cpu_mem_arena = False
+        so.add_session_config_entry("session.disable_prepacking", "1")
     data = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
@@ -560,37 +766,56 @@ class TokenFlips(ParityError):
     """Some greedy tokens differ between ONNX Runtime and PyTorch (near-tied logits)."""
 
 
-def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: int | None = None,
-           require_exact: bool = True, log=print, max_scale: int | None = None) -> dict:
+def references(model: D.DepthART, batch: int, all_scales: bool, rounds: int | None = None,
+               max_scale: int | None = None) -> dict:
+    """PyTorch's answers on verify's test images: `rounds` batches of images, tokens per scale, depth [and
+    depth after every scale]; with the model's layout (target, patch_nums, bounds), all a check needs, so
+    that the model can be freed before ONNX Runtime loads the graph."""
+    rounds = rounds or max(2, -(-6 // batch))  # enough batches to see all six kinds of test image
+    pool = sample_images(rounds * batch, model.cfg.image_size)
+    out = {"target": model.cfg.target, "patch_nums": list(model.cfg.patch_nums[:max_scale]), "bounds": list(model.bounds),
+           "batch": batch, "all_scales": all_scales, "images": [], "tokens": [], "depth": [], "scales": []}
+    for r in range(rounds):
+        images = pool[r * batch:(r + 1) * batch]
+        with torch.no_grad():
+            z = model.rollout(model.encode_image(images), max_scale=max_scale)[0]
+            out["images"].append(images.numpy())
+            out["tokens"].append([zk.numpy() for zk in z])
+            out["depth"].append(model.predict(images, max_scale=max_scale).numpy())
+            if all_scales:
+                out["scales"].append(model.predict(images, all_scales=True, max_scale=max_scale).numpy())
+    return out
+
+
+def verify(model: D.DepthART | None, onnx_model, batch: int, all_scales: bool, rounds: int | None = None,
+           require_exact: bool = True, log=print, max_scale: int | None = None, refs: dict | None = None,
+           lean: bool = False) -> dict:
     """Run the graph (with its `tokens` output) in ONNX Runtime beside PyTorch on `rounds` batches.
 
     Returns per-scale token agreement (fraction of equal tokens), the depth's max |error| and, with
     require_exact, raises TokenFlips unless every token matches, ParityError unless depth is within 1e-4.
     (For a normals model "depth" in the report is the normals output: the same check on unit vectors.)
+    refs: PyTorch's answers from references() (then model may be None); lean: ort_session(lean=True).
     """
-    sess = ort_session(onnx_model)
-    target = model.cfg.target
+    refs = refs or references(model, batch, all_scales, rounds, max_scale)
+    sess = ort_session(onnx_model, lean=True) if lean else ort_session(onnx_model)
+    target, patch_nums, bounds = refs["target"], refs["patch_nums"], refs["bounds"]
     names = [o.name for o in sess.get_outputs()]
-    K, bounds = len(model.cfg.patch_nums[:max_scale]), model.bounds
-    rounds = rounds or max(2, -(-6 // batch))  # enough batches to see all six kinds of test image
-    pool = sample_images(rounds * batch, model.cfg.image_size)
+    K, rounds = len(patch_nums), len(refs["images"])
     equal, total = np.zeros(K, dtype=np.int64), np.zeros(K, dtype=np.int64)
     depth_err = scales_err = depth_sum = 0.0
     for r in range(rounds):
-        images = pool[r * batch:(r + 1) * batch]
-        with torch.no_grad():
-            z = model.rollout(model.encode_image(images), max_scale=max_scale)[0]
-            ref_depth = model.predict(images, max_scale=max_scale)
-            ref_scales = model.predict(images, all_scales=True, max_scale=max_scale) if all_scales else None
-        out = dict(zip(names, sess.run(None, {"image": images.numpy()})))
+        z, ref_depth = refs["tokens"][r], refs["depth"][r]
+        out = dict(zip(names, sess.run(None, {"image": refs["images"][r]})))
         for k in range(K):
-            equal[k] += int((out["tokens"][:, bounds[k]:bounds[k + 1]] == z[k].numpy()).sum())
-            total[k] += z[k].numel()
-        diff = np.abs(out[target].astype(np.float32) - ref_depth.numpy())
+            equal[k] += int((out["tokens"][:, bounds[k]:bounds[k + 1]] == z[k]).sum())
+            total[k] += z[k].size
+        diff = np.abs(out[target].astype(np.float32) - ref_depth)
         depth_err, depth_sum = max(depth_err, float(diff.max())), depth_sum + float(diff.mean()) / rounds
         if all_scales:
             scales_err = max(scales_err, float(np.abs(out[f"{target}_scales"].astype(np.float32)
-                                                      - ref_scales.numpy()).max()))
+                                                      - refs["scales"][r]).max()))
+    del sess
     agree = equal / total
     report = {"token_agreement_per_scale": [round(float(a), 6) for a in agree],
               "depth_max_abs_err": depth_err, "depth_mean_abs_err": depth_sum, "images": rounds * batch}
@@ -598,7 +823,7 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
         report["depth_scales_max_abs_err"] = scales_err
     log(f"  compared {rounds} batches of {batch} images ({rounds * batch} in all: noise, ramps, checkerboard, "
         f"step edge, box room, stripes) against PyTorch")
-    log("  tokens equal per scale: " + " ".join(f"{pn}x{pn}:{a:.4f}" for pn, a in zip(model.cfg.patch_nums, agree)))
+    log("  tokens equal per scale: " + " ".join(f"{pn}x{pn}:{a:.4f}" for pn, a in zip(patch_nums, agree)))
     log(f"  depth |ORT - torch|: max {depth_err:.2e}, mean {depth_sum:.2e}" + (f", depth_scales {scales_err:.2e}" if all_scales else ""))
     if require_exact and not (equal == total).all():
         raise TokenFlips(
@@ -618,10 +843,11 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
 # ----------------------------------------------------------------------------------------------
 # The export, end to end
 # ----------------------------------------------------------------------------------------------
-def verify_written(model: D.DepthART, graph, external: bool, where, **kw) -> dict:
-    """verify() on the graph as written to disk (in a temporary folder in `where`), loaded from its path."""
+def verify_written(model: D.DepthART | None, graph, external: bool, where, tensors: dict | None = None, **kw) -> dict:
+    """verify() on the graph as written to disk (in a temporary folder in `where`), loaded from its path;
+    tensors: the bytes of a graph whose weights are kept apart (save_graph)."""
     with tempfile.TemporaryDirectory(dir=where, prefix=".verify.") as d:
-        save_graph(graph, Path(d) / "graph.onnx", external)
+        save_graph(graph, Path(d) / "graph.onnx", external, tensors)
         return verify(model, Path(d) / "graph.onnx", **kw)
 
 
@@ -647,7 +873,8 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     model = model.eval()
     out_path = Path(out_path)
     t0 = time.perf_counter()
-    graph = tidy(trace(model, batch, all_scales, max_scale=max_scale))
+    graph, tensors = trace_apart(model, batch, all_scales, max_scale=max_scale)  # weights stay in the model
+    graph = tidy(graph, tensors)
     ops = op_counts(graph)
     log(f"traced and tidied {model.cfg.image_size}x{model.cfg.image_size}, batch {batch}, {len(model.cfg.patch_nums[:max_scale])} of {K} scales "
         f"in {time.perf_counter() - t0:.1f} s: {sum(ops.values())} nodes, opset {OPSET}")
@@ -663,11 +890,14 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
         f"ratio {report['weight_bytes_ratio_fp32']:.3f}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     external = initializer_bytes(graph) > EXTERNAL_DATA_BYTES if external_data is None else external_data
-    if check:
-        report["fp32_check"] = verify_written(model, graph, external, out_path.parent, batch=batch,
-                                              all_scales=all_scales, require_exact=exact, log=log, max_scale=max_scale)
+    if check:  # PyTorch's answers first, then ONNX Runtime on the written files with the weights mapped from disk
+        refs = references(model, batch, all_scales, max_scale=max_scale)
+        report["fp32_check"] = verify_written(None, graph, external, out_path.parent, tensors, batch=batch, refs=refs,
+                                              all_scales=all_scales, require_exact=exact, log=log, lean=True)
         if not exact and min(report["fp32_check"]["token_agreement_per_scale"]) < 1:
             log("  warning: ONNX Runtime and PyTorch disagree on some near-tied tokens (figures above)")
+    if fp16 or int8:  # these rewrite the weights: they go into the graph (the lean path is FP32's)
+        graph, tensors = fill_weights(graph, tensors), None
     if fp16:
         islands = fp32_islands(graph, fp16_keep)
         graph = to_fp16(graph, keep_fp32=islands)
@@ -684,8 +914,8 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
             log("  FP16 in ONNX Runtime (CPU) vs PyTorch FP32; ORT runs ops it has no CPU FP16 kernel for in FP32 "
                 "(casts inserted), so this shows FP16 storage rounding rather than GPU FP16 arithmetic:")
             try:
-                report["fp16_check"] = verify_written(model, graph, external, out_path.parent, batch=batch,
-                                                      all_scales=all_scales, require_exact=False, log=log, max_scale=max_scale)
+                report["fp16_check"] = verify_written(None, graph, external, out_path.parent, batch=batch, refs=refs,
+                                                      all_scales=all_scales, require_exact=False, log=log)
             except Exception as e:  # an ORT CPU build that cannot run some FP16 op: say so, keep the graph
                 report["fp16_check"] = f"not run: ONNX Runtime CPU failed on the FP16 graph ({type(e).__name__}: {e})"
                 log("  " + report["fp16_check"])
@@ -698,11 +928,11 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
         log(f"  INT8 graph: {report['int8_quantized_matmuls']} MatMuls with INT8 weights (dynamic quantization); "
             f"{', '.join(INT8_KEEP)} stay FP32")
         if check:
-            report["int8_check"] = verify_written(model, graph, external, out_path.parent, batch=batch,
+            report["int8_check"] = verify_written(None, graph, external, out_path.parent, batch=batch, refs=refs,
                                                   all_scales=all_scales, require_exact=False, log=log)
     wanted = output_names(all_scales, model.cfg.target)[:-1] + (["tokens"] if tokens else [])
     graph = keep_outputs(graph, wanted)
-    save_graph(graph, out_path, external)
+    save_graph(graph, out_path, external, tensors)
     files = graph_files(out_path)
     report.update(path=str(out_path), outputs=wanted, external_data=external, sha256=file_sha256(out_path),
                   megabytes=round(sum(f.stat().st_size for f in files) / 2**20, 2),

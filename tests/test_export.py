@@ -347,7 +347,7 @@ class FlipOneToken:
 
 def test_token_flips_say_what_they_mean_and_which_flag_accepts_them(tmp_path, capsys, monkeypatch):
     real = E.ort_session
-    monkeypatch.setattr(E, "ort_session", lambda m, threads=None: FlipOneToken(real(m, threads)))
+    monkeypatch.setattr(E, "ort_session", lambda m, threads=None, **kw: FlipOneToken(real(m, threads, **kw)))
     out = tmp_path / "x.onnx"
     assert E.main(["--preset", "tiny", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -387,3 +387,35 @@ def test_a_normals_checkpoint_exports_with_parity(tmp_path):
     assert normals.shape == (1, 3, 64, 64) and scales.shape == (1, 6, 3, 64, 64)
     np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(normals, model.predict(images).numpy(), atol=1e-3)
+
+
+def test_the_trace_keeps_weights_apart_as_views_of_the_model(tiny):
+    """trace_apart holds no weight bytes in the graph and no copy of a weight beside the model: every tensor it
+    keeps shares its storage with a parameter or buffer of the model (a transposed weight is a transposed view)."""
+    graph, tensors = E.trace_apart(tiny, 1)
+    graph = E.tidy(graph, tensors)
+    stubs = [i for i in graph.graph.initializer if E.is_stub(i)]
+    assert {i.name for i in stubs} == set(tensors) and len(graph.SerializeToString()) < E.parameter_bytes(tiny) / 10
+    storages = {t.untyped_storage().data_ptr() for t in list(tiny.parameters()) + list(tiny.buffers())}
+    copies = {name for name, t in tensors.items() if t.untyped_storage().data_ptr() not in storages}
+    products = {n.input[1] for n in graph.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
+    assert products & set(tensors) and not products & copies  # the weights proper are views, transposed ones too
+    # what is computed (position plus level embeddings per scale, a few Concats) is small beside the weights
+    assert sum(tensors[name].numel() * tensors[name].element_size() for name in copies) < 0.05 * E.parameter_bytes(tiny)
+    assert sum(E._tensor_nbytes(i) for i in stubs) == sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def test_weights_streamed_to_external_data_give_the_same_graph(tiny, tmp_path):
+    """The lean path: weights written one at a time into NAME.onnx.data from the model's tensors, the check run
+    with the weights read from that file; the written graph computes what the in-memory graph does, bit for bit."""
+    out = tmp_path / "tiny_ext.onnx"
+    report = E.export(tiny, out, external_data=True, check=True, log=lambda s: None)
+    assert report["external_data"] and report["fp32_check"]["token_agreement_per_scale"] == [1.0] * 6
+    assert [p.name for p in E.graph_files(out)] == ["tiny_ext.onnx", "tiny_ext.onnx.data"]
+    inits = onnx.load(str(out), load_external_data=False).graph.initializer
+    external = [i for i in inits if E.is_stub(i)]
+    assert external and all(len(i.raw_data) < 1024 for i in inits if not E.is_stub(i))
+    images = E.sample_images(2, 64)[:1].numpy()
+    in_memory = E.keep_outputs(E.tidy(E.trace(tiny, 1)), ["depth"])
+    np.testing.assert_array_equal(E.ort_session(out, lean=True).run(None, {"image": images})[0],
+                                  E.ort_session(in_memory).run(None, {"image": images})[0])
