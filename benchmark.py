@@ -130,8 +130,8 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="time on this device instead: eager FP32, BF16 autocast, torch.compile (CUDA graphs), ONNX "
                         "Runtime's CUDA/TensorRT providers, a TensorRT engine, with token parity against the CPU")
-    p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt", "compile"],
-                   help="paths not to run")
+    p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt", "compile", "depth_pro"],
+                   help="paths not to run (depth_pro: --anchors without Depth Pro, ~20 TFLOP a call)")
     p.add_argument("--force-bf16", action="store_true", help="time BF16 autocast even where the CPU emulates it")
     p.add_argument("--precisions", action="store_true",
                    help="only the graph precision table: FP32, all-FP16, FP16 with FP32 islands and INT8 graphs in ONNX "
@@ -586,7 +586,9 @@ def anchor_groups(args, tiny: bool) -> list:
     groups += [lambda size=size: depth_anything_group(size, tiny) for size in "SBL"]
     groups.append(lambda: marigold_group(tiny))
     import transformers
-    if hasattr(transformers, "DepthProForDepthEstimation"):  # transformers >= 4.51
+    if "depth_pro" in args.skip:
+        print("Depth Pro: left out (--skip depth_pro)")
+    elif hasattr(transformers, "DepthProForDepthEstimation"):  # transformers >= 4.51
         groups.append(lambda: depth_pro_group(tiny))
     else:
         print(f"Depth Pro: left out (transformers {transformers.__version__} has no DepthProForDepthEstimation)")
