@@ -54,8 +54,10 @@ Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and 
   si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: x_B3HW (B,3,H,W)
 Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), image
 pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground truth (depth, or
-Config.target's modality), y a decoded target. Lists with one entry per scale are plain plurals, coarse to fine
-(z, targets, f_hats, idx_list, inputs, logits); f_D and z_si (shaped by the rollout's pick) drop the shape.
+Config.target's modality), y a decoded target; other prefixes are plain words (e.g. rest, eta, dist, q/k/v/o, mask,
+bias, cond, valid, depth, logits; a digit in a word, as in gamma1 or q98, is no size). Lists with one entry per
+scale are plain plurals, coarse to fine (z, targets, f_hats, idxs, inputs, logits). Unshaped by design: f_D,
+z_si (the rollout's pick shapes it), f_hat_BCvhw = 0 before scale 0, and section 5's eye and mat (shapes in comments).
 In formulas, as the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser
 scale, S_si an area resize to side pn. "Target" also names the modality predicted (Config.target). Official
 key names keep VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
@@ -302,8 +304,7 @@ class ResidualQuantizer(nn.Module):
         self.quant_resi.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
         self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
         self.resample = Resampler(cfg.patch_nums)  # F.interpolate(f, (pn, pn), mode), as matrices [export]: section 5
-        # Official key only: VAR's per-scale code-hit statistics (K, V). Nothing here reads it; stage 1
-        # counts hits itself (train.py) to restart dead codes.
+        # Official key only: VAR's per-scale code-hit counts (K, V); nothing reads them (stage 1 counts its own).
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
 
     def nearest(self, f_BCvhw: torch.Tensor) -> torch.Tensor:
@@ -330,14 +331,14 @@ class ResidualQuantizer(nn.Module):
         with torch.autocast(f_BCvhw.device.type, enabled=False):
             f_BCvhw = f_BCvhw.to(self.embedding.weight.dtype)
             rest_BCvhw, f_hat_BCvhw = f_BCvhw.detach(), torch.zeros_like(f_BCvhw)
-            idx_list, f_hats = [], []
+            idxs, f_hats = [], []
             for si, pn in enumerate(self.patch_nums):
                 idx_Bl = self.nearest(self.resample(rest_BCvhw, pn, "area"))
                 eta_BCvhw = self.eta_idx(idx_Bl, si)
                 f_hat_BCvhw, rest_BCvhw = f_hat_BCvhw + eta_BCvhw, rest_BCvhw - eta_BCvhw.detach()
-                idx_list.append(idx_Bl)
+                idxs.append(idx_Bl)
                 f_hats.append(f_hat_BCvhw)
-        return idx_list, f_hats
+        return idxs, f_hats
 
     def next_inputs(self, f_hats: list) -> list:
         """Transformer inputs of scales 1..K-1: the cumulative f_hat after scale si-1, area-downsampled to si's
@@ -504,9 +505,9 @@ class VAR(nn.Module):
             for b in self.blocks:
                 b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
                 b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
-                ada_weight = b.ada_lin[-1].weight  # (6C, C): rows of gamma1, gamma2, then the scales and shifts
-                ada_weight[2 * self.cfg.width:].mul_(adaln)
-                ada_weight[: 2 * self.cfg.width].mul_(adaln_gamma)
+                ada_6CC = b.ada_lin[-1].weight.view(6, self.cfg.width, -1)  # gamma1, gamma2, scales, shifts
+                ada_6CC[2:].mul_(adaln)
+                ada_6CC[:2].mul_(adaln_gamma)
 
     def cond(self, B: int) -> torch.Tensor:
         """AdaLN's condition: the learned null-class embedding (constant; no guidance) -> (B, C)."""
@@ -680,17 +681,17 @@ class DepthART(nn.Module):
         z, f_hats, logits = [], [], []
         f_hat_BCvhw = 0  # not a tensor: the sum takes eta's shape, dtype and device from scale 0
         for si, pn in enumerate(patch_nums):
-            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :x_BNC.shape[1], :x_BNC.shape[1]]
+            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :x_BNC.shape[1], :x_BNC.shape[1]]  # [repo]
             logits_BlV = self.var(x_BNC, bias_11NN, caches)[:, -pn * pn:]
             z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # and the codes that build f_hat
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
             z.append(z_si)
             f_hats.append(f_hat_BCvhw)
             logits.append(logits_BlV)
-            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to the next scale
+            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized; its l is scale si+1's
                 f_next_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
-                x_BlC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
-                x_BNC = x_BlC if cache else torch.cat((x_BNC, x_BlC), 1)
+                x_next_BlC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
+                x_BNC = x_next_BlC if cache else torch.cat((x_BNC, x_next_BlC), 1)  # [repo] cache=False: all so far
         return z, f_hats, logits
 
     @torch.no_grad()
@@ -709,17 +710,16 @@ class DepthART(nn.Module):
         return (img_BLCv, f_D) + dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
 
     def logits_and_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
-        """Depth logits of one block-causal forward over the walk, and their targets -> (logits_BLV, target_BL).
-        With gradients: for depthart it recomputes (up to precision) the logits the walk saw; for var it scores
-        the VQ-VAE's walk. [release] zoo.release_loss repeats these two lines: it also reads f_hats and f_D."""
+        """Depth logits of one block-causal forward over the walk, with gradients, and their targets -> (logits_BLV,
+        idx_BL): for depthart the logits the walk saw (up to precision), for var the VQ-VAE's walk scored."""
         img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
         return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
     def loss(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict)."""
-        logits_BLV, target_BL = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
-        loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
-        token_acc = (logits_BLV.detach().argmax(-1) == target_BL).float().mean()
+        logits_BLV, idx_BL = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), idx_BL.reshape(-1))
+        token_acc = (logits_BLV.detach().argmax(-1) == idx_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
 
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
