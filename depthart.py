@@ -21,9 +21,9 @@ then by DepthART from those weights; train.py runs the stages, and it and the RE
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
 4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
-targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file
-imports only torch; zoo.py, which imports it, holds what surrounds the method: checkpoints, the release's key
-names, sampler and loss, normals and other depth normalizations, stage 1's loss.
+targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file imports
+only torch and the standard library; zoo.py, which imports it, holds what surrounds the method: checkpoints, the
+release's key names, sampler and loss, normals and other depth normalizations, stage 1's loss.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -133,7 +133,7 @@ class Config:
 
     @classmethod
     def tiny(cls) -> "Config":
-        """[repo] A 2-core CPU's: 64x64, six scales (130 tokens), 512 codes, 4 blocks of width 128 (1.3M)."""
+        """[repo] For a 2-core CPU: 64x64, six scales (130 tokens), 512 codes, 4 blocks of width 128 (1.3M)."""
         return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
                    num_classes=0, image_shortcut=True)
@@ -284,10 +284,9 @@ class Phi(nn.Conv2d):
 
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
-    """Which Phi each scale uses: VAR's table (its PhiPartiallyShared), kept so that the checkpoints' Phis meet
-    their scales: the tick nearest to si/(K-1), ticks inset by 1/(3 phi_count) when phi_count is 4, else
-    1/(2 phi_count). At d16, si = 2 and 7 lie exactly between two ticks; float64 rounding, which VAR's numpy
-    ticks share, gives the finer Phi. VAR's table: [0,0,1,1,1,2,2,3,3,3]."""
+    """Which Phi each scale uses; like an official key, kept so the checkpoints' Phis meet their scales: VAR's table
+    (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, the tick nearest si/(K-1) among ticks inset by 1/(3 phi_count)
+    (phi_count 4, else 1/(2 phi_count)); si = 2, 7 tie, and float64 rounding (as VAR's numpy) picks the finer."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
@@ -474,7 +473,7 @@ class VAR(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(cfg) for _ in range(cfg.depth))
         self.head_nm = AdaLNHead(cfg)
         self.head = nn.Linear(C, cfg.vocab_size)
-        if cfg.image_shortcut:  # extension: image token -> same-position depth token
+        if cfg.image_shortcut:  # [repo] extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
         # lvl_1L: VAR's scale index per token (read by lvl_pos). attn_bias_for_masking: official key, never read
         # (prefix_bias_11NN replaces it); [release] saved only where checkpoints hold it: VAR's (l2), not plain.
@@ -575,7 +574,7 @@ class DepthTarget:
 
     @staticmethod
     def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
-        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
+        """[repo] One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
         return y_BJTHW[:, :, 0]
 
 
@@ -586,12 +585,12 @@ def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tupl
 
 
 def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tuple[list, list]:
-    """DepthART's objective (paper Eq. 4-5): the model walked z_0..z_{K-1} (its own greedy tokens); the
+    """DepthART's objective (paper Eq. 4-5): the model walked z_0..z_{K-1} (its own greedy token indices); the
     target at scale si is, per position, the nearest code to the area-resized residual the walk left,
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
     and the inputs are built from the walk -> (targets: idx_Bl per scale, the walk's cumulative f_hat per scale).
-    The quantizer's loop with z in place of its nearest codes: if z is its decomposition, these are exactly
-    the teacher-forcing targets. z holds token indices: training walks greedily."""
+    The quantizer's loop with z in place of its nearest codes (if z is its decomposition, these are exactly the
+    teacher-forcing targets). rest needs no detach, unlike there: it feeds only argmins, which pass no gradient."""
     with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
@@ -611,7 +610,7 @@ def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tens
 
 
 class DepthART(nn.Module):
-    """A VQ-VAE, frozen in stage 2 (its calls run without gradients; train.py optimizes var alone), and a VAR
+    """A VQ-VAE, frozen in stage 2 (train.py optimizes var alone; walk_targets, predict run under no_grad), and a VAR
     transformer that predicts depth tokens after the image's tokens."""
 
     def __init__(self, cfg: Config, target=None):
@@ -655,7 +654,7 @@ class DepthART(nn.Module):
         if end > begin:
             parts.append(self.var.embed(f_BNCv, begin, end))
         x_BNC = torch.cat(parts, 1)
-        if self.cfg.image_shortcut:
+        if self.cfg.image_shortcut:  # [repo] extension (module docstring); off in d16
             x_BNC = x_BNC + self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:end])
         return x_BNC
 
@@ -702,7 +701,7 @@ class DepthART(nn.Module):
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
-        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # [normals] for the paper, normalize_depth
+        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # = normalize_depth(gt, valid) [normals]
         if objective == "var":
             return (img_BLCv, f_D) + teacher_forcing_targets(self.vae.quantize, f_D)
         # every step walks afresh with the current weights; only the walk's tokens are kept, and dynamic_targets
@@ -727,8 +726,8 @@ class DepthART(nn.Module):
         return self.target.decode(self.vae.decode(f_hat_BCvhw))
 
     def decode_target(self, f_hats: list) -> torch.Tensor:
-        """J partial sums f_hat -> the target after each, from one batched decoder call: (B, J, H, W) for depth
-        (target.per_scale). All K give the paper's Fig. 7, coarse to fine."""
+        """[repo] Visualisation: J partial sums f_hat -> the target after each, from one batched decoder call:
+        (B, J, H, W) for depth (target.per_scale). All K give the paper's Fig. 7, coarse to fine."""
         J, B = len(f_hats), f_hats[0].shape[0]
         return self.target.per_scale(self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1))
 
@@ -752,14 +751,14 @@ class DepthART(nn.Module):
 def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
-    an identity matrix's rows reads mat off."""
-    eye = torch.eye(src, dtype=torch.float64)[None, None]  # (1, 1, src, src): its rows resized give mat (dst, src)
+    an identity matrix along one axis reads mat off."""
+    eye = torch.eye(src, dtype=torch.float64)[None, None]  # (1, 1, src, src), resized along the height axis only
     kwargs = {"align_corners": False} if mode == "bicubic" else {}
     return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
 
 
 class Resampler(nn.Module):
-    """F.interpolate(f, (size, size), mode), area or bicubic, between the schedule's sides, as mat @ f @ mat.T."""
+    """mat @ f @ mat.T == F.interpolate(f, (size, size), mode) between the finest side and each coarser one."""
 
     def __init__(self, patch_nums):
         super().__init__()
