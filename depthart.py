@@ -590,7 +590,7 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
     and the inputs are built from the walk -> (targets: idx_Bl per scale, the walk's cumulative f_hat per scale).
     The quantizer's loop with z in place of its nearest codes (if z is its decomposition, these are exactly the
-    teacher-forcing targets). rest needs no detach, unlike there: it feeds only argmins, which pass no gradient."""
+    teacher-forcing targets). Unlike there, rest is not detached: it feeds only argmins, which pass no gradient."""
     with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
