@@ -21,9 +21,9 @@ then by DepthART from those weights; train.py runs the stages, and it and the RE
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
 4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
-targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file
-imports only torch; zoo.py, which imports it, holds what surrounds the method: checkpoints, the release's key
-names, sampler and loss, normals and other depth normalizations, stage 1's loss.
+targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file imports
+only torch and the standard library; zoo.py, which imports it, holds what surrounds the method: checkpoints, the
+release's key names, sampler and loss, normals and other depth normalizations, stage 1's loss.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -54,8 +54,10 @@ Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and 
   si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: x_B3HW (B,3,H,W)
 Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), image
 pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground truth (depth, or
-Config.target's modality), y a decoded target. Lists with one entry per scale are plain plurals, coarse to fine
-(z, targets, f_hats, idx_list, inputs, logits); f_D and z_si (shaped by the rollout's pick) drop the shape.
+Config.target's modality), y a decoded target; other prefixes are plain words (e.g. rest, eta, dist, q/k/v/o, mask,
+bias, cond, valid, depth, logits; a digit in a word, as in gamma1 or q98, is no size). Lists with one entry per
+scale are plain plurals, coarse to fine (z, targets, f_hats, idxs, inputs, logits). Unshaped by design: f_D,
+z_si (the rollout's pick shapes it), f_hat_BCvhw = 0 before scale 0, and section 5's eye and mat (shapes in comments).
 In formulas, as the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser
 scale, S_si an area resize to side pn. "Target" also names the modality predicted (Config.target). Official
 key names keep VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
@@ -131,7 +133,7 @@ class Config:
 
     @classmethod
     def tiny(cls) -> "Config":
-        """[repo] A 2-core CPU's: 64x64, six scales (130 tokens), 512 codes, 4 blocks of width 128 (1.3M)."""
+        """[repo] For a 2-core CPU: 64x64, six scales (130 tokens), 512 codes, 4 blocks of width 128 (1.3M)."""
         return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
                    vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
                    num_classes=0, image_shortcut=True)
@@ -282,10 +284,9 @@ class Phi(nn.Conv2d):
 
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
-    """Which Phi each scale uses: VAR's table (its PhiPartiallyShared), kept so that the checkpoints' Phis meet
-    their scales: the tick nearest to si/(K-1), ticks inset by 1/(3 phi_count) when phi_count is 4, else
-    1/(2 phi_count). At d16, si = 2 and 7 lie exactly between two ticks; float64 rounding, which VAR's numpy
-    ticks share, gives the finer Phi. VAR's table: [0,0,1,1,1,2,2,3,3,3]."""
+    """Which Phi each scale uses; like an official key, kept so the checkpoints' Phis meet their scales: VAR's table
+    (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, the tick nearest si/(K-1) among ticks inset by 1/(3 phi_count)
+    (phi_count 4, else 1/(2 phi_count)); si = 2, 7 tie, and float64 rounding (as VAR's numpy) picks the finer."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
@@ -302,8 +303,7 @@ class ResidualQuantizer(nn.Module):
         self.quant_resi.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
         self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
         self.resample = Resampler(cfg.patch_nums)  # F.interpolate(f, (pn, pn), mode), as matrices [export]: section 5
-        # Official key only: VAR's per-scale code-hit statistics (K, V). Nothing here reads it; stage 1
-        # counts hits itself (train.py) to restart dead codes.
+        # Official key only: VAR's per-scale code-hit counts (K, V); nothing reads them (stage 1 counts its own).
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
 
     def nearest(self, f_BCvhw: torch.Tensor) -> torch.Tensor:
@@ -330,14 +330,14 @@ class ResidualQuantizer(nn.Module):
         with torch.autocast(f_BCvhw.device.type, enabled=False):
             f_BCvhw = f_BCvhw.to(self.embedding.weight.dtype)
             rest_BCvhw, f_hat_BCvhw = f_BCvhw.detach(), torch.zeros_like(f_BCvhw)
-            idx_list, f_hats = [], []
+            idxs, f_hats = [], []
             for si, pn in enumerate(self.patch_nums):
                 idx_Bl = self.nearest(self.resample(rest_BCvhw, pn, "area"))
                 eta_BCvhw = self.eta_idx(idx_Bl, si)
                 f_hat_BCvhw, rest_BCvhw = f_hat_BCvhw + eta_BCvhw, rest_BCvhw - eta_BCvhw.detach()
-                idx_list.append(idx_Bl)
+                idxs.append(idx_Bl)
                 f_hats.append(f_hat_BCvhw)
-        return idx_list, f_hats
+        return idxs, f_hats
 
     def next_inputs(self, f_hats: list) -> list:
         """Transformer inputs of scales 1..K-1: the cumulative f_hat after scale si-1, area-downsampled to si's
@@ -473,7 +473,7 @@ class VAR(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(cfg) for _ in range(cfg.depth))
         self.head_nm = AdaLNHead(cfg)
         self.head = nn.Linear(C, cfg.vocab_size)
-        if cfg.image_shortcut:  # extension: image token -> same-position depth token
+        if cfg.image_shortcut:  # [repo] extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
         # lvl_1L: VAR's scale index per token (read by lvl_pos). attn_bias_for_masking: official key, never read
         # (prefix_bias_11NN replaces it); [release] saved only where checkpoints hold it: VAR's (l2), not plain.
@@ -504,9 +504,9 @@ class VAR(nn.Module):
             for b in self.blocks:
                 b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
                 b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
-                ada_weight = b.ada_lin[-1].weight  # (6C, C): rows of gamma1, gamma2, then the scales and shifts
-                ada_weight[2 * self.cfg.width:].mul_(adaln)
-                ada_weight[: 2 * self.cfg.width].mul_(adaln_gamma)
+                ada_6CC = b.ada_lin[-1].weight.view(6, self.cfg.width, -1)  # gamma1, gamma2, scales, shifts
+                ada_6CC[2:].mul_(adaln)
+                ada_6CC[:2].mul_(adaln_gamma)
 
     def cond(self, B: int) -> torch.Tensor:
         """AdaLN's condition: the learned null-class embedding (constant; no guidance) -> (B, C)."""
@@ -574,7 +574,7 @@ class DepthTarget:
 
     @staticmethod
     def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
-        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
+        """[repo] One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
         return y_BJTHW[:, :, 0]
 
 
@@ -585,12 +585,12 @@ def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tupl
 
 
 def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tuple[list, list]:
-    """DepthART's objective (paper Eq. 4-5): the model walked z_0..z_{K-1} (its own greedy tokens); the
+    """DepthART's objective (paper Eq. 4-5): the model walked z_0..z_{K-1} (its own greedy token indices); the
     target at scale si is, per position, the nearest code to the area-resized residual the walk left,
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
     and the inputs are built from the walk -> (targets: idx_Bl per scale, the walk's cumulative f_hat per scale).
-    The quantizer's loop with z in place of its nearest codes: if z is its decomposition, these are exactly
-    the teacher-forcing targets. z holds token indices: training walks greedily."""
+    The quantizer's loop with z in place of its nearest codes (if z is its decomposition, these are exactly the
+    teacher-forcing targets). Unlike there, rest is not detached: it feeds only argmins, which pass no gradient."""
     with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
@@ -610,7 +610,7 @@ def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tens
 
 
 class DepthART(nn.Module):
-    """A VQ-VAE, frozen in stage 2 (its calls run without gradients; train.py optimizes var alone), and a VAR
+    """A VQ-VAE, frozen in stage 2 (train.py optimizes var alone; walk_targets, predict run under no_grad), and a VAR
     transformer that predicts depth tokens after the image's tokens."""
 
     def __init__(self, cfg: Config, target=None):
@@ -654,7 +654,7 @@ class DepthART(nn.Module):
         if end > begin:
             parts.append(self.var.embed(f_BNCv, begin, end))
         x_BNC = torch.cat(parts, 1)
-        if self.cfg.image_shortcut:
+        if self.cfg.image_shortcut:  # [repo] extension (module docstring); off in d16
             x_BNC = x_BNC + self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:end])
         return x_BNC
 
@@ -680,17 +680,17 @@ class DepthART(nn.Module):
         z, f_hats, logits = [], [], []
         f_hat_BCvhw = 0  # not a tensor: the sum takes eta's shape, dtype and device from scale 0
         for si, pn in enumerate(patch_nums):
-            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :x_BNC.shape[1], :x_BNC.shape[1]]
+            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :x_BNC.shape[1], :x_BNC.shape[1]]  # [repo]
             logits_BlV = self.var(x_BNC, bias_11NN, caches)[:, -pn * pn:]
             z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # and the codes that build f_hat
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
             z.append(z_si)
             f_hats.append(f_hat_BCvhw)
             logits.append(logits_BlV)
-            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to the next scale
+            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized; its l is scale si+1's
                 f_next_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
-                x_BlC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
-                x_BNC = x_BlC if cache else torch.cat((x_BNC, x_BlC), 1)
+                x_next_BlC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
+                x_BNC = x_next_BlC if cache else torch.cat((x_BNC, x_next_BlC), 1)  # [repo] cache=False: all so far
         return z, f_hats, logits
 
     @torch.no_grad()
@@ -701,7 +701,7 @@ class DepthART(nn.Module):
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
-        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # [normals] for the paper, normalize_depth
+        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # = normalize_depth(gt, valid) [normals]
         if objective == "var":
             return (img_BLCv, f_D) + teacher_forcing_targets(self.vae.quantize, f_D)
         # every step walks afresh with the current weights; only the walk's tokens are kept, and dynamic_targets
@@ -709,17 +709,16 @@ class DepthART(nn.Module):
         return (img_BLCv, f_D) + dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
 
     def logits_and_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
-        """Depth logits of one block-causal forward over the walk, and their targets -> (logits_BLV, target_BL).
-        With gradients: for depthart it recomputes (up to precision) the logits the walk saw; for var it scores
-        the VQ-VAE's walk. [release] zoo.release_loss repeats these two lines: it also reads f_hats and f_D."""
+        """Depth logits of one block-causal forward over the walk, with gradients, and their targets -> (logits_BLV,
+        idx_BL): for depthart the logits the walk saw (up to precision), for var the VQ-VAE's walk scored."""
         img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
         return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
     def loss(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict)."""
-        logits_BLV, target_BL = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
-        loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), target_BL.reshape(-1))
-        token_acc = (logits_BLV.detach().argmax(-1) == target_BL).float().mean()
+        logits_BLV, idx_BL = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), idx_BL.reshape(-1))
+        token_acc = (logits_BLV.detach().argmax(-1) == idx_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
 
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
@@ -727,8 +726,8 @@ class DepthART(nn.Module):
         return self.target.decode(self.vae.decode(f_hat_BCvhw))
 
     def decode_target(self, f_hats: list) -> torch.Tensor:
-        """J partial sums f_hat -> the target after each, from one batched decoder call: (B, J, H, W) for depth
-        (target.per_scale). All K give the paper's Fig. 7, coarse to fine."""
+        """[repo] Visualisation: J partial sums f_hat -> the target after each, from one batched decoder call:
+        (B, J, H, W) for depth (target.per_scale). All K give the paper's Fig. 7, coarse to fine."""
         J, B = len(f_hats), f_hats[0].shape[0]
         return self.target.per_scale(self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1))
 
@@ -752,14 +751,14 @@ class DepthART(nn.Module):
 def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
-    an identity matrix's rows reads mat off."""
-    eye = torch.eye(src, dtype=torch.float64)[None, None]  # (1, 1, src, src): its rows resized give mat (dst, src)
+    an identity matrix along one axis reads mat off."""
+    eye = torch.eye(src, dtype=torch.float64)[None, None]  # (1, 1, src, src), resized along the height axis only
     kwargs = {"align_corners": False} if mode == "bicubic" else {}
     return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
 
 
 class Resampler(nn.Module):
-    """F.interpolate(f, (size, size), mode), area or bicubic, between the schedule's sides, as mat @ f @ mat.T."""
+    """mat @ f @ mat.T == F.interpolate(f, (size, size), mode) between the finest side and each coarser one."""
 
     def __init__(self, patch_nums):
         super().__init__()
