@@ -578,10 +578,10 @@ def verify(model: D.DepthART, onnx_model, batch: int, all_scales: bool, rounds: 
     depth_err = scales_err = depth_sum = 0.0
     for r in range(rounds):
         images = pool[r * batch:(r + 1) * batch]
-        with torch.no_grad():
-            z = model.rollout(model.encode_image(images), max_scale=max_scale)[0]
-            ref_depth = model.predict(images, max_scale=max_scale)
-            ref_scales = model.predict(images, all_scales=True, max_scale=max_scale) if all_scales else None
+        with torch.no_grad():  # one rollout gives the tokens and what model.predict decodes from it
+            z, f_hats, _ = model.rollout(model.encode_image(images), max_scale=max_scale)
+            ref_depth = model.decode(f_hats[-1])  # model.predict(images, max_scale=max_scale)
+            ref_scales = model.decode_target(f_hats) if all_scales else None  # ... and with all_scales=True
         out = dict(zip(names, sess.run(None, {"image": images.numpy()})))
         for k in range(K):
             equal[k] += int((out["tokens"][:, bounds[k]:bounds[k + 1]] == z[k].numpy()).sum())
