@@ -135,3 +135,22 @@ def fake_tensorrt(monkeypatch):
         monkeypatch.setattr(E, "gpu_description", lambda: (gpu, cc))
         return trt
     return install
+
+
+@pytest.fixture(scope="session")
+def normals_export(tmp_path_factory):
+    """A tiny random normals model (lively, seed 0), its checkpoint and `export.py --checkpoint ... --all-scales`
+    of it, once per session -> (model, checkpoint, graph, export.main's exit code). test_export checks the export;
+    test_infer runs the same graph through the command line rather than exporting it a second time."""
+    import torch
+    import depthart as D
+    import export as E
+    import zoo as Z
+    cfg = D.Config.tiny()
+    cfg.target = "normals"
+    torch.manual_seed(0)
+    model = E.lively(Z.build(cfg))
+    folder = tmp_path_factory.mktemp("normals")
+    checkpoint, graph = folder / "normals.safetensors", folder / "normals.onnx"
+    Z.save_checkpoint(checkpoint, model, {"stage": "transformer", "target": "normals"})
+    return model, checkpoint, graph, E.main(["--checkpoint", str(checkpoint), "--out", str(graph), "--all-scales"])

@@ -15,7 +15,6 @@ from PIL import Image
 
 import data
 import depthart as D
-import zoo as Z
 import export as E
 import infer_trt as I
 
@@ -338,21 +337,15 @@ def test_unwritable_engine_folder_falls_back_to_onnxruntime(first_run, fake_tens
     assert any("cannot write the engine" in ln for ln in lines), lines
 
 
-def test_a_normals_model_writes_normal_maps_npy_and_the_strip(tmp_path, capsys):
-    from safetensors.torch import save_file
-    cfg = D.Config.tiny()
-    cfg.target = "normals"
-    torch.manual_seed(0)
-    model = E.lively(Z.build(cfg))
-    ckpt = tmp_path / "normals.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt),
-              metadata={"config": json.dumps(cfg.to_dict())})
+def test_a_normals_model_writes_normal_maps_npy_and_the_strip(normals_export, tmp_path, capsys):
+    _, ckpt, graph, _ = normals_export  # a tiny normals checkpoint and its all-scales graph (tests/conftest.py)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 70, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     out = tmp_path / "out"
-    for backend in ("torch", "ort"):
-        code, text = run_main([str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--backend", backend, "--npy",
-                               "--scales", "--out", str(out), "--overwrite", "--cache-dir", str(tmp_path / "cache")], capsys)
+    for backend, model in (("torch", ckpt), ("ort", graph)):  # ONNX Runtime on the graph test_export checks
+        code, text = run_main([str(tmp_path / "a.png"), "--checkpoint", str(model), "--backend", backend, "--npy",
+                               "--scales", "--out", str(out), "--overwrite"], capsys)
         assert code == 0, text
+        assert ("onnxruntime" in text) == (backend == "ort")
         assert sorted(p.name for p in out.iterdir()) == ["a_normals.npy", "a_normals.png", "a_scales.png"]
         n = np.load(out / "a_normals.npy")
         assert n.shape == (40, 70, 3) and np.allclose(np.linalg.norm(n, axis=-1), 1, atol=1e-5)
