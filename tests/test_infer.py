@@ -123,7 +123,8 @@ def test_rerun_without_overwrite_skips_and_keeps_files(first_run, capsys):
 def test_torch_and_onnxruntime_backends_agree(checkpoint, first_run):
     _, _, cache = first_run
     torch_backend = I.load_backend(checkpoint, "torch")
-    ort_backend = I.load_backend(checkpoint, "ort", batch=2, all_scales=True, cache_dir=cache)  # cached graph
+    # exports the FP32 graph here: first_run cached the CLI default on a CPU, the INT8 graph
+    ort_backend = I.load_backend(checkpoint, "ort", batch=2, all_scales=True, cache_dir=cache)
     assert torch_backend.image_size == ort_backend.image_size == 64 and ort_backend.batch == 2
     images = E.sample_images(3, 64).numpy()  # 3 images through a batch-2 graph: padded last chunk
     a, b = torch_backend.predict(images), ort_backend.predict(images)
