@@ -1,5 +1,9 @@
-"""Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed)."""
+"""Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed), a tiny normals
+model exported once, and command lines run side by side."""
+import os
+import subprocess
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -154,3 +158,11 @@ def normals_export(tmp_path_factory):
     checkpoint, graph = folder / "normals.safetensors", folder / "normals.onnx"
     Z.save_checkpoint(checkpoint, model, {"stage": "transformer", "target": "normals"})
     return model, checkpoint, graph, E.main(["--checkpoint", str(checkpoint), "--out", str(graph), "--all-scales"])
+
+
+def run_side_by_side(commands) -> list:
+    """subprocess.run(argv, **kwargs) for each (argv, kwargs), two at a time (more where there are more cores):
+    a command-line test's interpreter spends its seconds importing torch on one core, so ten of them one after
+    another leave the other core idle. Returns the CompletedProcess of each, in order."""
+    with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda c: subprocess.run(c[0], **c[1]), commands))
