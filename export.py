@@ -777,13 +777,13 @@ def references(model: D.DepthART, batch: int, all_scales: bool, rounds: int | No
            "batch": batch, "all_scales": all_scales, "images": [], "tokens": [], "depth": [], "scales": []}
     for r in range(rounds):
         images = pool[r * batch:(r + 1) * batch]
-        with torch.no_grad():
-            z = model.rollout(model.encode_image(images), max_scale=max_scale)[0]
+        with torch.no_grad():  # one rollout gives the tokens and what model.predict decodes from it
+            z, f_hats, _ = model.rollout(model.encode_image(images), max_scale=max_scale)
             out["images"].append(images.numpy())
             out["tokens"].append([zk.numpy() for zk in z])
-            out["depth"].append(model.predict(images, max_scale=max_scale).numpy())
-            if all_scales:
-                out["scales"].append(model.predict(images, all_scales=True, max_scale=max_scale).numpy())
+            out["depth"].append(model.decode(f_hats[-1]).numpy())  # = model.predict(images, max_scale=max_scale)
+            if all_scales:  # = model.predict(images, all_scales=True, max_scale=max_scale)
+                out["scales"].append(model.decode_target(f_hats).numpy())
     return out
 
 

@@ -1,5 +1,9 @@
-"""Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed)."""
+"""Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed), a tiny normals
+model exported once, and command lines run side by side."""
+import os
+import subprocess
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -135,3 +139,30 @@ def fake_tensorrt(monkeypatch):
         monkeypatch.setattr(E, "gpu_description", lambda: (gpu, cc))
         return trt
     return install
+
+
+@pytest.fixture(scope="session")
+def normals_export(tmp_path_factory):
+    """A tiny random normals model (lively, seed 0), its checkpoint and `export.py --checkpoint ... --all-scales`
+    of it, once per session -> (model, checkpoint, graph, export.main's exit code). test_export checks the export;
+    test_infer runs the same graph through the command line rather than exporting it a second time."""
+    import torch
+    import depthart as D
+    import export as E
+    import zoo as Z
+    cfg = D.Config.tiny()
+    cfg.target = "normals"
+    torch.manual_seed(0)
+    model = E.lively(Z.build(cfg))
+    folder = tmp_path_factory.mktemp("normals")
+    checkpoint, graph = folder / "normals.safetensors", folder / "normals.onnx"
+    Z.save_checkpoint(checkpoint, model, {"stage": "transformer", "target": "normals"})
+    return model, checkpoint, graph, E.main(["--checkpoint", str(checkpoint), "--out", str(graph), "--all-scales"])
+
+
+def run_side_by_side(commands) -> list:
+    """subprocess.run(argv, **kwargs) for each (argv, kwargs), two at a time (more where there are more cores):
+    a command-line test's interpreter spends its seconds importing torch on one core, so ten of them one after
+    another leave the other core idle. Returns the CompletedProcess of each, in order."""
+    with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda c: subprocess.run(c[0], **c[1]), commands))

@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate as ev  # noqa: E402
 import metrics as M  # noqa: E402
+from conftest import run_side_by_side  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Metrics, worked by hand.
@@ -551,16 +552,28 @@ def test_marigold_planarity_uses_the_raw_prediction_median_scaled_per_plane(tmp_
     assert result["metrics"]["abs_rel"] < 1e-3 and fla > 3 * fla_shifted  # least squares hid the bent plane
 
 
-@pytest.mark.parametrize("args, message", [
+CLI_MISTAKES = [
     (["--dataset", "nyuv2", "--data-root", "/no/such/dir"], "--data-root /no/such/dir: no such file or folder"),
     (["--dataset", "nyuv2"], "--data-root is required for nyuv2"),
     (["--dataset", "synthetic", "--out", "/proc/depthart-test/r"], "cannot create or write in /proc/depthart-test"),
     (["--dataset", "world", "--checkpoint", "no/model.safetensors"], "no/model.safetensors does not exist"),
-])
-def test_cli_mistakes_are_one_line_from_any_directory(tmp_path, args, message):
-    checkpoint = [] if "--checkpoint" in args else ["--checkpoint", "ramp"]
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *checkpoint, *args, "--no-progress"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+]
+
+
+@pytest.fixture(scope="module")
+def cli_mistake_runs(tmp_path_factory):
+    """evaluate.py with each of CLI_MISTAKES from a folder of its own, side by side (tests/conftest.py)."""
+    commands = []
+    for args, _ in CLI_MISTAKES:
+        checkpoint = [] if "--checkpoint" in args else ["--checkpoint", "ramp"]
+        commands.append(([sys.executable, str(ROOT / "evaluate.py"), *checkpoint, *args, "--no-progress"],
+                         dict(capture_output=True, text=True, cwd=tmp_path_factory.mktemp("mistake"), timeout=120)))
+    return {tuple(args): proc for (args, _), proc in zip(CLI_MISTAKES, run_side_by_side(commands))}
+
+
+@pytest.mark.parametrize("args, message", CLI_MISTAKES)
+def test_cli_mistakes_are_one_line_from_any_directory(cli_mistake_runs, args, message):
+    proc = cli_mistake_runs[tuple(args)]
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("evaluate.py: error: "), proc.stderr
     assert message in lines[0]

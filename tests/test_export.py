@@ -10,7 +10,6 @@ import torch
 from onnx import TensorProto, helper
 
 import depthart as D
-import zoo as Z
 import export as E
 
 # Every operator the TensorRT 10 ONNX parser supports (marked "Y"), from onnx/onnx-tensorrt docs/operators.md
@@ -366,17 +365,13 @@ def test_unwritable_out_is_one_line_before_the_export(tmp_path, capsys, out):
     assert "traced" not in captured.out  # refused before minutes of work
 
 
-def test_a_normals_checkpoint_exports_with_parity(tmp_path):
+def test_a_normals_checkpoint_exports_with_parity(normals_export):
     """A tiny model with target normals: the graph outputs unit normals (and their per-scale maps) named
     after the target, token-exact and within 1e-3 of PyTorch (renormalizing a random decoder's short vectors
-    magnifies float rounding; see export.verify)."""
-    cfg = D.Config.tiny()
-    cfg.target = "normals"
-    torch.manual_seed(0)
-    model = E.lively(Z.build(cfg))
-    Z.save_checkpoint(tmp_path / "normals.safetensors", model, {"stage": "transformer", "target": "normals"})
-    out = tmp_path / "normals.onnx"
-    assert E.main(["--checkpoint", str(tmp_path / "normals.safetensors"), "--out", str(out), "--all-scales"]) == 0
+    magnifies float rounding; see export.verify). The export (tests/conftest.py) is
+    `export.py --checkpoint normals.safetensors --all-scales`, run once for this test and test_infer's."""
+    model, _, out, code = normals_export
+    assert code == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["target"] == "normals" and report["outputs"] == ["normals", "normals_scales"]
     assert min(report["fp32_check"]["token_agreement_per_scale"]) == 1.0

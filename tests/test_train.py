@@ -1,5 +1,6 @@
 """train.py on the CPU: both stages run and checkpoint, resume is exact, signals save, DDP ranks agree,
 HyperSim trains from its official layout, and bad arguments end in one clear line."""
+import functools
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import torch
 import depthart as D
 import zoo as Z
 import train
+from conftest import run_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--data", "synthetic", "--preset", "tiny", "--batch-size", "2", "--train-scenes", "8",
@@ -222,7 +224,7 @@ def test_trains_on_hypersim_in_the_official_layout(tmp_path):
     assert 0 <= log[-1]["val_delta1"] <= 1
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_ARGUMENTS = [
     (["--data", "imagenet"], "unknown --data 'imagenet'"),
     (["--data", "hypersim"], "needs --data-root"),
     (["--data", "hypersim", "--data-root", "/nonexistent/hypersim"], "/nonexistent/hypersim: no such directory"),
@@ -233,12 +235,26 @@ def test_trains_on_hypersim_in_the_official_layout(tmp_path):
     (["--target", "normals"], "box rooms have no normals; use --data world"),
     (["--subjects", "0.3"], "--subjects 0.3: a share in (0, 1] of the scenes of --data world"),
     (["--data", "world", "--subjects", "1.5"], "--subjects 1.5: a share"),
-])
-def test_bad_arguments_are_one_clear_line(tmp_path, args, message):
-    (tmp_path / "FILE").write_text("x")
-    out = [] if "--out" in args else ["--out", str(tmp_path)]
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, *out],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)  # from another directory
+]
+
+
+@pytest.fixture(scope="module")
+def bad_argument_runs(tmp_path_factory):
+    """train.py with each of BAD_ARGUMENTS, each from a folder of its own (not the repository) holding a file
+    FILE, started side by side (tests/conftest.py) -> {arguments: CompletedProcess}."""
+    commands = []
+    for args, _ in BAD_ARGUMENTS:
+        cwd = tmp_path_factory.mktemp("bad-arguments")
+        (cwd / "FILE").write_text("x")
+        out = [] if "--out" in args else ["--out", str(cwd)]
+        commands.append(([sys.executable, str(ROOT / "train.py"), *args, *out],
+                         dict(cwd=cwd, capture_output=True, text=True, timeout=120)))  # from another directory
+    return {tuple(args): res for (args, _), res in zip(BAD_ARGUMENTS, run_side_by_side(commands))}
+
+
+@pytest.mark.parametrize("args, message", BAD_ARGUMENTS)
+def test_bad_arguments_are_one_clear_line(bad_argument_runs, args, message):
+    res = bad_argument_runs[tuple(args)]
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0], res.stderr
@@ -253,8 +269,11 @@ def test_an_empty_hypersim_split_is_a_clear_error(tmp_path, capsys):
     assert e.value.code == 2 and "no usable frames" in capsys.readouterr().err
 
 
-def test_benchmark_prints_a_row_per_stage_and_objective(capsys):
+def test_benchmark_prints_a_row_per_stage_and_objective(capsys, monkeypatch):
     """A row per stage in FP32, and in BF16 only where the CPU has it natively (emulated BF16 is ~300x slower)."""
+    # the reference matmul at 256^2 rather than 2048^2 (9 runs of 17 GFLOP each, seconds on one thread): the
+    # rows only need a rate to divide by
+    monkeypatch.setattr(train, "matmul_rate", functools.partial(train.matmul_rate, n=256))
     threads = torch.get_num_threads()
     train.benchmark(train.parse_args(["--benchmark", "--batch-size", "2", "--threads", "1"]), warmup=1, timed=1)
     torch.set_num_threads(threads)
