@@ -537,7 +537,8 @@ def depthart_group(args):
         int8 = depthart_int8_graph(Path(graph))
     for label, path in (("FP32", graph), ("INT8 dynamic (INT8 MatMul weights)", int8)):
         if path:
-            sess, x = E.ort_session(str(path), args.threads), image.numpy()
+            # spin=False: ONNX Runtime's threads would otherwise spin on the cores the next PyTorch round needs
+            sess, x = E.ort_session(str(path), args.threads, spin=False), image.numpy()
             # its FLOPs are the eager path's: the graph is the same cached rollout, traced
             parts[f"ort {label}"] = (lambda s=sess: s.run(None, {"image": x}), "torch")
             rows.append((f"DepthART {name}, ONNX Runtime CPU {label}", f"{S}x{S}", {f"ort {label}": 1}))

@@ -740,13 +740,16 @@ def graph_files(path) -> list[Path]:
     return [path] + [p for p in [path.with_name(path.name + ".data")] if p.exists()]
 
 
-def ort_session(model_or_path, threads: int | None = None, lean: bool = False):
+def ort_session(model_or_path, threads: int | None = None, lean: bool = False, spin: bool = True):
     """An ONNX Runtime CPU session. lean (export's check): no memory arena and no pre-packed copies of the
-    MatMul weights, so a graph whose weights are external data costs little more than its mapped file."""
+    MatMul weights, so a graph whose weights are external data costs little more than its mapped file.
+    spin=False: its threads sleep between runs instead of spinning, for timings interleaved with PyTorch's."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if lean:
         so.enable_cpu_mem_arena = False
         so.add_session_config_entry("session.disable_prepacking", "1")
