@@ -23,13 +23,14 @@ Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal at
 4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
 targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file imports
 only torch and the standard library; zoo.py, which imports it, holds what surrounds the method: checkpoints, the
-release's key names, sampler and loss, normals and other depth normalizations, stage 1's loss.
+release's key names, sampler and loss variant, normals and other depth normalizations, stage 1's loss.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
   var:       inputs and targets from the VQ-VAE's own walk, x_si = Q(S_si(f_D - sum_{i<si} eta_i(x_i)))
   depthart:  inputs from the model's greedy walk z_si; targets t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i)))
-When the model walks exactly the VQ-VAE's path (z = x), the two coincide: they differ only in who walks.
+When the model walks exactly the VQ-VAE's path (z = x), the two coincide: they differ only in who walks. (Its own
+walk with VAR's targets x_si would not do: x_si repairs a past the model did not produce, so its sum misses f_D.)
 
 d16: image (B,3,256,256) -> f (B,32,16,16) -> 10 token maps, sides pn = 1,2,3,4,5,6,8,10,13,16 (680 tokens);
 transformer input (B, 680 + 680, 1024) = [image prefix | depth start token, depth inputs of scales 1..9].
@@ -590,7 +591,7 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
     and the inputs are built from the walk -> (targets: idx_Bl per scale, the walk's cumulative f_hat per scale).
     The quantizer's loop with z in place of its nearest codes (if z is its decomposition, these are exactly the
-    teacher-forcing targets). Unlike there, rest is not detached: it feeds only argmins, which pass no gradient."""
+    teacher-forcing targets). Unlike there, the eta terms are not detached: training calls this under no_grad."""
     with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
@@ -672,7 +673,7 @@ class DepthART(nn.Module):
         prefix and the depth start token together (mask level 0 sees all of itself); each later call adds only
         the new scale, whose keys and values join the KV cache (inference, training and export alike).
 
-        Options (only the lines naming them depend on them): pick, greedy or [release] zoo's samplers; [repo]
+        Options, each used only on the lines that name it: pick, greedy or [release] zoo's samplers; [repo]
         cache=False reruns the whole sequence under the mask (the slow reference); [repo] max_scale k: stop after k."""
         caches = [dict() for _ in self.var.blocks] if cache else None
         quant, patch_nums = self.vae.quantize, self.cfg.patch_nums[:max_scale]  # None: all K scales
