@@ -145,7 +145,7 @@ def parse_args(argv=None):
                    help="--anchors with toy-sized anchors and the tiny preset: a quick test of the code path, not a measurement")
     p.add_argument("--anchors-ort", action="store_true",
                    help="--anchors: also time DepthART's FP32 and INT8 graphs in ONNX Runtime, exporting what --graph / "
-                        "--int8-graph do not give (d16: ~15 GB and minutes, once; cached)")
+                        "--int8-graph do not give (d16: ~7 GB and ~8 minutes, once; cached)")
     p.add_argument("--int8-graph", help="--anchors: an INT8 graph of these weights (export.py --int8) to time")
     p.add_argument("--var-repo", default=os.environ.get("VAR_REPO"),
                    help="--anchors: a checkout of github.com/FoundationVision/VAR (default $VAR_REPO): time its d16 "
