@@ -105,7 +105,7 @@ def graph_for(args, model, checkpoint_path) -> Path:
     path = (Path(args.cache_dir or I.default_cache_dir()) / f"preset-{args.preset}-seed{args.seed}"
             / f"depthart-b1-opset{E.OPSET}-{I._code_digest()}.onnx")
     if not path.exists():
-        # In a child process: tracing d16 peaks at ~15 GB, and a process that has held that much runs
+        # In a child process: tracing d16 peaks at ~7 GB, and a process that has held that much runs
         # ONNX Runtime afterwards at half speed. The child rebuilds the same random weights from the seed.
         print(f"exporting the {args.preset} graph to {path} (once, in a child process)", flush=True)
         subprocess.run([sys.executable, __file__, "--preset", args.preset, "--seed", str(args.seed),
