@@ -150,7 +150,7 @@ def trace_apart(model: D.DepthART, batch: int = 1, all_scales: bool = False, ops
     image_input = [i for i in graph.graph.input if i.name == "image"]
     del graph.graph.input[:]
     graph.graph.input.extend(image_input)
-    graph = share_weights(fold_weights(graph, tensors), tensors)
+    graph = share_initializers(fold_weights(graph, tensors), tensors)
     return graph, tensors
 
 
@@ -241,25 +241,6 @@ def fold_weights(graph, tensors: dict):
     return prune(graph)  # drops nodes no output needs (Constants that only fed folds)
 
 
-def share_weights(graph, tensors: dict):
-    """share_initializers for weights kept apart: stubs with identical type, shape and bytes become one
-    (the copies leave `tensors`, in place)."""
-    seen, alias = {}, {}
-    for name, t in tensors.items():
-        key = (str(t.dtype), tuple(t.shape), hashlib.sha256(memoryview(np.ascontiguousarray(t.numpy()))).digest())
-        if key in seen:
-            alias[name] = seen[key]
-        else:
-            seen[key] = name
-    keep = [i for i in graph.graph.initializer if i.name not in alias]
-    del graph.graph.initializer[:]
-    graph.graph.initializer.extend(keep)
-    _rename_inputs(graph, alias)
-    for name in alias:
-        del tensors[name]
-    return graph
-
-
 def fill_weights(graph, tensors: dict):
     """Put every stub's bytes (from `tensors`) inside the graph, in place: a graph like any other."""
     for init in graph.graph.initializer:
@@ -339,15 +320,19 @@ def drop_identities(model):
     return model
 
 
-def share_initializers(model):
-    """Initializers with identical type, shape and bytes become one (unrolled steps read the same weight)."""
+def share_initializers(model, tensors: dict | None = None):
+    """Initializers with identical type, shape and bytes become one (unrolled steps read the same weight).
+    tensors: the bytes of the stubs of a graph that keeps its weights apart (trace_apart); a shared stub's copies
+    leave it, in place. Stubs are shared among stubs only, inline initializers among inline ones."""
     seen, alias, keep = {}, {}, []
     for init in model.graph.initializer:
-        if is_stub(init):  # weights kept apart were shared by share_weights
+        stub = is_stub(init)
+        if stub and tensors is None:  # bytes not at hand: left as they are
             keep.append(init)
             continue
-        data = init.raw_data or numpy_helper.to_array(init).tobytes()
-        key = (init.data_type, tuple(init.dims), hashlib.sha256(data).digest())
+        data = memoryview(np.ascontiguousarray(tensors[init.name].numpy())) if stub else \
+            init.raw_data or numpy_helper.to_array(init).tobytes()
+        key = (stub, init.data_type, tuple(init.dims), hashlib.sha256(data).digest())
         if key in seen:
             alias[init.name] = seen[key]
         else:
@@ -356,6 +341,8 @@ def share_initializers(model):
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
     _rename_inputs(model, alias)
+    for name in alias.keys() & (tensors or {}).keys():
+        del tensors[name]
     return model
 
 
@@ -388,10 +375,7 @@ def tidy(model, tensors: dict | None = None):
         del model.graph.value_info[:]
         if len(model.graph.node) == count:
             break
-    model = share_initializers(model)
-    if tensors is not None:
-        model = share_weights(model, tensors)
-    model = prune(model)
+    model = prune(share_initializers(model, tensors))
     del model.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
