@@ -314,7 +314,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
         self.subjects = float(subjects)
         if families and not world:
             raise ValueError(f"SyntheticScenes: families={families!r} is a mix of world scenes (world=True)")
-        self.families, self.mix = families or None, family_weights(families)
+        self.mix = family_weights(families)  # None: the world's own mix
         self.length = DEFAULT_SYNTHETIC_LENGTH[split] if length is None else int(length)
         self.first_seed = SPLIT_SEED_START[split] + int(seed_offset)
         if self.length < 0 or seed_offset < 0 or self.first_seed + self.length > _SEED_STOP[split]:

@@ -217,3 +217,19 @@ def test_textures_avoid_the_real_photograph_test_set():
     reserved = {"astronaut", "camera", "chelsea", "cat", "coffee", "rocket", "motorcycle_left",
                 "motorcycle_right", "clock", "text", "horse", "logo"}
     assert not reserved & set(scenes.TEXTURES)
+
+
+def test_family_weights_reweight_the_draw_without_moving_a_seeds_geometry():
+    """--families: a spec becomes normalized probabilities in FAMILIES order; the default mix given explicitly
+    draws the very same scene; a one-family mix draws only that family; bad specs are one clear ValueError."""
+    from scenes import FAMILIES, _FAMILY_P, family_weights, render_world
+    assert family_weights(None) is None and family_weights("") is None
+    w = family_weights("room=2,tabletop=1")
+    assert w == pytest.approx(tuple({"room": 2 / 3, "tabletop": 1 / 3}.get(f, 0.0) for f in FAMILIES))
+    a, b = render_world(5, 32), render_world(5, 32, mix=_FAMILY_P)
+    assert a["family"] == b["family"] and np.array_equal(a["image"], b["image"])
+    only_room = family_weights("room=1")
+    assert {render_world(s, 16, augment=False, mix=only_room)["family"] for s in range(6)} == {"room"}
+    for bad in ("rooom=1", "room=x", "room=-1", "room=0"):
+        with pytest.raises(ValueError, match="families"):
+            family_weights(bad)
