@@ -105,7 +105,7 @@ def graph_for(args, model, checkpoint_path) -> Path:
     path = (Path(args.cache_dir or I.default_cache_dir()) / f"preset-{args.preset}-seed{args.seed}"
             / f"depthart-b1-opset{E.OPSET}-{I._code_digest()}.onnx")
     if not path.exists():
-        # In a child process: tracing d16 peaks at ~7 GB, and a process that has held that much runs
+        # In a child process: tracing d16 peaks at ~3.5 GB, and a process that has held that much runs
         # ONNX Runtime afterwards at half speed. The child rebuilds the same random weights from the seed.
         print(f"exporting the {args.preset} graph to {path} (once, in a child process)", flush=True)
         subprocess.run([sys.executable, __file__, "--preset", args.preset, "--seed", str(args.seed),
@@ -145,7 +145,7 @@ def parse_args(argv=None):
                    help="--anchors with toy-sized anchors and the tiny preset: a quick test of the code path, not a measurement")
     p.add_argument("--anchors-ort", action="store_true",
                    help="--anchors: also time DepthART's FP32 and INT8 graphs in ONNX Runtime, exporting what --graph / "
-                        "--int8-graph do not give (d16: ~7 GB and ~8 minutes, once; cached)")
+                        "--int8-graph do not give (d16 FP32: ~3.5 GB and ~3 minutes, once; cached)")
     p.add_argument("--int8-graph", help="--anchors: an INT8 graph of these weights (export.py --int8) to time")
     p.add_argument("--var-repo", default=os.environ.get("VAR_REPO"),
                    help="--anchors: a checkout of github.com/FoundationVision/VAR (default $VAR_REPO): time its d16 "

@@ -32,14 +32,19 @@ What the exporter writes and how it is checked:
   * the weights never pass through the graph in memory (trace_apart): the tracer exports without them, the
     nodes that read only weights are computed in torch as views of the model's tensors, and save_graph streams
     each weight into NAME.onnx.data; PyTorch's answers on the check images are computed before ONNX Runtime
-    loads the written graph without pre-packed weight copies. That keeps the d16 export near one copy of the
-    weights (README: peak resident memory of `python export.py --preset d16`).
+    loads the written graph without pre-packed weight copies; the exporter's own shape inference runs without
+    the weights' values (shape_inference_without_weights), and the command line frees the model's weights before
+    ONNX Runtime maps the written ones (export(keep_model=False)). That keeps the d16 export near one copy of
+    the weights: 3.5 GB at its peak (README: `/usr/bin/time -v python export.py --preset d16`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import ctypes
 import dataclasses
+import gc
 import hashlib
 import io
 import json
@@ -135,7 +140,7 @@ def trace_apart(model: D.DepthART, batch: int = 1, all_scales: bool = False, ops
     image = torch.rand(batch, 3, S, S, generator=torch.Generator().manual_seed(0))
     unrolled = Unrolled(model, all_scales, max_scale).eval()
     buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), shape_inference_without_weights():
         warnings.simplefilter("ignore")  # TracerWarnings about Python ints from shapes: shapes are fixed here
         torch.onnx.export(unrolled, (image,), buf, dynamo=False, export_params=False,
                           opset_version=opset, input_names=["image"], output_names=output_names(all_scales, model.cfg.target),
@@ -152,6 +157,21 @@ def trace_apart(model: D.DepthART, batch: int = 1, all_scales: bool = False, ops
     graph.graph.input.extend(image_input)
     graph = share_initializers(fold_weights(graph, tensors), tensors)
     return graph, tensors
+
+
+@contextlib.contextmanager
+def shape_inference_without_weights():
+    """torch.onnx.export's TorchScript path runs ONNX shape inference over the whole graph with every weight's
+    value at hand (its params_dict), and keeps values it derives from them: at d16 that pass alone took resident
+    memory from 3.0 to 7.5 GB. Every shape here is static and none is computed from a weight's values (the
+    weights are graph inputs with traced shapes), so the pass runs on shapes alone; tests/test_export.py checks
+    that the graph comes out byte-identical either way."""
+    jit_pass = torch._C._jit_pass_onnx_graph_shape_type_inference
+    torch._C._jit_pass_onnx_graph_shape_type_inference = lambda graph, params, opset: jit_pass(graph, {}, opset)
+    try:
+        yield
+    finally:
+        torch._C._jit_pass_onnx_graph_shape_type_inference = jit_pass
 
 
 def _stub(name: str, tensor: torch.Tensor):
@@ -718,6 +738,16 @@ def _save_streamed(graph, tensors: dict, path: Path, data_name: str):
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def release_freed_memory():
+    """Hand memory that Python and PyTorch have freed back to the system (glibc's malloc_trim): glibc keeps a
+    freed heap for reuse, which after tracing d16 is about 1 GB of resident memory nothing uses. No-op elsewhere."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        pass
+
+
 def graph_files(path) -> list[Path]:
     """The files of a written graph: NAME.onnx [and NAME.onnx.data]."""
     path = Path(path)
@@ -840,7 +870,8 @@ def verify_written(model: D.DepthART | None, graph, external: bool, where, tenso
 
 def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False, tokens: bool = False,
            fp16: bool = False, check: bool = True, exact: bool = True, external_data: bool | None = None,
-           fp16_keep=FP16_KEEP, int8: bool = False, log=print, max_scale: int | None = None) -> dict:
+           fp16_keep=FP16_KEEP, int8: bool = False, log=print, max_scale: int | None = None,
+           keep_model: bool = True) -> dict:
     """Trace, tidy, check and save one graph (written atomically); returns a report dict.
 
     external_data: store the weights in NAME.onnx.data (None: when they exceed EXTERNAL_DATA_BYTES).
@@ -852,6 +883,10 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     reordering, so inference on a user's checkpoint warns rather than refuses.
 
     max_scale k (anytime depth): the graph stops after the first k scales and decodes that partial sum.
+
+    keep_model=False (the command line, which has no further use for the model): an FP32 export's weights are
+    written, then the model's are freed (it is left on the meta device), then ONNX Runtime checks the written
+    files, so the export never holds the weights twice (d16: the difference between 4.4 and under 4 GB).
     """
     K = len(model.cfg.patch_nums)
     if max_scale is not None and not 1 <= max_scale <= K:
@@ -879,6 +914,13 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     external = initializer_bytes(graph) > EXTERNAL_DATA_BYTES if external_data is None else external_data
     if check:  # PyTorch's answers first, then ONNX Runtime on the written files with the weights mapped from disk
         refs = references(model, batch, all_scales, max_scale=max_scale)
+        release_freed_memory()  # the trace's and the rollout's freed heap, before ORT maps the weights
+    if check and not keep_model and not (fp16 or int8):
+        wanted = output_names(all_scales, model.cfg.target)[:-1] + (["tokens"] if tokens else [])
+        report["fp32_check"] = _write_then_check(model, graph, tensors, out_path, external, wanted, refs=refs,
+                                                 batch=batch, all_scales=all_scales, require_exact=exact, log=log)
+        return _finish(report, out_path, wanted, False, False, t0, log, model.cfg.target)
+    if check:
         report["fp32_check"] = verify_written(None, graph, external, out_path.parent, tensors, batch=batch, refs=refs,
                                               all_scales=all_scales, require_exact=exact, log=log, lean=True)
         if not exact and min(report["fp32_check"]["token_agreement_per_scale"]) < 1:
@@ -920,12 +962,39 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     wanted = output_names(all_scales, model.cfg.target)[:-1] + (["tokens"] if tokens else [])
     graph = keep_outputs(graph, wanted)
     save_graph(graph, out_path, external, tensors)
+    return _finish(report, out_path, wanted, fp16, int8, t0, log, model.cfg.target)
+
+
+def _finish(report, out_path, wanted, fp16, int8, t0, log, target) -> dict:
     files = graph_files(out_path)
-    report.update(path=str(out_path), outputs=wanted, external_data=external, sha256=file_sha256(out_path),
+    report.update(path=str(out_path), outputs=wanted, external_data=files[-1] != out_path, sha256=file_sha256(out_path),
                   megabytes=round(sum(f.stat().st_size for f in files) / 2**20, 2),
                   export_seconds=round(time.perf_counter() - t0, 1))
     log(f"wrote {' + '.join(str(f) for f in files)} ({report['megabytes']} MB, outputs {', '.join(wanted)}, "
-        f"{'float16' if fp16 else 'int8 weights' if int8 else 'float32'} inside, float32 image in and {model.cfg.target} out)")
+        f"{'float16' if fp16 else 'int8 weights' if int8 else 'float32'} inside, float32 image in and {target} out)")
+    return report
+
+
+def _write_then_check(model, graph, tensors: dict, out_path: Path, external: bool, wanted, **check) -> dict:
+    """export(keep_model=False): stage the graph (with its tokens output) beside out_path, free the model's
+    weights, check the staged files with ONNX Runtime, then drop the outputs not wanted (the weights file stays
+    as written: pruning an output removes no weight) and move the files into place, the data first."""
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as d:
+        staged = Path(d) / out_path.name
+        save_graph(graph, staged, external, tensors)
+        tensors.clear()
+        model.to("meta")  # frees every parameter and buffer: ONNX Runtime maps the written copy instead
+        release_freed_memory()
+        report = verify(None, staged, refs=check.pop("refs"), lean=True, **check)
+        final = keep_outputs(onnx.load(str(staged), load_external_data=False), wanted)
+        if len(final.graph.initializer) != len(graph.graph.initializer):
+            raise RuntimeError("pruning the check's outputs dropped weights; export with keep_model=True")
+        data = final.SerializeToString()
+        atomic_write(staged, lambda tmp: tmp.write_bytes(data))
+        if not external:
+            (out_path.parent / (out_path.name + ".data")).unlink(missing_ok=True)  # a stale file of an earlier export
+        for f in reversed(graph_files(staged)):  # the data first: NAME.onnx never points at a missing file
+            os.replace(f, out_path.parent / f.name)
     return report
 
 
@@ -1179,7 +1248,7 @@ def run(args) -> int:
     report = export(model, args.out, batch=args.batch, all_scales=args.all_scales, tokens=args.tokens,
                     fp16=args.fp16, check=not args.no_check, exact=not args.allow_token_flips,
                     external_data=args.external_data or None, fp16_keep=args.fp16_keep, int8=args.int8,
-                    max_scale=args.max_scale)
+                    max_scale=args.max_scale, keep_model=False)
     print("operators: " + ", ".join(f"{k} {v}" for k, v in report["operators"].items()))
     Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1))
     if args.engine:

@@ -315,7 +315,7 @@ def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, precision
     log(f"exporting {checkpoint} to {path} (once; later runs reuse it)")
     model = Z.load(checkpoint)
     E.export(model, path, batch=batch, all_scales=all_scales, fp16=precision == "fp16", int8=precision == "int8",
-             check=True, exact=False, log=lambda s: log("  " + s), max_scale=max_scale)
+             check=True, exact=False, log=lambda s: log("  " + s), max_scale=max_scale, keep_model=False)
     return path
 
 

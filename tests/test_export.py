@@ -1,4 +1,6 @@
 """Tests of export.py on the tiny preset: one static graph, token-exact in ONNX Runtime, deployable."""
+import contextlib
+import copy
 import hashlib
 import json
 from collections import Counter
@@ -414,3 +416,36 @@ def test_weights_streamed_to_external_data_give_the_same_graph(tiny, tmp_path):
     in_memory = E.keep_outputs(E.tidy(E.trace(tiny, 1)), ["depth"])
     np.testing.assert_array_equal(E.ort_session(out, lean=True).run(None, {"image": images})[0],
                                   E.ort_session(in_memory).run(None, {"image": images})[0])
+
+
+def test_shape_inference_without_weights_gives_the_same_graph(tiny, monkeypatch):
+    """The exporter's whole-graph shape inference runs without the weights' values (at d16 they cost it 4.5 GB);
+    no shape here comes from a weight's values, so the graph is the same byte for byte, and the pass is restored."""
+    jit_pass, weights_seen = torch._C._jit_pass_onnx_graph_shape_type_inference, []
+
+    def spy(graph, params, opset):
+        weights_seen.append(len(params))
+        return jit_pass(graph, params, opset)
+    monkeypatch.setattr(torch._C, "_jit_pass_onnx_graph_shape_type_inference", spy)
+    lean_graph, lean_tensors = E.trace_apart(tiny, 2, all_scales=True)
+    assert torch._C._jit_pass_onnx_graph_shape_type_inference is spy and weights_seen and not any(weights_seen)
+    monkeypatch.setattr(E, "shape_inference_without_weights", contextlib.nullcontext)  # the exporter's own way
+    graph, tensors = E.trace_apart(tiny, 2, all_scales=True)
+    assert max(weights_seen) > 0 and lean_graph.SerializeToString() == graph.SerializeToString()
+    assert lean_tensors.keys() == tensors.keys() and all(torch.equal(lean_tensors[k], tensors[k]) for k in tensors)
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external-data"])
+def test_export_that_frees_the_model_writes_the_same_files(tiny, tmp_path, external):
+    """keep_model=False (the command line's way: write, free the model's weights, then check the written files)
+    writes byte for byte what keep_model=True writes, checks as much, and leaves the model on the meta device."""
+    kept, freed = tmp_path / "kept" / "g.onnx", tmp_path / "freed" / "g.onnx"
+    model = copy.deepcopy(tiny)
+    a = E.export(tiny, kept, batch=2, all_scales=True, external_data=external, log=lambda s: None)
+    b = E.export(model, freed, batch=2, all_scales=True, external_data=external, log=lambda s: None, keep_model=False)
+    assert [f.name for f in E.graph_files(kept)] == [f.name for f in E.graph_files(freed)]
+    assert len(E.graph_files(freed)) == 1 + external and b["external_data"] == a["external_data"] == external
+    assert all(f.read_bytes() == g.read_bytes() for f, g in zip(E.graph_files(kept), E.graph_files(freed)))
+    assert b["fp32_check"] == a["fp32_check"] and b["outputs"] == a["outputs"] == ["depth", "depth_scales"]
+    assert all(p.is_meta for p in model.parameters()) and not any(p.is_meta for p in tiny.parameters())
+    assert sorted(p.name for p in freed.parent.iterdir()) == sorted(f.name for f in E.graph_files(freed))
