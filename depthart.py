@@ -51,24 +51,24 @@ Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and 
   B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
   V vocabulary     H, W image size     h, w a VQ-VAE feature map's size     K scales (10)     A heads (16)
   L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
-  c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   J sums
+  c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   J partial sums decoded at once
   si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: x_B3HW (B,3,H,W)
 Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), image
-pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground truth (depth, or
-Config.target's modality), y a decoded target; other prefixes are plain words (e.g. rest, eta, dist, q/k/v/o, mask,
-bias, cond, valid, depth, logits; a digit in a word, as in gamma1 or q98, is no size). Lists with one entry per
-scale are plain plurals, coarse to fine (z, targets, f_hats, idxs, inputs, logits). Unshaped by design: f_D,
-z_si (the rollout's pick shapes it), f_hat_BCvhw = 0 before scale 0, and section 5's eye and mat (shapes in comments).
-In formulas, as the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser
-scale, S_si an area resize to side pn. "Target" also names the modality predicted (Config.target). Official
-key names keep VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
+pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground-truth depth; other
+prefixes are plain words (e.g. rest, eta, dist, q/k/v/o, mask, bias, cond, valid, depth, logits; a digit in a word,
+as in gamma1 or q98, is no size). Lists with one entry per scale are plain plurals, coarse to fine (z, targets,
+f_hats, idxs, inputs, logits). Unshaped by design: f_D, z_si (the rollout's pick shapes it), f_hat_BCvhw = 0 before
+scale 0, and section 5's eye and mat (shapes in comments). In formulas, as the paper: x_si the VQ-VAE's tokens,
+z_si the model's, t_si dynamic targets, i a coarser scale, S_si an area resize to side pn. Official key names keep
+VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
 
 Tags mark what a learner may skip: "official key" exists only so that VAR's checkpoints load strictly
 (`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes); [release] serves
 the authors' released weights, [export] ONNX and TensorRT, [speed] inference speed, [repo] this repository's
-CPU models and tools, [normals] the surface-normals extension. Skim the VQ-VAE's convolution stack (2a): it is
-VAR's standard VQGAN. One extension, off in `d16`: image_shortcut [repo] adds to every depth position a
-projection of the same position's image token; from scratch a small model otherwise ignores the image.
+CPU models and tools, [normals] where zoo.py plugs in its other targets (surface normals). Skim the VQ-VAE's
+convolution stack (2a): it is VAR's standard VQGAN. One extension, off in `d16`: image_shortcut [repo] adds to
+every depth position a projection of the same position's image token; from scratch a small model otherwise
+ignores the image.
 """
 from __future__ import annotations
 
@@ -565,20 +565,6 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     return ((x_B3HW.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
 
 
-class DepthTarget:
-    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
-    targets here: surface normals (Config.target) and depth under another Config.depth_norm, each with a name,
-    channels T, a norm where it is depth, and the shape its per-scale stack takes."""
-    name, channels, norm = "depth", 1, "q98"
-    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
-    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
-
-    @staticmethod
-    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
-        """[repo] One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
-        return y_BJTHW[:, :, 0]
-
-
 def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
     """VAR's objective (paper Eq. 3): targets x_si are the VQ-VAE's own decomposition of the depth latent
     f_D, and the inputs are built from the same x_si -> (idx_Bl per scale, cumulative f_hat per scale)."""
@@ -614,13 +600,11 @@ class DepthART(nn.Module):
     """A VQ-VAE, frozen in stage 2 (train.py optimizes var alone; walk_targets, predict run under no_grad), and a VAR
     transformer that predicts depth tokens after the image's tokens."""
 
-    def __init__(self, cfg: Config, target=None):
+    def __init__(self, cfg: Config):
         super().__init__()
-        self.cfg, self.target = cfg, target or DepthTarget()
-        # [normals] This file knows only the paper's depth; zoo.build passes the object other Configs need.
-        if (self.target.name, getattr(self.target, "norm", cfg.depth_norm)) != (cfg.target, cfg.depth_norm):
-            raise ValueError(f"Config.target {cfg.target!r} (depth_norm {cfg.depth_norm!r}) needs its target "
-                             f"object: build the model with zoo.build(cfg)")
+        self.cfg = cfg
+        if type(self) is DepthART and (cfg.target, cfg.depth_norm) != ("depth", "q98"):  # [normals] zoo.py's models
+            raise ValueError(f"Config.target {cfg.target!r}, depth_norm {cfg.depth_norm!r}: use zoo.build(cfg)")
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
         # token k of a modality belongs to scale si when bounds[si] <= k < bounds[si + 1]
@@ -644,6 +628,10 @@ class DepthART(nn.Module):
         rs = self.vae.quantize.resample
         return torch.cat([rs(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
                           for f_hat_BCvhw, pn in zip(f_hats, self.cfg.patch_nums)], 1)
+
+    def encode_depth(self, depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+        """Ground-truth depth -> its continuous VQ-VAE latent f_D. [normals] zoo.py overrides this and decode."""
+        return self.vae.encode(normalize_depth(depth_B1HW, valid_B1HW))
 
     def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
         """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC."""
@@ -695,42 +683,42 @@ class DepthART(nn.Module):
         return z, f_hats, logits
 
     @torch.no_grad()
-    def walk_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+    def walk_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """The walk and its targets, without gradients -> (img_BLCv, f_D, targets: idx_Bl per scale, the walk's
-        cumulative f_hats). gt_BTHW: ground-truth depth (B, 1, H, W). objective "var" is teacher forcing (the
+        cumulative f_hats). gt_B1HW: ground-truth depth (B, 1, H, W). objective "var" is teacher forcing (the
         VQ-VAE walks), "depthart" dynamic targets (the model walks)."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
-        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # = normalize_depth(gt, valid) [normals]
+        f_D = self.encode_depth(gt_B1HW, valid_B1HW)
         if objective == "var":
             return (img_BLCv, f_D) + teacher_forcing_targets(self.vae.quantize, f_D)
         # every step walks afresh with the current weights; only the walk's tokens are kept, and dynamic_targets
         # re-sums them in the codebook's precision, so targets and inputs share one arithmetic
         return (img_BLCv, f_D) + dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
 
-    def logits_and_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+    def logits_and_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Depth logits of one block-causal forward over the walk, with gradients, and their targets -> (logits_BLV,
         idx_BL): for depthart the logits the walk saw (up to precision), for var the VQ-VAE's walk scored."""
-        img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
         return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
-    def loss(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+    def loss(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict)."""
-        logits_BLV, idx_BL = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        logits_BLV, idx_BL = self.logits_and_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
         loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), idx_BL.reshape(-1))
         token_acc = (logits_BLV.detach().argmax(-1) == idx_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
 
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
-        """One partial sum f_hat -> the target it decodes to (self.target.decode): depth (B, 1, H, W) in [0, 1]."""
-        return self.target.decode(self.vae.decode(f_hat_BCvhw))
+        """One partial sum f_hat -> the relative depth it decodes to, (B, 1, H, W) in [0, 1]."""
+        return depth_from_decoder(self.vae.decode(f_hat_BCvhw))
 
     def decode_target(self, f_hats: list) -> torch.Tensor:
-        """[repo] Visualisation: J partial sums f_hat -> the target after each, from one batched decoder call:
-        (B, J, H, W) for depth (target.per_scale). All K give the paper's Fig. 7, coarse to fine."""
+        """[repo] Visualisation: J partial sums f_hat -> the depth after each, from one batched decoder call:
+        (B, J, H, W). All K give the paper's Fig. 7, coarse to fine."""
         J, B = len(f_hats), f_hats[0].shape[0]
-        return self.target.per_scale(self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1))
+        return self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1)[:, :, 0]
 
     @torch.no_grad()
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy, max_scale=None) -> torch.Tensor:

@@ -116,7 +116,7 @@ def make_data(args, split: str, size: int):
 def vae_inputs(model: D.DepthART, image, target, valid) -> torch.Tensor:
     """Stage 1 trains one VQ-VAE on both modalities: images, and depth maps repeated to 3 channels (or
     normal maps, whose three components are the three channels)."""
-    return torch.cat((D.normalize_image(image), model.target.encode(target, valid)))
+    return torch.cat((D.normalize_image(image), Z.target_of(model.cfg).encode(target, valid)))
 
 
 class StageLoss(torch.nn.Module):
@@ -183,7 +183,7 @@ def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size:
             n = len(b["image"])
             extra.setdefault("val_image_l1", []).append(F.l1_loss(rec[:n], x[:n]).item())
             extra.setdefault(f"val_{target}_l1", []).append(F.l1_loss(rec[n:], x[n:]).item())
-            pred = model.target.decode(rec[n:])
+            pred = Z.target_of(model.cfg).decode(rec[n:])
         valid = b["valid"][:, 0].cpu().numpy()
         if target == "normals":
             m = mean_normal_metrics(pred.double().cpu().numpy(), b["normals"].cpu().numpy(), valid)
