@@ -655,31 +655,26 @@ class DepthART(nn.Module):
                            self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
-    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True, max_scale: int | None = None):
+    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, max_scale: int | None = None):
         """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
-        the tokens z_si (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV. The first call runs the image
-        prefix and the depth start token together (mask level 0 sees all of itself); each later call adds only
-        the new scale, whose keys and values join the KV cache (inference, training and export alike).
-
-        Options, each used only on the lines that name it: pick, greedy or [release] zoo's samplers; [repo]
-        cache=False reruns the whole sequence under the mask (the slow reference); [repo] max_scale k: stop after k."""
-        caches = [dict() for _ in self.var.blocks] if cache else None
-        quant, patch_nums = self.vae.quantize, self.cfg.patch_nums[:max_scale]  # None: all K scales
+        the tokens z_si, the cumulative latent f_hat, logits_BlV. The first call runs the image prefix and the
+        depth start token together (mask level 0 sees all of itself); each later call feeds only the new scale,
+        whose keys and values join the KV cache: all it may see is cached, so no call needs a mask."""
+        caches, quant = [dict() for _ in self.var.blocks], self.vae.quantize
+        patch_nums = self.cfg.patch_nums[:max_scale]  # [repo] max_scale k (anytime depth): stop after k scales
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
         z, f_hats, logits = [], [], []
         f_hat_BCvhw = 0  # not a tensor: the sum takes eta's shape, dtype and device from scale 0
         for si, pn in enumerate(patch_nums):
-            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :x_BNC.shape[1], :x_BNC.shape[1]]  # [repo]
-            logits_BlV = self.var(x_BNC, bias_11NN, caches)[:, -pn * pn:]
-            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # and the codes that build f_hat
+            logits_BlV = self.var(x_BNC, caches=caches)[:, -pn * pn:]
+            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # [release] pick: zoo.release_sampler
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
             z.append(z_si)
             f_hats.append(f_hat_BCvhw)
             logits.append(logits_BlV)
-            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized; its l is scale si+1's
+            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to scale si+1's side
                 f_next_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
-                x_next_BlC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
-                x_BNC = x_next_BlC if cache else torch.cat((x_BNC, x_next_BlC), 1)  # [repo] cache=False: all so far
+                x_BNC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
         return z, f_hats, logits
 
     @torch.no_grad()

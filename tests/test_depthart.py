@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import benchmark
 import depthart as D
 import zoo as Z
 
@@ -118,6 +119,16 @@ def test_parallel_block_causal_logits_equal_sequential_cached_logits(tiny):
         logits_par = tiny.parallel_logits(img, tiny.vae.quantize.next_inputs(f_hats))
     assert logits_par.std() > 0.1  # the check below is not vacuous
     assert (logits_par - torch.cat(logits_seq, 1)).abs().max() < 1e-5
+
+
+def test_the_uncached_reference_walks_the_cached_rollouts_tokens(tiny):
+    """benchmark.predict_uncached reruns the whole sequence so far under the mask at every scale."""
+    image, _ = batch()
+    with torch.no_grad():
+        depth, z_uncached = benchmark.predict_uncached(tiny, image)
+        z, f_hats, _ = tiny.rollout(tiny.encode_image(image))
+    assert all(torch.equal(a, b) for a, b in zip(z_uncached, z))
+    assert torch.allclose(depth, tiny.decode(f_hats[-1]), atol=1e-5)
 
 
 def test_block_causal_mask_hides_finer_depth_scales(tiny):
