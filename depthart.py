@@ -15,15 +15,16 @@ targets back.
 Where training starts. A repair target is only learnable when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, its VQ-VAE (VAR's) frozen: the transformer
 already walks coherent residual maps over that VQ-VAE. From random weights the walk is noise and so are the
-targets. So the CPU presets [repo] train the VQ-VAE first (stage 1), then the transformer by teacher forcing,
-then by DepthART from those weights; train.py runs the stages, and it and the README give steps and rates.
+targets. So the CPU presets [repo] (section 6) train the VQ-VAE first (stage 1), then the transformer by teacher
+forcing, then by DepthART from those weights; train.py runs the stages, and it and the README give steps and rates.
 
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
 4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
-targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file imports
-only torch and the standard library; zoo.py, which imports it, holds what surrounds the method: checkpoints, the
-release's key names, sampler and loss variant, normals and other depth normalizations, stage 1's loss.
+targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products; 6. [repo] Config's
+checks and CPU presets, VAR's initialization from scratch. This file imports only torch and the standard library;
+zoo.py, which imports it, holds what surrounds the method: checkpoints, the release's key names, sampler and loss
+variant, normals and other depth normalizations, stage 1's loss.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -73,7 +74,7 @@ ignores the image.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -85,6 +86,7 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Config:
+    """The model's sizes; d16() is the paper's. [repo] preset(name), section 6, adds the CPU models."""
     image_size: int = 256
     patch_nums: tuple = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # token map sides pn, coarse to fine
     vocab_size: int = 4096
@@ -101,22 +103,13 @@ class Config:
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
     image_shortcut: bool = False   # extension (see module docstring); off for the paper
-    target: str = "depth"          # the second modality: "depth" (the paper's) or a target defined in zoo.py
-    depth_norm: str = "q98"        # depth into the VQ-VAE: "q98" normalize_depth (the paper); others: zoo.py targets
+    target: str = "depth"          # [normals] the second modality: "depth" (the paper's) or zoo.py's "normals"
+    depth_norm: str = "q98"        # [normals] depth into the VQ-VAE: "q98" normalize_depth (the paper); or zoo.py's
     attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain" [release]
     attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
-    def __post_init__(self):  # [repo] tuples back from a checkpoint's JSON lists; a clear error for a bad Config
-        self.patch_nums = tuple(self.patch_nums)
-        self.vae_ch_mult = tuple(self.vae_ch_mult)
-        down = 2 ** (len(self.vae_ch_mult) - 1)
-        if self.image_size != self.patch_nums[-1] * down:
-            raise ValueError(f"image_size {self.image_size} must equal last patch_num {self.patch_nums[-1]} "
-                             f"x VQ-VAE downsampling {down}")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        if self.attention not in ("l2", "plain"):
-            raise ValueError(f"attention must be 'l2' or 'plain', got {self.attention!r}")
+    def __post_init__(self):  # [repo] JSON lists back to tuples; one clear error for a bad Config (section 6)
+        check_config(self)
 
     @property
     def tokens_per_modality(self) -> int:  # L
@@ -131,30 +124,6 @@ class Config:
     def release(cls) -> "Config":
         """The authors' release (github bulatko/DepthART): d16 with plain attention (cos_attn False, tau 4)."""
         return cls(attention="plain")
-
-    @classmethod
-    def tiny(cls) -> "Config":
-        """[repo] For a 2-core CPU: 64x64, six scales (130 tokens), 512 codes, 4 blocks of width 128 (1.3M)."""
-        return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
-                   vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
-                   num_classes=0, image_shortcut=True)
-
-    @classmethod
-    def small(cls) -> "Config":
-        """[repo] The shipped CPU model's: 128x128 (16 pixels a token, as d16), 1024 codes, 6 blocks of 192."""
-        return cls(image_size=128, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=1024, z_channels=32,
-                   vae_ch=16, vae_ch_mult=(1, 1, 2, 4, 4), vae_res_blocks=1, depth=6, width=192, heads=6,
-                   num_classes=0, image_shortcut=True)
-
-    @classmethod
-    def preset(cls, name: str) -> "Config":  # [repo] for the tools' --preset
-        presets = {"d16": cls.d16, "release": cls.release, "tiny": cls.tiny, "small": cls.small}
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
-        return presets[name]()
-
-    def to_dict(self) -> dict:  # [repo] for checkpoints' metadata; Config(**d) reads it back
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,13 +337,13 @@ class VQVAE(nn.Module):
 # ----------------------------------------------------------------------------------------------
 class SelfAttention(nn.Module):
     """Multi-head attention, l2 (VAR's: L2-normalized q, k and a learnable per-head temperature, at most 100) or
-    plain (the release's: softmax(q k^T / sqrt(c) / tau)); a KV cache (a dict) lets inference feed one scale."""
+    [release] plain (softmax(q k^T / sqrt(c) / tau)); a KV cache (a dict) lets inference feed one scale."""
 
     def __init__(self, width: int, heads: int, attention: str = "l2", tau: float = 4.0):
         super().__init__()
-        self.heads, self.l2 = heads, attention == "l2"
-        self.scale = 1.0 if self.l2 else 1 / math.sqrt(width // heads) / tau
-        if self.l2:
+        self.heads, self.l2 = heads, attention == "l2"  # [release] l2 False: plain attention
+        self.scale = 1.0 if self.l2 else 1 / math.sqrt(width // heads) / tau  # [release] plain's scale, else 1
+        if self.l2:  # [release] only plain attention goes without
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
@@ -388,7 +357,7 @@ class SelfAttention(nn.Module):
         qkv_bias_3C = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, qkv_bias_3C).view(B, N, 3, self.heads, C // self.heads)
         q_BANc, k_BANc, v_BANc = qkv_BN3Ac.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.l2:
+        if self.l2:  # [release] only plain attention goes without
             q_BANc = F.normalize(q_BANc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
             k_BANc = F.normalize(k_BANc, dim=-1)
         k_BAMc, v_BAMc = k_BANc, v_BANc  # with a cache: these keys and values appended to everything seen before
@@ -416,7 +385,7 @@ class AdaLNBlock(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         C = cfg.width
-        self.attn = SelfAttention(C, cfg.heads, cfg.attention, cfg.attn_tau)
+        self.attn = SelfAttention(C, cfg.heads, cfg.attention, cfg.attn_tau)  # [release] attention, attn_tau
         self.ffn = FFN(C, round(C * cfg.mlp_ratio))
         self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
@@ -486,28 +455,7 @@ class VAR(nn.Module):
         # level si. Sequence: [image L tokens | depth start | depth scales 1..K-1].
         levels_N = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
         self.register_buffer("prefix_bias_11NN", block_causal_bias(levels_N), persistent=False)
-        self._init_weights()
-
-    def _init_weights(self, init_std=None, adaln=0.5, adaln_gamma=1e-5, head=0.02):
-        """[repo] From scratch only (checkpoints overwrite it): VAR's initialization, small residual branches
-        (gamma ~ 1e-5) so a deep stack starts as identity."""
-        std = init_std or math.sqrt(1 / self.cfg.width / 3)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(m.weight, std=std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.pos_start, std=std)
-        nn.init.trunc_normal_(self.pos_1LC, std=std)
-        with torch.no_grad():
-            self.head.weight.mul_(head)
-            self.head_nm.ada_lin[-1].weight.mul_(adaln)
-            for b in self.blocks:
-                b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
-                b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
-                ada_6CC = b.ada_lin[-1].weight.view(6, self.cfg.width, -1)  # gamma1, gamma2, scales, shifts
-                ada_6CC[2:].mul_(adaln)
-                ada_6CC[:2].mul_(adaln_gamma)
+        init_from_scratch(self)  # [repo] VAR's initialization (section 6); checkpoints overwrite it
 
     def cond(self, B: int) -> torch.Tensor:
         """AdaLN's condition: the learned null-class embedding (constant; no guidance) -> (B, C)."""
@@ -758,3 +706,56 @@ class Resampler(nn.Module):
             return f_BCvhw
         mat = getattr(self, f"{mode}_{src}_{size}")  # (size, src)
         return mat @ f_BCvhw @ mat.T
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. [repo] This repository's plumbing, not the method: Config's checks and CPU presets, VAR's initialization
+# ----------------------------------------------------------------------------------------------
+def check_config(cfg: Config):
+    """Config.__post_init__: tuples back from a checkpoint's JSON lists; one clear error for a bad Config."""
+    cfg.patch_nums, cfg.vae_ch_mult = tuple(cfg.patch_nums), tuple(cfg.vae_ch_mult)
+    down = 2 ** (len(cfg.vae_ch_mult) - 1)
+    if cfg.image_size != cfg.patch_nums[-1] * down:
+        raise ValueError(f"image_size {cfg.image_size} must equal last patch_num {cfg.patch_nums[-1]} "
+                         f"x VQ-VAE downsampling {down}")
+    if cfg.width % cfg.heads:
+        raise ValueError(f"width {cfg.width} is not divisible by heads {cfg.heads}")
+    if cfg.attention not in ("l2", "plain"):
+        raise ValueError(f"attention must be 'l2' or 'plain', got {cfg.attention!r}")
+
+
+def preset(name: str) -> Config:
+    """The tools' --preset: the paper's d16, the release's, or a CPU model: tiny for a 2-core CPU (64x64, six
+    scales of 130 tokens, 512 codes, 4 blocks of width 128: 1.3M), small the shipped one (128x128, 16 pixels a
+    token as d16, 1024 codes, 6 blocks of 192)."""
+    cpu = dict(patch_nums=(1, 2, 3, 4, 6, 8), vae_ch=16, vae_res_blocks=1, num_classes=0, image_shortcut=True)
+    presets = {"d16": Config.d16, "release": Config.release,
+               "tiny": lambda: Config(image_size=64, vocab_size=512, vae_ch_mult=(1, 2, 4, 4), depth=4, width=128,
+                                      heads=4, **cpu),
+               "small": lambda: Config(image_size=128, vocab_size=1024, vae_ch_mult=(1, 1, 2, 4, 4), depth=6,
+                                       width=192, heads=6, **cpu)}
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
+    return presets[name]()
+
+
+def init_from_scratch(var: VAR, adaln=0.5, adaln_gamma=1e-5, head=0.02):
+    """VAR's initialization, for training from scratch: small residual branches (gamma ~ 1e-5), so that a deep
+    stack starts as the identity."""
+    std = math.sqrt(1 / var.cfg.width / 3)
+    for m in var.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    nn.init.trunc_normal_(var.pos_start, std=std)
+    nn.init.trunc_normal_(var.pos_1LC, std=std)
+    with torch.no_grad():
+        var.head.weight.mul_(head)
+        var.head_nm.ada_lin[-1].weight.mul_(adaln)
+        for b in var.blocks:
+            b.attn.proj.weight.div_(math.sqrt(2 * var.cfg.depth))
+            b.ffn.fc2.weight.div_(math.sqrt(2 * var.cfg.depth))
+            ada_6CC = b.ada_lin[-1].weight.view(6, var.cfg.width, -1)  # gamma1, gamma2, scales, shifts
+            ada_6CC[2:].mul_(adaln)
+            ada_6CC[:2].mul_(adaln_gamma)

@@ -1093,7 +1093,7 @@ def _use_timing_cache(config, data: bytes) -> bool:
 # ----------------------------------------------------------------------------------------------
 def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
     """Random weights whose transformer is not an identity: VAR's init scales every residual branch by
-    ~1e-5 (VAR._init_weights), so a random model would predict nearly the same tokens for any image."""
+    ~1e-5 (depthart.init_from_scratch), so a random model would predict nearly the same tokens for any image."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for b in model.var.blocks:
@@ -1172,7 +1172,7 @@ def run(args) -> int:
         refuse_stage1(args.checkpoint)
         model = Z.load(args.checkpoint)
     else:
-        cfg = dataclasses.replace(D.Config.preset(args.preset), target=args.target)
+        cfg = dataclasses.replace(D.preset(args.preset), target=args.target)
         torch.manual_seed(0)
         model = lively(Z.build(cfg))
         print(f"preset {args.preset}: random weights (residual branches scaled up so the transformer is not an identity)")

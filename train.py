@@ -371,10 +371,10 @@ def model_config(args) -> D.Config:
     path = args.out / CHECKPOINT if args.resume else args.init
     cfg = Z.checkpoint_config(path) if path else None
     if cfg is not None:
-        if args.preset and dataclasses.replace(cfg, target="depth", depth_norm="q98") != D.Config.preset(args.preset):
+        if args.preset and dataclasses.replace(cfg, target="depth", depth_norm="q98") != D.preset(args.preset):
             print(f"note: using the config of {path}, not preset {args.preset}", file=sys.stderr)
     else:
-        cfg = D.Config.preset(args.preset or "tiny")
+        cfg = D.preset(args.preset or "tiny")
     if args.target is None:
         args.target = cfg.target  # recorded with the run's settings
     if args.depth_norm is None:
@@ -645,7 +645,7 @@ def benchmark(args, warmup: int = 2, timed: int = 5):
     measured matmul rate (FP32 or BF16) that the step achieves."""
     torch.set_num_threads(args.threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = D.Config.preset(args.preset or "tiny")
+    cfg = D.preset(args.preset or "tiny")
     scenes = SyntheticScenes("train", size=cfg.image_size, length=args.batch_size, world=args.data == "world")
     t = time.process_time()
     batch = collate([scenes[i] for i in range(len(scenes))], device)

@@ -15,6 +15,7 @@ depthart.py never imports this file; every tool does. (Not "models.py": VAR's of
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -215,7 +216,7 @@ def save_checkpoint(path, model: D.DepthART, meta: dict, dtype: torch.dtype | No
     loading casts them back to the model's float32)."""
     sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
           for k, v in model.state_dict().items()}
-    metadata = {"config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta)}
+    metadata = {"config": json.dumps(dataclasses.asdict(model.cfg)), "meta": json.dumps(meta)}
     atomic_write(path, lambda tmp: safetensors.torch.save_file(sd, str(tmp), metadata=metadata))
 
 
