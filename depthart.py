@@ -6,11 +6,12 @@ fine (16x16), each a *residual* on the sum of the coarser ones, here after a pre
 tokens. VAR trains by teacher forcing: at scale si the transformer is shown the *true* coarser maps. At
 inference it is shown its *own*, whose mistakes it never saw in training, so errors compound from scale
 to scale: exposure bias. DepthART trains on what inference sees. Each step the model first walks: it rolls
-out its own greedy maps z_0..z_{K-1}, without gradients. Then the target at scale si (a "dynamic target") is
-recomputed from the true depth: the tokens the VQ-VAE's quantizer would choose for what the walk's scales
-0..si-1 left unexplained (formulas below; t_0 = x_0 always). One ordinary block-causal forward over the walk's
-maps scores those targets; the walk only chooses targets and inputs. A walk that matches the truth gets VAR's
-targets back.
+out its own greedy maps z_0..z_{K-1}, without gradients (argmax, not sampled: it is the walk predict runs, so
+training repairs exactly the past inference produces, and no sampling noise enters the targets). Then the target
+at scale si (a "dynamic target") is recomputed from the true depth: the tokens the VQ-VAE's quantizer would choose
+for what the walk's scales 0..si-1 left unexplained (formulas below; t_0 = x_0 always). One ordinary block-causal
+forward over the walk's maps scores those targets; the walk only chooses targets and inputs. A walk that matches
+the truth gets VAR's targets back.
 
 Where training starts. A repair target is only learnable when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, its VQ-VAE (VAR's) frozen: the transformer
@@ -254,9 +255,8 @@ class Phi(nn.Conv2d):
 
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
-    """Which Phi each scale uses; like an official key, kept so the checkpoints' Phis meet their scales: VAR's table
-    (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, the tick nearest si/(K-1) among ticks inset by 1/(3 phi_count)
-    (phi_count 4, else 1/(2 phi_count)); si = 2, 7 tie, and float64 rounding (as VAR's numpy) picks the finer."""
+    """Which Phi each scale uses: VAR's table (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, so checkpoints'
+    Phis meet their scales: the tick nearest si/(K-1); float64, as VAR's numpy, settles the ties at si = 2, 7."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
@@ -538,8 +538,8 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). Training
-    walks greedily; [release] the authors' evaluation runs zoo.release_sampler (mean code of 5 filtered draws)."""
+    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). [release]
+    The authors' evaluation runs zoo.release_sampler instead (the mean code of 5 filtered draws)."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
