@@ -21,9 +21,9 @@ forcing, then by DepthART from those weights; train.py runs the stages, and it a
 
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
-4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
-targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products; 6. [repo] Config's
-checks and CPU presets, VAR's initialization from scratch. This file imports only torch and the standard library;
+4. DepthART (Fig. 2 right: depth in and out, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
+targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products; 6. [repo] input
+checks, CPU presets, VAR's initialization from scratch. This file imports only torch and the standard library;
 zoo.py, which imports it, holds what surrounds the method: checkpoints, the release's key names, sampler and loss
 variant, normals and other depth normalizations, stage 1's loss.
 
@@ -103,9 +103,9 @@ class Config:
     mlp_ratio: float = 4.0
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
-    image_shortcut: bool = False   # extension (see module docstring); off for the paper
+    image_shortcut: bool = False   # [repo] extension (module docstring); off for the paper
     target: str = "depth"          # [normals] the second modality: "depth" (the paper's) or zoo.py's "normals"
-    depth_norm: str = "q98"        # [normals] depth into the VQ-VAE: "q98" normalize_depth (the paper); or zoo.py's
+    depth_norm: str = "q98"        # [normals] "q98": normalize_depth (the paper); zoo.py has others
     attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain" [release]
     attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
@@ -483,7 +483,7 @@ class VAR(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. DepthART: the depth target, the image prefix, the two objectives' targets, one rollout, loss, predict
+# 4. DepthART: depth in and out, the image prefix, the two objectives' targets, one rollout, loss, predict
 # ----------------------------------------------------------------------------------------------
 def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
     return image_B3HW * 2 - 1  # [0, 1] -> [-1, 1], the VQ-VAE's input range
@@ -558,12 +558,6 @@ class DepthART(nn.Module):
         # token k of a modality belongs to scale si when bounds[si] <= k < bounds[si + 1]
         self.bounds = [sum(pn * pn for pn in cfg.patch_nums[:si]) for si in range(len(cfg.patch_nums) + 1)]
 
-    def check_image(self, image_B3HW: torch.Tensor):  # [repo] a clear error, not a shape mismatch deep inside
-        H = self.cfg.image_size
-        if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, H, H):
-            raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this preset, "
-                             f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
-
     def encode_image(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Image prefix (paper Sec. 3.2) -> latents img_BLCv: map si is the image's quantized sum after scales
         0..si, the whole image at side pn."""
@@ -571,7 +565,7 @@ class DepthART(nn.Module):
         # area-resized (as VAR), because scale si's depth tokens are the ones being predicted. Prefix map si
         # shares depth scale si's lvl_embed and pos_1LC (VAR-d16 has no modality embedding); the mask and the
         # start token tell the halves apart, and every depth scale attends to the whole prefix.
-        self.check_image(image_B3HW)
+        check_image(image_B3HW, self.cfg)  # [repo] one clear error (section 6)
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         rs = self.vae.quantize.resample
         return torch.cat([rs(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
@@ -628,8 +622,8 @@ class DepthART(nn.Module):
     @torch.no_grad()
     def walk_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """The walk and its targets, without gradients -> (img_BLCv, f_D, targets: idx_Bl per scale, the walk's
-        cumulative f_hats). gt_B1HW: ground-truth depth (B, 1, H, W). objective "var" is teacher forcing (the
-        VQ-VAE walks), "depthart" dynamic targets (the model walks)."""
+        cumulative f_hats). objective "var" is teacher forcing (the VQ-VAE walks), "depthart" dynamic targets (the
+        model walks)."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
@@ -657,7 +651,7 @@ class DepthART(nn.Module):
         """One partial sum f_hat -> the relative depth it decodes to, (B, 1, H, W) in [0, 1]."""
         return depth_from_decoder(self.vae.decode(f_hat_BCvhw))
 
-    def decode_target(self, f_hats: list) -> torch.Tensor:
+    def decode_scales(self, f_hats: list) -> torch.Tensor:
         """[repo] Visualisation: J partial sums f_hat -> the depth after each, from one batched decoder call:
         (B, J, H, W). All K give the paper's Fig. 7, coarse to fine."""
         J, B = len(f_hats), f_hats[0].shape[0]
@@ -667,10 +661,10 @@ class DepthART(nn.Module):
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy, max_scale=None) -> torch.Tensor:
         """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near);
         all_scales: the depth after every scale (B, k, H, W), k = max_scale or K. pick: greedy (deterministic;
-        what export unrolls) or zoo.release_sampler(generator). max_scale k [repo] (anytime depth): decode the
-        partial sum after k scales."""
+        what export unrolls) or [release] zoo.release_sampler(generator). [repo] max_scale k (anytime depth):
+        decode the partial sum after k scales."""
         f_hats = self.rollout(self.encode_image(image_B3HW), pick, max_scale=max_scale)[1]
-        return self.decode_target(f_hats) if all_scales else self.decode(f_hats[-1])
+        return self.decode_scales(f_hats) if all_scales else self.decode(f_hats[-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -709,7 +703,7 @@ class Resampler(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. [repo] This repository's plumbing, not the method: Config's checks and CPU presets, VAR's initialization
+# 6. [repo] This repository's plumbing, not the method: input checks, CPU presets, VAR's initialization
 # ----------------------------------------------------------------------------------------------
 def check_config(cfg: Config):
     """Config.__post_init__: tuples back from a checkpoint's JSON lists; one clear error for a bad Config."""
@@ -722,6 +716,14 @@ def check_config(cfg: Config):
         raise ValueError(f"width {cfg.width} is not divisible by heads {cfg.heads}")
     if cfg.attention not in ("l2", "plain"):
         raise ValueError(f"attention must be 'l2' or 'plain', got {cfg.attention!r}")
+
+
+def check_image(image_B3HW: torch.Tensor, cfg: Config):
+    """DepthART.encode_image: a clear error, not a shape mismatch deep inside."""
+    H = cfg.image_size
+    if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, H, H):
+        raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this preset, "
+                         f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
 
 
 def preset(name: str) -> Config:

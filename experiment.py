@@ -102,7 +102,7 @@ def per_scale(model: D.DepthART, val, bs: int = 50) -> list[dict]:
         true_z, true_f_hats = model.vae.quantize(f_D)
         tf_BL = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(true_f_hats)).argmax(-1)
         dyn_z, _ = D.dynamic_targets(model.vae.quantize, f_D, own_z)
-        depths_BKHW = model.decode_target(f_hats)  # (B, K, 3, H, W) for normals
+        depths_BKHW = model.decode_scales(f_hats)  # (B, K, 3, H, W) for normals
         for k in range(K):
             depths[k].append(Z.last_scale(depths_BKHW[:, :k + 1]))
             logp = logits[k].log_softmax(-1)

@@ -102,7 +102,7 @@ class Unrolled(nn.Module):
         m = self.model
         z, f_hats, _ = m.rollout(m.encode_image(image_B3HW), max_scale=self.max_scale)
         if self.all_scales:
-            scales = m.decode_target(f_hats)
+            scales = m.decode_scales(f_hats)
             return Z.last_scale(scales), scales, torch.cat(z, 1)
         return m.decode(f_hats[-1]), torch.cat(z, 1)
 
@@ -770,7 +770,7 @@ def references(model: D.DepthART, batch: int, all_scales: bool, rounds: int | No
             out["tokens"].append([zk.numpy() for zk in z])
             out["depth"].append(model.decode(f_hats[-1]).numpy())  # = model.predict(images, max_scale=max_scale)
             if all_scales:  # = model.predict(images, all_scales=True, max_scale=max_scale)
-                out["scales"].append(model.decode_target(f_hats).numpy())
+                out["scales"].append(model.decode_scales(f_hats).numpy())
     return out
 
 

@@ -133,7 +133,7 @@ DEPTH_NORMS = ("q98", "q98_shift", "disparity", "log")     # Config.depth_norm: 
 
 
 def last_scale(y_per_scale: torch.Tensor) -> torch.Tensor:
-    """DepthART.decode_target's stack -> the target after its last scale: depth (B, J, H, W) -> (B, 1, H, W),
+    """DepthART.decode_scales's stack -> the target after its last scale: depth (B, J, H, W) -> (B, 1, H, W),
     normals (B, J, T, H, W) -> (B, T, H, W)."""
     return y_per_scale[:, -1] if y_per_scale.ndim == 5 else y_per_scale[:, -1:]
 
@@ -151,7 +151,7 @@ def target_of(cfg: D.Config):
 
 class TargetART(D.DepthART):
     """DepthART on another target than the paper's depth: the method of depthart.py unchanged, only the target's
-    way into the VQ-VAE (encode_depth) and out of it (decode, decode_target) goes through its target object."""
+    way into the VQ-VAE (encode_depth) and out of it (decode, decode_scales) goes through its target object."""
 
     def __init__(self, cfg: D.Config, target):
         super().__init__(cfg)
@@ -163,7 +163,7 @@ class TargetART(D.DepthART):
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
         return self.target.decode(self.vae.decode(f_hat_BCvhw))
 
-    def decode_target(self, f_hats: list) -> torch.Tensor:
+    def decode_scales(self, f_hats: list) -> torch.Tensor:
         J, B = len(f_hats), f_hats[0].shape[0]
         return self.target.per_scale(self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1))
 
