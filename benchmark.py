@@ -80,9 +80,21 @@ def count_flops(model: D.DepthART, image) -> tuple[int, dict]:
 
 @torch.no_grad()
 def predict_uncached(model: D.DepthART, image_B3HW) -> tuple[torch.Tensor, list]:
-    """Greedy inference without a KV cache (model.rollout(cache=False)) -> (depth, tokens per scale)."""
-    z, f_hats, _ = model.rollout(model.encode_image(image_B3HW), cache=False)
-    return model.decode(f_hats[-1]), z
+    """Greedy inference without a KV cache, the slow reference of model.rollout: each scale reruns the whole
+    sequence so far under the block-causal mask -> (depth, tokens per scale)."""
+    img_BLCv, quant, patch_nums = model.encode_image(image_B3HW), model.vae.quantize, model.cfg.patch_nums
+    x_BNC = torch.cat((model.var.embed(img_BLCv, 0, model.L), model.depth_tokens(None, img_BLCv, 0, 1)), 1)
+    z, f_hat_BCvhw = [], 0
+    for si, pn in enumerate(patch_nums):
+        N = x_BNC.shape[1]
+        logits_BlV = model.var(x_BNC, model.var.prefix_bias_11NN[..., :N, :N])[:, -pn * pn:]
+        idx_Bl, code_BlCv = D.greedy(logits_BlV, quant.embedding.weight)
+        f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
+        z.append(idx_Bl)
+        if si + 1 < len(patch_nums):  # the sequence so far and the next scale's input
+            f_next_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
+            x_BNC = torch.cat((x_BNC, model.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)), 1)
+    return model.decode(f_hat_BCvhw), z
 
 
 def agreement(z_ref: list, z: list) -> np.ndarray:
@@ -165,7 +177,7 @@ def build_model(args) -> tuple[D.DepthART, str]:
     if args.checkpoint:
         return Z.load(args.checkpoint), Path(args.checkpoint).name
     torch.manual_seed(args.seed)
-    model = E.lively(Z.build(D.Config.preset(args.preset)), seed=args.seed)
+    model = E.lively(Z.build(D.preset(args.preset)), seed=args.seed)
     return model, f"preset {args.preset}, random weights (seed {args.seed})"
 
 

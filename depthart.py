@@ -6,24 +6,26 @@ fine (16x16), each a *residual* on the sum of the coarser ones, here after a pre
 tokens. VAR trains by teacher forcing: at scale si the transformer is shown the *true* coarser maps. At
 inference it is shown its *own*, whose mistakes it never saw in training, so errors compound from scale
 to scale: exposure bias. DepthART trains on what inference sees. Each step the model first walks: it rolls
-out its own greedy maps z_0..z_{K-1}, without gradients. Then the target at scale si (a "dynamic target") is
-recomputed from the true depth: the tokens the VQ-VAE's quantizer would choose for what the walk's scales
-0..si-1 left unexplained (formulas below; t_0 = x_0 always). One ordinary block-causal forward over the walk's
-maps scores those targets; the walk only chooses targets and inputs. A walk that matches the truth gets VAR's
-targets back.
+out its own greedy maps z_0..z_{K-1}, without gradients (argmax, not sampled: it is the walk predict runs, so
+training repairs exactly the past inference produces, and no sampling noise enters the targets). Then the target
+at scale si (a "dynamic target") is recomputed from the true depth: the tokens the VQ-VAE's quantizer would choose
+for what the walk's scales 0..si-1 left unexplained (formulas below; t_0 = x_0 always). One ordinary block-causal
+forward over the walk's maps scores those targets; the walk only chooses targets and inputs. A walk that matches
+the truth gets VAR's targets back.
 
 Where training starts. A repair target is only learnable when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, its VQ-VAE (VAR's) frozen: the transformer
 already walks coherent residual maps over that VQ-VAE. From random weights the walk is noise and so are the
-targets. So the CPU presets [repo] train the VQ-VAE first (stage 1), then the transformer by teacher forcing,
-then by DepthART from those weights; train.py runs the stages, and it and the README give steps and rates.
+targets. So the CPU presets [repo] (section 6) train the VQ-VAE first (stage 1), then the transformer by teacher
+forcing, then by DepthART from those weights; train.py runs the stages, and it and the README give steps and rates.
 
 Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
 Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
-4. DepthART (Fig. 2 right: depth target, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
-targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products. This file imports
-only torch and the standard library; zoo.py, which imports it, holds what surrounds the method: checkpoints, the
-release's key names, sampler and loss variant, normals and other depth normalizations, stage 1's loss.
+4. DepthART (Fig. 2 right: depth in and out, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
+targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products; 6. [repo] input
+checks, CPU presets, VAR's initialization from scratch. This file imports only torch and the standard library;
+zoo.py, which imports it, holds what surrounds the method: checkpoints, the release's key names, sampler and loss
+variant, normals and other depth normalizations, stage 1's loss.
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -51,29 +53,29 @@ Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and 
   B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
   V vocabulary     H, W image size     h, w a VQ-VAE feature map's size     K scales (10)     A heads (16)
   L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
-  c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   T target channels (depth: 1)   J sums
+  c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   J partial sums decoded at once
   si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: x_B3HW (B,3,H,W)
 Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), image
-pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground truth (depth, or
-Config.target's modality), y a decoded target; other prefixes are plain words (e.g. rest, eta, dist, q/k/v/o, mask,
-bias, cond, valid, depth, logits; a digit in a word, as in gamma1 or q98, is no size). Lists with one entry per
-scale are plain plurals, coarse to fine (z, targets, f_hats, idxs, inputs, logits). Unshaped by design: f_D,
-z_si (the rollout's pick shapes it), f_hat_BCvhw = 0 before scale 0, and section 5's eye and mat (shapes in comments).
-In formulas, as the paper: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets, i a coarser
-scale, S_si an area resize to side pn. "Target" also names the modality predicted (Config.target). Official
-key names keep VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
+pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground-truth depth; other
+prefixes are plain words (e.g. rest, eta, dist, q/k/v/o, mask, bias, cond, valid, depth, logits; a digit in a word,
+as in gamma1 or q98, is no size). Lists with one entry per scale are plain plurals, coarse to fine (z, targets,
+f_hats, idxs, inputs, logits). Unshaped by design: f_D, z_si (the rollout's pick shapes it), f_hat_BCvhw = 0 before
+scale 0, and section 5's eye and mat (shapes in comments). In formulas, as the paper: x_si the VQ-VAE's tokens,
+z_si the model's, t_si dynamic targets, i a coarser scale, S_si an area resize to side pn. Official key names keep
+VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
 
 Tags mark what a learner may skip: "official key" exists only so that VAR's checkpoints load strictly
 (`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes); [release] serves
 the authors' released weights, [export] ONNX and TensorRT, [speed] inference speed, [repo] this repository's
-CPU models and tools, [normals] the surface-normals extension. Skim the VQ-VAE's convolution stack (2a): it is
-VAR's standard VQGAN. One extension, off in `d16`: image_shortcut [repo] adds to every depth position a
-projection of the same position's image token; from scratch a small model otherwise ignores the image.
+CPU models and tools, [normals] where zoo.py plugs in its other targets (surface normals). Skim the VQ-VAE's
+convolution stack (2a): it is VAR's standard VQGAN. One extension, off in `d16`: image_shortcut [repo] adds to
+every depth position a projection of the same position's image token; from scratch a small model otherwise
+ignores the image.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -85,6 +87,7 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Config:
+    """The model's sizes; d16() is the paper's. [repo] preset(name), section 6, adds the CPU models."""
     image_size: int = 256
     patch_nums: tuple = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # token map sides pn, coarse to fine
     vocab_size: int = 4096
@@ -100,23 +103,14 @@ class Config:
     mlp_ratio: float = 4.0
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
-    image_shortcut: bool = False   # extension (see module docstring); off for the paper
-    target: str = "depth"          # the second modality: "depth" (the paper's) or a target defined in zoo.py
-    depth_norm: str = "q98"        # depth into the VQ-VAE: "q98" normalize_depth (the paper); others: zoo.py targets
+    image_shortcut: bool = False   # [repo] extension (module docstring); off for the paper
+    target: str = "depth"          # [normals] the second modality: "depth" (the paper's) or zoo.py's "normals"
+    depth_norm: str = "q98"        # [normals] "q98": normalize_depth (the paper); zoo.py has others
     attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain" [release]
     attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
-    def __post_init__(self):  # [repo] tuples back from a checkpoint's JSON lists; a clear error for a bad Config
-        self.patch_nums = tuple(self.patch_nums)
-        self.vae_ch_mult = tuple(self.vae_ch_mult)
-        down = 2 ** (len(self.vae_ch_mult) - 1)
-        if self.image_size != self.patch_nums[-1] * down:
-            raise ValueError(f"image_size {self.image_size} must equal last patch_num {self.patch_nums[-1]} "
-                             f"x VQ-VAE downsampling {down}")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        if self.attention not in ("l2", "plain"):
-            raise ValueError(f"attention must be 'l2' or 'plain', got {self.attention!r}")
+    def __post_init__(self):  # [repo] JSON lists back to tuples; one clear error for a bad Config (section 6)
+        check_config(self)
 
     @property
     def tokens_per_modality(self) -> int:  # L
@@ -131,30 +125,6 @@ class Config:
     def release(cls) -> "Config":
         """The authors' release (github bulatko/DepthART): d16 with plain attention (cos_attn False, tau 4)."""
         return cls(attention="plain")
-
-    @classmethod
-    def tiny(cls) -> "Config":
-        """[repo] For a 2-core CPU: 64x64, six scales (130 tokens), 512 codes, 4 blocks of width 128 (1.3M)."""
-        return cls(image_size=64, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=512, z_channels=32,
-                   vae_ch=16, vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=4, width=128, heads=4,
-                   num_classes=0, image_shortcut=True)
-
-    @classmethod
-    def small(cls) -> "Config":
-        """[repo] The shipped CPU model's: 128x128 (16 pixels a token, as d16), 1024 codes, 6 blocks of 192."""
-        return cls(image_size=128, patch_nums=(1, 2, 3, 4, 6, 8), vocab_size=1024, z_channels=32,
-                   vae_ch=16, vae_ch_mult=(1, 1, 2, 4, 4), vae_res_blocks=1, depth=6, width=192, heads=6,
-                   num_classes=0, image_shortcut=True)
-
-    @classmethod
-    def preset(cls, name: str) -> "Config":  # [repo] for the tools' --preset
-        presets = {"d16": cls.d16, "release": cls.release, "tiny": cls.tiny, "small": cls.small}
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
-        return presets[name]()
-
-    def to_dict(self) -> dict:  # [repo] for checkpoints' metadata; Config(**d) reads it back
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,9 +255,8 @@ class Phi(nn.Conv2d):
 
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
-    """Which Phi each scale uses; like an official key, kept so the checkpoints' Phis meet their scales: VAR's table
-    (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, the tick nearest si/(K-1) among ticks inset by 1/(3 phi_count)
-    (phi_count 4, else 1/(2 phi_count)); si = 2, 7 tie, and float64 rounding (as VAR's numpy) picks the finer."""
+    """Which Phi each scale uses: VAR's table (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, so checkpoints'
+    Phis meet their scales: the tick nearest si/(K-1); float64, as VAR's numpy, settles the ties at si = 2, 7."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
@@ -368,13 +337,13 @@ class VQVAE(nn.Module):
 # ----------------------------------------------------------------------------------------------
 class SelfAttention(nn.Module):
     """Multi-head attention, l2 (VAR's: L2-normalized q, k and a learnable per-head temperature, at most 100) or
-    plain (the release's: softmax(q k^T / sqrt(c) / tau)); a KV cache (a dict) lets inference feed one scale."""
+    [release] plain (softmax(q k^T / sqrt(c) / tau)); a KV cache (a dict) lets inference feed one scale."""
 
     def __init__(self, width: int, heads: int, attention: str = "l2", tau: float = 4.0):
         super().__init__()
-        self.heads, self.l2 = heads, attention == "l2"
-        self.scale = 1.0 if self.l2 else 1 / math.sqrt(width // heads) / tau
-        if self.l2:
+        self.heads, self.l2 = heads, attention == "l2"  # [release] l2 False: plain attention
+        self.scale = 1.0 if self.l2 else 1 / math.sqrt(width // heads) / tau  # [release] plain's scale, else 1
+        if self.l2:  # [release] only plain attention goes without
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
@@ -388,7 +357,7 @@ class SelfAttention(nn.Module):
         qkv_bias_3C = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, qkv_bias_3C).view(B, N, 3, self.heads, C // self.heads)
         q_BANc, k_BANc, v_BANc = qkv_BN3Ac.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.l2:
+        if self.l2:  # [release] only plain attention goes without
             q_BANc = F.normalize(q_BANc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
             k_BANc = F.normalize(k_BANc, dim=-1)
         k_BAMc, v_BAMc = k_BANc, v_BANc  # with a cache: these keys and values appended to everything seen before
@@ -416,7 +385,7 @@ class AdaLNBlock(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         C = cfg.width
-        self.attn = SelfAttention(C, cfg.heads, cfg.attention, cfg.attn_tau)
+        self.attn = SelfAttention(C, cfg.heads, cfg.attention, cfg.attn_tau)  # [release] attention, attn_tau
         self.ffn = FFN(C, round(C * cfg.mlp_ratio))
         self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
@@ -486,28 +455,7 @@ class VAR(nn.Module):
         # level si. Sequence: [image L tokens | depth start | depth scales 1..K-1].
         levels_N = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
         self.register_buffer("prefix_bias_11NN", block_causal_bias(levels_N), persistent=False)
-        self._init_weights()
-
-    def _init_weights(self, init_std=None, adaln=0.5, adaln_gamma=1e-5, head=0.02):
-        """[repo] From scratch only (checkpoints overwrite it): VAR's initialization, small residual branches
-        (gamma ~ 1e-5) so a deep stack starts as identity."""
-        std = init_std or math.sqrt(1 / self.cfg.width / 3)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(m.weight, std=std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.pos_start, std=std)
-        nn.init.trunc_normal_(self.pos_1LC, std=std)
-        with torch.no_grad():
-            self.head.weight.mul_(head)
-            self.head_nm.ada_lin[-1].weight.mul_(adaln)
-            for b in self.blocks:
-                b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
-                b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
-                ada_6CC = b.ada_lin[-1].weight.view(6, self.cfg.width, -1)  # gamma1, gamma2, scales, shifts
-                ada_6CC[2:].mul_(adaln)
-                ada_6CC[:2].mul_(adaln_gamma)
+        init_from_scratch(self)  # [repo] VAR's initialization (section 6); checkpoints overwrite it
 
     def cond(self, B: int) -> torch.Tensor:
         """AdaLN's condition: the learned null-class embedding (constant; no guidance) -> (B, C)."""
@@ -535,7 +483,7 @@ class VAR(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. DepthART: the depth target, the image prefix, the two objectives' targets, one rollout, loss, predict
+# 4. DepthART: depth in and out, the image prefix, the two objectives' targets, one rollout, loss, predict
 # ----------------------------------------------------------------------------------------------
 def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
     return image_B3HW * 2 - 1  # [0, 1] -> [-1, 1], the VQ-VAE's input range
@@ -565,20 +513,6 @@ def depth_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     return ((x_B3HW.clamp(-1, 1) + 1) / 2).mean(1, keepdim=True)
 
 
-class DepthTarget:
-    """The paper's depth, into and out of the VQ-VAE. [normals] An object, so that zoo.py can put its other
-    targets here: surface normals (Config.target) and depth under another Config.depth_norm, each with a name,
-    channels T, a norm where it is depth, and the shape its per-scale stack takes."""
-    name, channels, norm = "depth", 1, "q98"
-    encode = staticmethod(normalize_depth)   # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
-    decode = staticmethod(depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
-
-    @staticmethod
-    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
-        """[repo] One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
-        return y_BJTHW[:, :, 0]
-
-
 def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tuple[list, list]:
     """VAR's objective (paper Eq. 3): targets x_si are the VQ-VAE's own decomposition of the depth latent
     f_D, and the inputs are built from the same x_si -> (idx_Bl per scale, cumulative f_hat per scale)."""
@@ -604,8 +538,8 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). Training
-    walks greedily; [release] the authors' evaluation runs zoo.release_sampler (mean code of 5 filtered draws)."""
+    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). [release]
+    The authors' evaluation runs zoo.release_sampler instead (the mean code of 5 filtered draws)."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
@@ -614,23 +548,15 @@ class DepthART(nn.Module):
     """A VQ-VAE, frozen in stage 2 (train.py optimizes var alone; walk_targets, predict run under no_grad), and a VAR
     transformer that predicts depth tokens after the image's tokens."""
 
-    def __init__(self, cfg: Config, target=None):
+    def __init__(self, cfg: Config):
         super().__init__()
-        self.cfg, self.target = cfg, target or DepthTarget()
-        # [normals] This file knows only the paper's depth; zoo.build passes the object other Configs need.
-        if (self.target.name, getattr(self.target, "norm", cfg.depth_norm)) != (cfg.target, cfg.depth_norm):
-            raise ValueError(f"Config.target {cfg.target!r} (depth_norm {cfg.depth_norm!r}) needs its target "
-                             f"object: build the model with zoo.build(cfg)")
+        self.cfg = cfg
+        if type(self) is DepthART and (cfg.target, cfg.depth_norm) != ("depth", "q98"):  # [normals] zoo.py's models
+            raise ValueError(f"Config.target {cfg.target!r}, depth_norm {cfg.depth_norm!r}: use zoo.build(cfg)")
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
         # token k of a modality belongs to scale si when bounds[si] <= k < bounds[si + 1]
         self.bounds = [sum(pn * pn for pn in cfg.patch_nums[:si]) for si in range(len(cfg.patch_nums) + 1)]
-
-    def check_image(self, image_B3HW: torch.Tensor):  # [repo] a clear error, not a shape mismatch deep inside
-        H = self.cfg.image_size
-        if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, H, H):
-            raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this preset, "
-                             f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
 
     def encode_image(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Image prefix (paper Sec. 3.2) -> latents img_BLCv: map si is the image's quantized sum after scales
@@ -639,11 +565,15 @@ class DepthART(nn.Module):
         # area-resized (as VAR), because scale si's depth tokens are the ones being predicted. Prefix map si
         # shares depth scale si's lvl_embed and pos_1LC (VAR-d16 has no modality embedding); the mask and the
         # start token tell the halves apart, and every depth scale attends to the whole prefix.
-        self.check_image(image_B3HW)
+        check_image(image_B3HW, self.cfg)  # [repo] one clear error (section 6)
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         rs = self.vae.quantize.resample
         return torch.cat([rs(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
                           for f_hat_BCvhw, pn in zip(f_hats, self.cfg.patch_nums)], 1)
+
+    def encode_depth(self, depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+        """Ground-truth depth -> its continuous VQ-VAE latent f_D. [normals] zoo.py overrides this and decode."""
+        return self.vae.encode(normalize_depth(depth_B1HW, valid_B1HW))
 
     def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
         """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC."""
@@ -667,79 +597,74 @@ class DepthART(nn.Module):
                            self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
-    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, cache: bool = True, max_scale: int | None = None):
+    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, max_scale: int | None = None):
         """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
-        the tokens z_si (greedy: idx_Bl), the cumulative latent f_hat, logits_BlV. The first call runs the image
-        prefix and the depth start token together (mask level 0 sees all of itself); each later call adds only
-        the new scale, whose keys and values join the KV cache (inference, training and export alike).
-
-        Options, each used only on the lines that name it: pick, greedy or [release] zoo's samplers; [repo]
-        cache=False reruns the whole sequence under the mask (the slow reference); [repo] max_scale k: stop after k."""
-        caches = [dict() for _ in self.var.blocks] if cache else None
-        quant, patch_nums = self.vae.quantize, self.cfg.patch_nums[:max_scale]  # None: all K scales
+        the tokens z_si, the cumulative latent f_hat, logits_BlV. The first call runs the image prefix and the
+        depth start token together (mask level 0 sees all of itself); each later call feeds only the new scale,
+        whose keys and values join the KV cache: all it may see is cached, so no call needs a mask."""
+        caches, quant = [dict() for _ in self.var.blocks], self.vae.quantize
+        patch_nums = self.cfg.patch_nums[:max_scale]  # [repo] max_scale k (anytime depth): stop after k scales
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
         z, f_hats, logits = [], [], []
         f_hat_BCvhw = 0  # not a tensor: the sum takes eta's shape, dtype and device from scale 0
         for si, pn in enumerate(patch_nums):
-            bias_11NN = None if cache else self.var.prefix_bias_11NN[..., :x_BNC.shape[1], :x_BNC.shape[1]]  # [repo]
-            logits_BlV = self.var(x_BNC, bias_11NN, caches)[:, -pn * pn:]
-            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # and the codes that build f_hat
+            logits_BlV = self.var(x_BNC, caches=caches)[:, -pn * pn:]
+            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # [release] pick: zoo.release_sampler
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
             z.append(z_si)
             f_hats.append(f_hat_BCvhw)
             logits.append(logits_BlV)
-            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized; its l is scale si+1's
+            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to scale si+1's side
                 f_next_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
-                x_next_BlC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
-                x_BNC = x_next_BlC if cache else torch.cat((x_BNC, x_next_BlC), 1)  # [repo] cache=False: all so far
+                x_BNC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
         return z, f_hats, logits
 
     @torch.no_grad()
-    def walk_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+    def walk_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """The walk and its targets, without gradients -> (img_BLCv, f_D, targets: idx_Bl per scale, the walk's
-        cumulative f_hats). gt_BTHW: ground-truth depth (B, 1, H, W). objective "var" is teacher forcing (the
-        VQ-VAE walks), "depthart" dynamic targets (the model walks)."""
+        cumulative f_hats). objective "var" is teacher forcing (the VQ-VAE walks), "depthart" dynamic targets (the
+        model walks)."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
-        f_D = self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))  # = normalize_depth(gt, valid) [normals]
+        f_D = self.encode_depth(gt_B1HW, valid_B1HW)
         if objective == "var":
             return (img_BLCv, f_D) + teacher_forcing_targets(self.vae.quantize, f_D)
         # every step walks afresh with the current weights; only the walk's tokens are kept, and dynamic_targets
         # re-sums them in the codebook's precision, so targets and inputs share one arithmetic
         return (img_BLCv, f_D) + dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
 
-    def logits_and_targets(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+    def logits_and_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Depth logits of one block-causal forward over the walk, with gradients, and their targets -> (logits_BLV,
         idx_BL): for depthart the logits the walk saw (up to precision), for var the VQ-VAE's walk scored."""
-        img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
         return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
-    def loss(self, image_B3HW, gt_BTHW, objective: str = "depthart", valid_B1HW=None):
+    def loss(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict)."""
-        logits_BLV, idx_BL = self.logits_and_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+        logits_BLV, idx_BL = self.logits_and_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
         loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), idx_BL.reshape(-1))
         token_acc = (logits_BLV.detach().argmax(-1) == idx_BL).float().mean()
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
 
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
-        """One partial sum f_hat -> the target it decodes to (self.target.decode): depth (B, 1, H, W) in [0, 1]."""
-        return self.target.decode(self.vae.decode(f_hat_BCvhw))
+        """One partial sum f_hat -> the relative depth it decodes to, (B, 1, H, W) in [0, 1]."""
+        return depth_from_decoder(self.vae.decode(f_hat_BCvhw))
 
-    def decode_target(self, f_hats: list) -> torch.Tensor:
-        """[repo] Visualisation: J partial sums f_hat -> the target after each, from one batched decoder call:
-        (B, J, H, W) for depth (target.per_scale). All K give the paper's Fig. 7, coarse to fine."""
+    def decode_scales(self, f_hats: list) -> torch.Tensor:
+        """[repo] Visualisation: J partial sums f_hat -> the depth after each, from one batched decoder call:
+        (B, J, H, W). All K give the paper's Fig. 7, coarse to fine."""
         J, B = len(f_hats), f_hats[0].shape[0]
-        return self.target.per_scale(self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1))
+        return self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1)[:, :, 0]
 
     @torch.no_grad()
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy, max_scale=None) -> torch.Tensor:
         """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near);
         all_scales: the depth after every scale (B, k, H, W), k = max_scale or K. pick: greedy (deterministic;
-        what export unrolls) or zoo.release_sampler(generator). max_scale k [repo] (anytime depth): decode the
-        partial sum after k scales."""
+        what export unrolls) or [release] zoo.release_sampler(generator). [repo] max_scale k (anytime depth):
+        decode the partial sum after k scales."""
         f_hats = self.rollout(self.encode_image(image_B3HW), pick, max_scale=max_scale)[1]
-        return self.decode_target(f_hats) if all_scales else self.decode(f_hats[-1])
+        return self.decode_scales(f_hats) if all_scales else self.decode(f_hats[-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -775,3 +700,64 @@ class Resampler(nn.Module):
             return f_BCvhw
         mat = getattr(self, f"{mode}_{src}_{size}")  # (size, src)
         return mat @ f_BCvhw @ mat.T
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. [repo] This repository's plumbing, not the method: input checks, CPU presets, VAR's initialization
+# ----------------------------------------------------------------------------------------------
+def check_config(cfg: Config):
+    """Config.__post_init__: tuples back from a checkpoint's JSON lists; one clear error for a bad Config."""
+    cfg.patch_nums, cfg.vae_ch_mult = tuple(cfg.patch_nums), tuple(cfg.vae_ch_mult)
+    down = 2 ** (len(cfg.vae_ch_mult) - 1)
+    if cfg.image_size != cfg.patch_nums[-1] * down:
+        raise ValueError(f"image_size {cfg.image_size} must equal last patch_num {cfg.patch_nums[-1]} "
+                         f"x VQ-VAE downsampling {down}")
+    if cfg.width % cfg.heads:
+        raise ValueError(f"width {cfg.width} is not divisible by heads {cfg.heads}")
+    if cfg.attention not in ("l2", "plain"):
+        raise ValueError(f"attention must be 'l2' or 'plain', got {cfg.attention!r}")
+
+
+def check_image(image_B3HW: torch.Tensor, cfg: Config):
+    """DepthART.encode_image: a clear error, not a shape mismatch deep inside."""
+    H = cfg.image_size
+    if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, H, H):
+        raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this preset, "
+                         f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
+
+
+def preset(name: str) -> Config:
+    """The tools' --preset: the paper's d16, the release's, or a CPU model: tiny for a 2-core CPU (64x64, six
+    scales of 130 tokens, 512 codes, 4 blocks of width 128: 1.3M), small the shipped one (128x128, 16 pixels a
+    token as d16, 1024 codes, 6 blocks of 192)."""
+    cpu = dict(patch_nums=(1, 2, 3, 4, 6, 8), vae_ch=16, vae_res_blocks=1, num_classes=0, image_shortcut=True)
+    presets = {"d16": Config.d16, "release": Config.release,
+               "tiny": lambda: Config(image_size=64, vocab_size=512, vae_ch_mult=(1, 2, 4, 4), depth=4, width=128,
+                                      heads=4, **cpu),
+               "small": lambda: Config(image_size=128, vocab_size=1024, vae_ch_mult=(1, 1, 2, 4, 4), depth=6,
+                                       width=192, heads=6, **cpu)}
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
+    return presets[name]()
+
+
+def init_from_scratch(var: VAR, adaln=0.5, adaln_gamma=1e-5, head=0.02):
+    """VAR's initialization, for training from scratch: small residual branches (gamma ~ 1e-5), so that a deep
+    stack starts as the identity."""
+    std = math.sqrt(1 / var.cfg.width / 3)
+    for m in var.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    nn.init.trunc_normal_(var.pos_start, std=std)
+    nn.init.trunc_normal_(var.pos_1LC, std=std)
+    with torch.no_grad():
+        var.head.weight.mul_(head)
+        var.head_nm.ada_lin[-1].weight.mul_(adaln)
+        for b in var.blocks:
+            b.attn.proj.weight.div_(math.sqrt(2 * var.cfg.depth))
+            b.ffn.fc2.weight.div_(math.sqrt(2 * var.cfg.depth))
+            ada_6CC = b.ada_lin[-1].weight.view(6, var.cfg.width, -1)  # gamma1, gamma2, scales, shifts
+            ada_6CC[2:].mul_(adaln)
+            ada_6CC[:2].mul_(adaln_gamma)

@@ -98,11 +98,11 @@ def per_scale(model: D.DepthART, val, bs: int = 50) -> list[dict]:
     for b in batches(val, bs):
         img_BLCv = model.encode_image(b["image"])
         own_z, f_hats, logits = model.rollout(img_BLCv)
-        f_D = model.vae.encode(model.target.encode(b[target], b["valid"]))
+        f_D = model.encode_depth(b[target], b["valid"])
         true_z, true_f_hats = model.vae.quantize(f_D)
         tf_BL = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(true_f_hats)).argmax(-1)
         dyn_z, _ = D.dynamic_targets(model.vae.quantize, f_D, own_z)
-        depths_BKHW = model.decode_target(f_hats)  # (B, K, 3, H, W) for normals
+        depths_BKHW = model.decode_scales(f_hats)  # (B, K, 3, H, W) for normals
         for k in range(K):
             depths[k].append(Z.last_scale(depths_BKHW[:, :k + 1]))
             logp = logits[k].log_softmax(-1)

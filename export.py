@@ -107,7 +107,7 @@ class Unrolled(nn.Module):
         m = self.model
         z, f_hats, _ = m.rollout(m.encode_image(image_B3HW), max_scale=self.max_scale)
         if self.all_scales:
-            scales = m.decode_target(f_hats)
+            scales = m.decode_scales(f_hats)
             return Z.last_scale(scales), scales, torch.cat(z, 1)
         return m.decode(f_hats[-1]), torch.cat(z, 1)
 
@@ -800,7 +800,7 @@ def references(model: D.DepthART, batch: int, all_scales: bool, rounds: int | No
             out["tokens"].append([zk.numpy() for zk in z])
             out["depth"].append(model.decode(f_hats[-1]).numpy())  # = model.predict(images, max_scale=max_scale)
             if all_scales:  # = model.predict(images, all_scales=True, max_scale=max_scale)
-                out["scales"].append(model.decode_target(f_hats).numpy())
+                out["scales"].append(model.decode_scales(f_hats).numpy())
     return out
 
 
@@ -1162,7 +1162,7 @@ def _use_timing_cache(config, data: bytes) -> bool:
 # ----------------------------------------------------------------------------------------------
 def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
     """Random weights whose transformer is not an identity: VAR's init scales every residual branch by
-    ~1e-5 (VAR._init_weights), so a random model would predict nearly the same tokens for any image."""
+    ~1e-5 (depthart.init_from_scratch), so a random model would predict nearly the same tokens for any image."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for b in model.var.blocks:
@@ -1241,7 +1241,7 @@ def run(args) -> int:
         refuse_stage1(args.checkpoint)
         model = Z.load(args.checkpoint)
     else:
-        cfg = dataclasses.replace(D.Config.preset(args.preset), target=args.target)
+        cfg = dataclasses.replace(D.preset(args.preset), target=args.target)
         torch.manual_seed(0)
         model = lively(Z.build(cfg))
         print(f"preset {args.preset}: random weights (residual branches scaled up so the transformer is not an identity)")

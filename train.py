@@ -116,7 +116,7 @@ def make_data(args, split: str, size: int):
 def vae_inputs(model: D.DepthART, image, target, valid) -> torch.Tensor:
     """Stage 1 trains one VQ-VAE on both modalities: images, and depth maps repeated to 3 channels (or
     normal maps, whose three components are the three channels)."""
-    return torch.cat((D.normalize_image(image), model.target.encode(target, valid)))
+    return torch.cat((D.normalize_image(image), Z.target_of(model.cfg).encode(target, valid)))
 
 
 class StageLoss(torch.nn.Module):
@@ -183,7 +183,7 @@ def validate(model: D.DepthART, val_set, stage: str, objective: str, batch_size:
             n = len(b["image"])
             extra.setdefault("val_image_l1", []).append(F.l1_loss(rec[:n], x[:n]).item())
             extra.setdefault(f"val_{target}_l1", []).append(F.l1_loss(rec[n:], x[n:]).item())
-            pred = model.target.decode(rec[n:])
+            pred = Z.target_of(model.cfg).decode(rec[n:])
         valid = b["valid"][:, 0].cpu().numpy()
         if target == "normals":
             m = mean_normal_metrics(pred.double().cpu().numpy(), b["normals"].cpu().numpy(), valid)
@@ -371,10 +371,10 @@ def model_config(args) -> D.Config:
     path = args.out / CHECKPOINT if args.resume else args.init
     cfg = Z.checkpoint_config(path) if path else None
     if cfg is not None:
-        if args.preset and dataclasses.replace(cfg, target="depth", depth_norm="q98") != D.Config.preset(args.preset):
+        if args.preset and dataclasses.replace(cfg, target="depth", depth_norm="q98") != D.preset(args.preset):
             print(f"note: using the config of {path}, not preset {args.preset}", file=sys.stderr)
     else:
-        cfg = D.Config.preset(args.preset or "tiny")
+        cfg = D.preset(args.preset or "tiny")
     if args.target is None:
         args.target = cfg.target  # recorded with the run's settings
     if args.depth_norm is None:
@@ -645,7 +645,7 @@ def benchmark(args, warmup: int = 2, timed: int = 5):
     measured matmul rate (FP32 or BF16) that the step achieves."""
     torch.set_num_threads(args.threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = D.Config.preset(args.preset or "tiny")
+    cfg = D.preset(args.preset or "tiny")
     scenes = SyntheticScenes("train", size=cfg.image_size, length=args.batch_size, world=args.data == "world")
     t = time.process_time()
     batch = collate([scenes[i] for i in range(len(scenes))], device)

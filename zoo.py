@@ -1,9 +1,10 @@
 """Everything around the method of depthart.py: which model a Config builds, checkpoints in and out, the
 official weights' key names, and the DepthART release's sampler and loss variant.
 
-  1. Targets       what the second modality is: the paper's depth (depthart.DepthTarget) or, an extension,
-                   camera-frame surface normals or depth normalized otherwise; `build(cfg)` makes the model
-                   for a Config; the VQ-VAE's stage-1 loss of the CPU presets (`vqvae_stage1`)
+  1. Targets       what the second modality is: the paper's depth (depthart.py's only one) or, an extension,
+                   camera-frame surface normals or depth normalized otherwise, each a target object (`target_of`);
+                   `build(cfg)` makes the model for a Config (`TargetART` for the extensions); the VQ-VAE's
+                   stage-1 loss of the CPU presets (`vqvae_stage1`)
   2. Checkpoints   ours (safetensors, config and run settings in the metadata), VAR's official .pth files,
                    and the authors' DepthART release (github bulatko/DepthART, model.safetensors), whose key
                    names map onto ours in one place at load (`from_release_keys`); `load(path)` is the one
@@ -14,6 +15,7 @@ depthart.py never imports this file; every tool does. (Not "models.py": VAR's of
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -46,9 +48,20 @@ def normals_from_decoder(x_B3HW: torch.Tensor) -> torch.Tensor:
     return n_B3HW / n_B3HW.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
+class DepthTarget:
+    """The paper's depth as a target object: into the VQ-VAE (encode) and out of it (decode), one (B, T, H, W) map
+    per scale (per_scale; T target channels: depth 1, normals 3)."""
+    encode = staticmethod(D.normalize_depth)     # (depth_B1HW, valid_B1HW) -> VQ-VAE input (B, 3, H, W) in [-1, 1]
+    decode = staticmethod(D.depth_from_decoder)  # decoder output (B, 3, H, W) -> relative depth (B, 1, H, W)
+
+    @staticmethod
+    def per_scale(y_BJTHW: torch.Tensor) -> torch.Tensor:
+        """One map per scale, depth's one channel dropped: (B, J, H, W), as the export's outputs."""
+        return y_BJTHW[:, :, 0]
+
+
 class NormalsTarget:
     """Surface normals as the second modality (T = 3): DepthART's tokens, loss and rollout are unchanged."""
-    name, channels = "normals", 3
     encode = staticmethod(normalize_normals)
     decode = staticmethod(normals_from_decoder)
 
@@ -80,8 +93,7 @@ class DepthNormTarget:
       log        1 + log(d / q98) / log(64): scale-invariant like the paper's, but a 64x range spread evenly
                  over the codes (d / q98 = 1/64 -> 0), decoded as p = 64^(x - 1)
     x in [0, 1] is mapped to [-1, 1] and clipped, as the paper's."""
-    name, channels = "depth", 1
-    per_scale = staticmethod(D.DepthTarget.per_scale)
+    per_scale = staticmethod(DepthTarget.per_scale)
 
     def __init__(self, norm: str):
         self.norm = norm
@@ -116,32 +128,58 @@ def alignment(cfg: D.Config) -> str:
     return {"q98_shift": "affine", "disparity": "affine_inverse"}.get(cfg.depth_norm, "scale")
 
 
-TARGETS = {"depth": D.DepthTarget, "normals": NormalsTarget}  # Config.target -> its target class
+TARGETS = {"depth": DepthTarget, "normals": NormalsTarget}  # Config.target -> its target class
 DEPTH_NORMS = ("q98", "q98_shift", "disparity", "log")     # Config.depth_norm: q98 is the paper's
 
 
 def last_scale(y_per_scale: torch.Tensor) -> torch.Tensor:
-    """DepthART.decode_target's stack -> the target after its last scale: depth (B, J, H, W) -> (B, 1, H, W),
+    """DepthART.decode_scales's stack -> the target after its last scale: depth (B, J, H, W) -> (B, 1, H, W),
     normals (B, J, T, H, W) -> (B, T, H, W)."""
     return y_per_scale[:, -1] if y_per_scale.ndim == 5 else y_per_scale[:, -1:]
 
 
-def build(cfg: D.Config) -> D.DepthART:
-    """The model a Config describes, with its target (random weights)."""
+def target_of(cfg: D.Config):
+    """The target object of a Config: DepthTarget (the paper's), NormalsTarget or a DepthNormTarget."""
     if cfg.target not in TARGETS:
         raise ValueError(f"unknown target {cfg.target!r}; expected one of {', '.join(TARGETS)}")
     if cfg.depth_norm not in DEPTH_NORMS:
         raise ValueError(f"unknown depth_norm {cfg.depth_norm!r}; expected one of {', '.join(DEPTH_NORMS)}")
     if cfg.target == "depth" and cfg.depth_norm != "q98":
-        return D.DepthART(cfg, DepthNormTarget(cfg.depth_norm))
-    return D.DepthART(cfg, TARGETS[cfg.target]())
+        return DepthNormTarget(cfg.depth_norm)
+    return TARGETS[cfg.target]()
+
+
+class TargetART(D.DepthART):
+    """DepthART on another target than the paper's depth: the method of depthart.py unchanged, only the target's
+    way into the VQ-VAE (encode_depth) and out of it (decode, decode_scales) goes through its target object."""
+
+    def __init__(self, cfg: D.Config, target):
+        super().__init__(cfg)
+        self.target = target
+
+    def encode_depth(self, gt_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+        return self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))
+
+    def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
+        return self.target.decode(self.vae.decode(f_hat_BCvhw))
+
+    def decode_scales(self, f_hats: list) -> torch.Tensor:
+        J, B = len(f_hats), f_hats[0].shape[0]
+        return self.target.per_scale(self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1))
+
+
+def build(cfg: D.Config) -> D.DepthART:
+    """The model a Config describes (random weights): depthart.DepthART for the paper's depth, else TargetART."""
+    target = target_of(cfg)
+    return D.DepthART(cfg) if isinstance(target, DepthTarget) else TargetART(cfg, target)
 
 
 @torch.no_grad()
 def vqvae_ceiling(model: D.DepthART, gt_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
     """The target decoded from the VQ-VAE's own tokens of the true target: the best any transformer on this
     VQ-VAE can predict (stage 1's validation figure) -> (B, T, H, W)."""
-    return model.target.decode(vqvae_reconstruct(model.vae, model.target.encode(gt_BTHW, valid_B1HW)))
+    target = target_of(model.cfg)
+    return target.decode(vqvae_reconstruct(model.vae, target.encode(gt_BTHW, valid_B1HW)))
 
 
 def vqvae_reconstruct(vae: D.VQVAE, x_B3HW: torch.Tensor) -> torch.Tensor:
@@ -178,7 +216,7 @@ def save_checkpoint(path, model: D.DepthART, meta: dict, dtype: torch.dtype | No
     loading casts them back to the model's float32)."""
     sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
           for k, v in model.state_dict().items()}
-    metadata = {"config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta)}
+    metadata = {"config": json.dumps(dataclasses.asdict(model.cfg)), "meta": json.dumps(meta)}
     atomic_write(path, lambda tmp: safetensors.torch.save_file(sd, str(tmp), metadata=metadata))
 
 

@@ -1,10 +1,13 @@
 """Tests of depthart.py: the pieces the method's correctness rests on, all on the CPU."""
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import benchmark
 import depthart as D
 import zoo as Z
 
@@ -29,7 +32,7 @@ def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return lively(D.DepthART(D.Config.tiny()))
+    return lively(D.DepthART(D.preset("tiny")))
 
 
 def batch(B=2, S=64, seed=1):
@@ -41,7 +44,7 @@ def batch(B=2, S=64, seed=1):
 
 
 # --- resampling matrices ------------------------------------------------------------------------
-@pytest.mark.parametrize("cfg", [D.Config.d16(), D.Config.tiny()], ids=["d16", "tiny"])
+@pytest.mark.parametrize("cfg", [D.Config.d16(), D.preset("tiny")], ids=["d16", "tiny"])
 def test_resize_matrices_equal_interpolate_for_every_pair_of_scales(cfg):
     for src in cfg.patch_nums:
         x = torch.randn(2, 3, src, src)
@@ -69,7 +72,7 @@ def test_phi_schedule_matches_official_table():
 
 def test_quantizer_round_trip_reduces_error_scale_by_scale():
     torch.manual_seed(0)
-    cfg = D.Config.tiny()
+    cfg = D.preset("tiny")
     vae = D.VQVAE(cfg)
     f = F.interpolate(torch.randn(4, 32, 4, 4), size=(8, 8), mode="bilinear") + 0.3 * torch.randn(4, 32, 8, 8)
     with torch.no_grad():  # a codebook with codes of every length (coarse and fine residuals), Phi = identity
@@ -118,6 +121,16 @@ def test_parallel_block_causal_logits_equal_sequential_cached_logits(tiny):
         logits_par = tiny.parallel_logits(img, tiny.vae.quantize.next_inputs(f_hats))
     assert logits_par.std() > 0.1  # the check below is not vacuous
     assert (logits_par - torch.cat(logits_seq, 1)).abs().max() < 1e-5
+
+
+def test_the_uncached_reference_walks_the_cached_rollouts_tokens(tiny):
+    """benchmark.predict_uncached reruns the whole sequence so far under the mask at every scale."""
+    image, _ = batch()
+    with torch.no_grad():
+        depth, z_uncached = benchmark.predict_uncached(tiny, image)
+        z, f_hats, _ = tiny.rollout(tiny.encode_image(image))
+    assert all(torch.equal(a, b) for a, b in zip(z_uncached, z))
+    assert torch.allclose(depth, tiny.decode(f_hats[-1]), atol=1e-5)
 
 
 def test_block_causal_mask_hides_finer_depth_scales(tiny):
@@ -180,7 +193,7 @@ def overfit(model, image, target, objective, steps=None) -> list:
 @pytest.mark.parametrize("objective", ["var", "depthart"])
 def test_one_batch_overfits(objective):
     torch.manual_seed(0)
-    model = D.DepthART(D.Config.tiny())
+    model = D.DepthART(D.preset("tiny"))
     losses = overfit(model, *batch(B=2), objective)
     print(objective, "loss", losses[0], "->", losses[-1])
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
@@ -206,7 +219,7 @@ def test_state_dicts_have_exactly_the_official_keys_shapes_and_dtypes():
 
 
 def test_official_style_pth_loads_strictly_and_bad_checkpoints_are_named(tmp_path):
-    cfg = D.Config.tiny()
+    cfg = D.preset("tiny")
     src, dst = D.VQVAE(cfg), D.VQVAE(cfg)
     torch.save(src.state_dict(), tmp_path / "vae.pth")
     Z.load_weights(dst, Z.read_state_dict(tmp_path / "vae.pth"), "vae.pth")
@@ -263,10 +276,10 @@ def test_depth_normalization_is_scale_only_with_the_98th_percentile():
 
 
 def test_config_round_trip_and_unknown_preset():
-    cfg = D.Config.tiny()
-    assert D.Config(**cfg.to_dict()) == cfg
+    cfg = D.preset("tiny")
+    assert D.Config(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # lists back to tuples
     with pytest.raises(ValueError, match="known presets: d16, release, tiny"):
-        D.Config.preset("huge")
+        D.preset("huge")
     with pytest.raises(ValueError, match="image_size"):
         D.Config(image_size=128)
 
@@ -300,7 +313,7 @@ def test_normals_round_trip_through_the_normalization():
 @pytest.mark.parametrize("objective", ["var", "depthart"])
 def test_one_batch_of_normals_overfits(objective):
     torch.manual_seed(0)
-    cfg = D.Config.tiny()
+    cfg = D.preset("tiny")
     cfg.target = "normals"
     model = Z.build(cfg)
     image, normals = normals_batch(B=2)
@@ -313,11 +326,11 @@ def test_one_batch_of_normals_overfits(objective):
 
 
 def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
-    cfg = D.Config.tiny()
+    cfg = D.preset("tiny")
     cfg.target = "normals"
     Z.save_checkpoint(tmp_path / "n.safetensors", Z.build(cfg), {"stage": "transformer"})
     assert Z.load(tmp_path / "n.safetensors").cfg.target == "normals"
-    assert D.Config(**{k: v for k, v in D.Config.tiny().to_dict().items() if k != "target"}).target == "depth"
+    assert D.Config(**{k: v for k, v in dataclasses.asdict(D.preset("tiny")).items() if k != "target"}).target == "depth"
     with pytest.raises(ValueError, match="unknown target 'albedo'"):
         Z.build(D.Config(target="albedo"))
     with pytest.raises(ValueError, match="zoo.build"):  # the model file alone knows only the paper's depth
@@ -328,7 +341,7 @@ def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
 
 def test_a_half_precision_checkpoint_is_half_the_file_and_loads_back_to_float32(tmp_path):
     torch.manual_seed(0)
-    model = D.DepthART(D.Config.tiny()).eval()
+    model = D.DepthART(D.preset("tiny")).eval()
     Z.save_checkpoint(tmp_path / "full.safetensors", model, {"stage": "transformer"})
     Z.save_checkpoint(tmp_path / "half.safetensors", model, {"stage": "transformer"}, dtype=torch.float16)
     full, half = (tmp_path / "full.safetensors").stat().st_size, (tmp_path / "half.safetensors").stat().st_size

@@ -35,7 +35,7 @@ Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Ups
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return E.lively(D.DepthART(D.Config.tiny()))
+    return E.lively(D.DepthART(D.preset("tiny")))
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2-all-scales"])

@@ -445,9 +445,9 @@ def release_run(tmp_path_factory):
         img = ours.encode_image(image)
         r["tokens_ours"], f_hats, r["logits_ours"] = ours.rollout(img)
         r["logits_off"] = logits[:len(PATCH_NUMS)]
-        r["greedy_ours"] = ours.decode_target(f_hats[-1:])
+        r["greedy_ours"] = ours.decode_scales(f_hats[-1:])
         r["draws_ours"], f_hats, _ = ours.rollout(img, Z.release_sampler(torch.Generator().manual_seed(12)))
-        r["sampled_ours"] = ours.decode_target(f_hats[-1:])
+        r["sampled_ours"] = ours.decode_scales(f_hats[-1:])
     print(f"\n  [DepthART release (depth 2, width 256, VQ-VAE ch 64): built, saved, loaded, run in "
           f"{time.perf_counter() - t0:.1f} s]")
     return r

@@ -81,7 +81,7 @@ def test_release_preset_maps_onto_exactly_the_official_keys(alias):
 def test_release_preset_is_d16_with_plain_attention():
     cfg = D.Config.release()
     assert dataclasses.replace(cfg, attention="l2") == D.Config.d16() and cfg.attention == "plain"
-    assert D.Config.preset("release") == cfg
+    assert D.preset("release") == cfg
     attn = D.SelfAttention(1024, 16, "plain", 4.0)
     assert attn.scale == 1 / 32 and not hasattr(attn, "scale_mul_1H11")
 
@@ -145,7 +145,7 @@ def test_bad_release_files_give_one_clear_line(small_release, tmp_path, kind, me
     path = bad_files(small_release, tmp_path)[kind]
     with pytest.raises(ValueError, match=message) as e:
         if kind == "code_pickle":
-            Z.init_weights(D.DepthART(D.Config.tiny()), init=path)
+            Z.init_weights(D.DepthART(D.preset("tiny")), init=path)
         else:
             Z.load(path)
     assert "\n" not in str(e.value)
@@ -198,7 +198,7 @@ def test_infer_trt_runs_the_release_sampler_in_pytorch(small_release, tmp_path, 
 @pytest.fixture(scope="module")
 def plain_tiny(tmp_path_factory):
     torch.manual_seed(0)
-    model = lively(D.DepthART(dataclasses.replace(D.Config.tiny(), attention="plain")))
+    model = lively(D.DepthART(dataclasses.replace(D.preset("tiny"), attention="plain")))
     path = tmp_path_factory.mktemp("plain") / "plain.safetensors"
     Z.save_checkpoint(path, model, {"stage": "transformer"})
     return model, path
