@@ -404,11 +404,19 @@ def test_the_trace_keeps_weights_apart_as_views_of_the_model(tiny):
 
 def test_weights_streamed_to_external_data_give_the_same_graph(tiny, tmp_path):
     """The lean path: weights written one at a time into NAME.onnx.data from the model's tensors, the check run
-    with the weights read from that file; the written graph computes what the in-memory graph does, bit for bit."""
-    out = tmp_path / "tiny_ext.onnx"
+    with the weights read from that file; the written graph computes what the in-memory graph does, bit for bit.
+    keep_model=False (the command line's way: write, free the model's weights, then check the written files)
+    writes the same bytes, checks as much, and leaves the model on the meta device."""
+    out, freed = tmp_path / "tiny_ext.onnx", tmp_path / "freed" / "tiny_ext.onnx"
     report = E.export(tiny, out, external_data=True, check=True, log=lambda s: None)
     assert report["external_data"] and report["fp32_check"]["token_agreement_per_scale"] == [1.0] * 6
     assert [p.name for p in E.graph_files(out)] == ["tiny_ext.onnx", "tiny_ext.onnx.data"]
+    model = copy.deepcopy(tiny)
+    again = E.export(model, freed, external_data=True, check=True, log=lambda s: None, keep_model=False)
+    assert [f.read_bytes() for f in E.graph_files(out)] == [f.read_bytes() for f in E.graph_files(freed)]
+    assert again["fp32_check"] == report["fp32_check"] and again["outputs"] == report["outputs"] == ["depth"]
+    assert all(p.is_meta for p in model.parameters()) and not any(p.is_meta for p in tiny.parameters())
+    assert sorted(p.name for p in freed.parent.iterdir()) == ["tiny_ext.onnx", "tiny_ext.onnx.data"]
     inits = onnx.load(str(out), load_external_data=False).graph.initializer
     external = [i for i in inits if E.is_stub(i)]
     assert external and all(len(i.raw_data) < 1024 for i in inits if not E.is_stub(i))
@@ -433,19 +441,3 @@ def test_shape_inference_without_weights_gives_the_same_graph(tiny, monkeypatch)
     graph, tensors = E.trace_apart(tiny, 2, all_scales=True)
     assert max(weights_seen) > 0 and lean_graph.SerializeToString() == graph.SerializeToString()
     assert lean_tensors.keys() == tensors.keys() and all(torch.equal(lean_tensors[k], tensors[k]) for k in tensors)
-
-
-@pytest.mark.parametrize("external", [False, True], ids=["inline", "external-data"])
-def test_export_that_frees_the_model_writes_the_same_files(tiny, tmp_path, external):
-    """keep_model=False (the command line's way: write, free the model's weights, then check the written files)
-    writes byte for byte what keep_model=True writes, checks as much, and leaves the model on the meta device."""
-    kept, freed = tmp_path / "kept" / "g.onnx", tmp_path / "freed" / "g.onnx"
-    model = copy.deepcopy(tiny)
-    a = E.export(tiny, kept, batch=2, all_scales=True, external_data=external, log=lambda s: None)
-    b = E.export(model, freed, batch=2, all_scales=True, external_data=external, log=lambda s: None, keep_model=False)
-    assert [f.name for f in E.graph_files(kept)] == [f.name for f in E.graph_files(freed)]
-    assert len(E.graph_files(freed)) == 1 + external and b["external_data"] == a["external_data"] == external
-    assert all(f.read_bytes() == g.read_bytes() for f, g in zip(E.graph_files(kept), E.graph_files(freed)))
-    assert b["fp32_check"] == a["fp32_check"] and b["outputs"] == a["outputs"] == ["depth", "depth_scales"]
-    assert all(p.is_meta for p in model.parameters()) and not any(p.is_meta for p in tiny.parameters())
-    assert sorted(p.name for p in freed.parent.iterdir()) == sorted(f.name for f in E.graph_files(freed))
