@@ -41,7 +41,7 @@ from PIL import Image, ImageFile, ImageOps
 from scipy import ndimage  # the exact nearest-pixel transform, in C, for filling holes
 from tqdm import tqdm
 
-from scenes import FAMILIES, family_weights, render_scene, render_world
+from scenes import FAMILIES, family_weights, photo_textures, render_scene, render_world
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,8 @@ class SyntheticScenes(torch.utils.data.Dataset):
     streets with photometric augmentation on the train split, and "normals" in the items ("world");
     subjects=S makes a share S of them subject scenes (a person or an object near the camera, framed as a
     photographer frames it: scenes.subject_family); families="room=0.4,tabletop=0.3,..." (scenes.family_weights)
-    draws the other scenes' families with those weights instead of the world's own.
+    draws the other scenes' families with those weights instead of the world's own; photos=FOLDER (a folder of
+    photographs, scenes.photo_textures; realset.py textures builds one) puts them on a share of the world's surfaces.
     train: seed = seed_offset + i; val: VAL_SEED_START + seed_offset + i; test likewise from
     TEST_SEED_START. Rendering is deterministic, so nothing needs storing; cache=True keeps
     rendered items in memory (worth it for a small validation set looked at every epoch), and
@@ -305,7 +306,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
 
     def __init__(self, split: str = "train", size: int = 64, length: int | None = None,
                  seed_offset: int = 0, cache: bool = False, antialias: bool = True, world: bool = False,
-                 disk_cache=None, subjects: float = 0.0, families: str | None = None):
+                 disk_cache=None, subjects: float = 0.0, families: str | None = None, photos=None):
         if split not in SPLIT_SEED_START:
             raise ValueError(f"SyntheticScenes: unknown split {split!r}; expected one of {sorted(SPLIT_SEED_START)}")
         self.split, self.size, self.antialias, self.world = split, int(size), antialias, world
@@ -315,6 +316,9 @@ class SyntheticScenes(torch.utils.data.Dataset):
         if families and not world:
             raise ValueError(f"SyntheticScenes: families={families!r} is a mix of world scenes (world=True)")
         self.mix = family_weights(families)  # None: the world's own mix
+        if photos is not None and not world:
+            raise ValueError(f"SyntheticScenes: photos={photos} are textures of world scenes (world=True)")
+        self.photos = None if photos is None else photo_textures(photos)  # ValueError in one line for a bad folder
         self.length = DEFAULT_SYNTHETIC_LENGTH[split] if length is None else int(length)
         self.first_seed = SPLIT_SEED_START[split] + int(seed_offset)
         if self.length < 0 or seed_offset < 0 or self.first_seed + self.length > _SEED_STOP[split]:
@@ -342,7 +346,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
         # stay the world's own.
         subject = self.subjects and np.random.default_rng([self.seed(i), 2]).random() < self.subjects
         r = render_world(self.seed(i), self.size, family="subject" if subject else None, augment=self.split == "train",
-                         mix=self.mix)
+                         mix=self.mix, photos=self.photos)
         valid = r["valid"]
         # Sky has no depth; it is filled with the farthest depth of the scene, so that what the VQ-VAE
         # and the model learn there is "far" (the metrics ignore it: valid is False).
@@ -351,7 +355,8 @@ class SyntheticScenes(torch.utils.data.Dataset):
 
     def _fill_disk_cache(self, folder: Path) -> dict:
         mix = (f"_subjects{self.subjects:g}" if self.subjects else "") + (
-            "_" + "-".join(f"{f[:4]}{w:.2f}" for f, w in zip(FAMILIES, self.mix)) if self.mix else "")
+            "_" + "-".join(f"{f[:4]}{w:.2f}" for f, w in zip(FAMILIES, self.mix)) if self.mix else "") + (
+            f"_photos{self.photos.sha256[:16]}" if self.photos else "")  # another texture set: another cache
         folder = folder / f"{self.kind}{mix}_{self.split}_{self.size}px_seeds{self.first_seed}-{self.first_seed + self.length}"
         folder.mkdir(parents=True, exist_ok=True)
         N, S = self.length, self.size

@@ -47,10 +47,22 @@ Layout of DIR (what evaluate.py's reader expects; evaluate.read_real documents t
 
 A build script of its own rather than a function in data.py: it needs OpenCV and git, which nothing else in the
 repository needs, and it runs once per machine, not per training run.
+
+Photo textures for the synthetic world (train.py --data world --textures DIR; scenes.PhotoTextures), from a clone of
+github.com/majedelhelou/denoising_datasets (pinned like the sources above):
+
+    python realset.py textures --out DIR --sources CLONES [--clone] [--manifest docs/textures/manifest.json]
+
+writes the colour photographs of its CBSD68, CSet5, CSet14, CSun_Hays80 and CUrban100 folders, each centre-cropped to
+its largest power-of-two square and box-filtered down to at most 256 x 256, as DIR/SET_NAME.png, and DIR/manifest.json
+(repository, commit, licence, and per file its path and sha256). Left out, each with its reason in the manifest:
+the grey copies and the manga covers, three CSet14 pictures (a painting, a book cover, 'Lena'), any picture that is
+one of the ordinal check's photographs (docs/ordinal_pairs.json), and repeats (build_textures).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -62,7 +74,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data import resize, resize_nearest
+from data import package_file, read_image, resize, resize_nearest
 
 try:
     import cv2
@@ -77,6 +89,7 @@ REPOS = {
     "DDL_demo": ("Homay0118/DDL_demo", "69cc478b5634234646a1c06ec674be84e130493c"),
     "Stereo-Dataset": ("l-lattermann/Stereo-Dataset", "29f66e7a75f10bac563284ed150e2810f2e63b2e"),
     "ccj5351.github.io": ("ccj5351/ccj5351.github.io", "34f515936a401a585a307494e9237cf1a3aa6fd5"),
+    "denoising_datasets": ("majedelhelou/denoising_datasets", "58234876fef6f1b56306705c78dfd40cdb837b86"),  # textures
 }
 
 # What each source's owners say about use, with where they say it. None is an open licence for redistribution.
@@ -484,6 +497,197 @@ def stereo_check(frame) -> dict:
             "abs_rel": round(float(rel.mean()), 4), "within_5pct": round(float((rel < 0.05).mean()), 4)}
 
 
+# ---------------------------------------------------------------------------------------------
+# Photo textures for the synthetic world: `python realset.py textures --out DIR --sources CLONES [--clone]`.
+# ---------------------------------------------------------------------------------------------
+
+TEXTURE_REPO = "denoising_datasets"
+TEXTURE_MAX_SIDE = 256  # the world's mips start at 128 x 128 (scenes._TEX_SIZE); one level more is kept
+# The repository's colour photograph sets (its README: "the color versions are preceded by C"), and why the rest of
+# it is left out.
+TEXTURE_SETS = ("CBSD68", "CSet5", "CSet14", "CSun_Hays80", "CUrban100")
+TEXTURE_SKIPPED_SETS = {
+    "BSD68": "grey copies of CBSD68's photographs", "Set5": "grey copies of CSet5's photographs",
+    "Set14": "grey copies of CSet14's photographs", "Sun_Hays80": "grey copies of CSun_Hays80's photographs",
+    "Urban100": "grey copies of CUrban100's photographs", "CManga109": "drawn manga covers, not photographs",
+    "Manga109": "grey copies of CManga109's drawn manga covers, not photographs",
+}
+TEXTURE_SKIPPED_FILES = {
+    "CSet14/comic.png": "a painting, not a photograph",
+    "CSet14/ppt3.png": "a book cover of type and clip art, not a photograph",
+    "CSet14/lenna.png": "the 'Lena' picture: its model asked in 2019 that it be retired, and IEEE journals stopped "
+                        "accepting papers that use it in 2024",
+}
+TEXTURE_LICENCE = ("no licence stated: the repository has no LICENSE file and its README says the datasets 'are just "
+                   "collected here for convenience, no ownership claimed and no guarantees provided'. The photographs "
+                   "belong to benchmark sets published with papers (BSD68 from the Berkeley Segmentation Dataset, "
+                   "Martin et al. 2001; Set5, Bevilacqua et al. 2012; Set14, Zeyde et al. 2010; Sun-Hays80, Sun and "
+                   "Hays 2012; Urban100, Huang et al. 2015). This repository commits the script and this manifest, "
+                   "never the photographs")
+SAME_PHOTO = 0.8  # fingerprint similarity above which two pictures are one photograph (see fingerprints)
+ORDINAL_PAIRS = Path(__file__).resolve().parent / "docs" / "ordinal_pairs.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def photo_square(rgb, max_side=TEXTURE_MAX_SIDE) -> np.ndarray:
+    """uint8 (S, S, 3): the centred largest power-of-two square of an RGB picture (as scenes.texture_mips crops),
+    box-filtered down by halving to at most max_side."""
+    h, w = rgb.shape[:2]
+    s = 1 << int(math.log2(min(h, w)))
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    square = np.asarray(rgb[y0:y0 + s, x0:x0 + s], np.float64)
+    while s > max_side:
+        s //= 2
+        square = square.reshape(s, 2, s, 2, 3).mean(axis=(1, 3))
+    return np.clip(np.rint(square), 0, 255).astype(np.uint8)
+
+
+def _detail(rgb, n=32) -> np.ndarray:
+    grey = resize(np.asarray(rgb, np.float32).mean(-1), n, n).astype(np.float64)
+    from scipy import ndimage
+    v = (grey - ndimage.gaussian_filter(grey, 2.0, mode="reflect")).ravel()
+    v -= v.mean()
+    return v / max(float(np.linalg.norm(v)), 1e-9)
+
+
+def fingerprints(rgb) -> np.ndarray:
+    """(2, 1024): unit vectors of the fine detail (a 32 x 32 grey thumbnail minus its Gaussian blur, sigma 2) of the
+    whole picture squashed to a square and of its photo_square crop. The similarity of two pictures is the larger of
+    the two dot products: one photograph resized, re-encoded as JPEG or cropped by a few pixels scores above 0.94
+    (the ten ordinal photographs, tried), while the repository's distinct photographs score at most 0.42 against each
+    other and 0.37 against the ordinal ones; the low frequencies are left out because a bright sky over dark ground
+    alone makes two photographs look alike."""
+    return np.stack([_detail(rgb), _detail(photo_square(rgb))])
+
+
+def similarity(a, b) -> float:
+    return float(max(a[0] @ b[0], a[1] @ b[1]))
+
+
+def reserved_photographs(pairs_path=ORDINAL_PAIRS) -> list:
+    """The ordinal check's photographs (docs/ordinal_pairs.json), which must never be a texture:
+    [{"photo": "package/file", "stem", "fingerprints" (None where the package is not installed)}]."""
+    out = []
+    for im in json.loads(Path(pairs_path).read_text())["images"]:
+        try:
+            rgb = np.rint(read_image(package_file(im["package"], im["file"])) * 255).astype(np.uint8)
+            fp = fingerprints(rgb)
+        except FileNotFoundError:
+            fp = None
+        out.append({"photo": f"{im['package']}/{im['file']}", "stem": Path(im["file"]).stem.lower(), "fingerprints": fp})
+    return out
+
+
+def texture_candidates(repo) -> tuple[list, dict]:
+    """The repository's pictures in TEXTURE_SETS (paths in ls-tree order) and {top-level folder: why it is left out}."""
+    tops = repo.listdir("")
+    missing = [t for t in TEXTURE_SETS if t not in tops]
+    if missing:
+        raise RealSetError(f"{repo.slug}@{repo.commit[:12]} has no folder {', '.join(missing)}")
+    skipped = {t: TEXTURE_SKIPPED_SETS.get(t, "not one of the photograph sets") for t in tops
+               if t not in TEXTURE_SETS and "." not in t}
+    paths = [f"{t}/{name}" for t in TEXTURE_SETS for name in repo.listdir(t) if name.lower().endswith(IMAGE_SUFFIXES)]
+    return paths, skipped
+
+
+def build_textures(out: Path, repo, max_side=TEXTURE_MAX_SIDE, pairs_path=ORDINAL_PAIRS) -> dict:
+    """Write every kept photograph as OUT/SET_NAME.png (photo_square) and OUT/manifest.json; returns the manifest.
+
+    Left out, each with its reason in the manifest: sets that are not colour photographs, TEXTURE_SKIPPED_FILES,
+    any picture that is one of the ordinal check's photographs (by file name, or fingerprint similarity
+    >= SAME_PHOTO), and any picture that repeats one already kept (the same pixels after photo_square, or
+    similarity >= SAME_PHOTO: Set5's head is Set14's face)."""
+    out = Path(out)
+    paths, skipped_sets = texture_candidates(repo)
+    names = {p: p.split("/")[0] + "_" + Path(p).stem + ".png" for p in paths}
+    if out.is_dir():
+        strangers = sorted(f.name for f in out.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
+                           and f.name not in names.values())
+        if strangers:
+            raise RealSetError(f"--out {out} holds {len(strangers)} other pictures ({strangers[0]}, ...): the world "
+                               "would take them for textures; use an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    reserved = reserved_photographs(pairs_path)
+    closest = {r["photo"]: (-1.0, None) for r in reserved}
+    kept, excluded, seen_pixels, kept_fp = [], [], {}, []
+    for path in paths:
+        if path in TEXTURE_SKIPPED_FILES:
+            excluded.append({"path": path, "why": TEXTURE_SKIPPED_FILES[path]})
+            continue
+        rgb = decode_image(repo.read(path))
+        square = photo_square(rgb, max_side)
+        fp = fingerprints(rgb)
+        why = None
+        for r in reserved:
+            if r["fingerprints"] is not None:
+                sim = similarity(fp, r["fingerprints"])
+                closest[r["photo"]] = max(closest[r["photo"]], (round(sim, 3), path), key=lambda c: c[0])
+            if Path(path).stem.lower() == r["stem"] or (r["fingerprints"] is not None and sim >= SAME_PHOTO):
+                why = f"is the ordinal check's photograph {r['photo']} (docs/ordinal_pairs.json)"
+                break
+        pixels = hashlib.sha256(square.tobytes()).hexdigest()
+        if why is None and pixels in seen_pixels:
+            why = f"the same pixels as {seen_pixels[pixels]}"
+        if why is None:
+            twin = next((k["path"] for k, f in zip(kept, kept_fp) if similarity(fp, f) >= SAME_PHOTO), None)
+            why = f"the same photograph as {twin}" if twin else None
+        if why:
+            excluded.append({"path": path, "why": why})
+            continue
+        seen_pixels[pixels] = path
+        file = out / names[path]
+        Image.fromarray(square).save(file, optimize=False)
+        kept.append({"name": file.name, "path": path, "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+                     "source_size": list(rgb.shape[:2]), "size": square.shape[0]})
+        kept_fp.append(fp)
+        print(f"{file.name}: {square.shape[0]} px", file=sys.stderr)
+    unchecked = [r["photo"] for r in reserved if r["fingerprints"] is None]
+    manifest = {
+        "description": "photographs the synthetic world can take as textures (scenes.PhotoTextures, train.py "
+                       "--textures DIR), built by realset.py; the photographs are not redistributed",
+        "rebuild": "python realset.py textures --out DIR --sources CLONES --clone",
+        "repository": f"https://github.com/{repo.slug}", "commit": repo.commit, "licence": TEXTURE_LICENCE,
+        "processing": f"RGB; centred crop to the largest power-of-two square; box-filtered by halving to at most "
+                      f"{max_side} x {max_side}; 8-bit PNG named SET_NAME.png",
+        "sets": list(TEXTURE_SETS), "excluded_sets": skipped_sets,
+        "same_photograph": f"fingerprint similarity >= {SAME_PHOTO} (realset.fingerprints), or the same pixels",
+        "reserved": {"why": "the ordinal check's photographs (docs/ordinal_pairs.json) score the model on real "
+                            "photographs; none may be a texture (checked by file name and by fingerprint)",
+                     "closest": [{"photo": k, "similarity": v[0], "path": v[1]} for k, v in closest.items()
+                                 if v[1] is not None],
+                     "checked_by_name_only": unchecked},
+        "photographs": len(kept), "excluded": excluded, "files": kept}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def textures_main(argv=None):
+    parser = argparse.ArgumentParser(prog="realset.py textures", description=(
+        "Build a folder of photo textures for the synthetic world (train.py --data world --textures DIR) from a clone "
+        f"of github.com/{REPOS[TEXTURE_REPO][0]}: each colour photograph centre-cropped to a power-of-two square, at "
+        f"most {TEXTURE_MAX_SIDE} px, as PNG, with manifest.json."))
+    parser.add_argument("--out", required=True, help="the folder to write (train.py --textures)")
+    parser.add_argument("--sources", required=True, help=f"folder holding the clone {TEXTURE_REPO}/ (or a bare one)")
+    parser.add_argument("--clone", action="store_true", help="git clone the repository if it is missing")
+    parser.add_argument("--manifest", default=None, help="also copy manifest.json here (docs/textures/manifest.json)")
+    args = parser.parse_args(argv)
+    try:
+        sources = Path(args.sources)
+        if not sources.is_dir() and not args.clone:
+            raise RealSetError(f"--sources {sources}: no such folder (pass --clone to create it)")
+        sources.mkdir(parents=True, exist_ok=True)
+        repo = open_repos(sources, args.clone, [TEXTURE_REPO])[TEXTURE_REPO]
+        manifest = build_textures(Path(args.out), repo)
+    except (RealSetError, OSError, subprocess.CalledProcessError) as e:
+        print(f"realset.py textures: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.manifest:
+        Path(args.manifest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(args.out) / "manifest.json", args.manifest)
+    print(f"wrote {manifest['photographs']} photographs to {args.out} ({len(manifest['excluded'])} pictures left out, "
+          f"and the sets {', '.join(manifest['excluded_sets'])})")
+
+
 DEFAULT_SOURCES = ("7scenes", "middlebury", "eth3d")  # lattermann is opt-in: see the module docstring
 
 
@@ -507,6 +711,9 @@ def build(out: Path, repos: dict, register=True, sources=DEFAULT_SOURCES) -> dic
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["textures"]:
+        return textures_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="the folder to write (evaluate.py --data-root)")
     parser.add_argument("--sources", required=True, help="folder with one clone per repository, named after it")

@@ -15,10 +15,10 @@ intersections of boxes, spheres and upright cylinders, surface_normal):
   "box_room" the old rooms shaded the new way (0.65-7 m); drawn only when asked for, "subject" a
   person or an object 0.35-3 m away in front of a room or a street (data.SyntheticScenes(subjects=S)).
   Surfaces carry photographs from skimage.data (box-projected in metres, so texture density falls
-  with distance) or procedural patterns; 1-3 point or directional lights all cast shadows; the
-  camera has random height, pitch, roll and a 40-90 degree horizontal fov (subject scenes 25-65);
-  augment adds exposure, white balance, gamma, blur, sensor noise and JPEG, from its own random
-  stream (the geometry never moves).
+  with distance), on request also those of a folder (photos=, PhotoTextures), or procedural patterns;
+  1-3 point or directional lights all cast shadows; the camera has random height, pitch, roll and
+  a 40-90 degree horizontal fov (subject scenes 25-65); augment adds exposure, white balance,
+  gamma, blur, sensor noise and JPEG, from its own random stream (the geometry never moves).
 
 Deterministic by seed on any machine with the same numpy. data.SyntheticScenes wraps
 render_scene and render_world as datasets with disjoint seed ranges per split. It imports
@@ -27,9 +27,13 @@ numpy, and for the world skimage.data (textures), scipy.ndimage (blur) and PIL (
 from __future__ import annotations
 
 import colorsys
+import contextvars
+import hashlib
 import io
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -93,7 +97,8 @@ class Material:
     phase: np.ndarray = field(default_factory=lambda: np.zeros(3))  # (3,) shifts the pattern
     axis: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0, 0.0]))  # stripes/wood direction
     # The world's photo textures (render_world only; the old rooms ignore these fields):
-    texture: str | None = None        # a TEXTURES name, mapped by box projection; replaces the pattern
+    texture: str | None = None        # a TEXTURES name or a photograph's path (PhotoTextures), mapped by box
+                                      # projection; replaces the pattern
     tex_scale: float = 1.0            # metres per texture tile
     tex_angle: float = 0.0            # radians; turns the texture in the face's plane
     contrast: float = 1.0             # 0: flat colour; 1: the photo's own contrast
@@ -507,9 +512,14 @@ _MIPS: dict = {}  # name -> [level 0 (S, S, 3), level 1 (S/2, S/2, 3), ...] floa
 
 
 def texture_mips(name: str) -> list:
-    """The texture's mip pyramid, loaded once per process: linear reflectance scaled to mean 1."""
+    """The texture's mip pyramid, loaded once per process: linear reflectance scaled to mean 1.
+    name: a TEXTURES name, or the path of a photograph of a PhotoTextures folder."""
     if name not in _MIPS:
-        img = np.asarray(getattr(skdata, name)(), dtype=np.float32) / 255.0
+        if name.lower().endswith(PHOTO_SUFFIXES):
+            with Image.open(name) as photo:
+                img = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+        else:
+            img = np.asarray(getattr(skdata, name)(), dtype=np.float32) / 255.0
         img = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
         s = 1 << int(math.log2(min(img.shape[:2])))  # the largest power-of-two square: tiles wrap by masking
         y0, x0 = (img.shape[0] - s) // 2, (img.shape[1] - s) // 2
@@ -526,6 +536,97 @@ def texture_mips(name: str) -> list:
 def _halve(img_SS3):
     s = img_SS3.shape[0] // 2
     return img_SS3.reshape(s, 2, s, 2, 3).mean(axis=(1, 3))
+
+
+# Photo textures from a folder, opt-in (render_world(photos=...), data.SyntheticScenes(photos=...), train.py
+# --textures DIR; `python realset.py textures` builds one from 263 benchmark photographs). Of the photo-textured looks
+# that PHOTO_ROLES draw, a share PHOTO_SHARE takes a photograph of the folder instead of its TEXTURES picture, keeping
+# the look's tint, contrast, tile size and angle. Which ones, and which photograph, come from a random stream of their
+# own ([seed, 3]): with a folder a seed keeps its geometry, lights, camera and colours, and only pictures change;
+# without one the world is bit-identical to the world before photo textures (tests/test_scenes.py).
+PHOTO_ROLES = ("wall", "floor", "object", "fabric", "facade", "ground")
+PHOTO_SHARE = 0.5
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class PhotoTextures:
+    """A folder of photographs the world can texture with (photo_textures(folder) checks and makes one).
+
+    paths: the pictures, sorted by name; sha256: the set's identity, a hash of every picture's name and content
+    (what caches and checkpoints record); manifest_sha256: that of the folder's manifest.json, None without one.
+    Small and picklable: worker processes get it with the dataset and load each picture once, when first drawn."""
+
+    folder: str
+    paths: tuple
+    sha256: str
+    manifest_sha256: str | None = None
+
+    def describe(self) -> dict:
+        return {"folder": self.folder, "photographs": len(self.paths), "sha256": self.sha256,
+                "manifest_sha256": self.manifest_sha256}
+
+
+_PHOTO_SETS: dict = {}  # (folder, its files' sizes and times) -> PhotoTextures: each set is hashed once
+
+
+def photo_textures(folder) -> PhotoTextures:
+    """The photographs (.png, .jpg) of a folder as world textures. A ValueError of one line when the folder is missing,
+    holds no picture, holds a file that is not a picture, or disagrees with its manifest.json (a file missing,
+    unlisted or with another sha256)."""
+    if isinstance(folder, PhotoTextures):
+        return folder
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"textures {folder}: no such folder (python realset.py textures --out {folder} "
+                         "--sources CLONES --clone builds one)")
+    files = sorted(f for f in path.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES and f.is_file())
+    if not files:
+        raise ValueError(f"textures {folder}: no .png or .jpg pictures in it")
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files + [path / "manifest.json"] if f.exists()]
+    key = (str(path.resolve()), tuple(stats))  # a file added, removed or rewritten: checked and hashed again
+    if key in _PHOTO_SETS:
+        return _PHOTO_SETS[key]
+    digests = {}
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                if min(im.size) < 1:
+                    raise ValueError
+        except Exception:  # noqa: BLE001 (PIL raises several kinds for a file that is not a picture)
+            raise ValueError(f"textures {folder}: {f.name} is not a picture PIL can read") from None
+        digests[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    manifest, manifest_sha256 = path / "manifest.json", None
+    if manifest.is_file():
+        raw = manifest.read_bytes()
+        manifest_sha256 = hashlib.sha256(raw).hexdigest()
+        try:
+            listed = {f["name"]: f["sha256"] for f in json.loads(raw)["files"]}
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"textures {folder}: manifest.json does not list files with name and sha256") from None
+        wrong = sorted(set(listed) ^ set(digests)) + sorted(n for n in listed if n in digests and listed[n] != digests[n])
+        if wrong:
+            raise ValueError(f"textures {folder}: {wrong[0]} is missing, unlisted or changed against its manifest.json "
+                             f"({len(wrong)} such); rebuild the folder")
+    identity = hashlib.sha256("".join(f"{n} {d}\n" for n, d in digests.items()).encode()).hexdigest()
+    photos = PhotoTextures(str(path.resolve()), tuple(str(f.resolve()) for f in files), identity, manifest_sha256)
+    _PHOTO_SETS[key] = photos
+    return photos
+
+
+# While render_world builds a scene with photo textures: (PhotoTextures, the seed's photo stream); else None.
+_ACTIVE_PHOTOS: contextvars.ContextVar = contextvars.ContextVar("active_photos", default=None)
+
+
+def _photo(role: str) -> str | None:
+    """A photograph's path for a photo-textured look of this role, or None (keep the TEXTURES picture)."""
+    active = _ACTIVE_PHOTOS.get()
+    if active is None or role not in PHOTO_ROLES:
+        return None
+    photos, stream = active
+    if stream.random() >= PHOTO_SHARE:
+        return None
+    return photos.paths[int(stream.integers(len(photos.paths)))]
 
 
 @dataclass
@@ -706,7 +807,7 @@ def _material(rng, role: str) -> Material:
     upright = role in ("wall", "facade")  # bricks lie in rows: keep photos upright on walls
     angle = 0.0 if upright else rng.uniform(0, 2 * np.pi)
     if look in TEXTURES:
-        return Material(color, texture=look, tex_scale=rng.uniform(*tile), tex_angle=angle,
+        return Material(color, texture=_photo(role) or look, tex_scale=rng.uniform(*tile), tex_angle=angle,
                         contrast=rng.uniform(*contrast))
     color2 = color * rng.uniform(0.5, 0.85) if look != "stripes" else _hsv(rng.random(), 0.3, rng.uniform(0.4, 0.9))
     axis = np.array([1.0, 0.0, 0.0]) if rng.random() < 0.5 else np.array([0.0, 1.0, 0.0])
@@ -1140,7 +1241,8 @@ def family_weights(spec: str | None) -> tuple | None:
     return tuple(v / total for v in w.values())
 
 
-def render_world(seed: int, size=128, family: str | None = None, augment: bool = True, mix: tuple | None = None) -> dict:
+def render_world(seed: int, size=128, family: str | None = None, augment: bool = True, mix: tuple | None = None,
+                 photos=None) -> dict:
     """One scene of the world: {"image", "depth", "normals", "valid", "family"}.
 
     image (H, W, 3) float32 in [0, 1]; depth (H, W) float32 planar metres, 0 where invalid;
@@ -1148,12 +1250,18 @@ def render_world(seed: int, size=128, family: str | None = None, augment: bool =
     (H, W) bool, False where the ray escapes to the sky. size: n or (H, W). The family is drawn
     from the seed unless given, with probabilities mix (family_weights; default the world's own _FAMILY_P: the
     draw consumes the same random numbers either way, so a seed's geometry depends only on its family);
-    augmentation has its own stream, so it never moves the geometry.
+    augmentation has its own stream, so it never moves the geometry. photos: a folder of photographs or its
+    PhotoTextures (photo_textures): a share of the photo-textured surfaces carry its photographs (see PHOTO_ROLES).
     """
     rng = np.random.default_rng(seed)
     drawn = FAMILIES[int(rng.choice(len(FAMILIES), p=_FAMILY_P if mix is None else mix))]
     family = family or drawn
-    scene, camera = _BUILDERS[family](rng)
+    active = None if photos is None else (photo_textures(photos), np.random.default_rng([seed, 3]))
+    token = _ACTIVE_PHOTOS.set(active)
+    try:
+        scene, camera = _BUILDERS[family](rng)
+    finally:
+        _ACTIVE_PHOTOS.reset(token)
     out = shade(scene, camera, size)
     image = expose(out.pop("radiance"))
     if augment:

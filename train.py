@@ -43,7 +43,7 @@ import download
 import zoo as Z
 from data import SyntheticScenes, atomic_write, make_dataset, writable_dir
 from metrics import mean_normal_metrics, median_aligned_scores
-from scenes import family_weights
+from scenes import family_weights, photo_textures
 
 matplotlib.use("Agg")  # curves are written to files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -104,7 +104,7 @@ def make_data(args, split: str, size: int):
     if args.data in ("synthetic", "world"):
         return SyntheticScenes(split, size=size, length=length, cache=args.cache_data or split == "val",
                                world=args.data == "world", disk_cache=args.disk_cache if split == "train" else None,
-                               subjects=args.subjects, families=args.families)
+                               subjects=args.subjects, families=args.families, photos=args.textures)
     # make_dataset raises one clear error for unknown names, missing roots, empty splits
     return make_dataset(args.data, split=split, size=size, root=args.data_root, length=length, use_hdr=args.hdr,
                         normals=args.target == "normals")
@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--families", default=None,
                     help="world: draw the scene families with these weights, e.g. room=0.4,tabletop=0.3,corridor=0.05,"
                          "outdoor=0.1,box_room=0.15 (unnamed: 0; default the world's own mix)")
+    ap.add_argument("--textures", default=None, metavar="DIR",
+                    help="world: a folder of photographs that a share of the surfaces carry, in training and validation "
+                         "scenes (python realset.py textures --out DIR --sources CLONES --clone builds one; default: "
+                         "the 13 photographs scikit-image ships)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (HyperSim on GPUs: 8)")
     ap.add_argument("--preset", default=None, choices=["tiny", "small", "d16", "release"],
                     help="model size (default tiny); --resume and --init of ours take the checkpoint's config")
@@ -350,6 +354,13 @@ def check_args(args):
         raise ValueError(f"--families {args.families}: a mix of the scenes of --data world")
     if args.families:
         family_weights(args.families)  # a bad spec fails here, in one line, before anything is built
+    if args.textures and args.data != "world":
+        raise ValueError(f"--textures {args.textures}: photographs for the scenes of --data world")
+    if args.textures:
+        try:
+            photo_textures(args.textures)  # a missing, empty or altered folder fails here, in one line
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
     if args.subjects and (args.data != "world" or not 0.0 < args.subjects <= 1.0):
         raise ValueError(f"--subjects {args.subjects}: a share in (0, 1] of the scenes of --data world")
     if args.data == "hypersim" and not args.data_root:
@@ -410,6 +421,10 @@ def restore(args, model, opt, sched, hits_V, device) -> tuple[int, float]:
     if (meta.get("stage"), meta.get("objective")) != (args.stage, args.objective if args.stage == "transformer" else None):
         raise ValueError(f"--resume: {out} is a {meta.get('stage')} run (objective {meta.get('objective')}); pass the "
                          "same --stage/--objective, or start a new run from it with --init")
+    recorded = (meta.get("textures") or {}).get("sha256")
+    if recorded and photo_textures(args.textures).sha256 != recorded:
+        raise ValueError(f"--resume: {out} was trained on the photographs with sha256 {recorded[:16]}..., and "
+                         f"{args.textures} now holds another set; rebuild it as the checkpoint's textures record says")
     if meta.get("step") != state["step"]:
         raise ValueError(f"--resume: {out / CHECKPOINT} (step {meta.get('step')}) and {out / STATE} "
                          f"(step {state['step']}) disagree; the run stopped while saving")
@@ -428,6 +443,8 @@ def save(args, model, opt, sched, hits_V, step: int, elapsed: float, device):
             "step": step, "data": args.data, "seed": args.seed, "args": settings(args)}
     if args.stage == "transformer" and args.release_loss:
         meta["release_loss"] = True
+    if args.textures:  # which photographs the world wore: folder, count, sha256 of the set and of its manifest.json
+        meta["textures"] = photo_textures(args.textures).describe()
     Z.save_checkpoint(args.out / CHECKPOINT, model, meta)
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "elapsed": elapsed,
              "hits_V": hits_V.cpu(), "rng_cpu": torch.get_rng_state()}
@@ -646,7 +663,8 @@ def benchmark(args, warmup: int = 2, timed: int = 5):
     torch.set_num_threads(args.threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = D.preset(args.preset or "tiny")
-    scenes = SyntheticScenes("train", size=cfg.image_size, length=args.batch_size, world=args.data == "world")
+    scenes = SyntheticScenes("train", size=cfg.image_size, length=args.batch_size, world=args.data == "world",
+                             photos=args.textures if args.data == "world" else None)
     t = time.process_time()
     batch = collate([scenes[i] for i in range(len(scenes))], device)
     render = len(scenes) / (time.process_time() - t)

@@ -8,6 +8,8 @@
 #   mix       the families reweighted toward the depth ranges of real photographs (rooms, tabletops, the old box
 #             rooms; few corridors and streets): train.py --families $MIX, the same 30% subject scenes
 #   default   the better of the two, continued with the DepthART objective for $LONG_STEPS (the candidate default)
+#   textures  with TEX=DIR (python realset.py textures --out DIR ...): the control's run on a world whose surfaces
+#             wear those real photographs (train.py --textures), its own disk cache
 #
 #   REAL=/path/to/realset bash docs/train_real.sh      # resumable: run it again to continue
 #
@@ -45,6 +47,7 @@ run() {  # run NAME STEPS INIT OBJECTIVE [train.py flags...]
     fi
 }
 run control "$STEPS" "$INIT" var
+if [ -n "${TEX:-}" ]; then run textures "$STEPS" "$INIT" var --textures "$TEX"; fi
 run mix "$STEPS" "$INIT" var --families "$MIX"
 # The better of the two on the sum of both protocols' means carries on.
 best=$(python -c "

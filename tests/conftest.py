@@ -1,5 +1,5 @@
 """Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed), a tiny normals
-model exported once, and command lines run side by side."""
+model exported once, command lines run side by side, and a folder of generated photographs (photo textures)."""
 import os
 import subprocess
 import types
@@ -166,3 +166,17 @@ def run_side_by_side(commands) -> list:
     another leave the other core idle. Returns the CompletedProcess of each, in order."""
     with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1))) as pool:
         return list(pool.map(lambda c: subprocess.run(c[0], **c[1]), commands))
+
+
+def photo_folder(path, n=3):
+    """A folder of n small generated photographs (noise at a few pixels' scale, PNG and JPEG, not square)."""
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
+    path.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        pic = ndimage.gaussian_filter(rng.random((48 + 8 * i, 40, 3)), (1.5, 1.5, 0))
+        pic = (255 * np.clip((pic - pic.mean()) * 8 + 0.5, 0, 1)).astype(np.uint8)
+        Image.fromarray(pic).save(path / f"photo{i}.{'jpg' if i == 2 else 'png'}")
+    return path

@@ -524,3 +524,21 @@ def test_hypersim_reads_normal_cam_beside_the_depth(hypersim_root, real_camera):
     assert "normals" not in data.HyperSim(hypersim_root, "train", size=64)[0]  # depth-only readers are unchanged
     with pytest.raises(ValueError, match="box rooms have no normals"):
         data.make_dataset("synthetic", normals=True)
+
+
+def test_photo_textures_reach_the_scenes_and_cache_apart(tmp_path):
+    from conftest import photo_folder
+    folder = photo_folder(tmp_path / "photos")
+    plain = data.SyntheticScenes("train", size=16, length=6, world=True)
+    photos = data.SyntheticScenes("train", size=16, length=6, world=True, photos=folder)
+    assert photos.photos.sha256 == scenes.photo_textures(folder).sha256
+    assert any(not torch.equal(plain[i]["image"], photos[i]["image"]) for i in range(6))
+    assert all(torch.equal(plain[i]["depth"], photos[i]["depth"]) for i in range(6))
+    cached = data.SyntheticScenes("train", size=16, length=6, world=True, photos=folder, disk_cache=tmp_path / "c")
+    data.SyntheticScenes("train", size=16, length=6, world=True, disk_cache=tmp_path / "c")
+    assert len(list((tmp_path / "c").iterdir())) == 2  # each texture set its own cache: none reads another's scenes
+    assert torch.allclose(cached[5]["image"], photos[5]["image"], atol=0.5 / 255 + 1e-6)  # rendered with the folder
+    with pytest.raises(ValueError, match="world=True"):
+        data.SyntheticScenes("train", size=8, length=2, photos=folder)
+    with pytest.raises(ValueError, match="no such folder"):
+        data.SyntheticScenes("train", size=8, length=2, world=True, photos=tmp_path / "missing")

@@ -108,3 +108,66 @@ def test_cli_without_sources_is_one_line(tmp_path):
                            "--sources", str(tmp_path / "none")], capture_output=True, text=True, cwd="/")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "no such folder" in lines[0], proc.stderr
+
+
+def _git_repo(path: Path, files: dict) -> str:
+    """A git repository at path holding files {relative path: bytes}; returns its commit."""
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    for name, data in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(data)
+    git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "sets"], check=True)
+    return subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def _encoded(rgb, fmt="PNG") -> bytes:
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt, quality=90)
+    return buf.getvalue()
+
+
+def test_textures_keep_photographs_and_leave_out_the_ordinal_check_repeats_and_other_sets(tmp_path):
+    """realset.py textures on a repository laid out as denoising_datasets: power-of-two squares of at most 256 px,
+    a manifest whose sha256s are the files', and left out, each with its reason: an ordinal photograph (resized and
+    re-encoded as JPEG), a repeat in another set, a listed file and the sets that are not colour photographs."""
+    import json
+    from PIL import Image
+    from data import package_file
+    chelsea = Image.open(package_file("skimage", "data/chelsea.png")).convert("RGB")
+    files = {"CBSD68/a.png": _encoded(texture(300, 200, 1)),  # a 128 square
+             "CBSD68/b.jpg": _encoded(np.asarray(chelsea.resize((300, 200))), "JPEG"),  # the ordinal check's cat
+             "CSet5/c.png": _encoded(texture(600, 520, 2)),  # 512, halved to 256
+             "CSet14/a_again.png": _encoded(texture(300, 200, 1)),  # a repeat of CBSD68/a.png
+             "CSet14/comic.png": _encoded(texture(64, 64, 3)),  # a listed file
+             "CSun_Hays80/d.jpg": _encoded(texture(260, 280, 4), "JPEG"),
+             "CUrban100/e.png": _encoded(texture(256, 300, 5)),
+             "BSD68/a.png": _encoded(texture(300, 200, 1)[..., 0]),  # a grey set
+             "README.md": b"sets"}
+    commit = _git_repo(tmp_path / "denoising_datasets", files)
+    repo = R.Repo(tmp_path / "denoising_datasets", "someone/denoising_datasets", commit)
+    m = R.build_textures(tmp_path / "out", repo)
+    assert [f["name"] for f in m["files"]] == ["CBSD68_a.png", "CSet5_c.png", "CSun_Hays80_d.png", "CUrban100_e.png"]
+    assert [f["size"] for f in m["files"]] == [128, 256, 256, 256]
+    for f in m["files"]:
+        data = (tmp_path / "out" / f["name"]).read_bytes()
+        assert R.hashlib.sha256(data).hexdigest() == f["sha256"]
+        assert Image.open(tmp_path / "out" / f["name"]).size == (f["size"], f["size"])
+    why = {e["path"]: e["why"] for e in m["excluded"]}
+    assert "skimage/data/chelsea.png" in why["CBSD68/b.jpg"] and "CBSD68/a.png" in why["CSet14/a_again.png"]
+    assert "painting" in why["CSet14/comic.png"] and set(why) == {"CBSD68/b.jpg", "CSet14/a_again.png", "CSet14/comic.png"}
+    assert "grey" in m["excluded_sets"]["BSD68"] and m["commit"] == commit and m["photographs"] == 4
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == m
+    (tmp_path / "out" / "stranger.png").write_bytes(files["CBSD68/a.png"])
+    with pytest.raises(R.RealSetError, match="other pictures"):  # a folder the world would read more from
+        R.build_textures(tmp_path / "out", repo)
+
+
+def test_textures_cli_without_sources_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "realset.py"), "textures", "--out", str(tmp_path / "o"),
+                           "--sources", str(tmp_path / "none")], capture_output=True, text=True, cwd="/")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "no such folder" in lines[0], proc.stderr

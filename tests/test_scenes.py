@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import scenes  # noqa: E402
+from conftest import photo_folder  # noqa: E402
 
 
 def test_render_scene_is_deterministic_by_seed():
@@ -105,6 +106,30 @@ def _camera_dirs(fov, h, w):
     x = (np.arange(w) + 0.5 - w / 2) / f
     y = (np.arange(h) + 0.5 - h / 2) / f
     return np.stack(np.broadcast_arrays(x[None, :], y[:, None], np.ones((h, w))), -1)
+
+
+# sha256 of render_world's default world (image, depth, normals, valid, family) for 12 training and 4 validation
+# seeds at 32 x 32 (every family), and of 3 subject scenes at 24 x 24: options added to the world (photo textures)
+# must leave the world of a run that does not ask for them bit-identical.
+WORLD_SHA256 = "f416d47e16ed8f8f508d41d154a9a6dae634653bf630fd2a7e28277d64c2e570"
+SUBJECT_SHA256 = "7fc580525ce75d94f7d9afa2ed2e7e338eab12bd8a33080151b63806d873497b"
+
+
+def world_sha256(seeds=tuple(range(12)) + tuple(range(10_000_000, 10_000_004)), size=32, **kw) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for seed in seeds:
+        r = scenes.render_world(seed, size, **kw)
+        for key in ("image", "depth", "normals", "valid"):
+            h.update(r[key].tobytes())
+        if "family" not in kw:
+            h.update(r["family"].encode())
+    return h.hexdigest()
+
+
+def test_the_default_world_is_bit_identical():
+    assert world_sha256() == WORLD_SHA256
+    assert world_sha256(range(3), 24, family="subject") == SUBJECT_SHA256
 
 
 def test_world_is_deterministic_by_seed():
@@ -233,3 +258,45 @@ def test_family_weights_reweight_the_draw_without_moving_a_seeds_geometry():
     for bad in ("rooom=1", "room=x", "room=-1", "room=0"):
         with pytest.raises(ValueError, match="families"):
             family_weights(bad)
+
+
+def test_photo_textures_change_pictures_only_and_deterministically(tmp_path):
+    """render_world(photos=FOLDER): the folder's photographs lie on some surfaces (images differ), loaded lazily
+    into the same mips; the same seed gives the same scene; geometry, normals and family stay the seed's; and the
+    default world is untouched afterwards."""
+    folder = photo_folder(tmp_path / "photos")
+    photos = scenes.photo_textures(folder)
+    assert len(photos.paths) == 3 and scenes.photo_textures(str(folder)) is photos  # checked and hashed once
+    seeds, changed = range(6), 0
+    for seed in seeds:
+        a, b = scenes.render_world(seed, 24), scenes.render_world(seed, 24, photos=folder)
+        c = scenes.render_world(seed, 24, photos=photos)
+        for key in ("image", "depth", "normals", "valid"):
+            assert np.array_equal(b[key], c[key]), key  # deterministic, folder or PhotoTextures alike
+        for key in ("depth", "normals", "valid"):
+            assert np.array_equal(a[key], b[key]), key  # only pictures change
+        assert a["family"] == b["family"] and np.isfinite(b["image"]).all()
+        assert b["image"].min() >= 0 and b["image"].max() <= 1
+        changed += not np.array_equal(a["image"], b["image"])
+    assert changed >= 3, changed
+    used = [p for p in photos.paths if p in scenes._MIPS]
+    assert used and all(scenes._MIPS[p][0].shape == (32, 32, 3) for p in used)  # 40 px wide: a 32 square
+    assert all(abs(float(scenes._MIPS[p][0].mean()) - 1) < 1e-4 for p in used)  # linear, mean 1, as TEXTURES
+    assert world_sha256(range(3), 24, family="subject") == SUBJECT_SHA256  # no folder: the world as before
+
+
+def test_bad_photo_folders_are_one_line_errors(tmp_path):
+    import json
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_text("not a picture")
+    listed = photo_folder(tmp_path / "listed", 2)
+    (listed / "manifest.json").write_text(json.dumps({"files": [{"name": "photo0.png", "sha256": "0" * 64}]}))
+    for folder, message in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no .png or .jpg"),
+                            (tmp_path / "junk", "a.png is not a picture"),
+                            (listed, r"photo1.png is missing, unlisted or changed against its manifest.json \(2 such\)")):
+        with pytest.raises(ValueError, match=message) as e:
+            scenes.photo_textures(folder)
+        assert str(e.value).startswith(f"textures {folder}: ") and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="no such folder"):
+        scenes.render_world(0, 8, photos=tmp_path / "missing")

@@ -235,6 +235,8 @@ BAD_ARGUMENTS = [
     (["--target", "normals"], "box rooms have no normals; use --data world"),
     (["--subjects", "0.3"], "--subjects 0.3: a share in (0, 1] of the scenes of --data world"),
     (["--data", "world", "--subjects", "1.5"], "--subjects 1.5: a share"),
+    (["--textures", "/nonexistent/photos"], "--textures /nonexistent/photos: photographs for the scenes of --data world"),
+    (["--data", "world", "--textures", "/nonexistent/photos"], "--textures /nonexistent/photos: no such folder"),
 ]
 
 
@@ -326,3 +328,23 @@ def test_normals_train_both_stages_on_the_world(tmp_path, objective):
     assert any("val_vqvae_ceiling_mean_angle" in r and "val_normals_l1" in r
                for r in train.read_log(tmp_path / "vq" / "metrics.jsonl"))
     assert (tmp_path / "tr" / "curves.png").is_file()
+
+
+def test_textures_are_recorded_and_a_changed_folder_stops_resume(tmp_path, capsys):
+    """--textures DIR: the checkpoint records the photographs' folder, count and sha256; --resume after the folder
+    changed is one clear line."""
+    import scenes
+    from conftest import photo_folder
+    folder = photo_folder(tmp_path / "photos")
+    run_bare(tmp_path / "r", "--data", "world", "--stage", "vqvae", "--batch-size", "2", "--train-scenes", "4",
+             "--val-samples", "2", "--val-every", "100", "--threads", "1", "--textures", str(folder), "--steps", "2",
+             "--stop-after", "1")
+    meta = Z.checkpoint_meta(tmp_path / "r" / train.CHECKPOINT)
+    assert meta["textures"] == scenes.photo_textures(folder).describe() and meta["textures"]["photographs"] == 3
+    assert meta["args"]["textures"] == str(folder)
+    (folder / "photo0.png").write_bytes((folder / "photo1.png").read_bytes())  # another set, in the same folder
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_bare(tmp_path / "r", "--resume")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "now holds another set" in err[0], err
