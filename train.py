@@ -517,6 +517,7 @@ def train(args) -> Path:
         restore_settings(args)
         check_args(args)
     rank, world, device = setup_distributed()
+    use_bf16 = use_bf16_autocast(args, device)  # refuses emulated BF16 before any work
     torch.set_num_threads(args.threads or max(1, cpu_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls outside autocast
@@ -541,7 +542,6 @@ def train(args) -> Path:
     if world > 1:  # only the trained half has parameters that need gradients; DDP averages exactly those
         loss_module = torch.nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None)
-    use_bf16 = use_bf16_autocast(args, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
     log_path = start_log(args, step) if rank == 0 else None
 

@@ -307,6 +307,20 @@ def test_amp_uses_bf16_only_where_the_cpu_has_it(monkeypatch, native):
             train.use_bf16_autocast(args("--amp", "bf16"), cpu)
 
 
+def test_the_avx2_emulation_takes_the_paths_of_a_cpu_without_native_bf16(tmp_path):
+    """docs/emulate_avx2 (README, Tests): in a process started with it, torch dispatches AVX2 kernels, the BF16
+    queries answer False, and train.py refuses --amp bf16 in one line, as on an AVX2-only CPU."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "docs" / "emulate_avx2"), ATEN_CPU_CAPABILITY="avx2",
+               ONEDNN_MAX_CPU_ISA="AVX2")
+    code = ("import torch, train; print(torch.backends.cpu.get_cpu_capability(), train.native_bf16(torch.device('cpu')));"
+            "train.main(['--stage', 'vqvae', '--amp', 'bf16', '--steps', '1', '--out', %r])" % str(tmp_path / "run"))
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["AVX2", "False"] and res.returncode == 2, res.stdout + res.stderr
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "no native BF16 (AVX2)" in err[0] and "--force-bf16" in err[0], res.stderr
+    assert not list((tmp_path / "run").iterdir())  # refused before any work: no log, no checkpoint
+
+
 def load_checkpoint(path):
     model = Z.load(path)
     return model, model.cfg, Z.checkpoint_meta(path)
