@@ -15,7 +15,6 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate as ev  # noqa: E402
 import metrics as M  # noqa: E402
-from conftest import run_side_by_side  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Metrics, worked by hand.
@@ -560,22 +559,15 @@ CLI_MISTAKES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def cli_mistake_runs(tmp_path_factory):
-    """evaluate.py with each of CLI_MISTAKES from a folder of its own, side by side (tests/conftest.py)."""
-    commands = []
-    for args, _ in CLI_MISTAKES:
-        checkpoint = [] if "--checkpoint" in args else ["--checkpoint", "ramp"]
-        commands.append(([sys.executable, str(ROOT / "evaluate.py"), *checkpoint, *args, "--no-progress"],
-                         dict(capture_output=True, text=True, cwd=tmp_path_factory.mktemp("mistake"), timeout=120)))
-    return {tuple(args): proc for (args, _), proc in zip(CLI_MISTAKES, run_side_by_side(commands))}
-
-
 @pytest.mark.parametrize("args, message", CLI_MISTAKES)
-def test_cli_mistakes_are_one_line_from_any_directory(cli_mistake_runs, args, message):
-    proc = cli_mistake_runs[tuple(args)]
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("evaluate.py: error: "), proc.stderr
+def test_cli_mistakes_are_one_line_from_any_directory(args, message, tmp_path, monkeypatch, capsys):
+    """In-process from a folder of its own; a fresh interpreter's exit status is the subprocess tests' below."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint = [] if "--checkpoint" in args else ["--checkpoint", "ramp"]
+    with pytest.raises(SystemExit) as e:
+        ev.main([*checkpoint, *args, "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("evaluate.py: error: "), lines
     assert message in lines[0]
 
 

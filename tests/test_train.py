@@ -18,7 +18,6 @@ import torch
 import depthart as D
 import zoo as Z
 import train
-from conftest import run_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--data", "synthetic", "--preset", "tiny", "--batch-size", "2", "--train-scenes", "8",
@@ -240,26 +239,25 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bad_argument_runs(tmp_path_factory):
-    """train.py with each of BAD_ARGUMENTS, each from a folder of its own (not the repository) holding a file
-    FILE, started side by side (tests/conftest.py) -> {arguments: CompletedProcess}."""
-    commands = []
-    for args, _ in BAD_ARGUMENTS:
-        cwd = tmp_path_factory.mktemp("bad-arguments")
-        (cwd / "FILE").write_text("x")
-        out = [] if "--out" in args else ["--out", str(cwd)]
-        commands.append(([sys.executable, str(ROOT / "train.py"), *args, *out],
-                         dict(cwd=cwd, capture_output=True, text=True, timeout=120)))  # from another directory
-    return {tuple(args): res for (args, _), res in zip(BAD_ARGUMENTS, run_side_by_side(commands))}
-
-
 @pytest.mark.parametrize("args, message", BAD_ARGUMENTS)
-def test_bad_arguments_are_one_clear_line(bad_argument_runs, args, message):
-    res = bad_argument_runs[tuple(args)]
-    assert res.returncode == 2
+def test_bad_arguments_are_one_clear_line(args, message, tmp_path, monkeypatch, capsys):
+    """In-process, from a folder of its own (not the repository) holding a file FILE; the command line itself
+    (a fresh interpreter, exit status 2) is the next test's."""
+    (tmp_path / "FILE").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train.main([*args, *([] if "--out" in args else ["--out", str(tmp_path)])])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0], lines
+
+
+def test_a_bad_argument_from_another_directory_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "FILE").write_text("x")
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--out", "FILE"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0], res.stderr
+    assert res.returncode == 2 and lines == [lines[0]] and lines[0].startswith("train.py: error: ") \
+        and "exists and is a file" in lines[0], res.stderr
 
 
 def test_an_empty_hypersim_split_is_a_clear_error(tmp_path, capsys):
