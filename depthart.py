@@ -256,7 +256,8 @@ class Phi(nn.Conv2d):
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     """Which Phi each scale uses: VAR's table (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, so checkpoints'
-    Phis meet their scales: the tick nearest si/(K-1); float64, as VAR's numpy, settles the ties at si = 2, 7."""
+    Phis meet their scales: the tick nearest si/(K-1). d16's ticks 3/36, 13/36, 23/36, 33/36 put si = 2 (8/36) and
+    si = 7 (28/36) exactly midway: VAR's float64 rounding picks the upper Phi, exact or float32 arithmetic the lower."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
