@@ -103,10 +103,11 @@ class Config:
     mlp_ratio: float = 4.0
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
-    image_shortcut: bool = False   # [repo] extension (module docstring); off for the paper
-    target: str = "depth"          # [normals] the second modality: "depth" (the paper's) or zoo.py's "normals"
-    depth_norm: str = "q98"        # [normals] "q98": normalize_depth (the paper); zoo.py has others
-    attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain" [release]
+    # Not the method: variants that section 6 and zoo.build(cfg) choose; the defaults are the paper's.
+    image_shortcut: bool = False   # [repo] extension (module docstring)
+    target: str = "depth"          # [normals] the second modality: "depth" or zoo.py's "normals"
+    depth_norm: str = "q98"        # [normals] "q98": normalize_depth; zoo.py has others
+    attention: str = "l2"          # [release] "l2": SelfAttention, VAR's; "plain": zoo.PlainAttention
     attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
     def __post_init__(self):  # [repo] JSON lists back to tuples; one clear error for a bad Config (section 6)
@@ -274,8 +275,6 @@ class ResidualQuantizer(nn.Module):
         self.quant_resi.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
         self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
         self.resample = Resampler(cfg.patch_nums)  # F.interpolate(f, (pn, pn), mode), as matrices [export]: section 5
-        # Official key only: VAR's per-scale code-hit counts (K, V); nothing reads them (stage 1 counts its own).
-        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
 
     def nearest(self, f_BCvhw: torch.Tensor) -> torch.Tensor:
         """Q: index of the nearest code (L2) at every position -> idx_Bl."""
@@ -324,6 +323,7 @@ class VQVAE(nn.Module):
         self.quantize = ResidualQuantizer(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
+        official_key_buffers(self, cfg)  # section 6
 
     def encode(self, x_B3HW: torch.Tensor) -> torch.Tensor:
         """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw; quantize() decomposes it."""
@@ -337,30 +337,24 @@ class VQVAE(nn.Module):
 # 3. VAR transformer (VAR's module names, so var_d16.pth loads)
 # ----------------------------------------------------------------------------------------------
 class SelfAttention(nn.Module):
-    """Multi-head attention, l2 (VAR's: L2-normalized q, k and a learnable per-head temperature, at most 100) or
-    [release] plain (softmax(q k^T / sqrt(c) / tau)); a KV cache (a dict) lets inference feed one scale."""
+    """VAR's multi-head attention: q and k L2-normalized, so that q k^T is a cosine, times a learned per-head
+    temperature (at most 100) that replaces 1/sqrt(c); a KV cache (a dict) lets inference feed one scale."""
+    scale = 1.0  # scaled_dot_product_attention's factor on q k^T: the temperature is already in q
 
-    def __init__(self, width: int, heads: int, attention: str = "l2", tau: float = 4.0):
+    def __init__(self, width: int, heads: int):
         super().__init__()
-        self.heads, self.l2 = heads, attention == "l2"  # [release] l2 False: plain attention
-        self.scale = 1.0 if self.l2 else 1 / math.sqrt(width // heads) / tau  # [release] plain's scale, else 1
-        if self.l2:  # [release] only plain attention goes without
-            self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.heads = heads
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())  # log temperature
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
-        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
-        # VAR trains biases for q and v only; its checkpoint stores a zero k bias under this name, so it stays
-        # a buffer that no optimizer touches (official key).
-        self.register_buffer("zero_k_bias", torch.zeros(width))
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))  # k has none
         self.proj = nn.Linear(width, width)
 
     def forward(self, x_BNC, bias_11NM, cache: dict | None = None):
         B, N, C = x_BNC.shape
-        qkv_bias_3C = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, qkv_bias_3C).view(B, N, 3, self.heads, C // self.heads)
+        qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))  # zero_k_bias: zeros (section 6)
+        qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, qkv_bias).view(B, N, 3, self.heads, C // self.heads)
         q_BANc, k_BANc, v_BANc = qkv_BN3Ac.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.l2:  # [release] only plain attention goes without
-            q_BANc = F.normalize(q_BANc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
-            k_BANc = F.normalize(k_BANc, dim=-1)
+        q_BANc, k_BANc = self.cosine(q_BANc, k_BANc)
         k_BAMc, v_BAMc = k_BANc, v_BANc  # with a cache: these keys and values appended to everything seen before
         if cache is not None:
             if "k" in cache:
@@ -369,6 +363,12 @@ class SelfAttention(nn.Module):
         mask_11NM = None if bias_11NM is None else bias_11NM.to(q_BANc.dtype)
         o_BANc = F.scaled_dot_product_attention(q_BANc, k_BAMc, v_BAMc, attn_mask=mask_11NM, scale=self.scale)
         return self.proj(o_BANc.transpose(1, 2).reshape(B, N, C))
+
+    def cosine(self, q_BANc, k_BANc):
+        """Unit-length q and k, q times its head's temperature: the logits stay bounded however large the
+        activations grow. A method so that [release] zoo.PlainAttention can leave q and k as they are."""
+        temperature_1H11 = self.scale_mul_1H11.clamp(max=math.log(100)).exp()
+        return F.normalize(q_BANc, dim=-1) * temperature_1H11, F.normalize(k_BANc, dim=-1)
 
 
 class FFN(nn.Module):
@@ -386,7 +386,7 @@ class AdaLNBlock(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         C = cfg.width
-        self.attn = SelfAttention(C, cfg.heads, cfg.attention, cfg.attn_tau)  # [release] attention, attn_tau
+        self.attn = SelfAttention(C, cfg.heads)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio))
         self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
@@ -446,11 +446,8 @@ class VAR(nn.Module):
         self.head = nn.Linear(C, cfg.vocab_size)
         if cfg.image_shortcut:  # [repo] extension: image token -> same-position depth token
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
-        # lvl_1L: VAR's scale index per token (read by lvl_pos). attn_bias_for_masking: official key, never read
-        # (prefix_bias_11NN replaces it); [release] saved only where checkpoints hold it: VAR's (l2), not plain.
-        self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
-        self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]),
-                             persistent=cfg.attention == "l2")
+        self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])  # VAR's scale index per token (lvl_pos)
+        official_key_buffers(self, cfg)  # section 6
         # Mask levels (not the scale embedding): image tokens and the depth start token form mask level 0 and
         # all see each other, as in the official DepthART code's first (unmasked) call; depth scale si is mask
         # level si. Sequence: [image L tokens | depth start | depth scales 1..K-1].
@@ -494,17 +491,12 @@ def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = 
     """Depth -> the VQ-VAE's 3-channel input: 2 d / quantile(d, 0.98) - 1, clipped to [-1, 1]: one per-image
     scale (no offset, no log), as the paper. `valid` only picks the pixels of the quantile: invalid ones still
     enter the VQ-VAE, and their tokens are scored like any other (fill them with plausible depth)."""
-    if not torch.isfinite(depth_B1HW).all():  # [repo] input checks here and below: one clear line each
-        raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
     B = depth_B1HW.shape[0]
     depth_BP = depth_B1HW.reshape(B, -1).float()
     if valid_B1HW is not None:
-        depth_BP = depth_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))
+        depth_BP = depth_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))  # nanquantile skips them
     q98_B = torch.nanquantile(depth_BP, 0.98, dim=1)
-    bad_B = ~(torch.isfinite(q98_B) & (q98_B > 0))
-    if bad_B.any():
-        raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are all zero, negative or have no "
-                         "valid pixel: nothing to normalize")
+    check_depth(depth_B1HW, q98_B)  # [repo] one clear error (section 6)
     x_B1HW = (2 * depth_B1HW / q98_B.view(B, 1, 1, 1) - 1).clamp(-1, 1)
     return x_B1HW.expand(-1, 3, -1, -1)
 
@@ -552,8 +544,7 @@ class DepthART(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        if type(self) is DepthART and (cfg.target, cfg.depth_norm) != ("depth", "q98"):  # [normals] zoo.py's models
-            raise ValueError(f"Config.target {cfg.target!r}, depth_norm {cfg.depth_norm!r}: use zoo.build(cfg)")
+        check_paper_model(self)  # [repo] section 6: zoo.build makes the models of other Configs
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
         # token k of a modality belongs to scale si when bounds[si] <= k < bounds[si + 1]
@@ -706,6 +697,18 @@ class Resampler(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # 6. [repo] This repository's plumbing, not the method: input checks, CPU presets, VAR's initialization
 # ----------------------------------------------------------------------------------------------
+def official_key_buffers(module: VQVAE | VAR, cfg: Config):
+    """Buffers that VAR's checkpoints hold, registered only so that those files load strictly (keys, shapes and
+    dtypes); the method reads none of them but SelfAttention's zero_k_bias."""
+    if isinstance(module, VQVAE):  # per-scale code-hit counts (K, V) of VAR's VQ-VAE training; stage 1 counts its own
+        module.quantize.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
+        return
+    for block in module.blocks:  # VAR learns biases for q and v; its files store the k bias, zero, as a buffer
+        block.attn.register_buffer("zero_k_bias", torch.zeros(cfg.width))
+    # VAR's mask over one modality; prefix_bias_11NN, which also spans the image prefix, replaces it
+    module.register_buffer("attn_bias_for_masking", block_causal_bias(module.lvl_1L[0]))
+
+
 def check_config(cfg: Config):
     """Config.__post_init__: tuples back from a checkpoint's JSON lists; one clear error for a bad Config."""
     cfg.patch_nums, cfg.vae_ch_mult = tuple(cfg.patch_nums), tuple(cfg.vae_ch_mult)
@@ -725,6 +728,25 @@ def check_image(image_B3HW: torch.Tensor, cfg: Config):
     if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, H, H):
         raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this preset, "
                          f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
+
+
+def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
+    """normalize_depth: one clear line for depth it cannot normalize, not NaN tokens far downstream."""
+    if not torch.isfinite(depth_B1HW).all():
+        raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
+    bad_B = ~(torch.isfinite(q98_B) & (q98_B > 0))
+    if bad_B.any():
+        raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are all zero, negative or have no "
+                         "valid pixel: nothing to normalize")
+
+
+def check_paper_model(model: "DepthART"):
+    """DepthART.__init__: this file builds the paper's model only; zoo.build(cfg) makes the others ([normals],
+    [release] attention: subclasses of DepthART), and a Config for one of those must not silently build the paper's."""
+    cfg = model.cfg
+    if type(model) is DepthART and (cfg.target, cfg.depth_norm, cfg.attention) != ("depth", "q98", "l2"):
+        raise ValueError(f"Config.target {cfg.target!r}, depth_norm {cfg.depth_norm!r}, attention {cfg.attention!r}: "
+                         "use zoo.build(cfg)")
 
 
 def preset(name: str) -> Config:
