@@ -84,6 +84,24 @@ def test_release_preset_is_d16_with_plain_attention():
     assert D.preset("release") == cfg
     attn = Z.PlainAttention(1024, 16, 4.0)
     assert attn.scale == 1 / 32 and not hasattr(attn, "scale_mul_1H11")
+    with pytest.raises(ValueError, match=r"attention 'plain': use zoo\.build"):  # depthart.py builds VAR's only
+        D.DepthART(cfg)
+
+
+def test_plain_attention_keeps_the_built_weights_and_the_random_stream():
+    """zoo.build swaps every block's attention after VAR's initialization: a seeded plain model has the seeded
+    l2 model's tensors, less scale_mul_1H11 and the unsaved attn_bias_for_masking, and draws no random number."""
+    cfg = D.preset("tiny")
+    torch.manual_seed(0)
+    l2 = D.DepthART(cfg).state_dict()
+    after_l2 = torch.rand(3)
+    torch.manual_seed(0)
+    plain = Z.build(dataclasses.replace(cfg, attention="plain"))
+    assert torch.equal(torch.rand(3), after_l2)
+    assert all(isinstance(b.attn, Z.PlainAttention) for b in plain.var.blocks)
+    dropped = {k for k in l2 if k.endswith("scale_mul_1H11")} | {"var.attn_bias_for_masking"}
+    assert list(plain.state_dict()) == [k for k in l2 if k not in dropped]
+    assert all(torch.equal(v, l2[k]) for k, v in plain.state_dict().items())
 
 
 # --- loading files in the release's layout ---------------------------------------------------------
