@@ -1,5 +1,5 @@
 """Everything around the method of depthart.py: which model a Config builds, checkpoints in and out, the
-official weights' key names, and the DepthART release's sampler and loss variant.
+official weights' key names, and the DepthART release's attention, sampler and loss variant.
 
   1. Targets       what the second modality is: the paper's depth (depthart.py's only one) or, an extension,
                    camera-frame surface normals or depth normalized otherwise, each a target object (`target_of`);
@@ -367,7 +367,7 @@ class PlainAttention(D.SelfAttention):
         del self.scale_mul_1H11
         self.scale = 1 / math.sqrt(width // heads) / tau
 
-    def cosine(self, q_BANc, k_BANc):
+    def normalize_qk(self, q_BANc, k_BANc):
         return q_BANc, k_BANc
 
 
