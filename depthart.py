@@ -1,38 +1,25 @@
 """DepthART in one file: monocular depth as autoregressive refinement on a VAR transformer.
 
-Why this model trains the way it does. DepthART (Gabdullin et al., arXiv 2409.15010) predicts a depth
-map the way VAR (Tian et al., arXiv 2404.02905) generates an image: as token maps from coarse (1x1) to
-fine (16x16), each a *residual* on the sum of the coarser ones, here after a prefix of the RGB image's
-tokens. VAR trains by teacher forcing: at scale si the transformer is shown the *true* coarser maps. At
-inference it is shown its *own*, whose mistakes it never saw in training, so errors compound from scale
-to scale: exposure bias. DepthART trains on what inference sees. Each step the model first walks: it rolls
-out its own greedy maps z_0..z_{K-1}, without gradients (argmax, not sampled: it is the walk predict runs, so
-training repairs exactly the past inference produces, and no sampling noise enters the targets). Then the target
-at scale si (a "dynamic target") is recomputed from the true depth: the tokens the VQ-VAE's quantizer would choose
-for what the walk's scales 0..si-1 left unexplained (formulas below; t_0 = x_0 always). One ordinary block-causal
-forward over the walk's maps scores those targets; the walk only chooses targets and inputs. A walk that matches
-the truth gets VAR's targets back.
-
-Where training starts. A repair target is only learnable when the walk it repairs has structure. The paper
-fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, its VQ-VAE (VAR's) frozen: the transformer
-already walks coherent residual maps over that VQ-VAE. From random weights the walk is noise and so are the
-targets. So the CPU presets [repo] (section 6) train the VQ-VAE first (stage 1), then the transformer by teacher
-forcing, then by DepthART from those weights; train.py runs the stages, and it and the README give steps and rates.
-
-Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's
-Algorithms 1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache);
-4. DepthART (Fig. 2 right: depth in and out, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5)
-targets side by side, one rollout, loss, predict); 5. [export] the resizes as matrix products; 6. [repo] input
-checks, CPU presets, VAR's initialization from scratch. This file imports only torch and the standard library;
-zoo.py, which imports it, holds what surrounds the method: checkpoints, the release's key names, sampler and loss
-variant, normals and other depth normalizations, stage 1's loss.
+Why this model trains the way it does. DepthART (Gabdullin et al., arXiv 2409.15010) predicts a depth map the way
+VAR (Tian et al., arXiv 2404.02905) generates an image: as token maps from coarse (1x1) to fine (16x16), each a
+*residual* on the sum of the coarser ones, here after a prefix of the RGB image's tokens. VAR trains by teacher
+forcing: at scale si the transformer is shown the *true* coarser maps. At inference it is shown its *own*, whose
+mistakes it never saw in training, so errors compound from scale to scale (exposure bias). DepthART trains on what
+inference sees. Each step, the model first walks: without gradients, it rolls out its own maps z_0..z_{K-1}. Then
+the target at each scale, a "dynamic target", is recomputed from the true depth: the tokens the VQ-VAE's quantizer
+would choose for what the walk's coarser scales left unexplained (formulas below). One ordinary block-causal
+forward over the walk's maps scores those targets; the walk only chooses inputs and targets. The paper does not
+say how the walk picks its tokens. The release's training code takes the argmax, and so does this file, because
+that is the walk predict runs: training repairs exactly the past that inference produces, and no sampling noise
+enters the targets. (The release's evaluation samples instead; zoo.release_sampler reproduces it.)
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
   var:       inputs and targets from the VQ-VAE's own walk, x_si = Q(S_si(f_D - sum_{i<si} eta_i(x_i)))
   depthart:  inputs from the model's greedy walk z_si; targets t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i)))
-When the model walks exactly the VQ-VAE's path (z = x), the two coincide: they differ only in who walks. (Its own
-walk with VAR's targets x_si would not do: x_si repairs a past the model did not produce, so its sum misses f_D.)
+At scale 0 nothing has been walked, so t_0 = x_0; when the model walks exactly the VQ-VAE's path (z = x), all
+targets coincide: the objectives differ only in who walks. (Its own walk with VAR's targets x_si would not do:
+x_si repairs a past the model did not produce, so its sum misses f_D.)
 
 d16: image (B,3,256,256) -> f (B,32,16,16) -> 10 token maps, sides pn = 1,2,3,4,5,6,8,10,13,16 (680 tokens);
 transformer input (B, 680 + 680, 1024) = [image prefix | depth start token, depth inputs of scales 1..9].
@@ -44,33 +31,42 @@ One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wron
   t_3 = Q(S_3(rest))                     (1,16) area-resize to 4x4, nearest code per position: the dynamic target
   x_3 = Q(S_3(f_D - sum eta_i(x_i)))     (1,16) teacher forcing's target repairs the VQ-VAE's walk instead:
                                          it can differ from t_3 wherever eta_2(z_2)'s error reaches
-  inputs[2] = S_3(sum_{i<3} eta_i(z_i))  (1,32,4,4) feeds scale 3 -> (1,16,32) -> word_embed + pos -> (1,16,1024)
+  inputs[2] = S_3(sum_{i<3} eta_i(z_i))  (1,32,4,4) -> (1,16,32) -> word_embed + lvl_embed + pos_1LC -> (1,16,1024)
   logits_BLV = parallel_logits(...)      (1,680,4096) the depth half of one block-causal forward over the walk
   logits_BLV[:, 14:30] vs t_3            scale 3 is positions bounds[3]..bounds[4]-1 = 14..29 of the depth half
   loss = CE(logits_BLV, t_0..t_9)        one mean over all B x 680 tokens: it learns to repair its own past
 
+Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's Algorithms
+1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache); 4. DepthART (Fig. 2 right:
+depth in and out, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5) targets side by side, one rollout,
+loss, predict); 5. [export] the resizes as matrix products; 6. [repo] official-key buffers, checks, CPU presets,
+VAR's initialization. This file imports only torch and the standard library; zoo.py, which imports it, holds the
+rest: checkpoints, the release's key names, attention, sampler and loss, other targets, stage 1's loss.
+
+Training in three stages [repo]. A repair target is learnable only when the walk it repairs has structure. The paper
+fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE, frozen: that transformer already
+walks coherent residual maps. From random weights the walk is noise, and so are its targets. So the CPU presets
+train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing; 3. the transformer by DepthART
+from stage 2's weights. train.py runs the stages; it and the README give steps and rates.
+
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
-  B batch          C transformer width (1024)    Cv VQ-VAE latent channels (32)   Cf a VQ-VAE conv layer's channels
-  V vocabulary     H, W image size     h, w a VQ-VAE feature map's size     K scales (10)     A heads (16)
-  L tokens of one modality (680)   l tokens of one scale (pn*pn)   N tokens of any other sequence   M keys so far
-  c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)   J partial sums decoded at once
-  si a scale's index, 0-based (0..K-1); pn its side, patch_nums[si]; a digit is a literal size: x_B3HW (B,3,H,W)
-Prefixes: x activations or a network's input, f VQ-VAE latents (f_D the depth map's: D is no dimension), image
-pixels, img the image prefix's latents, idx token indices, code code vectors, gt the ground-truth depth; other
-prefixes are plain words (e.g. rest, eta, dist, q/k/v/o, mask, bias, cond, valid, depth, logits; a digit in a word,
-as in gamma1 or q98, is no size). Lists with one entry per scale are plain plurals, coarse to fine (z, targets,
-f_hats, idxs, inputs, logits). Unshaped by design: f_D, z_si (the rollout's pick shapes it), f_hat_BCvhw = 0 before
-scale 0, and section 5's eye and mat (shapes in comments). In formulas, as the paper: x_si the VQ-VAE's tokens,
-z_si the model's, t_si dynamic targets, i a coarser scale, S_si an area resize to side pn. Official key names keep
-VAR's letters (scale_mul_1H11: H heads, ema_vocab_hit_SV: S scales).
+  B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
+  V vocabulary    H, W image size    h, w a VQ-VAE feature map's size (H, W after conv_in; 16 at the latent)
+  K scales (10)   A heads (16)   L tokens of one modality (680)   l tokens of one scale (pn*pn)   M keys so far
+  N tokens of any other sequence   c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)
+  J partial sums decoded at once   si a scale's index, 0-based; pn its side, patch_nums[si]   x_B3HW: 3 is a size
+Prefixes: x activations or a network's input, f VQ-VAE latents, image pixels, img the image prefix's latents, idx
+token indices, code code vectors, gt the ground-truth depth; other prefixes are plain words (rest, eta, dist, q/k/v/o,
+mask, bias, cond, valid, depth, logits...; a digit in a word, as in gamma1 or q98, is no size). Lists with one entry
+per scale are plain plurals, coarse to fine (z, targets, f_hats, idxs, inputs, logits). Unshaped by design: f_D, the
+depth map's latent (B,Cv,h,w), named as in the formulas (D is no dimension); z_si (the rollout's pick shapes it);
+f_hat_BCvhw = 0 before scale 0; section 5's eye and mat. Formulas use the paper's letters: x_si the VQ-VAE's tokens,
+z_si the model's, t_si dynamic targets, i a coarser scale. Official keys keep VAR's letters (H heads, S scales).
 
 Tags mark what a learner may skip: "official key" exists only so that VAR's checkpoints load strictly
-(`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes); [release] serves
-the authors' released weights, [export] ONNX and TensorRT, [speed] inference speed, [repo] this repository's
-CPU models and tools, [normals] where zoo.py plugs in its other targets (surface normals). Skim the VQ-VAE's
-convolution stack (2a): it is VAR's standard VQGAN. One extension, off in `d16`: image_shortcut [repo] adds to
-every depth position a projection of the same position's image token; from scratch a small model otherwise
-ignores the image.
+(`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes); [release] serves the
+authors' released weights, [export] ONNX and TensorRT, [speed] inference speed, [repo] this repository's CPU models
+and tools (image_shortcut, an extension: VAR.__init__), [normals] where zoo.py plugs in other targets.
 """
 from __future__ import annotations
 
@@ -89,24 +85,25 @@ import torch.nn.functional as F
 class Config:
     """The model's sizes; d16() is the paper's. [repo] preset(name), section 6, adds the CPU models."""
     image_size: int = 256
-    patch_nums: tuple = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # token map sides pn, coarse to fine
+    patch_nums: tuple = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
     vocab_size: int = 4096
     z_channels: int = 32           # Cv: latent channels of the VQ-VAE
     vae_ch: int = 160
     vae_ch_mult: tuple = (1, 1, 2, 2, 4)  # one level per entry; len-1 stride-2 downsamplings
     vae_res_blocks: int = 2        # per encoder level; the decoder has one more
     phi_count: int = 4             # four partially shared Phi convolutions
-    phi_ratio: float = 0.5         # Phi(h) = (1 - r) h + r conv3x3(h)
+    phi_ratio: float = 0.5         # Phi(f) = (1 - r) f + r conv3x3(f)
     depth: int = 16                # transformer blocks (VAR's name; not the depth map)
     width: int = 1024              # C
     heads: int = 16                # A
     mlp_ratio: float = 4.0
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
-    image_shortcut: bool = False   # [repo] extension (module docstring); off for the paper
-    target: str = "depth"          # [normals] the second modality: "depth" (the paper's) or zoo.py's "normals"
-    depth_norm: str = "q98"        # [normals] "q98": normalize_depth (the paper); zoo.py has others
-    attention: str = "l2"          # "l2": VAR's L2-normalized q, k, learned temperature; "plain" [release]
+    # Not the method: variants that section 6 and zoo.build(cfg) choose; the defaults are the paper's.
+    image_shortcut: bool = False   # [repo] extension (VAR.__init__)
+    target: str = "depth"          # [normals] the second modality: "depth" or zoo.py's "normals"
+    depth_norm: str = "q98"        # [normals] "q98": normalize_depth; zoo.py has others
+    attention: str = "l2"          # [release] "l2": SelfAttention, VAR's; "plain": zoo.PlainAttention
     attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
     def __post_init__(self):  # [repo] JSON lists back to tuples; one clear error for a bad Config (section 6)
@@ -227,7 +224,7 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.z_channels, cin, 3, padding=1)
         self.mid = _mid(cin)
         levels = []
-        for i in reversed(range(len(mult))):  # built coarse to fine, stored fine to coarse (official order)
+        for i in reversed(range(len(mult))):  # built coarse to fine, stored fine to coarse: VAR's up.0 is the finest
             blocks = [ResnetBlock(cin if j == 0 else ch * mult[i], ch * mult[i]) for j in range(n)]
             attns = [AttnBlock(ch * mult[i]) for _ in range(n)] if i == len(mult) - 1 else []
             levels.insert(0, _level(blocks, attns, Resample(ch * mult[i], down=False) if i else None, "upsample"))
@@ -256,7 +253,8 @@ class Phi(nn.Conv2d):
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     """Which Phi each scale uses: VAR's table (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, so checkpoints'
-    Phis meet their scales: the tick nearest si/(K-1); float64, as VAR's numpy, settles the ties at si = 2, 7."""
+    Phis meet their scales: the tick nearest si/(K-1). d16's ticks 3/36, 13/36, 23/36, 33/36 put si = 2 (8/36) and
+    si = 7 (28/36) exactly midway: VAR's float64 rounding picks the upper Phi, exact or float32 arithmetic the lower."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
@@ -273,8 +271,6 @@ class ResidualQuantizer(nn.Module):
         self.quant_resi.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
         self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
         self.resample = Resampler(cfg.patch_nums)  # F.interpolate(f, (pn, pn), mode), as matrices [export]: section 5
-        # Official key only: VAR's per-scale code-hit counts (K, V); nothing reads them (stage 1 counts its own).
-        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
 
     def nearest(self, f_BCvhw: torch.Tensor) -> torch.Tensor:
         """Q: index of the nearest code (L2) at every position -> idx_Bl."""
@@ -323,6 +319,7 @@ class VQVAE(nn.Module):
         self.quantize = ResidualQuantizer(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
+        official_key_buffers(self, cfg)  # section 6
 
     def encode(self, x_B3HW: torch.Tensor) -> torch.Tensor:
         """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw; quantize() decomposes it."""
@@ -336,30 +333,24 @@ class VQVAE(nn.Module):
 # 3. VAR transformer (VAR's module names, so var_d16.pth loads)
 # ----------------------------------------------------------------------------------------------
 class SelfAttention(nn.Module):
-    """Multi-head attention, l2 (VAR's: L2-normalized q, k and a learnable per-head temperature, at most 100) or
-    [release] plain (softmax(q k^T / sqrt(c) / tau)); a KV cache (a dict) lets inference feed one scale."""
+    """VAR's multi-head attention: q and k L2-normalized, so that q k^T is a cosine, times a learned per-head
+    temperature (at most 100) that replaces 1/sqrt(c); a KV cache (a dict) lets inference feed one scale."""
+    scale = 1.0  # scaled_dot_product_attention's factor on q k^T: the temperature is already in q
 
-    def __init__(self, width: int, heads: int, attention: str = "l2", tau: float = 4.0):
+    def __init__(self, width: int, heads: int):
         super().__init__()
-        self.heads, self.l2 = heads, attention == "l2"  # [release] l2 False: plain attention
-        self.scale = 1.0 if self.l2 else 1 / math.sqrt(width // heads) / tau  # [release] plain's scale, else 1
-        if self.l2:  # [release] only plain attention goes without
-            self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.heads = heads
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())  # log temperature
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
-        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
-        # VAR trains biases for q and v only; its checkpoint stores a zero k bias under this name, so it stays
-        # a buffer that no optimizer touches (official key).
-        self.register_buffer("zero_k_bias", torch.zeros(width))
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))  # k has none
         self.proj = nn.Linear(width, width)
 
     def forward(self, x_BNC, bias_11NM, cache: dict | None = None):
         B, N, C = x_BNC.shape
-        qkv_bias_3C = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, qkv_bias_3C).view(B, N, 3, self.heads, C // self.heads)
+        qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))  # zero_k_bias: zeros (section 6)
+        qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, qkv_bias).view(B, N, 3, self.heads, C // self.heads)
         q_BANc, k_BANc, v_BANc = qkv_BN3Ac.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.l2:  # [release] only plain attention goes without
-            q_BANc = F.normalize(q_BANc, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100)).exp()
-            k_BANc = F.normalize(k_BANc, dim=-1)
+        q_BANc, k_BANc = self.normalize_qk(q_BANc, k_BANc)
         k_BAMc, v_BAMc = k_BANc, v_BANc  # with a cache: these keys and values appended to everything seen before
         if cache is not None:
             if "k" in cache:
@@ -368,6 +359,12 @@ class SelfAttention(nn.Module):
         mask_11NM = None if bias_11NM is None else bias_11NM.to(q_BANc.dtype)
         o_BANc = F.scaled_dot_product_attention(q_BANc, k_BAMc, v_BAMc, attn_mask=mask_11NM, scale=self.scale)
         return self.proj(o_BANc.transpose(1, 2).reshape(B, N, C))
+
+    def normalize_qk(self, q_BANc, k_BANc):
+        """Unit-length q and k, q times its head's temperature: the logits stay bounded however large the
+        activations grow. A method so that [release] zoo.PlainAttention can leave q and k as they are."""
+        temperature_1H11 = self.scale_mul_1H11.clamp(max=math.log(100)).exp()
+        return F.normalize(q_BANc, dim=-1) * temperature_1H11, F.normalize(k_BANc, dim=-1)
 
 
 class FFN(nn.Module):
@@ -385,7 +382,7 @@ class AdaLNBlock(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         C = cfg.width
-        self.attn = SelfAttention(C, cfg.heads, cfg.attention, cfg.attn_tau)  # [release] attention, attn_tau
+        self.attn = SelfAttention(C, cfg.heads)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio))
         self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
@@ -443,16 +440,15 @@ class VAR(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(cfg) for _ in range(cfg.depth))
         self.head_nm = AdaLNHead(cfg)
         self.head = nn.Linear(C, cfg.vocab_size)
-        if cfg.image_shortcut:  # [repo] extension: image token -> same-position depth token
+        if cfg.image_shortcut:  # [repo] extension, off in d16: adds to each depth token a projection of the image
+            # token at its position; from scratch, a small model otherwise learns to ignore the image
             self.image_shortcut = nn.Linear(cfg.z_channels, C)
-        # lvl_1L: VAR's scale index per token (read by lvl_pos). attn_bias_for_masking: official key, never read
-        # (prefix_bias_11NN replaces it); [release] saved only where checkpoints hold it: VAR's (l2), not plain.
-        self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])
-        self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]),
-                             persistent=cfg.attention == "l2")
-        # Mask levels (not the scale embedding): image tokens and the depth start token form mask level 0 and
-        # all see each other, as in the official DepthART code's first (unmasked) call; depth scale si is mask
-        # level si. Sequence: [image L tokens | depth start | depth scales 1..K-1].
+        self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])  # VAR's scale index per token (lvl_pos)
+        official_key_buffers(self, cfg)  # section 6
+        # Mask levels (not the scale embedding): the image tokens and the depth start token form mask level 0 and
+        # all see each other. The mask exists so that no position sees the depth it predicts, and nothing at level 0
+        # carries depth: the image is given whole, the start token is the constant condition. Depth scale si is
+        # mask level si. Sequence: [image L tokens | depth start | depth scales 1..K-1].
         levels_N = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
         self.register_buffer("prefix_bias_11NN", block_causal_bias(levels_N), persistent=False)
         init_from_scratch(self)  # [repo] VAR's initialization (section 6); checkpoints overwrite it
@@ -493,17 +489,12 @@ def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = 
     """Depth -> the VQ-VAE's 3-channel input: 2 d / quantile(d, 0.98) - 1, clipped to [-1, 1]: one per-image
     scale (no offset, no log), as the paper. `valid` only picks the pixels of the quantile: invalid ones still
     enter the VQ-VAE, and their tokens are scored like any other (fill them with plausible depth)."""
-    if not torch.isfinite(depth_B1HW).all():  # [repo] input checks here and below: one clear line each
-        raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
     B = depth_B1HW.shape[0]
     depth_BP = depth_B1HW.reshape(B, -1).float()
     if valid_B1HW is not None:
-        depth_BP = depth_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))
+        depth_BP = depth_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))  # nanquantile skips them
     q98_B = torch.nanquantile(depth_BP, 0.98, dim=1)
-    bad_B = ~(torch.isfinite(q98_B) & (q98_B > 0))
-    if bad_B.any():
-        raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are all zero, negative or have no "
-                         "valid pixel: nothing to normalize")
+    check_depth(depth_B1HW, q98_B)  # [repo] one clear error (section 6)
     x_B1HW = (2 * depth_B1HW / q98_B.view(B, 1, 1, 1) - 1).clamp(-1, 1)
     return x_B1HW.expand(-1, 3, -1, -1)
 
@@ -520,12 +511,12 @@ def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tupl
 
 
 def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tuple[list, list]:
-    """DepthART's objective (paper Eq. 4-5): the model walked z_0..z_{K-1} (its own greedy token indices); the
-    target at scale si is, per position, the nearest code to the area-resized residual the walk left,
+    """DepthART's objective (paper Eq. 4-5). The model walked z_0..z_{K-1}, its own greedy token indices; the target
+    at scale si is the nearest code, per position, to the area-resized residual that walk left,
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
-    and the inputs are built from the walk -> (targets: idx_Bl per scale, the walk's cumulative f_hat per scale).
-    The quantizer's loop with z in place of its nearest codes (if z is its decomposition, these are exactly the
-    teacher-forcing targets). Unlike there, the eta terms are not detached: training calls this under no_grad."""
+    and the inputs come from the walk -> (targets: idx_Bl per scale, the walk's f_hats). The quantizer's loop with z
+    for its nearest codes (so if z is its decomposition, these are VAR's targets); its .detach() calls, which keep
+    rest out of stage 1's autograd graph, are dropped: this runs under no_grad."""
     with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
@@ -545,26 +536,24 @@ def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tens
 
 
 class DepthART(nn.Module):
-    """A VQ-VAE, frozen in stage 2 (train.py optimizes var alone; walk_targets, predict run under no_grad), and a VAR
+    """A VQ-VAE, frozen after stage 1 (only var is trained; walk_targets and predict run under no_grad), and a VAR
     transformer that predicts depth tokens after the image's tokens."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        if type(self) is DepthART and (cfg.target, cfg.depth_norm) != ("depth", "q98"):  # [normals] zoo.py's models
-            raise ValueError(f"Config.target {cfg.target!r}, depth_norm {cfg.depth_norm!r}: use zoo.build(cfg)")
+        check_paper_model(self)  # [repo] section 6: zoo.build makes the models of other Configs
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
-        # token k of a modality belongs to scale si when bounds[si] <= k < bounds[si + 1]
         self.bounds = [sum(pn * pn for pn in cfg.patch_nums[:si]) for si in range(len(cfg.patch_nums) + 1)]
 
     def encode_image(self, image_B3HW: torch.Tensor) -> torch.Tensor:
-        """Image prefix (paper Sec. 3.2) -> latents img_BLCv: map si is the image's quantized sum after scales
-        0..si, the whole image at side pn."""
-        # Bicubic, as the official DepthART code; the depth input of scale si instead stops at si - 1 and is
-        # area-resized (as VAR), because scale si's depth tokens are the ones being predicted. Prefix map si
-        # shares depth scale si's lvl_embed and pos_1LC (VAR-d16 has no modality embedding); the mask and the
-        # start token tell the halves apart, and every depth scale attends to the whole prefix.
+        """Image prefix (paper Sec. 3.2) -> latents img_BLCv. Map si is the image's quantized sum after scales
+        0..si at side pn: the whole image at each scale's resolution, all of it seen by every depth scale."""
+        # The paper does not say how the prefix maps are resized; we match the release (bicubic), whose weights
+        # expect it. Depth inputs differ on purpose: scale si's sum stops at si - 1 (its own tokens are the ones
+        # predicted) and is area-resized, as VAR's. Prefix map si reuses depth scale si's lvl_embed and pos_1LC
+        # (VAR-d16 has no modality embedding); the mask and the start token tell the halves apart.
         check_image(image_B3HW, self.cfg)  # [repo] one clear error (section 6)
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         rs = self.vae.quantize.resample
@@ -585,7 +574,7 @@ class DepthART(nn.Module):
         if end > begin:
             parts.append(self.var.embed(f_BNCv, begin, end))
         x_BNC = torch.cat(parts, 1)
-        if self.cfg.image_shortcut:  # [repo] extension (module docstring); off in d16
+        if self.cfg.image_shortcut:  # [repo] extension (VAR.__init__); off in d16
             x_BNC = x_BNC + self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:end])
         return x_BNC
 
@@ -598,10 +587,10 @@ class DepthART(nn.Module):
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
     def rollout(self, img_BLCv: torch.Tensor, pick=greedy, max_scale: int | None = None):
-        """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits), per scale:
-        the tokens z_si, the cumulative latent f_hat, logits_BlV. The first call runs the image prefix and the
-        depth start token together (mask level 0 sees all of itself); each later call feeds only the new scale,
-        whose keys and values join the KV cache: all it may see is cached, so no call needs a mask."""
+        """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits): per scale the
+        tokens z_si, the cumulative latent f_hat and logits_BlV. The first call runs the image prefix and the depth
+        start token together, unmasked, as mask level 0 allows. Each later call feeds only the new scale, whose
+        keys and values join the KV cache; everything a call may attend to is then cached, so no call needs a mask."""
         caches, quant = [dict() for _ in self.var.blocks], self.vae.quantize
         patch_nums = self.cfg.patch_nums[:max_scale]  # [repo] max_scale k (anytime depth): stop after k scales
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
@@ -614,7 +603,7 @@ class DepthART(nn.Module):
             z.append(z_si)
             f_hats.append(f_hat_BCvhw)
             logits.append(logits_BlV)
-            if si + 1 < len(patch_nums):  # the next input: the sum so far, area-resized to scale si+1's side
+            if si + 1 < len(patch_nums):  # the sum so far at the next side, as next_inputs: training sees the same
                 f_next_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
                 x_BNC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
         return z, f_hats, logits
@@ -622,8 +611,7 @@ class DepthART(nn.Module):
     @torch.no_grad()
     def walk_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """The walk and its targets, without gradients -> (img_BLCv, f_D, targets: idx_Bl per scale, the walk's
-        cumulative f_hats). objective "var" is teacher forcing (the VQ-VAE walks), "depthart" dynamic targets (the
-        model walks)."""
+        cumulative f_hats). "var": teacher forcing, the VQ-VAE walks; "depthart": dynamic targets, the model walks."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
@@ -641,7 +629,10 @@ class DepthART(nn.Module):
         return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
     def loss(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
-        """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict)."""
+        """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict). A training
+        step, in outline (train.py): opt = AdamW(model.var.parameters()); loss, _ = model.loss(image, depth);
+        loss.backward(); opt.step(). Only var learns: the frozen VQ-VAE defines the tokens. The mean weighs every token
+        alike, as VAR's trainer and the release do, so at d16 the finest scale (256 of 680 tokens) is 38% of it."""
         logits_BLV, idx_BL = self.logits_and_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
         loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), idx_BL.reshape(-1))
         token_acc = (logits_BLV.detach().argmax(-1) == idx_BL).float().mean()
@@ -659,10 +650,9 @@ class DepthART(nn.Module):
 
     @torch.no_grad()
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy, max_scale=None) -> torch.Tensor:
-        """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near);
-        all_scales: the depth after every scale (B, k, H, W), k = max_scale or K. pick: greedy (deterministic;
-        what export unrolls) or [release] zoo.release_sampler(generator). [repo] max_scale k (anytime depth):
-        decode the partial sum after k scales."""
+        """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near); all_scales:
+        the depth after every scale (B, k, H, W), k = max_scale or K. pick: greedy (what export unrolls) or [release]
+        zoo.release_sampler(generator). [repo] max_scale k (anytime depth): decode the partial sum after k scales."""
         f_hats = self.rollout(self.encode_image(image_B3HW), pick, max_scale=max_scale)[1]
         return self.decode_scales(f_hats) if all_scales else self.decode(f_hats[-1])
 
@@ -678,9 +668,8 @@ def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
     an identity matrix along one axis reads mat off."""
-    eye = torch.eye(src, dtype=torch.float64)[None, None]  # (1, 1, src, src), resized along the height axis only
-    kwargs = {"align_corners": False} if mode == "bicubic" else {}
-    return F.interpolate(eye, size=(dst, src), mode=mode, **kwargs)[0, 0].float()
+    eye = torch.eye(src, dtype=torch.float64)[None, None]  # (1, 1, src, src); float64: mat rounds once, at .float()
+    return F.interpolate(eye, size=(dst, src), mode=mode, align_corners=None if mode == "area" else False)[0, 0].float()
 
 
 class Resampler(nn.Module):
@@ -703,8 +692,20 @@ class Resampler(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. [repo] This repository's plumbing, not the method: input checks, CPU presets, VAR's initialization
+# 6. [repo] Not the method: official-key buffers, input and config checks, CPU presets, VAR's initialization
 # ----------------------------------------------------------------------------------------------
+def official_key_buffers(module: VQVAE | VAR, cfg: Config):
+    """Buffers that VAR's checkpoints hold, registered only so that those files load strictly (keys, shapes and
+    dtypes); the method reads none of them but SelfAttention's zero_k_bias."""
+    if isinstance(module, VQVAE):  # per-scale code-hit counts (K, V) of VAR's VQ-VAE training; stage 1 counts its own
+        module.quantize.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
+        return
+    for block in module.blocks:  # VAR learns biases for q and v; its files store the k bias, zero, as a buffer
+        block.attn.register_buffer("zero_k_bias", torch.zeros(cfg.width))
+    # VAR's mask over one modality; prefix_bias_11NN, which also spans the image prefix, replaces it
+    module.register_buffer("attn_bias_for_masking", block_causal_bias(module.lvl_1L[0]))
+
+
 def check_config(cfg: Config):
     """Config.__post_init__: tuples back from a checkpoint's JSON lists; one clear error for a bad Config."""
     cfg.patch_nums, cfg.vae_ch_mult = tuple(cfg.patch_nums), tuple(cfg.vae_ch_mult)
@@ -724,6 +725,24 @@ def check_image(image_B3HW: torch.Tensor, cfg: Config):
     if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, H, H):
         raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this preset, "
                          f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
+
+
+def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
+    """normalize_depth: one clear line for depth it cannot normalize, not NaN tokens far downstream."""
+    if not torch.isfinite(depth_B1HW).all():
+        raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
+    bad_B = ~(torch.isfinite(q98_B) & (q98_B > 0))
+    if bad_B.any():
+        raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are all zero, negative or have no "
+                         "valid pixel: nothing to normalize")
+
+
+def check_paper_model(model: "DepthART"):
+    """DepthART.__init__: a Config of zoo.build's models ([normals], [release] attention) must not build the paper's."""
+    cfg = model.cfg
+    if type(model) is DepthART and (cfg.target, cfg.depth_norm, cfg.attention) != ("depth", "q98", "l2"):
+        raise ValueError(f"target {cfg.target!r}, depth_norm {cfg.depth_norm!r}, attention {cfg.attention!r}: "
+                         "use zoo.build(cfg)")
 
 
 def preset(name: str) -> Config:

@@ -1,15 +1,17 @@
 """Everything around the method of depthart.py: which model a Config builds, checkpoints in and out, the
-official weights' key names, and the DepthART release's sampler and loss variant.
+official weights' key names, and the DepthART release's attention, sampler and loss variant.
 
   1. Targets       what the second modality is: the paper's depth (depthart.py's only one) or, an extension,
                    camera-frame surface normals or depth normalized otherwise, each a target object (`target_of`);
-                   `build(cfg)` makes the model for a Config (`TargetART` for the extensions); the VQ-VAE's
-                   stage-1 loss of the CPU presets (`vqvae_stage1`)
+                   `build(cfg)` makes the model for a Config (`TargetART` for the extensions and for the
+                   release's plain attention, `PlainAttention`); the VQ-VAE's stage-1 loss of the CPU presets
+                   (`vqvae_stage1`)
   2. Checkpoints   ours (safetensors, config and run settings in the metadata), VAR's official .pth files,
                    and the authors' DepthART release (github bulatko/DepthART, model.safetensors), whose key
                    names map onto ours in one place at load (`from_release_keys`); `load(path)` is the one
                    loader of whole models, `init_weights` starts training from any of them
-  3. The release's variants: its sampler (the mean of 5 filtered draws per token) and its training loss
+  3. The release's variants: its attention, its sampler (the mean of 5 filtered draws per token) and its
+     training loss
 
 depthart.py never imports this file; every tool does. (Not "models.py": VAR's official code is a package `models`.)
 """
@@ -150,12 +152,16 @@ def target_of(cfg: D.Config):
 
 
 class TargetART(D.DepthART):
-    """DepthART on another target than the paper's depth: the method of depthart.py unchanged, only the target's
-    way into the VQ-VAE (encode_depth) and out of it (decode, decode_scales) goes through its target object."""
+    """DepthART as the paper does not configure it: on another target than the paper's depth, or with the release's
+    plain attention (Config.attention "plain", section 3), or both. The method of depthart.py is unchanged: only the
+    target's way into the VQ-VAE (encode_depth) and out of it (decode, decode_scales) goes through its target
+    object (DepthTarget's is the paper's), and the blocks' attention is swapped after they are built."""
 
     def __init__(self, cfg: D.Config, target):
         super().__init__(cfg)
         self.target = target
+        if cfg.attention == "plain":
+            use_plain_attention(self.var)
 
     def encode_depth(self, gt_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
         return self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))
@@ -169,9 +175,11 @@ class TargetART(D.DepthART):
 
 
 def build(cfg: D.Config) -> D.DepthART:
-    """The model a Config describes (random weights): depthart.DepthART for the paper's depth, else TargetART."""
+    """The model a Config describes (random weights): depthart.DepthART for the paper's depth with VAR's attention,
+    else TargetART."""
     target = target_of(cfg)
-    return D.DepthART(cfg) if isinstance(target, DepthTarget) else TargetART(cfg, target)
+    paper = isinstance(target, DepthTarget) and cfg.attention == "l2"
+    return D.DepthART(cfg) if paper else TargetART(cfg, target)
 
 
 @torch.no_grad()
@@ -348,8 +356,37 @@ def init_weights(model: D.DepthART, init=None, init_vae=None, init_var=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. The DepthART release's sampler and training loss
+# 3. The DepthART release's attention, sampler and training loss
 # ----------------------------------------------------------------------------------------------
+class PlainAttention(D.SelfAttention):
+    """The release's attention (its cos_attn False): softmax(q k^T / sqrt(c) / tau) on q and k as they come, no
+    learned temperature (its files hold no scale_mul_1H11). Everything else is depthart.SelfAttention's."""
+
+    def __init__(self, width: int, heads: int, tau: float = 4.0):
+        super().__init__(width, heads)
+        del self.scale_mul_1H11
+        self.scale = 1 / math.sqrt(width // heads) / tau
+
+    def normalize_qk(self, q_BANc, k_BANc):
+        return q_BANc, k_BANc
+
+
+def use_plain_attention(var: D.VAR):
+    """Config.attention "plain": every block's attention becomes a PlainAttention holding the very tensors it was
+    built with (as init_from_scratch left them; a checkpoint overwrites them), and attn_bias_for_masking, which the
+    release's files lack, is no longer saved."""
+    for block in var.blocks:
+        with torch.device("meta"):  # no weights of its own: no random draws, so later draws are unchanged
+            plain = PlainAttention(var.cfg.width, var.cfg.heads, var.cfg.attn_tau)
+        tensors = block.attn.state_dict(keep_vars=True)
+        del tensors["scale_mul_1H11"]
+        zero_k_bias = tensors.pop("zero_k_bias")  # registered by depthart.official_key_buffers, not by the class
+        plain.load_state_dict(tensors, assign=True)
+        plain.register_buffer("zero_k_bias", zero_k_bias)
+        block.attn = plain
+    var.register_buffer("attn_bias_for_masking", var.attn_bias_for_masking, persistent=False)
+
+
 SAMPLINGS = ("greedy", "release", "temperature")
 
 

@@ -56,7 +56,7 @@ def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
 @pytest.fixture(scope="module")
 def small_release(tmp_path_factory):
     torch.manual_seed(0)
-    model = lively(D.DepthART(small_release_config()))
+    model = lively(Z.build(small_release_config()))
     path = tmp_path_factory.mktemp("release") / "model.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in to_release_layout(model.state_dict()).items()}, str(path))
     return model, path
@@ -67,7 +67,7 @@ def small_release(tmp_path_factory):
 def test_release_preset_maps_onto_exactly_the_official_keys(alias):
     tsv = official_tsv()
     with torch.device("meta"):
-        model = D.DepthART(D.Config.release())
+        model = Z.build(D.Config.release())
     mapped = to_release_layout(model.state_dict(), alias)
     other = PRIMARY if alias else ALIAS
     expected = {k: v for k, v in tsv.items() if not k.startswith(other)}
@@ -82,8 +82,26 @@ def test_release_preset_is_d16_with_plain_attention():
     cfg = D.Config.release()
     assert dataclasses.replace(cfg, attention="l2") == D.Config.d16() and cfg.attention == "plain"
     assert D.preset("release") == cfg
-    attn = D.SelfAttention(1024, 16, "plain", 4.0)
+    attn = Z.PlainAttention(1024, 16, 4.0)
     assert attn.scale == 1 / 32 and not hasattr(attn, "scale_mul_1H11")
+    with pytest.raises(ValueError, match=r"attention 'plain': use zoo\.build"):  # depthart.py builds VAR's only
+        D.DepthART(cfg)
+
+
+def test_plain_attention_keeps_the_built_weights_and_the_random_stream():
+    """zoo.build swaps every block's attention after VAR's initialization: a seeded plain model has the seeded
+    l2 model's tensors, less scale_mul_1H11 and the unsaved attn_bias_for_masking, and draws no random number."""
+    cfg = D.preset("tiny")
+    torch.manual_seed(0)
+    l2 = D.DepthART(cfg).state_dict()
+    after_l2 = torch.rand(3)
+    torch.manual_seed(0)
+    plain = Z.build(dataclasses.replace(cfg, attention="plain"))
+    assert torch.equal(torch.rand(3), after_l2)
+    assert all(isinstance(b.attn, Z.PlainAttention) for b in plain.var.blocks)
+    dropped = {k for k in l2 if k.endswith("scale_mul_1H11")} | {"var.attn_bias_for_masking"}
+    assert list(plain.state_dict()) == [k for k in l2 if k not in dropped]
+    assert all(torch.equal(v, l2[k]) for k, v in plain.state_dict().items())
 
 
 # --- loading files in the release's layout ---------------------------------------------------------
@@ -198,7 +216,7 @@ def test_infer_trt_runs_the_release_sampler_in_pytorch(small_release, tmp_path, 
 @pytest.fixture(scope="module")
 def plain_tiny(tmp_path_factory):
     torch.manual_seed(0)
-    model = lively(D.DepthART(dataclasses.replace(D.preset("tiny"), attention="plain")))
+    model = lively(Z.build(dataclasses.replace(D.preset("tiny"), attention="plain")))
     path = tmp_path_factory.mktemp("plain") / "plain.safetensors"
     Z.save_checkpoint(path, model, {"stage": "transformer"})
     return model, path
