@@ -170,6 +170,15 @@ def open_repos(sources: Path, clone: bool, needed=tuple(REPOS)) -> dict:
     return repos
 
 
+def source_folder(path, clone: bool) -> Path:
+    """--sources as a folder: it must exist unless --clone may create it."""
+    sources = Path(path)
+    if not sources.is_dir() and not clone:
+        raise RealSetError(f"--sources {sources}: no such folder (pass --clone to create it)")
+    sources.mkdir(parents=True, exist_ok=True)
+    return sources
+
+
 def decode_image(raw: bytes) -> np.ndarray:
     """RGB uint8 (H, W, 3) from PNG/JPG bytes."""
     with Image.open(io.BytesIO(raw)) as im:
@@ -672,11 +681,7 @@ def textures_main(argv=None):
     parser.add_argument("--manifest", default=None, help="also copy manifest.json here (docs/textures/manifest.json)")
     args = parser.parse_args(argv)
     try:
-        sources = Path(args.sources)
-        if not sources.is_dir() and not args.clone:
-            raise RealSetError(f"--sources {sources}: no such folder (pass --clone to create it)")
-        sources.mkdir(parents=True, exist_ok=True)
-        repo = open_repos(sources, args.clone, [TEXTURE_REPO])[TEXTURE_REPO]
+        repo = open_repos(source_folder(args.sources, args.clone), args.clone, [TEXTURE_REPO])[TEXTURE_REPO]
         manifest = build_textures(Path(args.out), repo)
     except (RealSetError, OSError, subprocess.CalledProcessError) as e:
         print(f"realset.py textures: error: {e}", file=sys.stderr)
@@ -725,11 +730,7 @@ def main(argv=None):
     parser.add_argument("--manifest", default=None, help="also copy manifest.json here (docs/real/manifest.json)")
     args = parser.parse_args(argv)
     try:
-        sources = Path(args.sources)
-        if not sources.is_dir() and not args.clone:
-            raise RealSetError(f"--sources {sources}: no such folder (pass --clone to create it)")
-        sources.mkdir(parents=True, exist_ok=True)
-        repos = open_repos(sources, args.clone, [SOURCE_REPO[s] for s in args.only])
+        repos = open_repos(source_folder(args.sources, args.clone), args.clone, [SOURCE_REPO[s] for s in args.only])
         manifest = build(Path(args.out), repos, register=not args.no_register, sources=args.only)
     except (RealSetError, OSError, subprocess.CalledProcessError) as e:
         print(f"realset.py: error: {e}", file=sys.stderr)
