@@ -45,7 +45,7 @@ Training in three stages [repo]. A repair target is learnable only when the walk
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE, frozen: that transformer already
 walks coherent residual maps. From random weights the walk is noise, and so are its targets. So the CPU presets
 train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing; 3. the transformer by DepthART
-from stage 2's weights. train.py runs the stages; it and the README give steps and rates.
+from stage 2's weights.
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
@@ -636,8 +636,7 @@ class DepthART(nn.Module):
         return depth_from_decoder(self.vae.decode(f_hat_BCvhw))
 
     def decode_scales(self, f_hats: list) -> torch.Tensor:
-        """[repo] Visualisation: J partial sums f_hat -> the depth after each, from one batched decoder call:
-        (B, J, H, W). All K give the paper's Fig. 7, coarse to fine."""
+        """[repo] Visualisation (paper Fig. 7): J partial sums f_hat -> the depth after each, (B, J, H, W)."""
         J, B = len(f_hats), f_hats[0].shape[0]
         return self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1)[:, :, 0]
 
