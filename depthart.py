@@ -7,11 +7,12 @@ forcing: at scale si the transformer is shown the *true* coarser maps. At infere
 mistakes it never saw in training, so errors compound from scale to scale (exposure bias). DepthART trains on what
 inference sees. Each step, the model first walks: without gradients, it rolls out its own maps z_0..z_{K-1}. Then
 the target at each scale, a "dynamic target", is recomputed from the true depth: the tokens the VQ-VAE's quantizer
-would choose for what the walk's coarser scales left unexplained (formulas below). One ordinary block-causal
-forward over the walk's maps scores those targets; the walk only chooses inputs and targets. The paper does not
-say how the walk picks its tokens. The release's training code takes the argmax, and so does this file, because
-that is the walk predict runs: training repairs exactly the past that inference produces, and no sampling noise
-enters the targets. (The release's evaluation samples instead; zoo.release_sampler reproduces it.)
+would choose for what the walk's coarser scales left unexplained (formulas below). One block-causal forward over
+the walk's maps, with gradients, then scores those targets: the mask shows each scale exactly what the walk saw, so
+it reproduces the walk's logits, and argmax has no gradient, so this no-grad walk plus one forward is the whole
+step. The paper does not say how the walk picks its tokens. The release's training code takes the argmax, and so
+does this file, because that is the walk predict runs: training repairs exactly the past that inference produces,
+and no sampling noise enters the targets. (The release's evaluation samples instead; zoo.release_sampler reproduces it.)
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -32,41 +33,37 @@ One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wron
   x_3 = Q(S_3(f_D - sum eta_i(x_i)))     (1,16) teacher forcing's target repairs the VQ-VAE's walk instead:
                                          it can differ from t_3 wherever eta_2(z_2)'s error reaches
   inputs[2] = S_3(sum_{i<3} eta_i(z_i))  (1,32,4,4) -> (1,16,32) -> word_embed + lvl_embed + pos_1LC -> (1,16,1024)
+                                         (inputs[si-1] feeds scale si)
   logits_BLV = parallel_logits(...)      (1,680,4096) the depth half of one block-causal forward over the walk
   logits_BLV[:, 14:30] vs t_3            scale 3 is positions bounds[3]..bounds[4]-1 = 14..29 of the depth half
   loss = CE(logits_BLV, t_0..t_9)        one mean over all B x 680 tokens: it learns to repair its own past
 
-Read top to bottom: 1. Config; 2. the multi-scale residual VQ-VAE (paper Sec. 3.1, Fig. 2 left; VAR's Algorithms
-1-2); 3. the VAR transformer (Sec. 3.2: AdaLN blocks, block-causal attention, KV cache); 4. DepthART (Fig. 2 right:
-depth in and out, image prefix, teacher-forcing (Eq. 3) and dynamic (Eq. 4-5) targets side by side, one rollout,
-loss, predict); 5. [export] the resizes as matrix products; 6. [repo] official-key buffers, checks, CPU presets,
-VAR's initialization. This file imports only torch and the standard library; zoo.py, which imports it, holds the
-rest: checkpoints, the release's key names, attention, sampler and loss, other targets, stage 1's loss.
+Read top to bottom: 1. Config; 2. the residual VQ-VAE; 3. the VAR transformer; 4. DepthART; 5. [export] resizes
+as matrix products; 6. [repo] checks, presets, initialization. Imports only torch and the standard library.
 
 Training in three stages [repo]. A repair target is learnable only when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE, frozen: that transformer already
 walks coherent residual maps. From random weights the walk is noise, and so are its targets. So the CPU presets
 train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing; 3. the transformer by DepthART
-from stage 2's weights. train.py runs the stages; it and the README give steps and rates.
+from stage 2's weights.
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
-  V vocabulary    H, W image size    h, w a VQ-VAE feature map's size (H, W after conv_in; 16 at the latent)
+  V vocabulary    H, W image size    h, w a VQ-VAE map's size (H, W after conv_in; 16 at the latent; pn at scale si)
   K scales (10)   A heads (16)   L tokens of one modality (680)   l tokens of one scale (pn*pn)   M keys so far
   N tokens of any other sequence   c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)
   J partial sums decoded at once   si a scale's index, 0-based; pn its side, patch_nums[si]   x_B3HW: 3 is a size
-Prefixes: x activations or a network's input, f VQ-VAE latents, image pixels, img the image prefix's latents, idx
-token indices, code code vectors, gt the ground-truth depth; other prefixes are plain words (rest, eta, dist, q/k/v/o,
-mask, bias, cond, valid, depth, logits...; a digit in a word, as in gamma1 or q98, is no size). Lists with one entry
-per scale are plain plurals, coarse to fine (z, targets, f_hats, idxs, inputs, logits). Unshaped by design: f_D, the
-depth map's latent (B,Cv,h,w), named as in the formulas (D is no dimension); z_si (the rollout's pick shapes it);
-f_hat_BCvhw = 0 before scale 0; section 5's eye and mat. Formulas use the paper's letters: x_si the VQ-VAE's tokens,
-z_si the model's, t_si dynamic targets, i a coarser scale. Official keys keep VAR's letters (H heads, S scales).
+Prefixes: "x: activations or a network's input", "f: VQ-VAE latents", "image: pixels", "img: the image prefix's
+latents", "idx: token indices", "code: code vectors", "gt: ground-truth depth"; other prefixes are plain words (rest,
+eta, dist, q/k/v/o, mask, bias, cond, valid, depth, logits...; a digit in a word, as in gamma1 or q98, is no size).
+Lists with one entry per scale are plain plurals, coarse to fine (z, targets, f_hats, idxs, inputs, logits).
+Unshaped by design: f_D, the depth map's latent (B,Cv,h,w), named as in the formulas (D is no dimension); z_si (the
+rollout's pick shapes it); f_hat_BCvhw = 0 before scale 0; section 5's eye and mat; qkv_bias (3C,); ticks
+(phi_count,). Formulas use the paper's letters: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets,
+i a coarser scale. Official keys keep VAR's letters (H heads, S scales).
 
-Tags mark what a learner may skip: "official key" exists only so that VAR's checkpoints load strictly
-(`VQVAE(Config.d16())` and `VAR(Config.d16())` have exactly their keys, shapes and dtypes); [release] serves the
-authors' released weights, [export] ONNX and TensorRT, [speed] inference speed, [repo] this repository's CPU models
-and tools (image_shortcut, an extension: VAR.__init__), [normals] where zoo.py plugs in other targets.
+Tags mark what a learner may skip: "official key" (VAR's checkpoints load strictly), [release] the authors' weights,
+[export] ONNX/TensorRT, [speed], [repo] this repository's CPU models and tools, [normals] other targets.
 """
 from __future__ import annotations
 
@@ -255,7 +252,7 @@ def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     """Which Phi each scale uses: VAR's table (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, so checkpoints'
     Phis meet their scales: the tick nearest si/(K-1). d16's ticks 3/36, 13/36, 23/36, 33/36 put si = 2 (8/36) and
     si = 7 (28/36) exactly midway: VAR's float64 rounding picks the upper Phi, exact or float32 arithmetic the lower."""
-    edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count
+    edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count  # VAR's: 1/12 for 4 Phis, else bin centres
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
 
@@ -363,8 +360,8 @@ class SelfAttention(nn.Module):
     def normalize_qk(self, q_BANc, k_BANc):
         """Unit-length q and k, q times its head's temperature: the logits stay bounded however large the
         activations grow. A method so that [release] zoo.PlainAttention can leave q and k as they are."""
-        temperature_1H11 = self.scale_mul_1H11.clamp(max=math.log(100)).exp()
-        return F.normalize(q_BANc, dim=-1) * temperature_1H11, F.normalize(k_BANc, dim=-1)
+        temperature_1A11 = self.scale_mul_1H11.clamp(max=math.log(100)).exp()
+        return F.normalize(q_BANc, dim=-1) * temperature_1A11, F.normalize(k_BANc, dim=-1)
 
 
 class FFN(nn.Module):
@@ -393,14 +390,11 @@ class AdaLNBlock(nn.Module):
         return x_BNC + self.ffn(self.ln(x_BNC) * (1 + scale2_B1C) + shift2_B1C) * gamma2_B1C
 
     def ada(self, cond_BC, cache=None) -> torch.Tensor:
-        """The six modulations from the condition -> ada_B16C, shape (B, 1, 6, C). [speed] The condition is
-        constant, so a cached rollout computes them once, not per scale: ada_lin is a third of a block's weights."""
-        if cache is not None and "ada" in cache:
-            return cache["ada"]
-        ada_B16C = self.ada_lin(cond_BC).view(-1, 1, 6, cond_BC.shape[-1])
-        if cache is not None:
-            cache["ada"] = ada_B16C
-        return ada_B16C
+        """The six modulations from the condition -> ada_B16C, shape (B, 1, 6, C)."""
+        cache = {} if cache is None else cache  # [speed] the condition is constant: a rollout computes them once
+        if "ada" not in cache:
+            cache["ada"] = self.ada_lin(cond_BC).view(-1, 1, 6, cond_BC.shape[-1])
+        return cache["ada"]
 
 
 class AdaLNHead(nn.Module):
@@ -440,10 +434,9 @@ class VAR(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(cfg) for _ in range(cfg.depth))
         self.head_nm = AdaLNHead(cfg)
         self.head = nn.Linear(C, cfg.vocab_size)
-        if cfg.image_shortcut:  # [repo] extension, off in d16: adds to each depth token a projection of the image
-            # token at its position; from scratch, a small model otherwise learns to ignore the image
-            self.image_shortcut = nn.Linear(cfg.z_channels, C)
-        self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])  # VAR's scale index per token (lvl_pos)
+        # [repo] extension, off in d16: each depth token plus a projection of the image token at its position
+        self.image_shortcut = nn.Linear(cfg.z_channels, C) if cfg.image_shortcut else None
+        self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])  # VAR's scale index per token
         official_key_buffers(self, cfg)  # section 6
         # Mask levels (not the scale embedding): the image tokens and the depth start token form mask level 0 and
         # all see each other. The mask exists so that no position sees the depth it predicts, and nothing at level 0
@@ -514,9 +507,9 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
     """DepthART's objective (paper Eq. 4-5). The model walked z_0..z_{K-1}, its own greedy token indices; the target
     at scale si is the nearest code, per position, to the area-resized residual that walk left,
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
-    and the inputs come from the walk -> (targets: idx_Bl per scale, the walk's f_hats). The quantizer's loop with z
-    for its nearest codes (so if z is its decomposition, these are VAR's targets); its .detach() calls, which keep
-    rest out of stage 1's autograd graph, are dropped: this runs under no_grad."""
+    and the inputs come from the walk -> (targets: idx_Bl per scale, the walk's f_hats). It is the quantizer's loop
+    with z in place of its nearest codes (if z is its decomposition, these are VAR's targets); f_D.detach() stays,
+    the quantizer's .detach() on eta is dropped: it runs under no_grad."""
     with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
@@ -643,8 +636,7 @@ class DepthART(nn.Module):
         return depth_from_decoder(self.vae.decode(f_hat_BCvhw))
 
     def decode_scales(self, f_hats: list) -> torch.Tensor:
-        """[repo] Visualisation: J partial sums f_hat -> the depth after each, from one batched decoder call:
-        (B, J, H, W). All K give the paper's Fig. 7, coarse to fine."""
+        """[repo] Visualisation (paper Fig. 7): J partial sums f_hat -> the depth after each, (B, J, H, W)."""
         J, B = len(f_hats), f_hats[0].shape[0]
         return self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1)[:, :, 0]
 
@@ -747,8 +739,8 @@ def check_paper_model(model: "DepthART"):
 
 def preset(name: str) -> Config:
     """The tools' --preset: the paper's d16, the release's, or a CPU model: tiny for a 2-core CPU (64x64, six
-    scales of 130 tokens, 512 codes, 4 blocks of width 128: 1.3M), small the shipped one (128x128, 16 pixels a
-    token as d16, 1024 codes, 6 blocks of 192)."""
+    scales of 130 tokens, 512 codes, 4 blocks of width 128: a 1.3M transformer), small the shipped
+    one (128x128, 16 pixels a token as d16, 1024 codes, 6 blocks of 192)."""
     cpu = dict(patch_nums=(1, 2, 3, 4, 6, 8), vae_ch=16, vae_res_blocks=1, num_classes=0, image_shortcut=True)
     presets = {"d16": Config.d16, "release": Config.release,
                "tiny": lambda: Config(image_size=64, vocab_size=512, vae_ch_mult=(1, 2, 4, 4), depth=4, width=128,
