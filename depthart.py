@@ -59,8 +59,8 @@ eta, dist, q/k/v/o, mask, bias, cond, valid, depth, logits...; a digit in a word
 Lists with one entry per scale are plain plurals, coarse to fine (z, targets, f_hats, idxs, inputs, logits).
 Unshaped by design: f_D, the depth map's latent (B,Cv,h,w), named as in the formulas (D is no dimension); z_si (the
 rollout's pick shapes it); f_hat_BCvhw = 0 before scale 0; section 5's eye and mat; qkv_bias (3C,); ticks
-(phi_count,). Formulas use the paper's letters: x_si the VQ-VAE's tokens, z_si the model's, t_si dynamic targets,
-i a coarser scale. Official keys keep VAR's letters (H heads, S scales).
+(phi_count,); pos_start (1,1,C), an official key. Formulas use the paper's letters: x_si the VQ-VAE's tokens,
+z_si the model's, t_si dynamic targets, i a coarser scale. Official keys keep VAR's letters (H heads, S scales).
 
 Tags mark what a learner may skip: "official key" (VAR's checkpoints load strictly), [release] the authors' weights,
 [export] ONNX/TensorRT, [speed], [repo] this repository's CPU models and tools, [normals] other targets.
@@ -508,8 +508,8 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
     at scale si is the nearest code, per position, to the area-resized residual that walk left,
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
     and the inputs come from the walk -> (targets: idx_Bl per scale, the walk's f_hats). It is the quantizer's loop
-    with z in place of its nearest codes (if z is its decomposition, these are VAR's targets); f_D.detach() stays,
-    the quantizer's .detach() on eta is dropped: it runs under no_grad."""
+    with z in place of its nearest codes (if z is its decomposition, these are VAR's targets). Its caller walk_targets
+    runs it under no_grad: targets are constants of a step although they move with the weights from step to step."""
     with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
@@ -529,8 +529,8 @@ def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tens
 
 
 class DepthART(nn.Module):
-    """A VQ-VAE, frozen after stage 1 (only var is trained; walk_targets and predict run under no_grad), and a VAR
-    transformer that predicts depth tokens after the image's tokens."""
+    """A VQ-VAE, frozen after stage 1 (only var's parameters are optimized, and no gradient reaches the VQ-VAE:
+    walk_targets and predict run under no_grad), and a VAR transformer that predicts depth tokens after the image's."""
 
     def __init__(self, cfg: Config):
         super().__init__()
