@@ -915,8 +915,8 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
     if check:  # PyTorch's answers first, then ONNX Runtime on the written files with the weights mapped from disk
         refs = references(model, batch, all_scales, max_scale=max_scale)
         release_freed_memory()  # the trace's and the rollout's freed heap, before ORT maps the weights
+    wanted = output_names(all_scales, model.cfg.target)[:-1] + (["tokens"] if tokens else [])
     if check and not keep_model and not (fp16 or int8):
-        wanted = output_names(all_scales, model.cfg.target)[:-1] + (["tokens"] if tokens else [])
         report["fp32_check"] = _write_then_check(model, graph, tensors, out_path, external, wanted, refs=refs,
                                                  batch=batch, all_scales=all_scales, require_exact=exact, log=log)
         return _finish(report, out_path, wanted, False, False, t0, log, model.cfg.target)
@@ -959,7 +959,6 @@ def export(model: D.DepthART, out_path, batch: int = 1, all_scales: bool = False
         if check:
             report["int8_check"] = verify_written(None, graph, external, out_path.parent, batch=batch, refs=refs,
                                                   all_scales=all_scales, require_exact=False, log=log)
-    wanted = output_names(all_scales, model.cfg.target)[:-1] + (["tokens"] if tokens else [])
     graph = keep_outputs(graph, wanted)
     save_graph(graph, out_path, external, tensors)
     return _finish(report, out_path, wanted, fp16, int8, t0, log, model.cfg.target)
