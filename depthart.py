@@ -97,7 +97,7 @@ class Config:
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
     # Not the method: variants that section 6 and zoo.build(cfg) choose; the defaults are the paper's.
-    image_shortcut: bool = False   # [repo] extension (VAR.__init__)
+    image_shortcut: bool = False   # [repo]
     target: str = "depth"          # [normals] the second modality: "depth" or zoo.py's "normals"
     depth_norm: str = "q98"        # [normals] "q98": normalize_depth; zoo.py has others
     attention: str = "l2"          # [release] "l2": SelfAttention, VAR's; "plain": zoo.PlainAttention
@@ -420,7 +420,7 @@ def block_causal_bias(levels_N: torch.Tensor) -> torch.Tensor:
 
 class VAR(nn.Module):
     """The next-scale transformer: embeddings, AdaLN blocks and the head; what the tokens mean is DepthART's
-    (below), save the prefix mask and image_shortcut. Training, rollout and inference all run through `forward`."""
+    (below), save the prefix mask. Training, rollout and inference all run through `forward`."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -434,8 +434,6 @@ class VAR(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(cfg) for _ in range(cfg.depth))
         self.head_nm = AdaLNHead(cfg)
         self.head = nn.Linear(C, cfg.vocab_size)
-        # [repo] extension, off in d16: each depth token plus a projection of the image token at its position
-        self.image_shortcut = nn.Linear(cfg.z_channels, C) if cfg.image_shortcut else None
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])  # VAR's scale index per token
         official_key_buffers(self, cfg)  # section 6
         # Mask levels (not the scale embedding): the image tokens and the depth start token form mask level 0 and
@@ -566,10 +564,7 @@ class DepthART(nn.Module):
             begin += 1
         if end > begin:
             parts.append(self.var.embed(f_BNCv, begin, end))
-        x_BNC = torch.cat(parts, 1)
-        if self.cfg.image_shortcut:  # [repo] extension (VAR.__init__); off in d16
-            x_BNC = x_BNC + self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:end])
-        return x_BNC
+        return torch.cat(parts, 1)
 
     def parallel_logits(self, img_BLCv: torch.Tensor, inputs: list) -> torch.Tensor:
         """One block-causal forward over [image prefix | depth inputs] -> depth logits_BLV; `inputs` are the
@@ -730,11 +725,13 @@ def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
 
 
 def check_paper_model(model: "DepthART"):
-    """DepthART.__init__: a Config of zoo.build's models ([normals], [release] attention) must not build the paper's."""
+    """DepthART.__init__: a Config of zoo.build's models ([normals], [release] attention, [repo] image_shortcut)
+    must not build the paper's."""
     cfg = model.cfg
-    if type(model) is DepthART and (cfg.target, cfg.depth_norm, cfg.attention) != ("depth", "q98", "l2"):
-        raise ValueError(f"target {cfg.target!r}, depth_norm {cfg.depth_norm!r}, attention {cfg.attention!r}: "
-                         "use zoo.build(cfg)")
+    if type(model) is DepthART and (cfg.target, cfg.depth_norm, cfg.image_shortcut, cfg.attention) != (
+            "depth", "q98", False, "l2"):
+        raise ValueError(f"target {cfg.target!r}, depth_norm {cfg.depth_norm!r}, image_shortcut {cfg.image_shortcut}, "
+                         f"attention {cfg.attention!r}: use zoo.build(cfg)")
 
 
 def preset(name: str) -> Config:

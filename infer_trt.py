@@ -282,7 +282,7 @@ def _code_digest() -> str:
     """Hash of the code that decides what an exported graph computes: a change invalidates the cache."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for name in ("depthart.py", "export.py"):
+    for name in ("depthart.py", "zoo.py", "export.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:10]
 

@@ -152,16 +152,26 @@ def target_of(cfg: D.Config):
 
 
 class TargetART(D.DepthART):
-    """DepthART as the paper does not configure it: on another target than the paper's depth, or with the release's
-    plain attention (Config.attention "plain", section 3), or both. The method of depthart.py is unchanged: only the
-    target's way into the VQ-VAE (encode_depth) and out of it (decode, decode_scales) goes through its target
-    object (DepthTarget's is the paper's), and the blocks' attention is swapped after they are built."""
+    """DepthART as the paper does not configure it: on another target than the paper's depth, with the release's
+    plain attention (Config.attention "plain", section 3), with the CPU presets' image shortcut
+    (Config.image_shortcut), or any of these together. The method of depthart.py is unchanged: only the target's way
+    into the VQ-VAE (encode_depth) and out of it (decode, decode_scales) goes through its target object
+    (DepthTarget's is the paper's), the blocks' attention is swapped after they are built, and the depth inputs
+    gain the shortcut (depth_tokens)."""
 
     def __init__(self, cfg: D.Config, target):
         super().__init__(cfg)
         self.target = target
+        if cfg.image_shortcut:
+            add_image_shortcut(self.var)
         if cfg.attention == "plain":
             use_plain_attention(self.var)
+
+    def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
+        x_BNC = super().depth_tokens(f_BNCv, img_BLCv, si0, si1)
+        if self.cfg.image_shortcut:  # each depth token plus a projection of the image token at its position
+            x_BNC = x_BNC + self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:self.bounds[si1]])
+        return x_BNC
 
     def encode_depth(self, gt_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
         return self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))
@@ -174,11 +184,22 @@ class TargetART(D.DepthART):
         return self.target.per_scale(self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1))
 
 
+def add_image_shortcut(var: D.VAR):
+    """Config.image_shortcut, an extension of the CPU presets (off in d16 and the release): a Linear (Cv -> C),
+    var.image_shortcut, whose projection of the image prefix's token is added to the depth input at the same scale
+    and position (TargetART.depth_tokens), because a small transformer trained from scratch otherwise ignores the
+    image for thousands of steps. Initialized as depthart.init_from_scratch initializes var's other Linears."""
+    shortcut = nn.Linear(var.cfg.z_channels, var.cfg.width)
+    nn.init.trunc_normal_(shortcut.weight, std=math.sqrt(1 / var.cfg.width / 3))
+    nn.init.zeros_(shortcut.bias)
+    var.image_shortcut = shortcut
+
+
 def build(cfg: D.Config) -> D.DepthART:
-    """The model a Config describes (random weights): depthart.DepthART for the paper's depth with VAR's attention,
-    else TargetART."""
+    """The model a Config describes (random weights): depthart.DepthART for the paper's depth with VAR's attention
+    and no image shortcut, else TargetART."""
     target = target_of(cfg)
-    paper = isinstance(target, DepthTarget) and cfg.attention == "l2"
+    paper = isinstance(target, DepthTarget) and cfg.attention == "l2" and not cfg.image_shortcut
     return D.DepthART(cfg) if paper else TargetART(cfg, target)
 
 

@@ -32,7 +32,7 @@ def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return lively(D.DepthART(D.preset("tiny")))
+    return lively(Z.build(D.preset("tiny")))
 
 
 def batch(B=2, S=64, seed=1):
@@ -193,7 +193,7 @@ def overfit(model, image, target, objective, steps=None) -> list:
 @pytest.mark.parametrize("objective", ["var", "depthart"])
 def test_one_batch_overfits(objective):
     torch.manual_seed(0)
-    model = D.DepthART(D.preset("tiny"))
+    model = Z.build(D.preset("tiny"))
     losses = overfit(model, *batch(B=2), objective)
     print(objective, "loss", losses[0], "->", losses[-1])
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
@@ -337,11 +337,13 @@ def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
         D.DepthART(cfg)
     with pytest.raises(ValueError, match="depth_norm 'log'"):  # nor the paper's depth normalized otherwise
         D.DepthART(D.Config(depth_norm="log"))
+    with pytest.raises(ValueError, match=r"image_shortcut True, attention 'l2': use zoo\.build"):  # nor the CPU presets'
+        D.DepthART(D.preset("tiny"))
 
 
 def test_a_half_precision_checkpoint_is_half_the_file_and_loads_back_to_float32(tmp_path):
     torch.manual_seed(0)
-    model = D.DepthART(D.preset("tiny")).eval()
+    model = Z.build(D.preset("tiny")).eval()
     Z.save_checkpoint(tmp_path / "full.safetensors", model, {"stage": "transformer"})
     Z.save_checkpoint(tmp_path / "half.safetensors", model, {"stage": "transformer"}, dtype=torch.float16)
     full, half = (tmp_path / "full.safetensors").stat().st_size, (tmp_path / "half.safetensors").stat().st_size

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 
 import depthart as D
 import export as E
+import zoo as Z
 
 # Every operator the TensorRT 10 ONNX parser supports (marked "Y"), from onnx/onnx-tensorrt docs/operators.md
 # at its "ONNX-TensorRT 10.1 GA release" commit (96e7811), which states that TensorRT 10 parses opsets 9 to 20.
@@ -35,7 +36,7 @@ Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Ups
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return E.lively(D.DepthART(D.preset("tiny")))
+    return E.lively(Z.build(D.preset("tiny")))
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2-all-scales"])

@@ -18,6 +18,7 @@ import data
 import depthart as D
 import export as E
 import infer_trt as I
+import zoo as Z
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def checkpoint(tmp_path_factory):
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    model = E.lively(D.DepthART(D.preset("tiny")))
+    model = E.lively(Z.build(D.preset("tiny")))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
               metadata={"config": json.dumps(dataclasses.asdict(model.cfg))})

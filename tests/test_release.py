@@ -93,7 +93,7 @@ def test_plain_attention_keeps_the_built_weights_and_the_random_stream():
     l2 model's tensors, less scale_mul_1H11 and the unsaved attn_bias_for_masking, and draws no random number."""
     cfg = D.preset("tiny")
     torch.manual_seed(0)
-    l2 = D.DepthART(cfg).state_dict()
+    l2 = Z.build(cfg).state_dict()
     after_l2 = torch.rand(3)
     torch.manual_seed(0)
     plain = Z.build(dataclasses.replace(cfg, attention="plain"))
@@ -163,7 +163,7 @@ def test_bad_release_files_give_one_clear_line(small_release, tmp_path, kind, me
     path = bad_files(small_release, tmp_path)[kind]
     with pytest.raises(ValueError, match=message) as e:
         if kind == "code_pickle":
-            Z.init_weights(D.DepthART(D.preset("tiny")), init=path)
+            Z.init_weights(Z.build(D.preset("tiny")), init=path)
         else:
             Z.load(path)
     assert "\n" not in str(e.value)

@@ -75,7 +75,7 @@ def test_stage1_trains_restarts_dead_codes_and_checkpoints(vqvae_run):
     saved = Z.read_state_dict(vqvae_run / train.CHECKPOINT)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     torch.manual_seed(0)
-    fresh = D.DepthART(cfg)
+    fresh = Z.build(cfg)
     assert not torch.equal(model.vae.encoder.conv_in.weight, fresh.vae.encoder.conv_in.weight)
     assert torch.equal(model.var.head.weight, fresh.var.head.weight)  # stage 1 leaves the transformer alone
     state = torch.load(vqvae_run / train.STATE, weights_only=True)
@@ -185,7 +185,7 @@ def test_two_gloo_ranks_end_with_equal_weights(tmp_path, stage):
     ranks = json.loads((tmp_path / "ranks.json").read_text())
     assert ranks["world"] == 2 and ranks["weights_sha256"][0] == ranks["weights_sha256"][1]
     torch.manual_seed(0)  # the run's initial weights (--seed 0)
-    assert ranks["weights_sha256"][0] != train.weights_digest(D.DepthART(D.preset("tiny")))
+    assert ranks["weights_sha256"][0] != train.weights_digest(Z.build(D.preset("tiny")))
     assert ranks["weights_sha256"][0] == train.weights_digest(load_checkpoint(tmp_path / train.CHECKPOINT)[0])
     assert [r["samples_per_s"] > 0 for r in rows(tmp_path) if "loss" in r] == [True, True]  # rank 0 logs alone
 
