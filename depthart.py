@@ -574,26 +574,27 @@ class DepthART(nn.Module):
                            self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
-    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, max_scale: int | None = None):
-        """Generation, one scale per transformer call (VAR's next-scale loop) -> (z, f_hats, logits): per scale the
-        tokens z_si, the cumulative latent f_hat and logits_BlV. The first call runs the image prefix and the depth
-        start token together, unmasked, as mask level 0 allows. Each later call feeds only the new scale, whose
-        keys and values join the KV cache; everything a call may attend to is then cached, so no call needs a mask."""
+    def rollout_steps(self, img_BLCv: torch.Tensor, pick=greedy):
+        """Generation, one scale per transformer call (VAR's next-scale loop), yielding scale by scale (z_si, f_hat,
+        logits_BlV): the tokens, the cumulative latent and the logits, so that a caller may stop after any scale
+        ([repo] anytime depth). The first call runs the image prefix and the depth start token together, unmasked, as
+        mask level 0 allows. Each later call feeds only the new scale, whose keys and values join the KV cache;
+        everything a call may attend to is then cached, so no call needs a mask."""
         caches, quant = [dict() for _ in self.var.blocks], self.vae.quantize
-        patch_nums = self.cfg.patch_nums[:max_scale]  # [repo] max_scale k (anytime depth): stop after k scales
         x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
-        z, f_hats, logits = [], [], []
         f_hat_BCvhw = 0  # not a tensor: the sum takes eta's shape, dtype and device from scale 0
-        for si, pn in enumerate(patch_nums):
+        for si, pn in enumerate(self.cfg.patch_nums):
+            if si:  # the sum so far at this scale's side, as next_inputs: training sees the same
+                f_BlCv = quant.resample(f_hat_BCvhw, pn, "area").flatten(2).transpose(1, 2)
+                x_BNC = self.depth_tokens(f_BlCv, img_BLCv, si, si + 1)
             logits_BlV = self.var(x_BNC, caches=caches)[:, -pn * pn:]
-            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # [release] pick: zoo.release_sampler
+            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # [release] pick
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
-            z.append(z_si)
-            f_hats.append(f_hat_BCvhw)
-            logits.append(logits_BlV)
-            if si + 1 < len(patch_nums):  # the sum so far at the next side, as next_inputs: training sees the same
-                f_next_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
-                x_BNC = self.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)
+            yield z_si, f_hat_BCvhw, logits_BlV
+
+    def rollout(self, img_BLCv: torch.Tensor, pick=greedy):
+        """All K scales of rollout_steps -> (z, f_hats, logits), each a list coarse to fine."""
+        z, f_hats, logits = map(list, zip(*self.rollout_steps(img_BLCv, pick)))
         return z, f_hats, logits
 
     @torch.no_grad()
@@ -636,11 +637,10 @@ class DepthART(nn.Module):
         return self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1)[:, :, 0]
 
     @torch.no_grad()
-    def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy, max_scale=None) -> torch.Tensor:
+    def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy) -> torch.Tensor:
         """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near); all_scales:
-        the depth after every scale (B, k, H, W), k = max_scale or K. pick: greedy (what export unrolls) or [release]
-        zoo.release_sampler(generator). [repo] max_scale k (anytime depth): decode the partial sum after k scales."""
-        f_hats = self.rollout(self.encode_image(image_B3HW), pick, max_scale=max_scale)[1]
+        the depth after every scale (B, K, H, W). pick: greedy, or [release] the release's sampler."""
+        f_hats = self.rollout(self.encode_image(image_B3HW), pick)[1]
         return self.decode_scales(f_hats) if all_scales else self.decode(f_hats[-1])
 
 

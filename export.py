@@ -93,7 +93,8 @@ def file_sha256(path, chunk=1 << 22) -> str:
 class Unrolled(nn.Module):
     """image (B,3,H,W) in [0,1] -> depth (B,1,H,W) [, depth_scales (B,K,H,W)], tokens (B,L) int64.
 
-    Exactly DepthART.predict: tracing records each scale of `rollout` as its own static step.
+    Exactly DepthART.predict (max_scale k: zoo.anytime_predict): tracing records each scale of the rollout as its
+    own static step.
     `tokens` concatenates the greedy token maps of all scales (scale k is tokens[:, bounds[k]:bounds[k+1]]);
     it exists so that the export can be checked token for token, and is dropped unless asked for.
     A normals model (cfg.target "normals") outputs normals (B,3,H,W) [, normals_scales (B,K,3,H,W)] instead.
@@ -105,7 +106,7 @@ class Unrolled(nn.Module):
 
     def forward(self, image_B3HW):
         m = self.model
-        z, f_hats, _ = m.rollout(m.encode_image(image_B3HW), max_scale=self.max_scale)
+        z, f_hats, _ = Z.anytime_rollout(m, m.encode_image(image_B3HW), self.max_scale)
         if self.all_scales:
             scales = m.decode_scales(f_hats)
             return Z.last_scale(scales), scales, torch.cat(z, 1)
@@ -795,11 +796,11 @@ def references(model: D.DepthART, batch: int, all_scales: bool, rounds: int | No
     for r in range(rounds):
         images = pool[r * batch:(r + 1) * batch]
         with torch.no_grad():  # one rollout gives the tokens and what model.predict decodes from it
-            z, f_hats, _ = model.rollout(model.encode_image(images), max_scale=max_scale)
+            z, f_hats, _ = Z.anytime_rollout(model, model.encode_image(images), max_scale)
             out["images"].append(images.numpy())
             out["tokens"].append([zk.numpy() for zk in z])
-            out["depth"].append(model.decode(f_hats[-1]).numpy())  # = model.predict(images, max_scale=max_scale)
-            if all_scales:  # = model.predict(images, all_scales=True, max_scale=max_scale)
+            out["depth"].append(model.decode(f_hats[-1]).numpy())  # = Z.anytime_predict(model, images, max_scale)
+            if all_scales:  # = Z.anytime_predict(model, images, max_scale, all_scales=True)
                 out["scales"].append(model.decode_scales(f_hats).numpy())
     return out
 

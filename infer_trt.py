@@ -179,7 +179,7 @@ class TorchBackend(Backend):
         with torch.no_grad():
             for image in torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(self.device):
                 x = image[None].expand(self.samples, -1, -1, -1)
-                y = self.model.predict(x, self.has_scales, self.pick, self.max_scale)
+                y = Z.anytime_predict(self.model, x, self.max_scale, self.has_scales, self.pick)
                 out.append((y if self.has_scales else y[:, 0]).cpu().numpy())
         return np.stack(out)
 
@@ -197,7 +197,7 @@ class TorchBackend(Backend):
             return out
         x = torch.from_numpy(images).to(self.device)
         with torch.no_grad():
-            scales = self.model.predict(x, self.has_scales, self.pick, self.max_scale).cpu().numpy()
+            scales = Z.anytime_predict(self.model, x, self.max_scale, self.has_scales, self.pick).cpu().numpy()
             if not self.has_scales:
                 return {self.target: scales}
             return {self.target: Z.last_scale(torch.from_numpy(scales)).numpy(), f"{self.target}_scales": scales}

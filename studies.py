@@ -58,7 +58,7 @@ def anytime(args) -> dict:
     rel = {k: float(np.mean(M.median_aligned_scores(list(scales[:, k - 1].numpy()), depths, valids)[0]))
            for k in range(1, K + 1)}
     one = images[:1]
-    runs = {k: ((lambda i, k=k: model.predict(one, max_scale=k)), args.reps, 1) for k in range(1, K + 1)}
+    runs = {k: ((lambda i, k=k: Z.anytime_predict(model, one, k)), args.reps, 1) for k in range(1, K + 1)}
     eager = time_interleaved(runs)
     ort_times = {}
     if args.ort:
@@ -78,7 +78,7 @@ def anytime(args) -> dict:
         big = E.lively(Z.build(D.Config.d16())).eval()
         x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            d16 = time_interleaved({k: ((lambda i, k=k: big.predict(x, max_scale=k)), args.d16_reps, 1)
+            d16 = time_interleaved({k: ((lambda i, k=k: Z.anytime_predict(big, x, k)), args.d16_reps, 1)
                                     for k in range(1, len(big.cfg.patch_nums) + 1)})
         del big
     pn, pn16 = model.cfg.patch_nums, D.Config.d16().patch_nums

@@ -12,12 +12,14 @@ official weights' key names, and the DepthART release's attention, sampler and l
                    loader of whole models, `init_weights` starts training from any of them
   3. The release's variants: its attention, its sampler (the mean of 5 filtered draws per token) and its
      training loss
+  4. Anytime depth: the rollout stopped after its first k scales, and the partial sum decoded
 
 depthart.py never imports this file; every tool does. (Not "models.py": VAR's official code is a package `models`.)
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -476,3 +478,21 @@ def release_loss(model: D.DepthART, image_B3HW, gt_BTHW, objective: str = "depth
     loss = ce + 10 * f_mse
     token_acc = (logits_BLV[:, :n].detach().argmax(-1) == target_BL[:, :n]).float().mean()
     return loss, {"loss": loss.detach(), "token_acc": token_acc, "f_mse": f_mse.detach()}
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Anytime depth (--max-scale k): every partial sum decodes to a depth map (the paper's Fig. 7)
+# ----------------------------------------------------------------------------------------------
+def anytime_rollout(model: D.DepthART, img_BLCv: torch.Tensor, max_scale: int | None = None, pick=D.greedy):
+    """model.rollout stopped after its first max_scale scales (None: all K) -> (z, f_hats, logits) of those."""
+    z, f_hats, logits = map(list, zip(*itertools.islice(model.rollout_steps(img_BLCv, pick), max_scale)))
+    return z, f_hats, logits
+
+
+@torch.no_grad()
+def anytime_predict(model: D.DepthART, image_B3HW: torch.Tensor, max_scale: int | None = None,
+                    all_scales: bool = False, pick=D.greedy) -> torch.Tensor:
+    """model.predict from the partial sum after the first max_scale scales k (None: all K), decoded; all_scales:
+    after each of the k scales, (B, k, H, W) for depth."""
+    f_hats = anytime_rollout(model, model.encode_image(image_B3HW), max_scale, pick)[1]
+    return model.decode_scales(f_hats) if all_scales else model.decode(f_hats[-1])

@@ -46,10 +46,14 @@ def test_max_scale_decodes_the_partial_sum_after_k_scales(tiny):
     model, _ = tiny
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     every = model.predict(x, all_scales=True)
-    z, f_hats, logits = model.rollout(model.encode_image(x), max_scale=3)
+    z, f_hats, logits = Z.anytime_rollout(model, model.encode_image(x), 3)
     assert len(z) == len(f_hats) == len(logits) == 3
-    assert torch.equal(model.predict(x, max_scale=3), every[:, 2:3])
-    assert torch.equal(model.predict(x, max_scale=6), every[:, 5:])
+    full = model.rollout(model.encode_image(x))
+    assert all(torch.equal(a, b) for got, ref in zip((z, f_hats, logits), full) for a, b in zip(got, ref[:3]))
+    assert all(torch.equal(a, b) for got, ref in zip(Z.anytime_rollout(model, model.encode_image(x)), full)
+               for a, b in zip(got, ref, strict=True))
+    assert torch.equal(Z.anytime_predict(model, x, 3), every[:, 2:3])
+    assert torch.equal(Z.anytime_predict(model, x, 6), every[:, 5:])
     assert not torch.equal(every[:, 2], every[:, 5])
 
 
@@ -61,7 +65,7 @@ def test_export_max_scale_graph_matches_pytorch_and_is_smaller(tiny, tmp_path):
     depth, tokens = ort.InferenceSession(str(tmp_path / "k2.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"image": x.numpy()})
     assert tokens.shape == (1, 1 + 4)  # the 1x1 and 2x2 scales only
-    assert np.abs(depth - model.predict(x, max_scale=2).numpy()).max() < 1e-4
+    assert np.abs(depth - Z.anytime_predict(model, x, 2).numpy()).max() < 1e-4
     with pytest.raises(ValueError, match="scales 1..6"):
         E.export(model, tmp_path / "k9.onnx", max_scale=9, log=lambda s: None)
 
