@@ -12,7 +12,7 @@ the walk's maps, with gradients, then scores those targets: the mask shows each 
 it reproduces the walk's logits, and argmax has no gradient, so this no-grad walk plus one forward is the whole
 step. The paper does not say how the walk picks its tokens. The release's training code takes the argmax, and so
 does this file, because that is the walk predict runs: training repairs exactly the past that inference produces,
-and no sampling noise enters the targets. (The release's evaluation samples instead; zoo.release_sampler reproduces it.)
+and no sampling noise enters the targets. (The release's evaluation samples instead [release].)
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -96,14 +96,14 @@ class Config:
     mlp_ratio: float = 4.0
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
-    # Not the method: variants that section 6 and zoo.build(cfg) choose; the defaults are the paper's.
+    # Variants, not the method: the defaults are the paper's; the others build with zoo.build(cfg).
     image_shortcut: bool = False   # [repo]
-    target: str = "depth"          # [normals] the second modality: "depth" or zoo.py's "normals"
-    depth_norm: str = "q98"        # [normals] "q98": normalize_depth; zoo.py has others
-    attention: str = "l2"          # [release] "l2": SelfAttention, VAR's; "plain": zoo.PlainAttention
+    target: str = "depth"          # [normals] the second modality: "depth" or "normals"
+    depth_norm: str = "q98"        # [normals] "q98": normalize_depth
+    attention: str = "l2"          # [release] "l2": SelfAttention, VAR's; "plain": the release's
     attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
-    def __post_init__(self):  # [repo] JSON lists back to tuples; one clear error for a bad Config (section 6)
+    def __post_init__(self):  # [repo] JSON lists back to tuples; a clear error for a bad Config
         check_config(self)
 
     @property
@@ -359,7 +359,7 @@ class SelfAttention(nn.Module):
 
     def normalize_qk(self, q_BANc, k_BANc):
         """Unit-length q and k, q times its head's temperature: the logits stay bounded however large the
-        activations grow. A method so that [release] zoo.PlainAttention can leave q and k as they are."""
+        activations grow. A method so that [release] plain attention can leave q and k as they are."""
         temperature_1A11 = self.scale_mul_1H11.clamp(max=math.log(100)).exp()
         return F.normalize(q_BANc, dim=-1) * temperature_1A11, F.normalize(k_BANc, dim=-1)
 
@@ -485,7 +485,7 @@ def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = 
     if valid_B1HW is not None:
         depth_BP = depth_BP.masked_fill(~valid_B1HW.reshape(B, -1), float("nan"))  # nanquantile skips them
     q98_B = torch.nanquantile(depth_BP, 0.98, dim=1)
-    check_depth(depth_B1HW, q98_B)  # [repo] one clear error (section 6)
+    check_depth(depth_B1HW, q98_B)  # [repo]
     x_B1HW = (2 * depth_B1HW / q98_B.view(B, 1, 1, 1) - 1).clamp(-1, 1)
     return x_B1HW.expand(-1, 3, -1, -1)
 
@@ -521,7 +521,7 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). [release]
-    The authors' evaluation runs zoo.release_sampler instead (the mean code of 5 filtered draws)."""
+    The authors' evaluation samples instead (the mean code of 5 filtered draws)."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
@@ -533,7 +533,7 @@ class DepthART(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        check_paper_model(self)  # [repo] section 6: zoo.build makes the models of other Configs
+        check_paper_model(self)  # [repo]
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
         self.bounds = [sum(pn * pn for pn in cfg.patch_nums[:si]) for si in range(len(cfg.patch_nums) + 1)]
@@ -541,18 +541,20 @@ class DepthART(nn.Module):
     def encode_image(self, image_B3HW: torch.Tensor) -> torch.Tensor:
         """Image prefix (paper Sec. 3.2) -> latents img_BLCv. Map si is the image's quantized sum after scales
         0..si at side pn: the whole image at each scale's resolution, all of it seen by every depth scale."""
-        # The paper does not say how the prefix maps are resized; we match the release (bicubic), whose weights
-        # expect it. Depth inputs differ on purpose: scale si's sum stops at si - 1 (its own tokens are the ones
-        # predicted) and is area-resized, as VAR's. Prefix map si reuses depth scale si's lvl_embed and pos_1LC
+        check_image(image_B3HW, self.cfg)  # [repo]
+        # Quantized sums, not the continuous latent: the prefix then lies where the depth inputs lie (resized sums of
+        # eta_i(code)), read by the same word_embed, which saw nothing else in VAR-d16's pretraining. The release
+        # does the same. The paper does not say how the prefix maps are resized; we match the release (bicubic), whose
+        # weights expect it. Depth inputs differ on purpose: scale si's sum stops at si - 1 (its own tokens are the
+        # ones predicted) and is area-resized, as VAR's. Prefix map si reuses depth scale si's lvl_embed and pos_1LC
         # (VAR-d16 has no modality embedding); the mask and the start token tell the halves apart.
-        check_image(image_B3HW, self.cfg)  # [repo] one clear error (section 6)
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         rs = self.vae.quantize.resample
         return torch.cat([rs(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
                           for f_hat_BCvhw, pn in zip(f_hats, self.cfg.patch_nums)], 1)
 
     def encode_depth(self, depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
-        """Ground-truth depth -> its continuous VQ-VAE latent f_D. [normals] zoo.py overrides this and decode."""
+        """Ground-truth depth -> its continuous VQ-VAE latent f_D. [normals] overridden, as decode is."""
         return self.vae.encode(normalize_depth(depth_B1HW, valid_B1HW))
 
     def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
@@ -619,7 +621,7 @@ class DepthART(nn.Module):
 
     def loss(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict). A training
-        step, in outline (train.py): opt = AdamW(model.var.parameters()); loss, _ = model.loss(image, depth);
+        step, in outline: opt = AdamW(model.var.parameters()); loss, _ = model.loss(image, depth);
         loss.backward(); opt.step(). Only var learns: the frozen VQ-VAE defines the tokens. The mean weighs every token
         alike, as VAR's trainer and the release do, so at d16 the finest scale (256 of 680 tokens) is 38% of it."""
         logits_BLV, idx_BL = self.logits_and_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
