@@ -727,8 +727,7 @@ def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
 
 
 def check_paper_model(model: "DepthART"):
-    """DepthART.__init__: a Config of zoo.build's models ([normals], [release] attention, [repo] image_shortcut)
-    must not build the paper's."""
+    """DepthART.__init__: a Config whose variant fields are not the paper's is built by zoo.build, not here."""
     cfg = model.cfg
     if type(model) is DepthART and (cfg.target, cfg.depth_norm, cfg.image_shortcut, cfg.attention) != (
             "depth", "q98", False, "l2"):
