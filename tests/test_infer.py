@@ -277,18 +277,19 @@ def read_clip(path):
     return meta, np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]).astype(np.float64)
 
 
-def test_a_three_second_video_through_the_cli_is_a_steady_depth_video(checkpoint, first_run, ort_backend, tmp_path):
+def test_a_three_second_video_through_the_cli_is_a_steady_depth_video(checkpoint, first_run, ort_backend, tmp_path,
+                                                                       monkeypatch, capsys):
     from scenes import render_world
     scene = render_world(data.TEST_SEED_START, size=(48, 80), family="box_room", augment=False)
     still = (scene["image"] * 255).round().astype(np.uint8)
     write_clip(tmp_path / "clip.mp4", [still] * 30, fps=10)  # 3 s of a static scene at 10 fps
     # --precision fp32: the batch-1 FP32 graph ort_backend exported (a static scene is steady in any precision);
     # the CLI's default INT8 graph would be one more export, which the folder of images already runs
-    res = subprocess.run([sys.executable, str(ROOT / "infer_trt.py"), "clip.mp4", "--checkpoint", str(checkpoint),
-                          "--backend", "ort", "--precision", "fp32", "--cache-dir", str(first_run[2]), "--out", "out",
-                          "--frames"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "clip: 30 frames" in res.stdout and "exporting" not in res.stdout  # the cached graph
+    monkeypatch.chdir(tmp_path)  # the command line's main, in this process, with paths relative to the clip's folder
+    code, text = run_main(["clip.mp4", "--checkpoint", str(checkpoint), "--backend", "ort", "--precision", "fp32",
+                           "--cache-dir", str(first_run[2]), "--out", "out", "--frames"], capsys)
+    assert code == 0, text
+    assert "clip: 30 frames" in text and "exporting" not in text  # the cached graph
     meta, frames = read_clip(tmp_path / "out" / "clip_depth.mp4")
     assert frames.shape == (30, 48, 80, 3) and meta["fps"] == 10
     change = np.abs(np.diff(frames, axis=0)).mean()  # mean change of a colour level from frame to frame
