@@ -4,7 +4,7 @@ Drive-like one (uc?export=download redirects to a "can't scan for viruses" page 
 token and whose cookie the file's GET must carry) reached through DEPTHART_GDRIVE_URL. Then the cases that must
 fail in one line and leave nothing at the final name: a truncated transfer, a wrong digest, a 404, Drive's
 quota page, no server, a full disk; a resume that sends Range; and the paper's name through the tools:
-`--checkpoint release` in a real infer_trt.py run, a missing name naming the download command, and
+`--checkpoint release` through infer_trt.main, a missing name naming the download command, and
 infer_trt.load("release", download=True).
 """
 import hashlib
@@ -162,13 +162,17 @@ def leftovers(cache):
 
 
 # --- Google Drive: the confirmation page, the checkpoint through the tools ----------------------------------
-def test_release_downloads_through_the_confirmation_page_then_runs_by_name(hosts, release_bytes, tmp_path):
+def test_release_downloads_through_the_confirmation_page_then_runs_by_name(hosts, release_bytes, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # infer_trt.main in this process, from another folder; download.py a fresh one
     # before the download: a tool names the exact command, in one line, and downloads nothing
-    missing = run("infer_trt.py", ROOT / "examples/room.png", "--checkpoint", "release", "--backend", "torch",
-                  "--out", tmp_path / "out", cwd=tmp_path)
-    assert missing.returncode == 2 and not Host.seen
-    assert missing.stderr.strip().count("\n") == 0
-    assert f"python {ROOT / 'download.py'} release" in missing.stderr and "--download" in missing.stderr
+    with pytest.raises(SystemExit) as missing:  # an argument error, as argparse ends one
+        infer_trt.main([str(ROOT / "examples/room.png"), "--checkpoint", "release", "--backend", "torch",
+                        "--out", str(tmp_path / "out")])
+    said = capsys.readouterr()
+    assert missing.value.code == 2 and not Host.seen
+    assert said.err.strip().count("\n") == 0
+    assert f"python {ROOT / 'download.py'} release" in said.err and "--download" in said.err
 
     got = run("download.py", "release", cwd=tmp_path)  # from another folder
     assert got.returncode == 0, got.stderr
@@ -183,9 +187,9 @@ def test_release_downloads_through_the_confirmation_page_then_runs_by_name(hosts
     assert "model.safetensors" in got.stderr  # the progress bar names the file
 
     out = tmp_path / "depth"
-    ran = run("infer_trt.py", ROOT / "examples/room.png", "--checkpoint", "release", "--backend", "torch",
-              "--npy", "--out", out, cwd=tmp_path)
-    assert ran.returncode == 0, ran.stdout + ran.stderr
+    ran = infer_trt.main([str(ROOT / "examples/room.png"), "--checkpoint", "release", "--backend", "torch",
+                          "--npy", "--out", str(out)])
+    assert ran == 0, capsys.readouterr()
     depth = np.load(out / "room_depth.npy")
     assert depth.ndim == 2 and np.isfinite(depth).all() and depth.std() > 0
 

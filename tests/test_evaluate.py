@@ -752,12 +752,12 @@ def test_real_reader_reads_the_layout_back(tmp_path):
     (lambda d: (d / "f").mkdir() or (d / "f" / "meta.json").write_text('{"source": "s", "kind": "sparse"}'),
      "needs \"source\" and \"kind\""),
 ])
-def test_real_set_bad_layout_is_one_line(tmp_path, setup, message):
-    setup(tmp_path)
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", "ramp", "--dataset", "real",
-                           "--data-root", str(tmp_path), "--no-progress"], capture_output=True, text=True, cwd="/")
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+def test_real_set_bad_layout_is_one_line(tmp_path, setup, message, capsys):
+    setup(tmp_path)  # in this process: test_cli_subprocess_ramp_on_ibims runs the command line from another folder
+    with pytest.raises(SystemExit) as end:
+        ev.main(["--checkpoint", "ramp", "--dataset", "real", "--data-root", str(tmp_path), "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert end.value.code == 2 and len(lines) == 1 and message in lines[0], lines
 
 
 def test_affine_inverse_alignment_recovers_a_known_affine_map():

@@ -122,11 +122,15 @@ def test_rerun_without_overwrite_skips_and_keeps_files(first_run, capsys):
     assert "5 images written" in text
 
 
-def test_torch_and_onnxruntime_backends_agree(checkpoint, first_run):
-    _, _, cache = first_run
+@pytest.fixture(scope="module")
+def ort_backend(checkpoint, first_run):
+    """The FP32 graph at batch 2, exported once into first_run's cache (which holds the CLI's default on a CPU, the
+    INT8 graph): the Python API, the video and the agreement with PyTorch run it."""
+    return I.load_backend(checkpoint, "ort", batch=2, cache_dir=first_run[2])
+
+
+def test_torch_and_onnxruntime_backends_agree(checkpoint, ort_backend):
     torch_backend = I.load_backend(checkpoint, "torch")
-    # exports the FP32 graph here: first_run cached the CLI default on a CPU, the INT8 graph
-    ort_backend = I.load_backend(checkpoint, "ort", batch=2, all_scales=True, cache_dir=cache)
     assert torch_backend.image_size == ort_backend.image_size == 64 and ort_backend.batch == 2
     images = E.sample_images(3, 64).numpy()  # 3 images through a batch-2 graph: padded last chunk
     a, b = torch_backend.predict(images), ort_backend.predict(images)
@@ -181,11 +185,6 @@ def test_fit_square_pads_and_crops_back_exactly():
     assert back.shape == (3, 32, 64) and np.abs(back - x).mean() < 0.01  # down and up again: the geometry kept
     squashed, box = data.fit_square(x, 32, "squash")
     assert squashed.shape == (3, 32, 32) and box == (0, 0, 32, 32)
-
-
-@pytest.fixture(scope="module")
-def ort_backend(checkpoint, first_run):
-    return I.load_backend(checkpoint, "ort", cache_dir=first_run[2])
 
 
 def test_python_api_takes_paths_pil_images_and_arrays_of_any_size(ort_backend, folder):
@@ -278,18 +277,19 @@ def read_clip(path):
     return meta, np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]).astype(np.float64)
 
 
-def test_a_three_second_video_through_the_cli_is_a_steady_depth_video(checkpoint, first_run, ort_backend, tmp_path):
+def test_a_three_second_video_through_the_cli_is_a_steady_depth_video(checkpoint, first_run, ort_backend, tmp_path,
+                                                                       monkeypatch, capsys):
     from scenes import render_world
     scene = render_world(data.TEST_SEED_START, size=(48, 80), family="box_room", augment=False)
     still = (scene["image"] * 255).round().astype(np.uint8)
     write_clip(tmp_path / "clip.mp4", [still] * 30, fps=10)  # 3 s of a static scene at 10 fps
-    # --precision fp32: the batch-1 FP32 graph ort_backend exported (a static scene is steady in any precision);
-    # the CLI's default INT8 graph would be one more export, which the folder of images already runs
-    res = subprocess.run([sys.executable, str(ROOT / "infer_trt.py"), "clip.mp4", "--checkpoint", str(checkpoint),
-                          "--backend", "ort", "--precision", "fp32", "--cache-dir", str(first_run[2]), "--out", "out",
-                          "--frames"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "clip: 30 frames" in res.stdout and "exporting" not in res.stdout  # the cached graph
+    # --precision fp32 --batch 2: the graph ort_backend exported (a static scene is steady in any precision);
+    # the CLI's default INT8 graph at batch 1 would be one more export, which the folder of images already runs
+    monkeypatch.chdir(tmp_path)  # the command line's main, in this process, with paths relative to the clip's folder
+    code, text = run_main(["clip.mp4", "--checkpoint", str(checkpoint), "--backend", "ort", "--precision", "fp32",
+                           "--batch", "2", "--cache-dir", str(first_run[2]), "--out", "out", "--frames"], capsys)
+    assert code == 0, text
+    assert "clip: 30 frames" in text and "exporting" not in text  # the cached graph
     meta, frames = read_clip(tmp_path / "out" / "clip_depth.mp4")
     assert frames.shape == (30, 48, 80, 3) and meta["fps"] == 10
     change = np.abs(np.diff(frames, axis=0)).mean()  # mean change of a colour level from frame to frame
@@ -331,9 +331,9 @@ def test_sequence_frames_are_scaled_to_one_another_and_a_bad_frame_costs_a_line(
 # ---------------------------------------------------------------------------------------------
 # TensorRT paths with a fake TensorRT module
 # ---------------------------------------------------------------------------------------------
-def test_unwritable_engine_folder_falls_back_to_onnxruntime(first_run, fake_tensorrt, tmp_path):
+def test_unwritable_engine_folder_falls_back_to_onnxruntime(first_run, ort_backend, fake_tensorrt, tmp_path):
     fake = fake_tensorrt()
-    graph = next(first_run[2].rglob("*b1-opset*.onnx"))
+    graph = next(p for p in first_run[2].rglob("*.onnx") if "int8" not in p.name)  # ort_backend's FP32 graph
     blocked = tmp_path / "a-file"
     blocked.write_text("x")  # a folder that cannot be created, even by root
     lines = []

@@ -2,6 +2,7 @@
 HyperSim trains from its official layout, and bad arguments end in one clear line."""
 import functools
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -156,32 +157,67 @@ def run_bare(out, *args):
     return out / train.CHECKPOINT
 
 
+def forked(target, *args, log=None):
+    """target(*args) in a child forked from this process (torch already imported: no seconds spent importing it),
+    its stdout and stderr written to `log`; -> the started multiprocessing.Process."""
+    def child():
+        if log is not None:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1), os.dup2(fd, 2)
+            sys.stdout = sys.stderr = open(fd, "w", buffering=1)  # pytest's capture replaced the Python objects too
+        sys.exit(target(*args))
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    return proc
+
+
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
-    cmd = [sys.executable, str(ROOT / "train.py"), *SMALL, "--stage", "transformer", "--objective", "var",
-           "--steps", "100000", "--val-every", "100000", "--save-every", "100000", "--out", str(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    argv = SMALL + ["--stage", "transformer", "--objective", "var", "--steps", "100000", "--val-every", "100000",
+                    "--save-every", "100000", "--out", str(tmp_path / "run")]
+    log = tmp_path / "log.txt"
+    proc = forked(train.main, argv, log=log)
     deadline = time.time() + 120
-    while not rows(tmp_path):  # wait for the first logged step
-        assert proc.poll() is None, proc.stdout.read()
+    while not rows(tmp_path / "run"):  # wait for the first logged step
+        assert proc.is_alive(), log.read_text()
         assert time.time() < deadline, "no step logged within 120 s"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, output
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join(120)
+    output = log.read_text()
+    assert proc.exitcode == 0, output
     assert "stopped by SIGTERM" in output and "Traceback" not in output
-    _, _, meta = load_checkpoint(tmp_path / train.CHECKPOINT)
+    _, _, meta = load_checkpoint(tmp_path / "run" / train.CHECKPOINT)
     assert 1 <= meta["step"] < 100000
-    assert torch.load(tmp_path / train.STATE, weights_only=True)["step"] == meta["step"]
+    assert torch.load(tmp_path / "run" / train.STATE, weights_only=True)["step"] == meta["step"]
+
+
+def run_ranks(argv, world: int = 2) -> list:
+    """train.main(argv) in `world` ranks under torchrun's contract (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and
+    MASTER_PORT), each rank forked from this process (forked: a rank that torchrun starts spends seconds of a 2-core
+    machine importing torch). docs/gpu_check.sh's test runs train.py through torchrun itself.
+    -> the ranks' exit codes."""
+    port = free_port()
+
+    def rank(r):
+        os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.set_num_threads(1)  # as torchrun's OMP_NUM_THREADS=1 for several processes on one machine
+        return train.main(argv)
+    procs = [forked(rank, r) for r in range(world)]
+    for p in procs:
+        p.join(300)
+    for p in procs:
+        if p.is_alive():  # a rank whose peer failed waits in a collective: end it, the exit code says so
+            p.kill()
+            p.join()
+    return [p.exitcode for p in procs]
 
 
 @pytest.mark.parametrize("stage", ["vqvae", "transformer"])
 def test_two_gloo_ranks_end_with_equal_weights(tmp_path, stage):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(ROOT / "train.py"), *SMALL, "--batch-size", "1", "--stage", stage, "--objective", "depthart",
-           "--steps", "2", "--val-every", "100", "--restart-every", "1", "--lr", "1e-3", "--out", str(tmp_path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    codes = run_ranks(SMALL + ["--batch-size", "1", "--stage", stage, "--objective", "depthart", "--steps", "2",
+                               "--val-every", "100", "--restart-every", "1", "--lr", "1e-3", "--out", str(tmp_path)])
+    assert codes == [0, 0]
     ranks = json.loads((tmp_path / "ranks.json").read_text())
     assert ranks["world"] == 2 and ranks["weights_sha256"][0] == ranks["weights_sha256"][1]
     torch.manual_seed(0)  # the run's initial weights (--seed 0)
