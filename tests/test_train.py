@@ -157,25 +157,38 @@ def run_bare(out, *args):
     return out / train.CHECKPOINT
 
 
-def forked(target, *args, log=None):
-    """target(*args) in a child forked from this process (torch already imported: no seconds spent importing it),
-    its stdout and stderr written to `log`; -> the started multiprocessing.Process."""
-    def child():
-        if log is not None:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(fd, 1), os.dup2(fd, 2)
-            sys.stdout = sys.stderr = open(fd, "w", buffering=1)  # pytest's capture replaced the Python objects too
-        sys.exit(target(*args))
-    proc = multiprocessing.get_context("fork").Process(target=child)
+def train_main(argv, env=None, log=None) -> int:
+    """train.main(argv) in a child process (below): `env` added to its environment, its output written to `log`."""
+    os.environ.update(env or {})
+    torch.set_num_threads(1)  # as torchrun's OMP_NUM_THREADS=1 for several processes on one machine
+    if log is not None:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1), os.dup2(fd, 2)
+        sys.stdout = sys.stderr = open(fd, "w", buffering=1)
+    return train.main(argv)
+
+
+def child(argv, env=None, log=None):
+    """train_main in a child process -> the started multiprocessing.Process. Children come from a fork server: one
+    process that imported train.py (and torch) once, single-threaded, so each child starts in a moment where a
+    fresh interpreter would spend seconds of a 2-core machine importing torch, and no lock of this process's
+    threads is inherited, as it would be by a fork of this process."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["train"])
+    proc = ctx.Process(target=_exit_with, args=(argv, env, log))
     proc.start()
     return proc
+
+
+def _exit_with(argv, env, log):
+    sys.exit(train_main(argv, env, log))
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     argv = SMALL + ["--stage", "transformer", "--objective", "var", "--steps", "100000", "--val-every", "100000",
                     "--save-every", "100000", "--out", str(tmp_path / "run")]
     log = tmp_path / "log.txt"
-    proc = forked(train.main, argv, log=log)
+    proc = child(argv, log=log)
     deadline = time.time() + 120
     while not rows(tmp_path / "run"):  # wait for the first logged step
         assert proc.is_alive(), log.read_text()
@@ -192,18 +205,11 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def run_ranks(argv, world: int = 2) -> list:
-    """train.main(argv) in `world` ranks under torchrun's contract (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and
-    MASTER_PORT), each rank forked from this process (forked: a rank that torchrun starts spends seconds of a 2-core
-    machine importing torch). docs/gpu_check.sh's test runs train.py through torchrun itself.
-    -> the ranks' exit codes."""
+    """train.main(argv) in `world` child processes under torchrun's contract (RANK, LOCAL_RANK, WORLD_SIZE,
+    MASTER_ADDR and MASTER_PORT) -> the ranks' exit codes. docs/gpu_check.sh's test runs train.py through torchrun."""
     port = free_port()
-
-    def rank(r):
-        os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        torch.set_num_threads(1)  # as torchrun's OMP_NUM_THREADS=1 for several processes on one machine
-        return train.main(argv)
-    procs = [forked(rank, r) for r in range(world)]
+    procs = [child(argv, dict(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))) for r in range(world)]
     for p in procs:
         p.join(300)
     for p in procs:
