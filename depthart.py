@@ -339,12 +339,13 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())  # log temperature
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
-        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))  # k has none
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width))  # k learns no bias; VAR's files store this zero
         self.proj = nn.Linear(width, width)
 
     def forward(self, x_BNC, bias_11NM, cache: dict | None = None):
         B, N, C = x_BNC.shape
-        qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))  # zero_k_bias: zeros (section 6)
+        qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, qkv_bias).view(B, N, 3, self.heads, C // self.heads)
         q_BANc, k_BANc, v_BANc = qkv_BN3Ac.permute(2, 0, 3, 1, 4).unbind(0)
         q_BANc, k_BANc = self.normalize_qk(q_BANc, k_BANc)
@@ -685,12 +686,10 @@ class Resampler(nn.Module):
 # ----------------------------------------------------------------------------------------------
 def official_key_buffers(module: VQVAE | VAR, cfg: Config):
     """Buffers that VAR's checkpoints hold, registered only so that those files load strictly (keys, shapes and
-    dtypes); the method reads none of them but SelfAttention's zero_k_bias."""
-    if isinstance(module, VQVAE):  # per-scale code-hit counts (K, V) of VAR's VQ-VAE training; stage 1 counts its own
+    dtypes); nothing reads them."""
+    if isinstance(module, VQVAE):  # per-scale code-hit counts (K, V) of VAR's VQ-VAE training
         module.quantize.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
         return
-    for block in module.blocks:  # VAR learns biases for q and v; its files store the k bias, zero, as a buffer
-        block.attn.register_buffer("zero_k_bias", torch.zeros(cfg.width))
     # VAR's mask over one modality; prefix_bias_11NN, which also spans the image prefix, replaces it
     module.register_buffer("attn_bias_for_masking", block_causal_bias(module.lvl_1L[0]))
 

@@ -403,9 +403,7 @@ def use_plain_attention(var: D.VAR):
             plain = PlainAttention(var.cfg.width, var.cfg.heads, var.cfg.attn_tau)
         tensors = block.attn.state_dict(keep_vars=True)
         del tensors["scale_mul_1H11"]
-        zero_k_bias = tensors.pop("zero_k_bias")  # registered by depthart.official_key_buffers, not by the class
         plain.load_state_dict(tensors, assign=True)
-        plain.register_buffer("zero_k_bias", zero_k_bias)
         block.attn = plain
     var.register_buffer("attn_bias_for_masking", var.attn_bias_for_masking, persistent=False)
 
