@@ -39,13 +39,16 @@ One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wron
   loss = CE(logits_BLV, t_0..t_9)        one mean over all B x 680 tokens: it learns to repair its own past
 
 Read top to bottom: 1. Config; 2. the residual VQ-VAE; 3. the VAR transformer; 4. DepthART; 5. [export] resizes
-as matrix products; 6. [repo] checks, presets, initialization. Imports only torch and the standard library.
+as matrix products; 6. [repo] checks, initialization. Imports only torch and the standard library.
 
 Training in three stages [repo]. A repair target is learnable only when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE, frozen: that transformer already
-walks coherent residual maps. From random weights the walk is noise, and so are its targets. So the CPU presets
-train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing; 3. the transformer by DepthART
-from stage 2's weights.
+walks coherent residual maps. From random weights the walk is noise, and so are its targets. So this repository's
+small CPU models train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing (loss(..., "var"));
+3. the transformer by DepthART (loss(..., "depthart")) from stage 2's weights.
+Elsewhere in the repository (zoo.py, and the tools above it): those CPU models' sizes (presets) and stage-1 VQ-VAE
+training, variants beyond the paper (other targets such as surface normals, the authors' release's attention and
+sampler), checkpoint files, and ONNX/TensorRT export.
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
@@ -80,7 +83,7 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Config:
-    """The model's sizes; d16() is the paper's. [repo] preset(name), section 6, adds the CPU models."""
+    """The model's sizes; d16() is the paper's (the repository's CPU models use smaller ones)."""
     image_size: int = 256
     patch_nums: tuple = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
     vocab_size: int = 4096
@@ -96,12 +99,6 @@ class Config:
     mlp_ratio: float = 4.0
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
-    # Variants, not the method: the defaults are the paper's; the others build with zoo.build(cfg).
-    image_shortcut: bool = False   # [repo]
-    target: str = "depth"          # [normals] the second modality: "depth" or "normals"
-    depth_norm: str = "q98"        # [normals] "q98": normalize_depth
-    attention: str = "l2"          # [release] "l2": SelfAttention, VAR's; "plain": the release's
-    attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
     def __post_init__(self):  # [repo] JSON lists back to tuples; a clear error for a bad Config
         check_config(self)
@@ -115,10 +112,10 @@ class Config:
         """The paper: VAR-d16 (310M) on vae_ch160v4096z32, 256x256 input, 680 tokens per modality."""
         return cls()
 
-    @classmethod
-    def release(cls) -> "Config":
-        """The authors' release (github bulatko/DepthART): d16 with plain attention (cos_attn False, tau 4)."""
-        return cls(attention="plain")
+    def variant(self) -> str:
+        """[repo] "": the paper's model. A Config subclass with fields beyond the paper's (other targets, other
+        attention) names them here, so that DepthART, which implements only the paper, refuses it."""
+        return ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -534,7 +531,8 @@ class DepthART(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        check_paper_model(self)  # [repo]
+        if type(self) is DepthART and cfg.variant():  # [repo] a variant's model is a subclass, built elsewhere
+            raise ValueError(f"{cfg.variant()}: use zoo.build(cfg)")
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
         self.bounds = [sum(pn * pn for pn in cfg.patch_nums[:si]) for si in range(len(cfg.patch_nums) + 1)]
@@ -682,7 +680,7 @@ class Resampler(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. [repo] Not the method: official-key buffers, input and config checks, CPU presets, VAR's initialization
+# 6. [repo] Not the method: official-key buffers, input and config checks, VAR's initialization
 # ----------------------------------------------------------------------------------------------
 def official_key_buffers(module: VQVAE | VAR, cfg: Config):
     """Buffers that VAR's checkpoints hold, registered only so that those files load strictly (keys, shapes and
@@ -703,8 +701,6 @@ def check_config(cfg: Config):
                          f"x VQ-VAE downsampling {down}")
     if cfg.width % cfg.heads:
         raise ValueError(f"width {cfg.width} is not divisible by heads {cfg.heads}")
-    if cfg.attention not in ("l2", "plain"):
-        raise ValueError(f"attention must be 'l2' or 'plain', got {cfg.attention!r}")
 
 
 def check_image(image_B3HW: torch.Tensor, cfg: Config):
@@ -723,30 +719,6 @@ def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
     if bad_B.any():
         raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are all zero, negative or have no "
                          "valid pixel: nothing to normalize")
-
-
-def check_paper_model(model: "DepthART"):
-    """DepthART.__init__: a Config whose variant fields are not the paper's is built by zoo.build, not here."""
-    cfg = model.cfg
-    if type(model) is DepthART and (cfg.target, cfg.depth_norm, cfg.image_shortcut, cfg.attention) != (
-            "depth", "q98", False, "l2"):
-        raise ValueError(f"target {cfg.target!r}, depth_norm {cfg.depth_norm!r}, image_shortcut {cfg.image_shortcut}, "
-                         f"attention {cfg.attention!r}: use zoo.build(cfg)")
-
-
-def preset(name: str) -> Config:
-    """The tools' --preset: the paper's d16, the release's, or a CPU model: tiny for a 2-core CPU (64x64, six
-    scales of 130 tokens, 512 codes, 4 blocks of width 128: a 1.3M transformer), small the shipped
-    one (128x128, 16 pixels a token as d16, 1024 codes, 6 blocks of 192)."""
-    cpu = dict(patch_nums=(1, 2, 3, 4, 6, 8), vae_ch=16, vae_res_blocks=1, num_classes=0, image_shortcut=True)
-    presets = {"d16": Config.d16, "release": Config.release,
-               "tiny": lambda: Config(image_size=64, vocab_size=512, vae_ch_mult=(1, 2, 4, 4), depth=4, width=128,
-                                      heads=4, **cpu),
-               "small": lambda: Config(image_size=128, vocab_size=1024, vae_ch_mult=(1, 1, 2, 4, 4), depth=6,
-                                       width=192, heads=6, **cpu)}
-    if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
-    return presets[name]()
 
 
 def init_from_scratch(var: VAR, adaln=0.5, adaln_gamma=1e-5, head=0.02):
