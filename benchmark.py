@@ -177,7 +177,7 @@ def build_model(args) -> tuple[D.DepthART, str]:
     if args.checkpoint:
         return Z.load(args.checkpoint), Path(args.checkpoint).name
     torch.manual_seed(args.seed)
-    model = E.lively(Z.build(D.preset(args.preset)), seed=args.seed)
+    model = E.lively(Z.build(Z.preset(args.preset)), seed=args.seed)
     return model, f"preset {args.preset}, random weights (seed {args.seed})"
 
 

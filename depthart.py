@@ -2,17 +2,19 @@
 
 Why this model trains the way it does. DepthART (Gabdullin et al., arXiv 2409.15010) predicts a depth map the way
 VAR (Tian et al., arXiv 2404.02905) generates an image: as token maps from coarse (1x1) to fine (16x16), each a
-*residual* on the sum of the coarser ones, here after a prefix of the RGB image's tokens. VAR trains by teacher
+*residual* on the sum of the coarser ones, here after an image prefix: the RGB image's VQ-VAE latents, one map per
+scale (its quantized partial sums, continuous vectors rather than token indices). VAR trains by teacher
 forcing: at scale si the transformer is shown the *true* coarser maps. At inference it is shown its *own*, whose
 mistakes it never saw in training, so errors compound from scale to scale (exposure bias). DepthART trains on what
 inference sees. Each step, the model first walks: without gradients, it rolls out its own maps z_0..z_{K-1}. Then
 the target at each scale, a "dynamic target", is recomputed from the true depth: the tokens the VQ-VAE's quantizer
 would choose for what the walk's coarser scales left unexplained (formulas below). One block-causal forward over
 the walk's maps, with gradients, then scores those targets: the mask shows each scale exactly what the walk saw, so
-it reproduces the walk's logits, and argmax has no gradient, so this no-grad walk plus one forward is the whole
-step. The paper does not say how the walk picks its tokens. The release's training code takes the argmax, and so
-does this file, because that is the walk predict runs: training repairs exactly the past that inference produces,
-and no sampling noise enters the targets. (The release's evaluation samples instead [release].)
+it reproduces the walk's logits (the model has no dropout or drop-path, so train and eval modes compute alike), and
+argmax has no gradient, so this no-grad walk plus one forward is the whole step. The paper does not say how the
+walk picks its tokens. The authors' released training code takes the argmax, and so does this file, because that
+is the walk predict runs: training repairs exactly the past that inference produces, and no sampling noise enters
+the targets. (The authors' released evaluation samples instead: the mean code of 5 filtered draws per token.)
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -39,13 +41,16 @@ One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wron
   loss = CE(logits_BLV, t_0..t_9)        one mean over all B x 680 tokens: it learns to repair its own past
 
 Read top to bottom: 1. Config; 2. the residual VQ-VAE; 3. the VAR transformer; 4. DepthART; 5. [export] resizes
-as matrix products; 6. [repo] checks, presets, initialization. Imports only torch and the standard library.
+as matrix products; 6. [repo] checks, initialization. Imports only torch and the standard library.
 
 Training in three stages [repo]. A repair target is learnable only when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE, frozen: that transformer already
-walks coherent residual maps. From random weights the walk is noise, and so are its targets. So the CPU presets
-train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing; 3. the transformer by DepthART
-from stage 2's weights.
+walks coherent residual maps. From random weights the walk is noise, and so are its targets. So this repository's
+small CPU models train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing (loss(..., "var"));
+3. the transformer by DepthART (loss(..., "depthart")) from stage 2's weights.
+Elsewhere in the repository (zoo.py, and the tools above it): those CPU models' sizes (presets) and stage-1 VQ-VAE
+training, variants beyond the paper (other targets such as surface normals, the authors' release's attention and
+sampler), checkpoint files, and ONNX/TensorRT export.
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
@@ -56,14 +61,15 @@ Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and 
 Prefixes: "x: activations or a network's input", "f: VQ-VAE latents", "image: pixels", "img: the image prefix's
 latents", "idx: token indices", "code: code vectors", "gt: ground-truth depth"; other prefixes are plain words (rest,
 eta, dist, q/k/v/o, mask, bias, cond, valid, depth, logits...; a digit in a word, as in gamma1 or q98, is no size).
-Lists with one entry per scale are plain plurals, coarse to fine (z, targets, f_hats, idxs, inputs, logits).
+Lists over scales are plain plurals, coarse to fine: one entry per scale (z, targets, f_hats, idxs, logits), but
+inputs has K-1 (they feed scales 1..K-1) and bounds K+1 (where each scale starts in a modality, then L).
 Unshaped by design: f_D, the depth map's latent (B,Cv,h,w), named as in the formulas (D is no dimension); z_si (the
 rollout's pick shapes it); f_hat_BCvhw = 0 before scale 0; section 5's eye and mat; qkv_bias (3C,); ticks
 (phi_count,); pos_start (1,1,C), an official key. Formulas use the paper's letters: x_si the VQ-VAE's tokens,
 z_si the model's, t_si dynamic targets, i a coarser scale. Official keys keep VAR's letters (H heads, S scales).
 
 Tags mark what a learner may skip: "official key" (VAR's checkpoints load strictly), [release] the authors' weights,
-[export] ONNX/TensorRT, [speed], [repo] this repository's CPU models and tools, [normals] other targets.
+[export] ONNX/TensorRT, [speed], [repo] this repository's CPU models, variants and tools.
 """
 from __future__ import annotations
 
@@ -80,7 +86,7 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Config:
-    """The model's sizes; d16() is the paper's. [repo] preset(name), section 6, adds the CPU models."""
+    """The model's sizes; d16() is the paper's (the repository's CPU models use smaller ones)."""
     image_size: int = 256
     patch_nums: tuple = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
     vocab_size: int = 4096
@@ -88,7 +94,7 @@ class Config:
     vae_ch: int = 160
     vae_ch_mult: tuple = (1, 1, 2, 2, 4)  # one level per entry; len-1 stride-2 downsamplings
     vae_res_blocks: int = 2        # per encoder level; the decoder has one more
-    phi_count: int = 4             # four partially shared Phi convolutions
+    phi_count: int = 4             # Phi convolutions of eta (section 2b), each shared by neighbouring scales
     phi_ratio: float = 0.5         # Phi(f) = (1 - r) f + r conv3x3(f)
     depth: int = 16                # transformer blocks (VAR's name; not the depth map)
     width: int = 1024              # C
@@ -96,12 +102,6 @@ class Config:
     mlp_ratio: float = 4.0
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
-    # Variants, not the method: the defaults are the paper's; the others build with zoo.build(cfg).
-    image_shortcut: bool = False   # [repo]
-    target: str = "depth"          # [normals] the second modality: "depth" or "normals"
-    depth_norm: str = "q98"        # [normals] "q98": normalize_depth
-    attention: str = "l2"          # [release] "l2": SelfAttention, VAR's; "plain": the release's
-    attn_tau: float = 4.0          # [release] plain attention only: softmax(q k^T / sqrt(c) / tau)
 
     def __post_init__(self):  # [repo] JSON lists back to tuples; a clear error for a bad Config
         check_config(self)
@@ -115,10 +115,10 @@ class Config:
         """The paper: VAR-d16 (310M) on vae_ch160v4096z32, 256x256 input, 680 tokens per modality."""
         return cls()
 
-    @classmethod
-    def release(cls) -> "Config":
-        """The authors' release (github bulatko/DepthART): d16 with plain attention (cos_attn False, tau 4)."""
-        return cls(attention="plain")
+    def variant(self) -> str:
+        """[repo] "": the paper's model. A Config subclass with fields beyond the paper's (other targets, other
+        attention) names them here, so that DepthART, which implements only the paper, refuses it."""
+        return ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class Config:
 # 2a. VAR's standard VQGAN encoder and decoder: skim them, the method uses only what 2b feeds them and reads
 # ----------------------------------------------------------------------------------------------
 def _norm(ch: int) -> nn.GroupNorm:
-    # VAR's 32 groups where a layer has 64+ channels (all of d16's); narrower CPU-preset layers get ch // 2.
+    # VAR's 32 groups where a layer has 64+ channels (all of d16's); the CPU models' narrower layers get ch // 2.
     return nn.GroupNorm(min(32, ch // 2), ch, eps=1e-6)
 
 
@@ -249,9 +249,9 @@ class Phi(nn.Conv2d):
 
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
-    """Which Phi each scale uses: VAR's table (PhiPartiallyShared), [0,0,1,1,1,2,2,3,3,3] at d16, so checkpoints'
-    Phis meet their scales: the tick nearest si/(K-1). d16's ticks 3/36, 13/36, 23/36, 33/36 put si = 2 (8/36) and
-    si = 7 (28/36) exactly midway: VAR's float64 rounding picks the upper Phi, exact or float32 arithmetic the lower."""
+    """Which Phi each scale uses, as VAR's PhiPartiallyShared (so checkpoints' Phis meet their scales): the one whose
+    tick is nearest si/(K-1). At d16: [0,0,1,1,1,2,2,3,3,3]. si = 2 and 7 lie midway between two ticks; float64
+    rounding (VAR's, and here) picks the upper Phi, exact or float32 arithmetic the lower."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count  # VAR's: 1/12 for 4 Phis, else bin centres
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
@@ -290,6 +290,8 @@ class ResidualQuantizer(nn.Module):
         """Decompose f into per-scale tokens, x_si = Q(S_si(f - sum_{i<si} eta_i(x_i))) -> (idx_Bl per scale,
         cumulative f_hat per scale): each scale quantizes what the coarser ones left unexplained."""
         # Not autocast's half precision: it can change which code is nearest, and tokens would not reproduce.
+        # The detaches serve stage-1 VQ-VAE training. rest only picks codes (argmin: no gradient), so it needs no graph;
+        # f_hat keeps eta's, so a loss on f_hat trains the codes and Phis (the encoder learns by straight-through).
         with torch.autocast(f_BCvhw.device.type, enabled=False):
             f_BCvhw = f_BCvhw.to(self.embedding.weight.dtype)
             rest_BCvhw, f_hat_BCvhw = f_BCvhw.detach(), torch.zeros_like(f_BCvhw)
@@ -339,12 +341,13 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())  # log temperature
         self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
-        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))  # k has none
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width))  # k learns no bias; VAR's files store this zero
         self.proj = nn.Linear(width, width)
 
     def forward(self, x_BNC, bias_11NM, cache: dict | None = None):
         B, N, C = x_BNC.shape
-        qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))  # zero_k_bias: zeros (section 6)
+        qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv_BN3Ac = F.linear(x_BNC, self.mat_qkv.weight, qkv_bias).view(B, N, 3, self.heads, C // self.heads)
         q_BANc, k_BANc, v_BANc = qkv_BN3Ac.permute(2, 0, 3, 1, 4).unbind(0)
         q_BANc, k_BANc = self.normalize_qk(q_BANc, k_BANc)
@@ -390,7 +393,7 @@ class AdaLNBlock(nn.Module):
         return x_BNC + self.ffn(self.ln(x_BNC) * (1 + scale2_B1C) + shift2_B1C) * gamma2_B1C
 
     def ada(self, cond_BC, cache=None) -> torch.Tensor:
-        """The six modulations from the condition -> ada_B16C, shape (B, 1, 6, C)."""
+        """The six modulations from the condition, stacked on dim 2 -> (B, 1, 6, C), which forward unbinds."""
         cache = {} if cache is None else cache  # [speed] the condition is constant: a rollout computes them once
         if "ada" not in cache:
             cache["ada"] = self.ada_lin(cond_BC).view(-1, 1, 6, cond_BC.shape[-1])
@@ -419,8 +422,9 @@ def block_causal_bias(levels_N: torch.Tensor) -> torch.Tensor:
 
 
 class VAR(nn.Module):
-    """The next-scale transformer: embeddings, AdaLN blocks and the head; what the tokens mean is DepthART's
-    (below), save the prefix mask. Training, rollout and inference all run through `forward`."""
+    """The next-scale transformer: embeddings, AdaLN blocks and the head. It holds one piece of DepthART, the mask
+    over [image prefix | depth] (prefix_bias_11NN); what the tokens mean is section 4's. Training, rollout and
+    inference all run through `forward`."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -520,20 +524,22 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). [release]
-    The authors' evaluation samples instead (the mean code of 5 filtered draws)."""
+    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). Any function
+    of this signature may replace it (a sampler; [release] the authors' evaluation: the mean code of 5 draws)."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
 
 class DepthART(nn.Module):
-    """A VQ-VAE, frozen after stage 1 (only var's parameters are optimized, and no gradient reaches the VQ-VAE:
-    walk_targets and predict run under no_grad), and a VAR transformer that predicts depth tokens after the image's."""
+    """A VQ-VAE and a VAR transformer that predicts depth tokens after the image prefix. While the transformer
+    trains, the VQ-VAE stays fixed: the optimizer holds only var's parameters, and no gradient reaches the VQ-VAE
+    anyway (walk_targets and predict run under no_grad; parallel_logits reads only var)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        check_paper_model(self)  # [repo]
+        if type(self) is DepthART and cfg.variant():  # [repo] a variant's model is a subclass, built elsewhere
+            raise ValueError(f"{cfg.variant()}: use zoo.build(cfg)")
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
         self.bounds = [sum(pn * pn for pn in cfg.patch_nums[:si]) for si in range(len(cfg.patch_nums) + 1)]
@@ -543,22 +549,24 @@ class DepthART(nn.Module):
         0..si at side pn: the whole image at each scale's resolution, all of it seen by every depth scale."""
         check_image(image_B3HW, self.cfg)  # [repo]
         # Quantized sums, not the continuous latent: the prefix then lies where the depth inputs lie (resized sums of
-        # eta_i(code)), read by the same word_embed, which saw nothing else in VAR-d16's pretraining. The release
-        # does the same. The paper does not say how the prefix maps are resized; we match the release (bicubic), whose
-        # weights expect it. Depth inputs differ on purpose: scale si's sum stops at si - 1 (its own tokens are the
-        # ones predicted) and is area-resized, as VAR's. Prefix map si reuses depth scale si's lvl_embed and pos_1LC
-        # (VAR-d16 has no modality embedding); the mask and the start token tell the halves apart.
+        # eta_i(code)), read by the same word_embed, which saw nothing else in VAR-d16's pretraining. The authors'
+        # release does too. The paper does not say how the prefix maps are resized; we match the release (bicubic),
+        # whose weights expect it. Depth inputs differ on purpose: scale si's sum stops at si - 1 (its own tokens are
+        # the ones predicted) and is area-resized, as VAR's. Prefix map si reuses depth scale si's lvl_embed and
+        # pos_1LC (VAR-d16 has no modality embedding); the mask and the start token tell the halves apart.
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         rs = self.vae.quantize.resample
         return torch.cat([rs(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
                           for f_hat_BCvhw, pn in zip(f_hats, self.cfg.patch_nums)], 1)
 
     def encode_depth(self, depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
-        """Ground-truth depth -> its continuous VQ-VAE latent f_D. [normals] overridden, as decode is."""
+        """Ground-truth depth -> its continuous VQ-VAE latent f_D. ([repo] A variant with another target overrides
+        this, decode and decode_scales.)"""
         return self.vae.encode(normalize_depth(depth_B1HW, valid_B1HW))
 
     def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
-        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC."""
+        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC. Of img_BLCv the
+        paper's model reads only the batch size; [repo] a variant also reads its tokens (the CPU models' shortcut)."""
         begin, end = self.bounds[si0], self.bounds[si1]
         parts = []
         if si0 == 0:
@@ -590,7 +598,7 @@ class DepthART(nn.Module):
                 f_BlCv = quant.resample(f_hat_BCvhw, pn, "area").flatten(2).transpose(1, 2)
                 x_BNC = self.depth_tokens(f_BlCv, img_BLCv, si, si + 1)
             logits_BlV = self.var(x_BNC, caches=caches)[:, -pn * pn:]
-            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # [release] pick
+            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # code_BlCv: what f_hat adds
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
             yield z_si, f_hat_BCvhw, logits_BlV
 
@@ -621,9 +629,10 @@ class DepthART(nn.Module):
 
     def loss(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Cross-entropy of the depth tokens of all K scales under one objective -> (loss, stats dict). A training
-        step, in outline: opt = AdamW(model.var.parameters()); loss, _ = model.loss(image, depth);
-        loss.backward(); opt.step(). Only var learns: the frozen VQ-VAE defines the tokens. The mean weighs every token
-        alike, as VAR's trainer and the release do, so at d16 the finest scale (256 of 680 tokens) is 38% of it."""
+        step, in outline: opt = AdamW(model.var.parameters()) once; then per batch opt.zero_grad(); loss, _ =
+        model.loss(image, depth); loss.backward(); opt.step(). Only var learns: the fixed VQ-VAE defines the tokens.
+        The mean weighs every token alike, as VAR's trainer and the authors' release do, so at d16 the finest scale
+        (256 of 680 tokens) is 38% of it."""
         logits_BLV, idx_BL = self.logits_and_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
         loss = F.cross_entropy(logits_BLV.reshape(-1, logits_BLV.shape[-1]), idx_BL.reshape(-1))
         token_acc = (logits_BLV.detach().argmax(-1) == idx_BL).float().mean()
@@ -640,8 +649,8 @@ class DepthART(nn.Module):
 
     @torch.no_grad()
     def predict(self, image_B3HW: torch.Tensor, all_scales: bool = False, pick=greedy) -> torch.Tensor:
-        """Image in [0, 1] at the preset's size -> relative depth (B, 1, H, W) in [0, 1] (0 = near); all_scales:
-        the depth after every scale (B, K, H, W). pick: greedy, or [release] the release's sampler."""
+        """Image (B, 3, H, W) in [0, 1], H = W = cfg.image_size -> relative depth (B, 1, H, W) in [0, 1] (0 = near);
+        all_scales: the depth after every scale (B, K, H, W). pick: greedy, or another choice per scale (see greedy)."""
         f_hats = self.rollout(self.encode_image(image_B3HW), pick)[1]
         return self.decode_scales(f_hats) if all_scales else self.decode(f_hats[-1])
 
@@ -650,7 +659,7 @@ class DepthART(nn.Module):
 # 5. [export] The resizes (S_si, eta's upsampling, the prefix's maps) as constant matrix products
 # ----------------------------------------------------------------------------------------------
 # Read `quant.resample(f, pn, mode)` above as F.interpolate(f, (pn, pn), mode). The matrices give the same values
-# up to float32 rounding (~1e-6; tests compare every pair of sides), and every path uses them, so training,
+# up to float32 rounding (~1e-6, for every pair of sides), and every path uses them, so training,
 # inference and the exported graphs run one arithmetic: the legacy ONNX exporter rejects uneven area resizes
 # (16 -> 13), and a MatMul avoids TensorRT's cubic Resize.
 def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
@@ -681,16 +690,14 @@ class Resampler(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. [repo] Not the method: official-key buffers, input and config checks, CPU presets, VAR's initialization
+# 6. [repo] Not the method: official-key buffers, input and config checks, VAR's initialization
 # ----------------------------------------------------------------------------------------------
 def official_key_buffers(module: VQVAE | VAR, cfg: Config):
     """Buffers that VAR's checkpoints hold, registered only so that those files load strictly (keys, shapes and
-    dtypes); the method reads none of them but SelfAttention's zero_k_bias."""
-    if isinstance(module, VQVAE):  # per-scale code-hit counts (K, V) of VAR's VQ-VAE training; stage 1 counts its own
+    dtypes); nothing reads them."""
+    if isinstance(module, VQVAE):  # per-scale code-hit counts (K, V) of VAR's VQ-VAE training
         module.quantize.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
         return
-    for block in module.blocks:  # VAR learns biases for q and v; its files store the k bias, zero, as a buffer
-        block.attn.register_buffer("zero_k_bias", torch.zeros(cfg.width))
     # VAR's mask over one modality; prefix_bias_11NN, which also spans the image prefix, replaces it
     module.register_buffer("attn_bias_for_masking", block_causal_bias(module.lvl_1L[0]))
 
@@ -704,16 +711,14 @@ def check_config(cfg: Config):
                          f"x VQ-VAE downsampling {down}")
     if cfg.width % cfg.heads:
         raise ValueError(f"width {cfg.width} is not divisible by heads {cfg.heads}")
-    if cfg.attention not in ("l2", "plain"):
-        raise ValueError(f"attention must be 'l2' or 'plain', got {cfg.attention!r}")
 
 
 def check_image(image_B3HW: torch.Tensor, cfg: Config):
     """DepthART.encode_image: a clear error, not a shape mismatch deep inside."""
     H = cfg.image_size
     if image_B3HW.ndim != 4 or tuple(image_B3HW.shape[1:]) != (3, H, H):
-        raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this preset, "
-                         f"got {tuple(image_B3HW.shape)}; resize first (data.resize_image)")
+        raise ValueError(f"expected images of shape (B, 3, {H}, {H}) in [0, 1] for this model, "
+                         f"got {tuple(image_B3HW.shape)}; resize it to {H}x{H} first")
 
 
 def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
@@ -724,30 +729,6 @@ def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
     if bad_B.any():
         raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are all zero, negative or have no "
                          "valid pixel: nothing to normalize")
-
-
-def check_paper_model(model: "DepthART"):
-    """DepthART.__init__: a Config whose variant fields are not the paper's is built by zoo.build, not here."""
-    cfg = model.cfg
-    if type(model) is DepthART and (cfg.target, cfg.depth_norm, cfg.image_shortcut, cfg.attention) != (
-            "depth", "q98", False, "l2"):
-        raise ValueError(f"target {cfg.target!r}, depth_norm {cfg.depth_norm!r}, image_shortcut {cfg.image_shortcut}, "
-                         f"attention {cfg.attention!r}: use zoo.build(cfg)")
-
-
-def preset(name: str) -> Config:
-    """The tools' --preset: the paper's d16, the release's, or a CPU model: tiny for a 2-core CPU (64x64, six
-    scales of 130 tokens, 512 codes, 4 blocks of width 128: a 1.3M transformer), small the shipped
-    one (128x128, 16 pixels a token as d16, 1024 codes, 6 blocks of 192)."""
-    cpu = dict(patch_nums=(1, 2, 3, 4, 6, 8), vae_ch=16, vae_res_blocks=1, num_classes=0, image_shortcut=True)
-    presets = {"d16": Config.d16, "release": Config.release,
-               "tiny": lambda: Config(image_size=64, vocab_size=512, vae_ch_mult=(1, 2, 4, 4), depth=4, width=128,
-                                      heads=4, **cpu),
-               "small": lambda: Config(image_size=128, vocab_size=1024, vae_ch_mult=(1, 1, 2, 4, 4), depth=6,
-                                       width=192, heads=6, **cpu)}
-    if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
-    return presets[name]()
 
 
 def init_from_scratch(var: VAR, adaln=0.5, adaln_gamma=1e-5, head=0.02):

@@ -1241,7 +1241,7 @@ def run(args) -> int:
         refuse_stage1(args.checkpoint)
         model = Z.load(args.checkpoint)
     else:
-        cfg = dataclasses.replace(D.preset(args.preset), target=args.target)
+        cfg = dataclasses.replace(Z.preset(args.preset), target=args.target)
         torch.manual_seed(0)
         model = lively(Z.build(cfg))
         print(f"preset {args.preset}: random weights (residual branches scaled up so the transformer is not an identity)")

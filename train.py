@@ -376,16 +376,16 @@ def check_args(args):
         raise ValueError(f"--resume: {args.out / CHECKPOINT} does not exist")
 
 
-def model_config(args) -> D.Config:
+def model_config(args) -> Z.Config:
     """The run's own config when resuming, an --init checkpoint's config, else the preset; --target, when
     given, sets what the model predicts (a depth model's weights can start a normals model: same shapes)."""
     path = args.out / CHECKPOINT if args.resume else args.init
     cfg = Z.checkpoint_config(path) if path else None
     if cfg is not None:
-        if args.preset and dataclasses.replace(cfg, target="depth", depth_norm="q98") != D.preset(args.preset):
+        if args.preset and dataclasses.replace(cfg, target="depth", depth_norm="q98") != Z.preset(args.preset):
             print(f"note: using the config of {path}, not preset {args.preset}", file=sys.stderr)
     else:
-        cfg = D.preset(args.preset or "tiny")
+        cfg = Z.preset(args.preset or "tiny")
     if args.target is None:
         args.target = cfg.target  # recorded with the run's settings
     if args.depth_norm is None:
@@ -662,7 +662,7 @@ def benchmark(args, warmup: int = 2, timed: int = 5):
     measured matmul rate (FP32 or BF16) that the step achieves."""
     torch.set_num_threads(args.threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = D.preset(args.preset or "tiny")
+    cfg = Z.preset(args.preset or "tiny")
     scenes = SyntheticScenes("train", size=cfg.image_size, length=args.batch_size, world=args.data == "world",
                              photos=args.textures if args.data == "world" else None)
     t = time.process_time()

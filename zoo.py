@@ -1,6 +1,9 @@
-"""Everything around the method of depthart.py: which model a Config builds, checkpoints in and out, the
-official weights' key names, and the DepthART release's attention, sampler and loss variant.
+"""Everything around the method of depthart.py: the variants' Config and the presets, which model a Config builds,
+checkpoints in and out, the official weights' key names, and the DepthART release's attention, sampler and loss variant.
 
+  0. Config        depthart.Config plus the fields of the variants beyond the paper (`Config`: target, depth_norm,
+                   image_shortcut, attention, attn_tau), and the tools' presets (`preset(name)`: d16, release, and
+                   the CPU models tiny and small)
   1. Targets       what the second modality is: the paper's depth (depthart.py's only one) or, an extension,
                    camera-frame surface normals or depth normalized otherwise, each a target object (`target_of`);
                    `build(cfg)` makes the model for a Config (`TargetART` for the extensions and for the
@@ -33,6 +36,52 @@ import torch.nn.functional as F
 
 import depthart as D
 from data import atomic_write
+
+
+# ----------------------------------------------------------------------------------------------
+# 0. Config: depthart.Config plus the variants' fields; the presets
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Config(D.Config):
+    """depthart.Config plus the fields of this repository's variants; every default is the paper's. Checkpoints
+    store every field (save_checkpoint), so a Config loads back whole from any of ours (checkpoint_config)."""
+    image_shortcut: bool = False  # the CPU presets: each depth input plus a projection of its image token
+    target: str = "depth"         # the second modality: "depth", the paper's, or "normals" (TARGETS)
+    depth_norm: str = "q98"       # depth into the VQ-VAE: "q98" is the paper's normalize_depth (DEPTH_NORMS)
+    attention: str = "l2"         # "l2": VAR's SelfAttention; "plain": the release's PlainAttention (section 3)
+    attn_tau: float = 4.0         # plain attention only: softmax(q k^T / sqrt(c) / tau)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.attention not in ("l2", "plain"):
+            raise ValueError(f"attention must be 'l2' or 'plain', got {self.attention!r}")
+
+    def variant(self) -> str:
+        """"" for the paper's model, else the fields that make this one a variant (depthart.DepthART refuses it)."""
+        if (self.target, self.depth_norm, self.image_shortcut, self.attention) == ("depth", "q98", False, "l2"):
+            return ""
+        return (f"target {self.target!r}, depth_norm {self.depth_norm!r}, image_shortcut {self.image_shortcut}, "
+                f"attention {self.attention!r}")
+
+    @classmethod
+    def release(cls) -> "Config":
+        """The authors' release (github bulatko/DepthART): d16 with plain attention (its cos_attn False), tau 4."""
+        return cls(attention="plain")
+
+
+def preset(name: str) -> Config:
+    """The tools' --preset: the paper's d16, the release's, or a CPU model: tiny for a 2-core CPU (64x64, six
+    scales of 130 tokens, 512 codes, 4 blocks of width 128: a 1.3M transformer), small the shipped one (128x128,
+    16x16 pixels per token as d16, 1024 codes, 6 blocks of 192). Both CPU models add the image shortcut."""
+    cpu = dict(patch_nums=(1, 2, 3, 4, 6, 8), vae_ch=16, vae_res_blocks=1, num_classes=0, image_shortcut=True)
+    presets = {"d16": Config.d16, "release": Config.release,
+               "tiny": lambda: Config(image_size=64, vocab_size=512, vae_ch_mult=(1, 2, 4, 4), depth=4, width=128,
+                                      heads=4, **cpu),
+               "small": lambda: Config(image_size=128, vocab_size=1024, vae_ch_mult=(1, 1, 2, 4, 4), depth=6,
+                                       width=192, heads=6, **cpu)}
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(presets)}")
+    return presets[name]()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +175,7 @@ class DepthNormTarget:
         return torch.exp((x_B1HW - 1) * math.log(64))
 
 
-def alignment(cfg: D.Config) -> str:
+def alignment(cfg: Config) -> str:
     """How a depth model's relative output meets true or known depth: "scale" (the paper's q98, log),
     "affine" (q98_shift: scale and shift in depth) or "affine_inverse" (disparity: scale and shift in 1/depth)."""
     return {"q98_shift": "affine", "disparity": "affine_inverse"}.get(cfg.depth_norm, "scale")
@@ -142,7 +191,7 @@ def last_scale(y_per_scale: torch.Tensor) -> torch.Tensor:
     return y_per_scale[:, -1] if y_per_scale.ndim == 5 else y_per_scale[:, -1:]
 
 
-def target_of(cfg: D.Config):
+def target_of(cfg: Config):
     """The target object of a Config: DepthTarget (the paper's), NormalsTarget or a DepthNormTarget."""
     if cfg.target not in TARGETS:
         raise ValueError(f"unknown target {cfg.target!r}; expected one of {', '.join(TARGETS)}")
@@ -161,7 +210,7 @@ class TargetART(D.DepthART):
     (DepthTarget's is the paper's), the blocks' attention is swapped after they are built, and the depth inputs
     gain the shortcut (depth_tokens)."""
 
-    def __init__(self, cfg: D.Config, target):
+    def __init__(self, cfg: Config, target):
         super().__init__(cfg)
         self.target = target
         if cfg.image_shortcut:
@@ -199,10 +248,10 @@ def add_image_shortcut(var: D.VAR):
 
 def build(cfg: D.Config) -> D.DepthART:
     """The model a Config describes (random weights): depthart.DepthART for the paper's depth with VAR's attention
-    and no image shortcut, else TargetART."""
+    and no image shortcut, else TargetART. A plain depthart.Config, the paper's, gains the variants' defaults."""
+    cfg = cfg if isinstance(cfg, Config) else Config(**dataclasses.asdict(cfg))
     target = target_of(cfg)
-    paper = isinstance(target, DepthTarget) and cfg.attention == "l2" and not cfg.image_shortcut
-    return D.DepthART(cfg) if paper else TargetART(cfg, target)
+    return TargetART(cfg, target) if cfg.variant() else D.DepthART(cfg)
 
 
 @torch.no_grad()
@@ -265,19 +314,19 @@ def checkpoint_metadata(path) -> dict:
         raise ValueError(f"{path}: cannot read as safetensors ({type(e).__name__}: {e})") from None
 
 
-def checkpoint_config(path) -> D.Config | None:
+def checkpoint_config(path) -> Config | None:
     """The config a checkpoint carries: ours in its metadata; the DepthART release's read off its shapes
     (plain attention; VAR's heads are 64 wide at every size); None for bare weights such as VAR's .pth."""
     md = checkpoint_metadata(path)
     if "config" in md or Path(path).suffix in PICKLES:
-        return D.Config(**json.loads(md["config"])) if "config" in md else None
+        return Config(**json.loads(md["config"])) if "config" in md else None
     with safetensors.safe_open(str(path), "pt") as f:
         shape = {k.removeprefix("module."): f.get_slice(k).get_shape() for k in f.keys()}
     if RELEASE_KEY not in shape:
         return None
     try:
         (width, z), blocks = shape["word_embed.weight"], [int(k.split(".")[1]) for k in shape if k[:7] == "blocks."]
-        cfg = D.Config(attention="plain", width=width, heads=width // 64, z_channels=z, depth=1 + max(blocks),
+        cfg = Config(attention="plain", width=width, heads=width // 64, z_channels=z, depth=1 + max(blocks),
                        vae_ch=shape[RELEASE_KEY][0], vocab_size=shape["head.weight"][0],
                        num_classes=shape["class_emb.weight"][0] - 1)
         if shape["pos_1LC"][1] != cfg.tokens_per_modality:
@@ -403,9 +452,7 @@ def use_plain_attention(var: D.VAR):
             plain = PlainAttention(var.cfg.width, var.cfg.heads, var.cfg.attn_tau)
         tensors = block.attn.state_dict(keep_vars=True)
         del tensors["scale_mul_1H11"]
-        zero_k_bias = tensors.pop("zero_k_bias")  # registered by depthart.official_key_buffers, not by the class
         plain.load_state_dict(tensors, assign=True)
-        plain.register_buffer("zero_k_bias", zero_k_bias)
         block.attn = plain
     var.register_buffer("attn_bias_for_masking", var.attn_bias_for_masking, persistent=False)
 

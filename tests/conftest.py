@@ -150,7 +150,7 @@ def normals_export(tmp_path_factory):
     import depthart as D
     import export as E
     import zoo as Z
-    cfg = D.preset("tiny")
+    cfg = Z.preset("tiny")
     cfg.target = "normals"
     torch.manual_seed(0)
     model = E.lively(Z.build(cfg))

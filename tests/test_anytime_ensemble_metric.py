@@ -27,7 +27,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch.manual_seed(0)
-    model = E.lively(Z.build(D.preset("tiny"))).eval()
+    model = E.lively(Z.build(Z.preset("tiny"))).eval()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     Z.save_checkpoint(path, model, {"stage": "transformer"})
     return model, path

@@ -23,7 +23,7 @@ def server(tmp_path_factory):
     torch.set_num_threads(1)  # two threads contend with other jobs on a shared 2-core machine
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    Z.save_checkpoint(path, E.lively(Z.build(D.preset("tiny"))), {"stage": "transformer"})
+    Z.save_checkpoint(path, E.lively(Z.build(Z.preset("tiny"))), {"stage": "transformer"})
     srv = app.make_server(app.Demo(path, samples=2), port=0, max_mb=0.5, max_megapixels=1.0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}"

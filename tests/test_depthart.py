@@ -32,7 +32,7 @@ def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return lively(Z.build(D.preset("tiny")))
+    return lively(Z.build(Z.preset("tiny")))
 
 
 def batch(B=2, S=64, seed=1):
@@ -44,7 +44,7 @@ def batch(B=2, S=64, seed=1):
 
 
 # --- resampling matrices ------------------------------------------------------------------------
-@pytest.mark.parametrize("cfg", [D.Config.d16(), D.preset("tiny")], ids=["d16", "tiny"])
+@pytest.mark.parametrize("cfg", [D.Config.d16(), Z.preset("tiny")], ids=["d16", "tiny"])
 def test_resize_matrices_equal_interpolate_for_every_pair_of_scales(cfg):
     for src in cfg.patch_nums:
         x = torch.randn(2, 3, src, src)
@@ -72,7 +72,7 @@ def test_phi_schedule_matches_official_table():
 
 def test_quantizer_round_trip_reduces_error_scale_by_scale():
     torch.manual_seed(0)
-    cfg = D.preset("tiny")
+    cfg = Z.preset("tiny")
     vae = D.VQVAE(cfg)
     f = F.interpolate(torch.randn(4, 32, 4, 4), size=(8, 8), mode="bilinear") + 0.3 * torch.randn(4, 32, 8, 8)
     with torch.no_grad():  # a codebook with codes of every length (coarse and fine residuals), Phi = identity
@@ -196,7 +196,7 @@ def overfit(model, image, target, objective) -> list:
 @pytest.mark.parametrize("objective", ["var", "depthart"])
 def test_one_batch_overfits(objective):
     torch.manual_seed(0)
-    model = Z.build(D.preset("tiny"))
+    model = Z.build(Z.preset("tiny"))
     losses = overfit(model, *batch(B=2), objective)
     print(objective, "loss", losses[0], "->", losses[-1], "in", len(losses), "steps")
     assert losses[-1] < OVERFIT_RATIO * losses[0], (losses[0], losses[-1])
@@ -222,7 +222,7 @@ def test_state_dicts_have_exactly_the_official_keys_shapes_and_dtypes():
 
 
 def test_official_style_pth_loads_strictly_and_bad_checkpoints_are_named(tmp_path):
-    cfg = D.preset("tiny")
+    cfg = Z.preset("tiny")
     src, dst = D.VQVAE(cfg), D.VQVAE(cfg)
     torch.save(src.state_dict(), tmp_path / "vae.pth")
     Z.load_weights(dst, Z.read_state_dict(tmp_path / "vae.pth"), "vae.pth")
@@ -279,12 +279,28 @@ def test_depth_normalization_is_scale_only_with_the_98th_percentile():
 
 
 def test_config_round_trip_and_unknown_preset():
-    cfg = D.preset("tiny")
-    assert D.Config(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # lists back to tuples
+    cfg = Z.preset("tiny")
+    assert Z.Config(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # lists back to tuples
     with pytest.raises(ValueError, match="known presets: d16, release, tiny"):
-        D.preset("huge")
+        Z.preset("huge")
     with pytest.raises(ValueError, match="image_size"):
         D.Config(image_size=128)
+    with pytest.raises(ValueError, match="image_size"):
+        Z.Config(image_size=128)
+    with pytest.raises(ValueError, match="attention must be 'l2' or 'plain'"):
+        Z.Config(attention="flash")
+
+
+def test_a_plain_depthart_config_is_the_papers_and_builds_with_the_variants_defaults():
+    paper = D.Config(image_size=32, patch_nums=(1, 2, 4), vocab_size=64, vae_ch=16, vae_ch_mult=(1, 2, 4, 4),
+                     vae_res_blocks=1, depth=1, width=32, heads=2, num_classes=0)
+    assert paper.variant() == "" and Z.Config(**dataclasses.asdict(paper)).variant() == ""
+    torch.manual_seed(0)
+    model = Z.build(paper)
+    torch.manual_seed(0)
+    direct = D.DepthART(paper)
+    assert type(model) is D.DepthART and type(model.cfg) is Z.Config and model.cfg.target == "depth"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), direct.state_dict().values()))
 
 
 # --- surface normals: the second target ----------------------------------------------------------
@@ -316,7 +332,7 @@ def test_normals_round_trip_through_the_normalization():
 @pytest.mark.parametrize("objective", ["var", "depthart"])
 def test_one_batch_of_normals_overfits(objective):
     torch.manual_seed(0)
-    cfg = D.preset("tiny")
+    cfg = Z.preset("tiny")
     cfg.target = "normals"
     model = Z.build(cfg)
     image, normals = normals_batch(B=2)
@@ -329,24 +345,24 @@ def test_one_batch_of_normals_overfits(objective):
 
 
 def test_the_target_is_a_config_field_saved_with_the_checkpoint(tmp_path):
-    cfg = D.preset("tiny")
+    cfg = Z.preset("tiny")
     cfg.target = "normals"
     Z.save_checkpoint(tmp_path / "n.safetensors", Z.build(cfg), {"stage": "transformer"})
     assert Z.load(tmp_path / "n.safetensors").cfg.target == "normals"
-    assert D.Config(**{k: v for k, v in dataclasses.asdict(D.preset("tiny")).items() if k != "target"}).target == "depth"
+    assert Z.Config(**{k: v for k, v in dataclasses.asdict(Z.preset("tiny")).items() if k != "target"}).target == "depth"
     with pytest.raises(ValueError, match="unknown target 'albedo'"):
-        Z.build(D.Config(target="albedo"))
+        Z.build(Z.Config(target="albedo"))
     with pytest.raises(ValueError, match="zoo.build"):  # the model file alone knows only the paper's depth
         D.DepthART(cfg)
     with pytest.raises(ValueError, match="depth_norm 'log'"):  # nor the paper's depth normalized otherwise
-        D.DepthART(D.Config(depth_norm="log"))
+        D.DepthART(Z.Config(depth_norm="log"))
     with pytest.raises(ValueError, match=r"image_shortcut True, attention 'l2': use zoo\.build"):  # nor the CPU presets'
-        D.DepthART(D.preset("tiny"))
+        D.DepthART(Z.preset("tiny"))
 
 
 def test_a_half_precision_checkpoint_is_half_the_file_and_loads_back_to_float32(tmp_path):
     torch.manual_seed(0)
-    model = Z.build(D.preset("tiny")).eval()
+    model = Z.build(Z.preset("tiny")).eval()
     Z.save_checkpoint(tmp_path / "full.safetensors", model, {"stage": "transformer"})
     Z.save_checkpoint(tmp_path / "half.safetensors", model, {"stage": "transformer"}, dtype=torch.float16)
     full, half = (tmp_path / "full.safetensors").stat().st_size, (tmp_path / "half.safetensors").stat().st_size

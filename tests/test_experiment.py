@@ -16,16 +16,16 @@ def test_experiment_reports_every_scale_baselines_and_image_use(tmp_path):
         torch.manual_seed(seed)
         run = tmp_path / f"run{seed}"
         run.mkdir()
-        Z.save_checkpoint(run / train.CHECKPOINT, Z.build(D.preset("tiny")), {"stage": "transformer"})
+        Z.save_checkpoint(run / train.CHECKPOINT, Z.build(Z.preset("tiny")), {"stage": "transformer"})
         runs.append(str(run))
     out = tmp_path / "exp"
     experiment.main(["--group", f"a={runs[0]}", "--group", f"b={runs[1]}", "--n-val", "3",
                      "--n-train-mean", "3", "--out", str(out)])
     result = json.loads((tmp_path / "exp.json").read_text())
-    K = len(D.preset("tiny").patch_nums)
+    K = len(Z.preset("tiny").patch_nums)
     for name in ("a", "b"):
         run = result["groups"][name]["runs"][0]
-        assert [s["scale"] for s in run["scales"]] == list(D.preset("tiny").patch_nums)
+        assert [s["scale"] for s in run["scales"]] == list(Z.preset("tiny").patch_nums)
         assert all(0 <= s["delta1"] <= 1 and s["abs_rel"] >= 0 and 0 <= s["entropy"] <= torch.log(torch.tensor(512.0))
                    for s in run["scales"])
         assert set(run["image_use"]) == {"right", "shuffled"}
@@ -47,7 +47,7 @@ def test_a_world_model_is_scored_on_held_out_world_scenes_against_world_baseline
                         or scenes(*a, **kw))
     run = tmp_path / "run"
     run.mkdir()
-    Z.save_checkpoint(run / train.CHECKPOINT, Z.build(D.preset("tiny")), {"stage": "transformer", "data": "world"})
+    Z.save_checkpoint(run / train.CHECKPOINT, Z.build(Z.preset("tiny")), {"stage": "transformer", "data": "world"})
     assert experiment.learned_world(run / train.CHECKPOINT)
     experiment.main(["--group", f"a={run}", "--n-val", "2", "--n-train-mean", "2", "--out", str(tmp_path / "exp")])
     assert worlds == [("val", True), ("train", True)]  # held-out scenes, then the mean training depth map
@@ -64,7 +64,7 @@ def test_scores_are_zero_for_a_scaled_copy_of_the_truth():
 def test_gallery_draws_photographs_and_a_held_out_scene(tmp_path):
     torch.manual_seed(0)
     ckpt = tmp_path / "m.safetensors"
-    Z.save_checkpoint(ckpt, Z.build(D.preset("tiny")), {"stage": "transformer"})
+    Z.save_checkpoint(ckpt, Z.build(Z.preset("tiny")), {"stage": "transformer"})
     experiment.main(["--gallery", str(ckpt), "--out", str(tmp_path / "gallery")])
     from PIL import Image
     image = Image.open(tmp_path / "gallery.png")
@@ -82,7 +82,7 @@ def test_gallery_of_the_ordinal_photographs_pads_them_and_shows_a_world_scene(tm
     scenes = experiment.SyntheticScenes
     monkeypatch.setattr(experiment, "SyntheticScenes", lambda *a, **kw: worlds.append(kw["world"]) or scenes(*a, **kw))
     ckpt = tmp_path / "m.safetensors"
-    Z.save_checkpoint(ckpt, Z.build(D.preset("tiny")), {"stage": "transformer", "data": "world"})
+    Z.save_checkpoint(ckpt, Z.build(Z.preset("tiny")), {"stage": "transformer", "data": "world"})
     experiment.main(["--gallery", str(ckpt), "--photos", "ordinal", "--out", str(tmp_path / "g.png")])
     from PIL import Image
     image = Image.open(tmp_path / "g.png")
@@ -94,10 +94,10 @@ def test_a_scored_run_parked_without_its_weights_keeps_its_scores_and_a_moved_on
     keep, parked = tmp_path / "keep", tmp_path / "parked"
     for run in (keep, parked):
         run.mkdir()
-        Z.save_checkpoint(run / train.CHECKPOINT, Z.build(D.preset("tiny")), {"stage": "transformer", "step": 5})
+        Z.save_checkpoint(run / train.CHECKPOINT, Z.build(Z.preset("tiny")), {"stage": "transformer", "step": 5})
     experiment.main(["--score", str(parked), "--n-val", "2"])
     before = json.loads((parked / "scores_2.json").read_text())
-    assert before["checkpoint"] == "step 5" and len(before["scales"]) == len(D.preset("tiny").patch_nums)
+    assert before["checkpoint"] == "step 5" and len(before["scales"]) == len(Z.preset("tiny").patch_nums)
     (parked / train.CHECKPOINT).unlink()  # what --park does to a finished, scored run
     assert experiment.scored(parked, 2) == before and experiment.scored(parked, 3) is None
     experiment.main(["--group", f"a={keep}", "--group", f"b={parked}", "--n-val", "2", "--n-train-mean", "2",
@@ -105,7 +105,7 @@ def test_a_scored_run_parked_without_its_weights_keeps_its_scores_and_a_moved_on
     result = json.loads((tmp_path / "exp.json").read_text())
     assert result["groups"]["b"]["runs"][0]["scales"] == before["scales"]
     # the run that kept its weights trains on: its scores are measured again, not read back
-    Z.save_checkpoint(keep / train.CHECKPOINT, Z.build(D.preset("tiny")), {"stage": "transformer", "step": 9})
+    Z.save_checkpoint(keep / train.CHECKPOINT, Z.build(Z.preset("tiny")), {"stage": "transformer", "step": 9})
     assert experiment.scored(keep, 2) is None
     experiment.main(["--score", str(keep), "--n-val", "2"])
     assert experiment.scored(keep, 2)["checkpoint"] == "step 9"

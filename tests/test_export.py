@@ -36,7 +36,7 @@ Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Ups
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return E.lively(Z.build(D.preset("tiny")))
+    return E.lively(Z.build(Z.preset("tiny")))
 
 
 @pytest.fixture(scope="module")
@@ -440,7 +440,7 @@ def test_shape_inference_without_weights_gives_the_same_graph(monkeypatch):
     no shape here comes from a weight's values, so the graph is the same byte for byte, and the pass is restored.
     A model smaller than tiny (one block, three scales) holds every kind of node and traces in half the time."""
     torch.manual_seed(0)
-    tiny = E.lively(D.DepthART(D.Config(image_size=32, patch_nums=(1, 2, 4), vocab_size=64, vae_ch=16,
+    tiny = E.lively(D.DepthART(Z.Config(image_size=32, patch_nums=(1, 2, 4), vocab_size=64, vae_ch=16,
                                         vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=1, width=32, heads=2,
                                         num_classes=0)))
     jit_pass, weights_seen = torch._C._jit_pass_onnx_graph_shape_type_inference, []

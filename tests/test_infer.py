@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def checkpoint(tmp_path_factory):
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    model = E.lively(Z.build(D.preset("tiny")))
+    model = E.lively(Z.build(Z.preset("tiny")))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
               metadata={"config": json.dumps(dataclasses.asdict(model.cfg))})
@@ -230,7 +230,7 @@ def test_a_stage1_checkpoint_is_refused_in_one_line(checkpoint, folder, tmp_path
     from safetensors.torch import load_file, save_file
     stage1 = tmp_path / "vqvae.safetensors"
     save_file(load_file(str(checkpoint)), str(stage1),
-              metadata={"config": json.dumps(dataclasses.asdict(D.preset("tiny"))), "meta": json.dumps({"stage": "vqvae"})})
+              metadata={"config": json.dumps(dataclasses.asdict(Z.preset("tiny"))), "meta": json.dumps({"stage": "vqvae"})})
     with pytest.raises(ValueError, match="stage-1"):
         I.load(stage1, backend="torch")
     code, text = run_main([str(folder[0] / "grey.png"), "--checkpoint", str(stage1), "--out", str(tmp_path / "o")],

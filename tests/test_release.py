@@ -44,9 +44,9 @@ def to_release_layout(sd: dict, alias: bool = False, prefix: str = "") -> dict:
     return out
 
 
-def small_release_config() -> D.Config:
+def small_release_config() -> Z.Config:
     """The release's structure (d16 schedule, vocabulary, VQ-VAE levels), narrow enough for CI."""
-    return dataclasses.replace(D.Config.release(), depth=2, width=64, heads=1, vae_ch=16)
+    return dataclasses.replace(Z.Config.release(), depth=2, width=64, heads=1, vae_ch=16)
 
 
 def lively(model: D.DepthART, seed: int = 0) -> D.DepthART:
@@ -67,7 +67,7 @@ def small_release(tmp_path_factory):
 def test_release_preset_maps_onto_exactly_the_official_keys(alias):
     tsv = official_tsv()
     with torch.device("meta"):
-        model = Z.build(D.Config.release())
+        model = Z.build(Z.Config.release())
     mapped = to_release_layout(model.state_dict(), alias)
     other = PRIMARY if alias else ALIAS
     expected = {k: v for k, v in tsv.items() if not k.startswith(other)}
@@ -79,9 +79,9 @@ def test_release_preset_maps_onto_exactly_the_official_keys(alias):
 
 
 def test_release_preset_is_d16_with_plain_attention():
-    cfg = D.Config.release()
-    assert dataclasses.replace(cfg, attention="l2") == D.Config.d16() and cfg.attention == "plain"
-    assert D.preset("release") == cfg
+    cfg = Z.Config.release()
+    assert dataclasses.replace(cfg, attention="l2") == Z.Config.d16() and cfg.attention == "plain"
+    assert Z.preset("release") == cfg
     attn = Z.PlainAttention(1024, 16, 4.0)
     assert attn.scale == 1 / 32 and not hasattr(attn, "scale_mul_1H11")
     with pytest.raises(ValueError, match=r"attention 'plain': use zoo\.build"):  # depthart.py builds VAR's only
@@ -91,7 +91,7 @@ def test_release_preset_is_d16_with_plain_attention():
 def test_plain_attention_keeps_the_built_weights_and_the_random_stream():
     """zoo.build swaps every block's attention after VAR's initialization: a seeded plain model has the seeded
     l2 model's tensors, less scale_mul_1H11 and the unsaved attn_bias_for_masking, and draws no random number."""
-    cfg = D.preset("tiny")
+    cfg = Z.preset("tiny")
     torch.manual_seed(0)
     l2 = Z.build(cfg).state_dict()
     after_l2 = torch.rand(3)
@@ -163,7 +163,7 @@ def test_bad_release_files_give_one_clear_line(small_release, tmp_path, kind, me
     path = bad_files(small_release, tmp_path)[kind]
     with pytest.raises(ValueError, match=message) as e:
         if kind == "code_pickle":
-            Z.init_weights(Z.build(D.preset("tiny")), init=path)
+            Z.init_weights(Z.build(Z.preset("tiny")), init=path)
         else:
             Z.load(path)
     assert "\n" not in str(e.value)
@@ -216,7 +216,7 @@ def test_infer_trt_runs_the_release_sampler_in_pytorch(small_release, tmp_path, 
 @pytest.fixture(scope="module")
 def plain_tiny(tmp_path_factory):
     torch.manual_seed(0)
-    model = lively(Z.build(dataclasses.replace(D.preset("tiny"), attention="plain")))
+    model = lively(Z.build(dataclasses.replace(Z.preset("tiny"), attention="plain")))
     path = tmp_path_factory.mktemp("plain") / "plain.safetensors"
     Z.save_checkpoint(path, model, {"stage": "transformer"})
     return model, path

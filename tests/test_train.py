@@ -72,7 +72,7 @@ def test_stage1_trains_restarts_dead_codes_and_checkpoints(vqvae_run):
     assert not any("val_abs_rel" in r for r in log)
     assert (vqvae_run / "curves.png").stat().st_size > 1000
     model, cfg, meta = load_checkpoint(vqvae_run / train.CHECKPOINT)
-    assert cfg == D.preset("tiny") and meta["stage"] == "vqvae" and meta["step"] == 2
+    assert cfg == Z.preset("tiny") and meta["stage"] == "vqvae" and meta["step"] == 2
     saved = Z.read_state_dict(vqvae_run / train.CHECKPOINT)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     torch.manual_seed(0)
@@ -227,7 +227,7 @@ def test_two_gloo_ranks_end_with_equal_weights(tmp_path, stage):
     ranks = json.loads((tmp_path / "ranks.json").read_text())
     assert ranks["world"] == 2 and ranks["weights_sha256"][0] == ranks["weights_sha256"][1]
     torch.manual_seed(0)  # the run's initial weights (--seed 0)
-    assert ranks["weights_sha256"][0] != train.weights_digest(Z.build(D.preset("tiny")))
+    assert ranks["weights_sha256"][0] != train.weights_digest(Z.build(Z.preset("tiny")))
     assert ranks["weights_sha256"][0] == train.weights_digest(load_checkpoint(tmp_path / train.CHECKPOINT)[0])
     assert [r["samples_per_s"] > 0 for r in rows(tmp_path) if "loss" in r] == [True, True]  # rank 0 logs alone
 

@@ -33,7 +33,7 @@ def test_shipped_weights_are_half_precision_safetensors_of_the_small_preset_with
     assert {d for d in dtypes.values() if d.startswith("F")} == {"F16"}  # integer buffers (scale ids) stay integers
     assert sum(d == "F16" for d in dtypes.values()) > 0.9 * len(dtypes)
     model, cfg, meta = load_checkpoint(WEIGHTS)
-    assert cfg == D.preset("small")
+    assert cfg == Z.preset("small")
     assert meta.get("stage") == "transformer" and meta.get("data") == "world" and meta.get("objective") == "depthart"
     assert next(model.parameters()).dtype == torch.float32
 
@@ -82,7 +82,7 @@ def test_shipped_model_uses_the_image(image_use):
 def test_the_tiny_model_before_it_still_beats_every_trivial_predictor_on_its_box_rooms():
     torch.set_num_threads(2)
     model, cfg, _ = load_checkpoint(WEIGHTS.with_name("depthart_tiny.safetensors"))
-    assert cfg == D.preset("tiny")
+    assert cfg == Z.preset("tiny")
     val = experiment.load_val(48, cfg.image_size)
     with torch.no_grad():
         ours = experiment.scores(model.predict(val["image"]), val)
