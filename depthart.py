@@ -48,9 +48,7 @@ fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE
 walks coherent residual maps. From random weights the walk is noise, and so are its targets. So this repository's
 small CPU models train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing (loss(..., "var"));
 3. the transformer by DepthART (loss(..., "depthart")) from stage 2's weights.
-Elsewhere in the repository (zoo.py, and the tools above it): those CPU models' sizes (presets) and stage-1 VQ-VAE
-training, variants beyond the paper (other targets such as surface normals, the authors' release's attention and
-sampler), checkpoint files, and ONNX/TensorRT export.
+Not in this file: those models' presets, variants and checkpoints (zoo.py), stage-1 training and export (tools).
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
@@ -250,9 +248,9 @@ class Phi(nn.Conv2d):
 
 def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     """Which Phi each scale uses, as VAR's PhiPartiallyShared (so checkpoints' Phis meet their scales): the one whose
-    tick is nearest si/(K-1). At d16: [0,0,1,1,1,2,2,3,3,3]. si = 2 and 7 lie midway between two ticks; float64
-    rounding (VAR's, and here) picks the upper Phi, exact or float32 arithmetic the lower."""
+    tick is nearest si/(K-1). At d16: [0,0,1,1,1,2,2,3,3,3]."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count  # VAR's: 1/12 for 4 Phis, else bin centres
+    # float64 as VAR's: at d16, si = 2 and 7 lie midway between two ticks, and its rounding picks the upper Phi
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
 
@@ -290,8 +288,8 @@ class ResidualQuantizer(nn.Module):
         """Decompose f into per-scale tokens, x_si = Q(S_si(f - sum_{i<si} eta_i(x_i))) -> (idx_Bl per scale,
         cumulative f_hat per scale): each scale quantizes what the coarser ones left unexplained."""
         # Not autocast's half precision: it can change which code is nearest, and tokens would not reproduce.
-        # The detaches serve stage-1 VQ-VAE training. rest only picks codes (argmin: no gradient), so it needs no graph;
-        # f_hat keeps eta's, so a loss on f_hat trains the codes and Phis (the encoder learns by straight-through).
+        # rest is detached: it only picks codes (argmin has no gradient). f_hat keeps eta's graph, which only the
+        # VQ-VAE's own training (stage 1, not in this file) uses: there a loss on f_hat reaches the codes and Phis.
         with torch.autocast(f_BCvhw.device.type, enabled=False):
             f_BCvhw = f_BCvhw.to(self.embedding.weight.dtype)
             rest_BCvhw, f_hat_BCvhw = f_BCvhw.detach(), torch.zeros_like(f_BCvhw)
