@@ -6,15 +6,20 @@ VAR (Tian et al., arXiv 2404.02905) generates an image: as token maps from coars
 scale (its quantized partial sums, continuous vectors rather than token indices). VAR trains by teacher
 forcing: at scale si the transformer is shown the *true* coarser maps. At inference it is shown its *own*, whose
 mistakes it never saw in training, so errors compound from scale to scale (exposure bias). DepthART trains on what
-inference sees. Each step, the model first walks: without gradients, it rolls out its own maps z_0..z_{K-1}. Then
-the target at each scale, a "dynamic target", is recomputed from the true depth: the tokens the VQ-VAE's quantizer
-would choose for what the walk's coarser scales left unexplained (formulas below). One block-causal forward over
-the walk's maps, with gradients, then scores those targets: the mask shows each scale exactly what the walk saw, so
-it reproduces the walk's logits (the model has no dropout or drop-path, so train and eval modes compute alike), and
-argmax has no gradient, so this no-grad walk plus one forward is the whole step. The paper does not say how the
-walk picks its tokens. The authors' released training code takes the argmax, and so does this file, because that
-is the walk predict runs: training repairs exactly the past that inference produces, and no sampling noise enters
-the targets. (The authors' released evaluation samples instead: the mean code of 5 filtered draws per token.)
+inference sees. One training step:
+  1. The walk: without gradients, the model rolls out its own maps z_0..z_{K-1}, as inference does.
+  2. Dynamic targets: the target at each scale is recomputed from the true depth, the tokens the VQ-VAE's quantizer
+     would choose for what the walk's coarser scales left unexplained (formulas below).
+  3. One block-causal forward over the walk's maps, with gradients, scores those targets.
+  4. Its logits are the walk's (up to rounding, see logits_and_targets): the mask shows each scale exactly what the
+     walk saw, and the model has no dropout or drop-path, so train and eval modes compute alike.
+  5. The walk needs no gradient: its only decisions are argmaxes, which have none. Replaying it costs one extra
+     forward without gradients, but then the step's graph is one parallel forward, the same as teacher forcing's,
+     rather than K sequential calls whose growing KV caches would all have to keep their graphs for backward.
+The paper does not say how the walk picks its tokens. The authors' released training code takes the argmax, and so
+does this file, because that is the walk predict runs: training repairs exactly the past that inference produces,
+and no sampling noise enters the targets. (The authors' released evaluation samples instead: per token, the mean
+code of 5 draws from its top-900 logits cut to top-p 0.9.)
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
@@ -114,8 +119,8 @@ class Config:
         return cls()
 
     def variant(self) -> str:
-        """[repo] "": the paper's model. A Config subclass with fields beyond the paper's (other targets, other
-        attention) names them here, so that DepthART, which implements only the paper, refuses it."""
+        """[repo] The variant fields this Config sets: "" here, the paper's model. A subclass that adds fields
+        (other targets, other attention) names those set; DepthART builds only the paper's model and refuses them."""
         return ""
 
 
@@ -523,7 +528,8 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). Any function
-    of this signature may replace it (a sampler; [release] the authors' evaluation: the mean code of 5 draws)."""
+    of this signature may replace it (a sampler; [release] the authors' evaluation: the mean code of 5 draws from
+    the top-900 logits cut to top-p 0.9, which is no codebook row)."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
@@ -551,10 +557,12 @@ class DepthART(nn.Module):
         # release does too. The paper does not say how the prefix maps are resized; we match the release (bicubic),
         # whose weights expect it. Depth inputs differ on purpose: scale si's sum stops at si - 1 (its own tokens are
         # the ones predicted) and is area-resized, as VAR's. Prefix map si reuses depth scale si's lvl_embed and
-        # pos_1LC (VAR-d16 has no modality embedding); the mask and the start token tell the halves apart.
+        # pos_1LC (VAR-d16 has no modality embedding). What tells them apart is their content (an image's sum through
+        # scale si, a depth sum through si - 1) and the mask: the prefix is mask level 0, so it sees no depth map (only
+        # itself and the constant start token), while depth scale si sees the whole prefix and depth scales <= si.
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
-        rs = self.vae.quantize.resample
-        return torch.cat([rs(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
+        resample = self.vae.quantize.resample
+        return torch.cat([resample(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
                           for f_hat_BCvhw, pn in zip(f_hats, self.cfg.patch_nums)], 1)
 
     def encode_depth(self, depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
@@ -563,8 +571,9 @@ class DepthART(nn.Module):
         return self.vae.encode(normalize_depth(depth_B1HW, valid_B1HW))
 
     def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
-        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC. Of img_BLCv the
-        paper's model reads only the batch size; [repo] a variant also reads its tokens (the CPU models' shortcut)."""
+        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC. The paper's model
+        reads only img_BLCv's batch size; [repo] it is passed because an extension for small models trained from
+        scratch adds each image token's projection to the depth input at the same position."""
         begin, end = self.bounds[si0], self.bounds[si1]
         parts = []
         if si0 == 0:
@@ -596,7 +605,8 @@ class DepthART(nn.Module):
                 f_BlCv = quant.resample(f_hat_BCvhw, pn, "area").flatten(2).transpose(1, 2)
                 x_BNC = self.depth_tokens(f_BlCv, img_BLCv, si, si + 1)
             logits_BlV = self.var(x_BNC, caches=caches)[:, -pn * pn:]
-            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)  # code_BlCv: what f_hat adds
+            # pick returns code vectors too: a sampler's may be no codebook row (the release's mean of draws)
+            z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
             yield z_si, f_hat_BCvhw, logits_BlV
 
@@ -608,7 +618,8 @@ class DepthART(nn.Module):
     @torch.no_grad()
     def walk_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """The walk and its targets, without gradients -> (img_BLCv, f_D, targets: idx_Bl per scale, the walk's
-        cumulative f_hats). "var": teacher forcing, the VQ-VAE walks; "depthart": dynamic targets, the model walks."""
+        cumulative f_hats); f_D for losses that compare a sum with it ([release] the authors' reconstruction term).
+        "var": teacher forcing, the VQ-VAE walks; "depthart": dynamic targets, the model walks."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
@@ -621,7 +632,9 @@ class DepthART(nn.Module):
 
     def logits_and_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Depth logits of one block-causal forward over the walk, with gradients, and their targets -> (logits_BLV,
-        idx_BL): for depthart the logits the walk saw (up to precision), for var the VQ-VAE's walk scored."""
+        idx_BL): for var the VQ-VAE's walk scored; for depthart the logits the walk saw, up to rounding: the walk's
+        per-scale cached calls sum in another order than one masked forward, and under autocast the walk's f_hats
+        are half-precision sums, where dynamic_targets re-sums its tokens in float32."""
         img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
         return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
@@ -657,9 +670,9 @@ class DepthART(nn.Module):
 # 5. [export] The resizes (S_si, eta's upsampling, the prefix's maps) as constant matrix products
 # ----------------------------------------------------------------------------------------------
 # Read `quant.resample(f, pn, mode)` above as F.interpolate(f, (pn, pn), mode). The matrices give the same values
-# up to float32 rounding (~1e-6, for every pair of sides), and every path uses them, so training,
-# inference and the exported graphs run one arithmetic: the legacy ONNX exporter rejects uneven area resizes
-# (16 -> 13), and a MatMul avoids TensorRT's cubic Resize.
+# up to float32 rounding (~1e-6, for each pair of sides they cover: the finest and each coarser one), and every path
+# uses them, so training, inference and the exported graphs run one arithmetic: the legacy ONNX exporter rejects
+# uneven area resizes (16 -> 13), and a MatMul avoids TensorRT's cubic Resize.
 def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
