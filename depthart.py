@@ -57,7 +57,7 @@ Not in this file: those models' presets, variants and checkpoints (zoo.py), stag
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
-  V vocabulary    H, W image size    h, w a VQ-VAE map's size (H, W after conv_in; 16 at the latent; pn at scale si)
+  V vocabulary    H, W image size    h, w a VQ-VAE map's size (H, W at conv_in, halved per level to 16; pn at si)
   K scales (10)   A heads (16)   L tokens of one modality (680)   l tokens of one scale (pn*pn)   M keys so far
   N tokens of any other sequence   c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)
   J partial sums decoded at once   si a scale's index, 0-based; pn its side, patch_nums[si]   x_B3HW: 3 is a size
@@ -70,6 +70,8 @@ Unshaped by design: f_D, the depth map's latent (B,Cv,h,w), named as in the form
 rollout's pick shapes it); f_hat_BCvhw = 0 before scale 0; section 5's eye and mat; qkv_bias (3C,); ticks
 (phi_count,); pos_start (1,1,C), an official key. Formulas use the paper's letters: x_si the VQ-VAE's tokens,
 z_si the model's, t_si dynamic targets, i a coarser scale. Official keys keep VAR's letters (H heads, S scales).
+Same word, other thing: the objective "var" (a string) is not the module `var`; z_channels (VAR's name for Cv) has
+nothing to do with z, the model's tokens.
 
 Tags mark what a learner may skip: "official key" (VAR's checkpoints load strictly), [release] the authors' weights,
 [export] ONNX/TensorRT, [speed], [repo] this repository's CPU models, variants and tools.
@@ -396,8 +398,10 @@ class AdaLNBlock(nn.Module):
         return x_BNC + self.ffn(self.ln(x_BNC) * (1 + scale2_B1C) + shift2_B1C) * gamma2_B1C
 
     def ada(self, cond_BC, cache=None) -> torch.Tensor:
-        """The six modulations from the condition, stacked on dim 2 -> (B, 1, 6, C), which forward unbinds."""
-        cache = {} if cache is None else cache  # [speed] the condition is constant: a rollout computes them once
+        """The six modulations from the condition, stacked on dim 2 -> (B, 1, 6, C), which forward unbinds.
+        [speed] The condition is constant, so a rollout computes them once per block: its per-block cache dict holds
+        them under "ada", beside the attention's keys and values ("k", "v")."""
+        cache = {} if cache is None else cache
         if "ada" not in cache:
             cache["ada"] = self.ada_lin(cond_BC).view(-1, 1, 6, cond_BC.shape[-1])
         return cache["ada"]
@@ -469,7 +473,8 @@ class VAR(nn.Module):
 
     def forward(self, x_BNC, bias_11NM=None, caches=None) -> torch.Tensor:
         """Blocks then head: embedded tokens -> logits_BNV. One call per training step, or one per scale
-        with `caches` (a list of dicts, one per block) holding the keys and values of earlier calls."""
+        with `caches` (a list of dicts, one per block) holding the keys and values of earlier calls ([speed] and
+        the block's AdaLN modulations, AdaLNBlock.ada)."""
         cond_BC = self.cond(x_BNC.shape[0])
         for i, block in enumerate(self.blocks):
             x_BNC = block(x_BNC, cond_BC, bias_11NM, None if caches is None else caches[i])
