@@ -53,7 +53,7 @@ fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE
 walks coherent residual maps. From random weights the walk is noise, and so are its targets. So this repository's
 small CPU models train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing (loss(..., "var"));
 3. the transformer by DepthART (loss(..., "depthart")) from stage 2's weights.
-Not in this file: those models' presets, variants and checkpoints (zoo.py), stage-1 training and export (tools).
+Not in this file: those models' presets, variants, stage-1 loss and checkpoints (zoo.py); training, export (tools).
 
 Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
   B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
