@@ -7,22 +7,22 @@ scale (its quantized partial sums, continuous vectors rather than token indices)
 forcing: at scale si the transformer is shown the *true* coarser maps. At inference it is shown its *own*, whose
 mistakes it never saw in training, so errors compound from scale to scale (exposure bias). DepthART trains on what
 inference sees. One training step:
-  1. The walk: without gradients, the model rolls out its own maps z_0..z_{K-1}, as inference does.
+  1. The walk: without gradients, the model rolls out its own token maps z_0..z_{K-1} (indices), as inference does.
   2. Dynamic targets: the target at each scale is recomputed from the true depth, the tokens the VQ-VAE's quantizer
      would choose for what the walk's coarser scales left unexplained (formulas below).
   3. One block-causal forward over the walk's maps, with gradients, scores those targets.
   4. Its logits are the walk's (up to rounding, see logits_and_targets): the mask shows each scale exactly what the
      walk saw, and the model has no dropout or drop-path, so train and eval modes compute alike.
-  5. The walk needs no gradient: its only decisions are argmaxes, which have none. Replaying it costs one extra
-     forward without gradients, but then the step's graph is one parallel forward, the same as teacher forcing's,
-     rather than K sequential calls whose growing KV caches would all have to keep their graphs for backward.
+  5. The walk needs no gradient: its only decisions are argmaxes, which have none. So its K cached calls run
+     without gradients, and backward goes through step 3's one parallel forward alone (the same forward as teacher
+     forcing's), instead of through the graphs and growing KV caches of K sequential calls kept for backward.
 The paper does not say how the walk picks its tokens. The authors' released training code takes the argmax, and so
 does this file, because that is the walk predict runs: training repairs exactly the past that inference produces,
-and no sampling noise enters the targets. (The authors' released evaluation samples instead: per token, the mean
-code of 5 draws from its top-900 logits cut to top-p 0.9.)
+and no sampling noise enters the targets. (Their evaluation samples instead: section 6.)
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
-S_si: area resize to scale si, eta_i: the Phi assigned to scale i after bicubic upsampling of map i):
+S_si: area resize to scale si, eta_i: token map i's codes looked up, bicubic-upsampled to the full latent, then
+the Phi assigned to scale i):
   var:       inputs and targets from the VQ-VAE's own walk, x_si = Q(S_si(f_D - sum_{i<si} eta_i(x_i)))
   depthart:  inputs from the model's greedy walk z_si; targets t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i)))
 At scale 0 nothing has been walked, so t_0 = x_0; when the model walks exactly the VQ-VAE's path (z = x), all
@@ -74,7 +74,8 @@ Same word, other thing: the objective "var" (a string) is not the module `var`; 
 nothing to do with z, the model's tokens.
 
 Tags mark what a learner may skip: "official key" (VAR's checkpoints load strictly), [release] the authors' weights,
-[export] ONNX/TensorRT, [speed], [repo] this repository's CPU models, variants and tools.
+[export] ONNX/TensorRT, [speed], [repo] this repository's CPU models, variants and tools (extension points:
+section 6, which also lists the release's differences).
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ class Config:
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
 
-    def __post_init__(self):  # [repo] JSON lists back to tuples; a clear error for a bad Config
+    def __post_init__(self):  # [repo] tuples for a Config read back from a checkpoint's JSON; clear errors
         check_config(self)
 
     @property
@@ -121,14 +122,13 @@ class Config:
         return cls()
 
     def variant(self) -> str:
-        """[repo] The variant fields this Config sets: "" here, the paper's model. A subclass that adds fields
-        (other targets, other attention) names those set; DepthART builds only the paper's model and refuses them."""
+        """[repo] The variant fields this Config sets: "" here, the paper's model (extension point, section 6)."""
         return ""
 
 
 # ----------------------------------------------------------------------------------------------
 # 2. Multi-scale residual VQ-VAE (VAR's, with the official module names so checkpoints load)
-# 2a. VAR's standard VQGAN encoder and decoder: skim them, the method uses only what 2b feeds them and reads
+# 2a. VAR's standard VQGAN encoder and decoder: skim them; the method only encodes its inputs and decodes 2b's sums
 # ----------------------------------------------------------------------------------------------
 def _norm(ch: int) -> nn.GroupNorm:
     # VAR's 32 groups where a layer has 64+ channels (all of d16's); the CPU models' narrower layers get ch // 2.
@@ -257,7 +257,7 @@ def phi_schedule(num_scales: int, phi_count: int) -> list[int]:
     """Which Phi each scale uses, as VAR's PhiPartiallyShared (so checkpoints' Phis meet their scales): the one whose
     tick is nearest si/(K-1). At d16: [0,0,1,1,1,2,2,3,3,3]."""
     edge = 1 / 3 / phi_count if phi_count == 4 else 1 / 2 / phi_count  # VAR's: 1/12 for 4 Phis, else bin centres
-    # float64 as VAR's: at d16, si = 2 and 7 lie midway between two ticks, and its rounding picks the upper Phi
+    # float64 as VAR's: at d16, si = 2 and 7 lie midway between two ticks; float64 rounding picks the upper Phi
     ticks = torch.linspace(edge, 1 - edge, phi_count, dtype=torch.float64, device="cpu")
     return [int(torch.argmin((ticks - si / (num_scales - 1)).abs())) for si in range(num_scales)]
 
@@ -272,7 +272,8 @@ class ResidualQuantizer(nn.Module):
         self.quant_resi = nn.Module()  # a bare module only for the official keys quantize.quant_resi.qresi_ls.{i}
         self.quant_resi.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
         self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
-        self.resample = Resampler(cfg.patch_nums)  # F.interpolate(f, (pn, pn), mode), as matrices [export]: section 5
+        # resample(f, pn, mode) == F.interpolate(f, (pn, pn), mode), as constant matrix products (section 5, export)
+        self.resample = Resampler(cfg.patch_nums)
 
     def nearest(self, f_BCvhw: torch.Tensor) -> torch.Tensor:
         """Q: index of the nearest code (L2) at every position -> idx_Bl."""
@@ -367,7 +368,7 @@ class SelfAttention(nn.Module):
 
     def normalize_qk(self, q_BANc, k_BANc):
         """Unit-length q and k, q times its head's temperature: the logits stay bounded however large the
-        activations grow. A method so that [release] plain attention can leave q and k as they are."""
+        activations grow. ([release] extension point, section 6.)"""
         temperature_1A11 = self.scale_mul_1H11.clamp(max=math.log(100)).exp()
         return F.normalize(q_BANc, dim=-1) * temperature_1A11, F.normalize(k_BANc, dim=-1)
 
@@ -472,8 +473,8 @@ class VAR(nn.Module):
         return (self.cond(B)[:, None] + self.pos_start + self.lvl_pos(0, 1)).expand(B, -1, -1)
 
     def forward(self, x_BNC, bias_11NM=None, caches=None) -> torch.Tensor:
-        """Blocks then head: embedded tokens -> logits_BNV. One call per training step, or one per scale
-        with `caches` (a list of dicts, one per block) holding the keys and values of earlier calls ([speed] and
+        """Blocks then head: embedded tokens -> logits_BNV. One call for a parallel forward; in a rollout (the walk,
+        predict) one per scale, with `caches` (a dict per block) holding earlier calls' keys and values ([speed] and
         the block's AdaLN modulations, AdaLNBlock.ada)."""
         cond_BC = self.cond(x_BNC.shape[0])
         for i, block in enumerate(self.blocks):
@@ -533,8 +534,7 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). Any function
-    of this signature may replace it (a sampler; [release] the authors' evaluation: the mean code of 5 draws from
-    the top-900 logits cut to top-p 0.9, which is no codebook row)."""
+    of this signature may replace it, e.g. a sampler ([release] extension point, section 6)."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
@@ -547,7 +547,7 @@ class DepthART(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        if type(self) is DepthART and cfg.variant():  # [repo] a variant's model is a subclass, built elsewhere
+        if type(self) is DepthART and cfg.variant():  # [repo] extension point, section 6
             raise ValueError(f"{cfg.variant()}: use zoo.build(cfg)")
         self.vae, self.var = VQVAE(cfg), VAR(cfg)
         self.L = cfg.tokens_per_modality
@@ -570,15 +570,13 @@ class DepthART(nn.Module):
         return torch.cat([resample(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
                           for f_hat_BCvhw, pn in zip(f_hats, self.cfg.patch_nums)], 1)
 
-    def encode_depth(self, depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
-        """Ground-truth depth -> its continuous VQ-VAE latent f_D. ([repo] A variant with another target overrides
-        this, decode and decode_scales.)"""
-        return self.vae.encode(normalize_depth(depth_B1HW, valid_B1HW))
+    def encode_depth(self, gt_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
+        """Ground-truth depth -> its continuous VQ-VAE latent f_D ([repo] extension point, section 6)."""
+        return self.vae.encode(normalize_depth(gt_B1HW, valid_B1HW))
 
     def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
-        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC. The paper's model
-        reads only img_BLCv's batch size; [repo] it is passed because an extension for small models trained from
-        scratch adds each image token's projection to the depth input at the same position."""
+        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC; img_BLCv gives
+        the batch size ([repo] extension point, section 6)."""
         begin, end = self.bounds[si0], self.bounds[si1]
         parts = []
         if si0 == 0:
@@ -610,7 +608,7 @@ class DepthART(nn.Module):
                 f_BlCv = quant.resample(f_hat_BCvhw, pn, "area").flatten(2).transpose(1, 2)
                 x_BNC = self.depth_tokens(f_BlCv, img_BLCv, si, si + 1)
             logits_BlV = self.var(x_BNC, caches=caches)[:, -pn * pn:]
-            # pick returns code vectors too: a sampler's may be no codebook row (the release's mean of draws)
+            # pick returns code vectors too: a sampler's may be no codebook row (section 6)
             z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
             yield z_si, f_hat_BCvhw, logits_BlV
@@ -622,9 +620,8 @@ class DepthART(nn.Module):
 
     @torch.no_grad()
     def walk_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
-        """The walk and its targets, without gradients -> (img_BLCv, f_D, targets: idx_Bl per scale, the walk's
-        cumulative f_hats); f_D for losses that compare a sum with it ([release] the authors' reconstruction term).
-        "var": teacher forcing, the VQ-VAE walks; "depthart": dynamic targets, the model walks."""
+        """The walk and its targets, without gradients -> (img_BLCv, f_D ([release] section 6), targets: idx_Bl per
+        scale, the walk's cumulative f_hats). "var": teacher forcing, the VQ-VAE walks; "depthart": the model walks."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
@@ -674,10 +671,9 @@ class DepthART(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # 5. [export] The resizes (S_si, eta's upsampling, the prefix's maps) as constant matrix products
 # ----------------------------------------------------------------------------------------------
-# Read `quant.resample(f, pn, mode)` above as F.interpolate(f, (pn, pn), mode). The matrices give the same values
-# up to float32 rounding (~1e-6, for each pair of sides they cover: the finest and each coarser one), and every path
-# uses them, so training, inference and the exported graphs run one arithmetic: the legacy ONNX exporter rejects
-# uneven area resizes (16 -> 13), and a MatMul avoids TensorRT's cubic Resize.
+# Every path resizes with these (F.interpolate's values up to ~1e-6), so training, inference and the exported graphs
+# share one arithmetic that exports: the legacy ONNX exporter rejects uneven area resizes (16 -> 13), and a MatMul
+# avoids TensorRT's cubic Resize.
 def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
@@ -698,6 +694,7 @@ class Resampler(nn.Module):
             self.register_buffer(f"bicubic_{last}_{pn}", resize_matrix(last, pn, "bicubic"), persistent=False)
 
     def forward(self, f_BCvhw: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+        """F.interpolate(f, (size, size), mode) as mat @ f @ mat.T; f itself where it has that side already."""
         src = f_BCvhw.shape[-1]
         if src == size:
             return f_BCvhw
@@ -706,8 +703,22 @@ class Resampler(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. [repo] Not the method: official-key buffers, input and config checks, VAR's initialization
+# 6. [repo] Not the method: extension points, the release's differences, official-key buffers, checks, VAR's init
 # ----------------------------------------------------------------------------------------------
+# Extension points, for zoo.py's variants (zoo.build(cfg)); the paper's model uses none. Config.variant names a
+# subclass's extra fields (DepthART itself refuses them); a variant with another target than depth overrides
+# encode_depth, decode and decode_scales; depth_tokens takes img_BLCv so that an extension for small models trained
+# from scratch (Config.image_shortcut) can add each image token's projection to the depth input at its position;
+# normalize_qk, greedy and walk_targets' f_D serve the release's attention, sampler and loss (below).
+# Differences from the authors' release (github bulatko/DepthART; reproduced in zoo.py). The paper's objective, and
+# this file's `loss`, is the cross-entropy of the depth tokens of all K scales, and nothing else. The release:
+#   samples at evaluation: per token, the mean code of 5 draws from the top-900 logits cut to top-p 0.9 (no codebook
+#   row); the paper does not say how it picks; predict is greedy.
+#   attends plainly (its cos_attn False): softmax(q k^T / sqrt(c) / tau), tau 4, on q and k as they come, instead of
+#   VAR's unit-length q and k with a learned temperature; its weights, fine-tuned without scale_mul_1H11, expect it.
+#   trains (rec_loss True) with the cross-entropy of scales 0..K-2 only; at the last scale a Gumbel-softmax (tau 1)
+#   mixture of codes completes the walk's f_hat, and its code computes 10 x MSE(f_hat, f_D), which no loss reads
+#   (as published, that training path does not run).
 def official_key_buffers(module: VQVAE | VAR, cfg: Config):
     """Buffers that VAR's checkpoints hold, registered only so that those files load strictly (keys, shapes and
     dtypes); nothing reads them."""
@@ -719,7 +730,7 @@ def official_key_buffers(module: VQVAE | VAR, cfg: Config):
 
 
 def check_config(cfg: Config):
-    """Config.__post_init__: tuples back from a checkpoint's JSON lists; one clear error for a bad Config."""
+    """Config.__post_init__: tuples for a Config read back from a checkpoint's JSON; one clear error for a bad one."""
     cfg.patch_nums, cfg.vae_ch_mult = tuple(cfg.patch_nums), tuple(cfg.vae_ch_mult)
     down = 2 ** (len(cfg.vae_ch_mult) - 1)
     if cfg.image_size != cfg.patch_nums[-1] * down:
