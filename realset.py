@@ -670,6 +670,20 @@ def build_textures(out: Path, repo, max_side=TEXTURE_MAX_SIDE, pairs_path=ORDINA
     return manifest
 
 
+def run_build(prog: str, args, repo_names: list, make) -> dict:
+    """The two command lines' shared ending: open (or --clone) the clones under --sources, make(repos) -> the
+    manifest, one line and exit 2 for what goes wrong, and a copy of manifest.json at --manifest if asked."""
+    try:
+        manifest = make(open_repos(source_folder(args.sources, args.clone), args.clone, repo_names))
+    except (RealSetError, OSError, subprocess.CalledProcessError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.manifest:
+        Path(args.manifest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(args.out) / "manifest.json", args.manifest)
+    return manifest
+
+
 def textures_main(argv=None):
     parser = argparse.ArgumentParser(prog="realset.py textures", description=(
         "Build a folder of photo textures for the synthetic world (train.py --data world --textures DIR) from a clone "
@@ -680,15 +694,8 @@ def textures_main(argv=None):
     parser.add_argument("--clone", action="store_true", help="git clone the repository if it is missing")
     parser.add_argument("--manifest", default=None, help="also copy manifest.json here (docs/textures/manifest.json)")
     args = parser.parse_args(argv)
-    try:
-        repo = open_repos(source_folder(args.sources, args.clone), args.clone, [TEXTURE_REPO])[TEXTURE_REPO]
-        manifest = build_textures(Path(args.out), repo)
-    except (RealSetError, OSError, subprocess.CalledProcessError) as e:
-        print(f"realset.py textures: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if args.manifest:
-        Path(args.manifest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(args.out) / "manifest.json", args.manifest)
+    manifest = run_build("realset.py textures", args, [TEXTURE_REPO],
+                         lambda repos: build_textures(Path(args.out), repos[TEXTURE_REPO]))
     print(f"wrote {manifest['photographs']} photographs to {args.out} ({len(manifest['excluded'])} pictures left out, "
           f"and the sets {', '.join(manifest['excluded_sets'])})")
 
@@ -729,15 +736,8 @@ def main(argv=None):
                         help="sources to build (default: %(default)s; lattermann's stereo depth is noise, see above)")
     parser.add_argument("--manifest", default=None, help="also copy manifest.json here (docs/real/manifest.json)")
     args = parser.parse_args(argv)
-    try:
-        repos = open_repos(source_folder(args.sources, args.clone), args.clone, [SOURCE_REPO[s] for s in args.only])
-        manifest = build(Path(args.out), repos, register=not args.no_register, sources=args.only)
-    except (RealSetError, OSError, subprocess.CalledProcessError) as e:
-        print(f"realset.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if args.manifest:
-        Path(args.manifest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(args.out) / "manifest.json", args.manifest)
+    manifest = run_build("realset.py", args, [SOURCE_REPO[s] for s in args.only],
+                         lambda repos: build(Path(args.out), repos, register=not args.no_register, sources=args.only))
     print(f"wrote {len(manifest['frames'])} frames to {args.out}")
 
 
