@@ -147,7 +147,6 @@ def normals_export(tmp_path_factory):
     of it, once per session -> (model, checkpoint, graph, export.main's exit code). test_export checks the export;
     test_infer runs the same graph through the command line rather than exporting it a second time."""
     import torch
-    import depthart as D
     import export as E
     import zoo as Z
     cfg = Z.preset("tiny")

@@ -1,6 +1,5 @@
 """Issue 23 on a tiny random model: anytime depth (--max-scale, PyTorch and exported graphs), sampled ensembles
 with an uncertainty map (--samples), and metric depth from known points (--known, --sparse)."""
-import json
 
 import numpy as np
 import onnxruntime as ort
@@ -8,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-import depthart as D
 import export as E
 import infer_trt as I
 import metrics as M

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import app
-import depthart as D
 import export as E
 import zoo as Z
 

@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-import depthart as D
 import zoo as Z
 import experiment
 import train

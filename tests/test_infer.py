@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 import data
-import depthart as D
 import export as E
 import infer_trt as I
 import zoo as Z

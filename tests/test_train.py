@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-import depthart as D
 import zoo as Z
 import train
 

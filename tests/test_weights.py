@@ -1,7 +1,6 @@
 """The shipped default model: it loads, runs one inference through infer_trt.py's default path, is a real depth
 model on held-out scenes of the synthetic world (AbsRel at most half the best trivial predictor's, and it needs the
 image), and orders the real photographs of the ordinal check better than the ramp prior and the tiny model."""
-import os
 import re
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-import depthart as D
 import zoo as Z
 import evaluate
 import experiment
