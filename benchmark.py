@@ -83,7 +83,7 @@ def predict_uncached(model: D.DepthART, image_B3HW) -> tuple[torch.Tensor, list]
     """Greedy inference without a KV cache, the slow reference of model.rollout: each scale reruns the whole
     sequence so far under the block-causal mask -> (depth, tokens per scale)."""
     img_BLCv, quant, patch_nums = model.encode_image(image_B3HW), model.vae.quantize, model.cfg.patch_nums
-    x_BNC = torch.cat((model.var.embed(img_BLCv, 0, model.L), model.depth_tokens(None, img_BLCv, 0, 1)), 1)
+    x_BNC = model.sequence(img_BLCv, None, 0, 1)
     z, f_hat_BCvhw = [], 0
     for si, pn in enumerate(patch_nums):
         N = x_BNC.shape[1]
@@ -93,7 +93,7 @@ def predict_uncached(model: D.DepthART, image_B3HW) -> tuple[torch.Tensor, list]
         z.append(idx_Bl)
         if si + 1 < len(patch_nums):  # the sequence so far and the next scale's input
             f_next_BlCv = quant.resample(f_hat_BCvhw, patch_nums[si + 1], "area").flatten(2).transpose(1, 2)
-            x_BNC = torch.cat((x_BNC, model.depth_tokens(f_next_BlCv, img_BLCv, si + 1, si + 2)), 1)
+            x_BNC = torch.cat((x_BNC, model.sequence(img_BLCv, f_next_BlCv, si + 1, si + 2)), 1)
     return model.decode(f_hat_BCvhw), z
 
 

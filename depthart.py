@@ -71,7 +71,8 @@ rollout's pick shapes it); f_hat_BCvhw = 0 before scale 0; section 5's eye and m
 (phi_count,); pos_start (1,1,C), an official key. Formulas use the paper's letters: x_si the VQ-VAE's tokens,
 z_si the model's, t_si dynamic targets, i a coarser scale. Official keys keep VAR's letters (H heads, S scales).
 Same word, other thing: the objective "var" (a string) is not the module `var`; z_channels (VAR's name for Cv) has
-nothing to do with z, the model's tokens.
+nothing to do with z, the model's tokens; "scale" is a token map si, but AdaLN's scale1/scale2 are multipliers and
+attention's `scale` is its factor on q k^T; "level" is a VQ-VAE resolution (down.{i}), or a mask level (section 3).
 
 Tags mark what a learner may skip: "official key" (VAR's checkpoints load strictly), [release] the authors' weights,
 [export] ONNX/TensorRT, [speed], [repo] this repository's CPU models, variants and tools (extension points:
@@ -574,14 +575,12 @@ class DepthART(nn.Module):
         """Ground-truth depth -> its continuous VQ-VAE latent f_D ([repo] extension point, section 6)."""
         return self.vae.encode(normalize_depth(gt_B1HW, valid_B1HW))
 
-    def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
-        """Embedded depth inputs of scales si0..si1-1 (scale 0's input is the start token) -> x_BNC; img_BLCv gives
-        the batch size ([repo] extension point, section 6)."""
-        begin, end = self.bounds[si0], self.bounds[si1]
-        parts = []
-        if si0 == 0:
-            parts.append(self.var.start_token(img_BLCv.shape[0]))
-            begin += 1
+    def sequence(self, img_BLCv: torch.Tensor, f_BNCv: torch.Tensor | None, si0: int, si1: int) -> torch.Tensor:
+        """The transformer's embedded input for depth scales si0..si1-1 -> x_BNC. From scale 0 the sequence opens with
+        the image prefix and the depth start token (scale 0's input); f_BNCv holds the inputs of the later scales
+        ([repo] extension point, section 6)."""
+        begin, end = self.bounds[max(si0, 1)], self.bounds[si1]
+        parts = [self.var.embed(img_BLCv, 0, self.L), self.var.start_token(img_BLCv.shape[0])] if si0 == 0 else []
         if end > begin:
             parts.append(self.var.embed(f_BNCv, begin, end))
         return torch.cat(parts, 1)
@@ -590,8 +589,7 @@ class DepthART(nn.Module):
         """One block-causal forward over [image prefix | depth inputs] -> depth logits_BLV; `inputs` are the
         latents that feed scales 1..K-1 (from the VQ-VAE's walk or from the rollout)."""
         f_BNCv = torch.cat([f_BCvhw.flatten(2).transpose(1, 2) for f_BCvhw in inputs], 1)
-        x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L),
-                           self.depth_tokens(f_BNCv, img_BLCv, 0, len(self.cfg.patch_nums))), 1)
+        x_BNC = self.sequence(img_BLCv, f_BNCv, 0, len(self.cfg.patch_nums))
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
     def rollout_steps(self, img_BLCv: torch.Tensor, pick=greedy):
@@ -601,12 +599,12 @@ class DepthART(nn.Module):
         mask level 0 allows. Each later call feeds only the new scale, whose keys and values join the KV cache;
         everything a call may attend to is then cached, so no call needs a mask."""
         caches, quant = [dict() for _ in self.var.blocks], self.vae.quantize
-        x_BNC = torch.cat((self.var.embed(img_BLCv, 0, self.L), self.depth_tokens(None, img_BLCv, 0, 1)), 1)
+        x_BNC = self.sequence(img_BLCv, None, 0, 1)
         f_hat_BCvhw = 0  # not a tensor: the sum takes eta's shape, dtype and device from scale 0
         for si, pn in enumerate(self.cfg.patch_nums):
             if si:  # the sum so far at this scale's side, as next_inputs: training sees the same
                 f_BlCv = quant.resample(f_hat_BCvhw, pn, "area").flatten(2).transpose(1, 2)
-                x_BNC = self.depth_tokens(f_BlCv, img_BLCv, si, si + 1)
+                x_BNC = self.sequence(img_BLCv, f_BlCv, si, si + 1)
             logits_BlV = self.var(x_BNC, caches=caches)[:, -pn * pn:]
             # pick returns code vectors too: a sampler's may be no codebook row (section 6)
             z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)
@@ -620,24 +618,24 @@ class DepthART(nn.Module):
 
     @torch.no_grad()
     def walk_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
-        """The walk and its targets, without gradients -> (img_BLCv, f_D ([release] section 6), targets: idx_Bl per
-        scale, the walk's cumulative f_hats). "var": teacher forcing, the VQ-VAE walks; "depthart": the model walks."""
+        """The walk and its targets, without gradients -> (img_BLCv, targets: idx_Bl per scale, the walk's cumulative
+        f_hats). "var": teacher forcing, the VQ-VAE walks; "depthart": the model walks."""
         if objective not in ("var", "depthart"):
             raise ValueError(f"unknown objective {objective!r}: expected 'var' or 'depthart'")
         img_BLCv = self.encode_image(image_B3HW)
         f_D = self.encode_depth(gt_B1HW, valid_B1HW)
         if objective == "var":
-            return (img_BLCv, f_D) + teacher_forcing_targets(self.vae.quantize, f_D)
+            return (img_BLCv,) + teacher_forcing_targets(self.vae.quantize, f_D)
         # every step walks afresh with the current weights; only the walk's tokens are kept, and dynamic_targets
         # re-sums them in the codebook's precision, so targets and inputs share one arithmetic
-        return (img_BLCv, f_D) + dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
+        return (img_BLCv,) + dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
 
     def logits_and_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Depth logits of one block-causal forward over the walk, with gradients, and their targets -> (logits_BLV,
         idx_BL): for var the VQ-VAE's walk scored; for depthart the logits the walk saw, up to rounding: the walk's
         per-scale cached calls sum in another order than one masked forward, and under autocast the walk's f_hats
         are half-precision sums, where dynamic_targets re-sums its tokens in float32."""
-        img_BLCv, _, targets, f_hats = self.walk_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
+        img_BLCv, targets, f_hats = self.walk_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
         return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
     def loss(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
@@ -706,19 +704,17 @@ class Resampler(nn.Module):
 # 6. [repo] Not the method: extension points, the release's differences, official-key buffers, checks, VAR's init
 # ----------------------------------------------------------------------------------------------
 # Extension points, for zoo.py's variants (zoo.build(cfg)); the paper's model uses none. Config.variant names a
-# subclass's extra fields (DepthART itself refuses them); a variant with another target than depth overrides
-# encode_depth, decode and decode_scales; depth_tokens takes img_BLCv so that an extension for small models trained
-# from scratch (Config.image_shortcut) can add each image token's projection to the depth input at its position;
-# normalize_qk, greedy and walk_targets' f_D serve the release's attention, sampler and loss (below).
-# Differences from the authors' release (github bulatko/DepthART; reproduced in zoo.py). The paper's objective, and
-# this file's `loss`, is the cross-entropy of the depth tokens of all K scales, and nothing else. The release:
-#   samples at evaluation: per token, the mean code of 5 draws from the top-900 logits cut to top-p 0.9 (no codebook
-#   row); the paper does not say how it picks; predict is greedy.
-#   attends plainly (its cos_attn False): softmax(q k^T / sqrt(c) / tau), tau 4, on q and k as they come, instead of
-#   VAR's unit-length q and k with a learned temperature; its weights, fine-tuned without scale_mul_1H11, expect it.
-#   trains (rec_loss True) with the cross-entropy of scales 0..K-2 only; at the last scale a Gumbel-softmax (tau 1)
-#   mixture of codes completes the walk's f_hat, and its code computes 10 x MSE(f_hat, f_D), which no loss reads
-#   (as published, that training path does not run).
+# subclass's extra fields (DepthART itself refuses them); another target than depth overrides encode_depth, decode
+# and decode_scales; `sequence` may add to the depth inputs (zoo's image shortcut for small models trained from
+# scratch); normalize_qk and a rollout's `pick` take the release's attention and sampler.
+# Differences from the authors' release (github bulatko/DepthART; zoo.py reproduces each). The paper's objective,
+# and `loss`, is the cross-entropy of all K scales' depth tokens, and nothing else. The release:
+#   evaluates by sampling: per token, the mean code of 5 draws from the top-900 logits cut to top-p 0.9 (no
+#   codebook row); the paper does not say how it picks, and predict is greedy.
+#   attends plainly (its cos_attn False): softmax(q k^T / sqrt(c) / tau), tau 4, on raw q and k; its weights,
+#   fine-tuned without scale_mul_1H11, expect it.
+#   trains (rec_loss True) on scales 0..K-2 only; for the last its code computes 10 x MSE(f_hat, f_D) of a
+#   Gumbel-softmax completion, which no loss reads (as published, that training path does not run).
 def official_key_buffers(module: VQVAE | VAR, cfg: Config):
     """Buffers that VAR's checkpoints hold, registered only so that those files load strictly (keys, shapes and
     dtypes); nothing reads them."""

@@ -208,7 +208,7 @@ class TargetART(D.DepthART):
     (Config.image_shortcut), or any of these together. The method of depthart.py is unchanged: only the target's way
     into the VQ-VAE (encode_depth) and out of it (decode, decode_scales) goes through its target object
     (DepthTarget's is the paper's), the blocks' attention is swapped after they are built, and the depth inputs
-    gain the shortcut (depth_tokens)."""
+    gain the shortcut (sequence)."""
 
     def __init__(self, cfg: Config, target):
         super().__init__(cfg)
@@ -218,11 +218,13 @@ class TargetART(D.DepthART):
         if cfg.attention == "plain":
             use_plain_attention(self.var)
 
-    def depth_tokens(self, f_BNCv: torch.Tensor | None, img_BLCv: torch.Tensor, si0: int, si1: int) -> torch.Tensor:
-        x_BNC = super().depth_tokens(f_BNCv, img_BLCv, si0, si1)
-        if self.cfg.image_shortcut:  # each depth token plus a projection of the image token at its position
-            x_BNC = x_BNC + self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:self.bounds[si1]])
-        return x_BNC
+    def sequence(self, img_BLCv: torch.Tensor, f_BNCv: torch.Tensor | None, si0: int, si1: int) -> torch.Tensor:
+        x_BNC = super().sequence(img_BLCv, f_BNCv, si0, si1)
+        if not self.cfg.image_shortcut:
+            return x_BNC
+        # each depth token (from scale 0: after the prefix) plus a projection of the image token at its position
+        shortcut_BNC = self.var.image_shortcut(img_BLCv[:, self.bounds[si0]:self.bounds[si1]])
+        return x_BNC + shortcut_BNC if si0 else torch.cat((x_BNC[:, :self.L], x_BNC[:, self.L:] + shortcut_BNC), 1)
 
     def encode_depth(self, gt_BTHW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
         return self.vae.encode(self.target.encode(gt_BTHW, valid_B1HW))
@@ -238,7 +240,7 @@ class TargetART(D.DepthART):
 def add_image_shortcut(var: D.VAR):
     """Config.image_shortcut, an extension of the CPU presets (off in d16 and the release): a Linear (Cv -> C),
     var.image_shortcut, whose projection of the image prefix's token is added to the depth input at the same scale
-    and position (TargetART.depth_tokens), because a small transformer trained from scratch otherwise ignores the
+    and position (TargetART.sequence), because a small transformer trained from scratch otherwise ignores the
     image for thousands of steps. Initialized as depthart.init_from_scratch initializes var's other Linears."""
     shortcut = nn.Linear(var.cfg.z_channels, var.cfg.width)
     nn.init.trunc_normal_(shortcut.weight, std=math.sqrt(1 / var.cfg.width / 3))
@@ -515,7 +517,9 @@ def release_loss(model: D.DepthART, image_B3HW, gt_BTHW, objective: str = "depth
     only; at the last scale a soft Gumbel-softmax (tau 1) mixture of all codes completes the walk's f_hat,
     pulled toward f_D by 10 x MSE (as its code describes; as published, that term never reaches its
     optimizer) -> (loss, stats); token accuracy counts the scales the cross-entropy scores."""
-    img_BLCv, f_D, targets, f_hats = model.walk_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+    img_BLCv, targets, f_hats = model.walk_targets(image_B3HW, gt_BTHW, objective, valid_B1HW)
+    with torch.no_grad():  # the latent the walk's targets came from (walk_targets does not return it)
+        f_D = model.encode_depth(gt_BTHW, valid_B1HW)
     logits_BLV = model.parallel_logits(img_BLCv, model.vae.quantize.next_inputs(f_hats))  # as logits_and_targets
     target_BL = torch.cat(targets, 1)
     n, quant = model.bounds[-2], model.vae.quantize
