@@ -6,19 +6,20 @@ VAR (Tian et al., arXiv 2404.02905) generates an image: as token maps from coars
 scale (its quantized partial sums, continuous vectors rather than token indices). VAR trains by teacher
 forcing: at scale si the transformer is shown the *true* coarser maps. At inference it is shown its *own*, whose
 mistakes it never saw in training, so errors compound from scale to scale (exposure bias). DepthART trains on what
-inference sees. One training step:
-  1. The walk: without gradients, the model rolls out its own token maps z_0..z_{K-1} (indices), as inference does.
+inference sees. One training step, in three parts:
+  1. The walk: without gradients, the model rolls out its own token maps z_0..z_{K-2} (indices), as inference does
+     (no target depends on the last scale's pick, so the walk stops before it).
   2. Dynamic targets: the target at each scale is recomputed from the true depth, the tokens the VQ-VAE's quantizer
      would choose for what the walk's coarser scales left unexplained (formulas below).
-  3. One block-causal forward over the walk's maps, with gradients, scores those targets.
-  4. Its logits are the walk's (up to rounding, see logits_and_targets): the mask shows each scale exactly what the
-     walk saw, and the model has no dropout or drop-path, so train and eval modes compute alike.
-  5. The walk needs no gradient: its only decisions are argmaxes, which have none. So its K cached calls run
-     without gradients, and backward goes through step 3's one parallel forward alone (the same forward as teacher
-     forcing's), instead of through the graphs and growing KV caches of K sequential calls kept for backward.
+  3. One block-causal forward over the walk's maps, with gradients, scores those targets (cross-entropy).
+Why this is sound, and cheap: step 3's logits are the walk's (up to rounding, see logits_and_targets), because the
+mask shows each scale exactly what the walk saw and the model has no dropout or drop-path; so the loss trains the
+very distributions the walk picked from. And the walk needs no gradient: its only decisions are argmaxes, which have
+none. So its cached calls run without gradients, and backward goes through step 3's one parallel forward alone (the
+same forward as teacher forcing's), not through K sequential calls and their growing KV caches.
 The paper does not say how the walk picks its tokens. The authors' released training code takes the argmax, and so
 does this file, because that is the walk predict runs: training repairs exactly the past that inference produces,
-and no sampling noise enters the targets. (Their evaluation samples instead: section 6.)
+and no sampling noise enters the targets. (The release's evaluation samples instead: section 6.)
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: token map i's codes looked up, bicubic-upsampled to the full latent, then
@@ -46,7 +47,8 @@ One DepthART step at scale si = 3 (pn = 4), d16, B = 1, where the walk went wron
   loss = CE(logits_BLV, t_0..t_9)        one mean over all B x 680 tokens: it learns to repair its own past
 
 Read top to bottom: 1. Config; 2. the residual VQ-VAE; 3. the VAR transformer; 4. DepthART; 5. [export] resizes
-as matrix products; 6. [repo] checks, initialization. Imports only torch and the standard library.
+as matrix products; 6. [repo] extension points, the release's differences, checks, initialization. "Section n" is
+this file's; the papers' are "paper Sec./Eq./Fig.". Imports only torch and the standard library.
 
 Training in three stages [repo]. A repair target is learnable only when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE, frozen: that transformer already
@@ -273,6 +275,8 @@ class ResidualQuantizer(nn.Module):
         self.quant_resi = nn.Module()  # a bare module only for the official keys quantize.quant_resi.qresi_ls.{i}
         self.quant_resi.qresi_ls = nn.ModuleList(Phi(cfg.z_channels, cfg.phi_ratio) for _ in range(cfg.phi_count))
         self.phi_of_scale = phi_schedule(len(cfg.patch_nums), cfg.phi_count)
+        # official key, never read: per-scale code-hit counts of VAR's VQ-VAE training
+        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
         # resample(f, pn, mode) == F.interpolate(f, (pn, pn), mode), as constant matrix products (section 5, export)
         self.resample = Resampler(cfg.patch_nums)
 
@@ -325,7 +329,6 @@ class VQVAE(nn.Module):
         self.quantize = ResidualQuantizer(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, padding=1)
-        official_key_buffers(self, cfg)  # section 6
 
     def encode(self, x_B3HW: torch.Tensor) -> torch.Tensor:
         """Image or 3-channel depth in [-1, 1] -> continuous latent f_BCvhw; quantize() decomposes it."""
@@ -448,7 +451,8 @@ class VAR(nn.Module):
         self.head_nm = AdaLNHead(cfg)
         self.head = nn.Linear(C, cfg.vocab_size)
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])  # VAR's scale index per token
-        official_key_buffers(self, cfg)  # section 6
+        # official key, never read: VAR's mask over one modality (prefix_bias_11NN, over both, replaces it)
+        self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]))
         # Mask levels (not the scale embedding): the image tokens and the depth start token form mask level 0 and
         # all see each other. The mask exists so that no position sees the depth it predicts, and nothing at level 0
         # carries depth: the image is given whole, the start token is the constant condition. Depth scale si is
@@ -471,7 +475,7 @@ class VAR(nn.Module):
         return self.word_embed(f_BNCv) + self.lvl_pos(begin, end)
 
     def start_token(self, B: int) -> torch.Tensor:
-        return (self.cond(B)[:, None] + self.pos_start + self.lvl_pos(0, 1)).expand(B, -1, -1)
+        return self.cond(B)[:, None] + self.pos_start + self.lvl_pos(0, 1)
 
     def forward(self, x_BNC, bias_11NM=None, caches=None) -> torch.Tensor:
         """Blocks then head: embedded tokens -> logits_BNV. One call for a parallel forward; in a rollout (the walk,
@@ -516,20 +520,22 @@ def teacher_forcing_targets(quant: ResidualQuantizer, f_D: torch.Tensor) -> tupl
 
 
 def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tuple[list, list]:
-    """DepthART's objective (paper Eq. 4-5). The model walked z_0..z_{K-1}, its own greedy token indices; the target
+    """DepthART's objective (paper Eq. 4-5). The model walked z_0..z_{K-2}, its own greedy token indices; the target
     at scale si is the nearest code, per position, to the area-resized residual that walk left,
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
-    and the inputs come from the walk -> (targets: idx_Bl per scale, the walk's f_hats). It is the quantizer's loop
-    with z in place of its nearest codes (if z is its decomposition, these are VAR's targets). Its caller walk_targets
+    and the inputs come from the walk -> (targets: idx_Bl per scale, the walk's f_hats, one per map of z; a map
+    z_{K-1}, if given, only adds the last f_hat). It is the quantizer's loop with z in place of its nearest codes (if
+    z is its decomposition, these are VAR's targets). Its caller walk_targets
     runs it under no_grad: targets are constants of a step although they move with the weights from step to step."""
     with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
         for si, pn in enumerate(quant.patch_nums):
             targets.append(quant.nearest(quant.resample(rest_BCvhw, pn, "area")))
-            eta_BCvhw = quant.eta_idx(z[si], si)
-            f_hat_BCvhw, rest_BCvhw = f_hat_BCvhw + eta_BCvhw, rest_BCvhw - eta_BCvhw
-            f_hats.append(f_hat_BCvhw)
+            if si < len(z):
+                eta_BCvhw = quant.eta_idx(z[si], si)
+                f_hat_BCvhw, rest_BCvhw = f_hat_BCvhw + eta_BCvhw, rest_BCvhw - eta_BCvhw
+                f_hats.append(f_hat_BCvhw)
     return targets, f_hats
 
 
@@ -626,9 +632,12 @@ class DepthART(nn.Module):
         f_D = self.encode_depth(gt_B1HW, valid_B1HW)
         if objective == "var":
             return (img_BLCv,) + teacher_forcing_targets(self.vae.quantize, f_D)
-        # every step walks afresh with the current weights; only the walk's tokens are kept, and dynamic_targets
-        # re-sums them in the codebook's precision, so targets and inputs share one arithmetic
-        return (img_BLCv,) + dynamic_targets(self.vae.quantize, f_D, self.rollout(img_BLCv)[0])
+        # every step walks afresh with the current weights, scales 0..K-2 (no target depends on the last pick); only
+        # the walk's tokens are kept, and dynamic_targets re-sums them in the codebook's precision, so targets and
+        # inputs share one arithmetic
+        steps = self.rollout_steps(img_BLCv)
+        z = [next(steps)[0] for _ in self.cfg.patch_nums[1:]]
+        return (img_BLCv,) + dynamic_targets(self.vae.quantize, f_D, z)
 
     def logits_and_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
         """Depth logits of one block-causal forward over the walk, with gradients, and their targets -> (logits_BLV,
@@ -701,7 +710,7 @@ class Resampler(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. [repo] Not the method: extension points, the release's differences, official-key buffers, checks, VAR's init
+# 6. [repo] Not the method: extension points, the release's differences, checks, VAR's initialization
 # ----------------------------------------------------------------------------------------------
 # Extension points, for zoo.py's variants (zoo.build(cfg)); the paper's model uses none. Config.variant names a
 # subclass's extra fields (DepthART itself refuses them); another target than depth overrides encode_depth, decode
@@ -715,16 +724,6 @@ class Resampler(nn.Module):
 #   fine-tuned without scale_mul_1H11, expect it.
 #   trains (rec_loss True) on scales 0..K-2 only; for the last its code computes 10 x MSE(f_hat, f_D) of a
 #   Gumbel-softmax completion, which no loss reads (as published, that training path does not run).
-def official_key_buffers(module: VQVAE | VAR, cfg: Config):
-    """Buffers that VAR's checkpoints hold, registered only so that those files load strictly (keys, shapes and
-    dtypes); nothing reads them."""
-    if isinstance(module, VQVAE):  # per-scale code-hit counts (K, V) of VAR's VQ-VAE training
-        module.quantize.register_buffer("ema_vocab_hit_SV", torch.zeros(len(cfg.patch_nums), cfg.vocab_size))
-        return
-    # VAR's mask over one modality; prefix_bias_11NN, which also spans the image prefix, replaces it
-    module.register_buffer("attn_bias_for_masking", block_causal_bias(module.lvl_1L[0]))
-
-
 def check_config(cfg: Config):
     """Config.__post_init__: tuples for a Config read back from a checkpoint's JSON; one clear error for a bad one."""
     cfg.patch_nums, cfg.vae_ch_mult = tuple(cfg.patch_nums), tuple(cfg.vae_ch_mult)

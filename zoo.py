@@ -525,7 +525,8 @@ def release_loss(model: D.DepthART, image_B3HW, gt_BTHW, objective: str = "depth
     n, quant = model.bounds[-2], model.vae.quantize
     ce = F.cross_entropy(logits_BLV[:, :n].reshape(-1, logits_BLV.shape[-1]), target_BL[:, :n].reshape(-1))
     soft_BlCv = F.gumbel_softmax(logits_BLV[:, n:], tau=1.0, hard=False) @ quant.embedding.weight
-    f_mse = F.mse_loss(f_hats[-2] + quant.eta(soft_BlCv, len(model.cfg.patch_nums) - 1), f_D)
+    K = len(model.cfg.patch_nums)  # f_hats[K - 2]: the walk's sum before the last scale
+    f_mse = F.mse_loss(f_hats[K - 2] + quant.eta(soft_BlCv, K - 1), f_D)
     loss = ce + 10 * f_mse
     token_acc = (logits_BLV[:, :n].detach().argmax(-1) == target_BL[:, :n]).float().mean()
     return loss, {"loss": loss.detach(), "token_acc": token_acc, "f_mse": f_mse.detach()}
