@@ -57,21 +57,22 @@ small CPU models train 1. the VQ-VAE; then, with it frozen, 2. the transformer b
 3. the transformer by DepthART (loss(..., "depthart")) from stage 2's weights.
 Not in this file: those models' presets, variants, stage-1 loss and checkpoints (zoo.py); training, export (tools).
 
-Shape legend (names carry shapes, as in minVAR; one letter, one meaning; Cv and Cf are one symbol each):
+Shape legend (names carry shapes; one letter, one meaning; Cv and Cf are one symbol each):
   B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
   V vocabulary    H, W image size    h, w a VQ-VAE map's size (H, W at conv_in, halved per level to 16; pn at si)
   K scales (10)   A heads (16)   L tokens of one modality (680)   l tokens of one scale (pn*pn)   M keys so far
-  N tokens of any other sequence   c channels per head (C/A)   P positions flattened (H*W, h*w, B*l)
+  N tokens of a transformer call or other sequence   c channels per head (C/A)   P positions flattened together
   J partial sums decoded at once   si a scale's index, 0-based; pn its side, patch_nums[si]   x_B3HW: 3 is a size
 Prefixes: "x: activations or a network's input", "f: VQ-VAE latents", "image: pixels", "img: the image prefix's
 latents", "idx: token indices", "code: code vectors", "gt: ground-truth depth"; other prefixes are plain words (rest,
 eta, dist, q/k/v/o, mask, bias, cond, valid, depth, logits...; a digit in a word, as in gamma1 or q98, is no size).
 Lists over scales are plain plurals, coarse to fine: one entry per scale (z, targets, f_hats, idxs, logits), but
-inputs has K-1 (they feed scales 1..K-1) and bounds K+1 (where each scale starts in a modality, then L).
+inputs has K-1 (they feed scales 1..K-1), so has the training walk's z, and bounds K+1 (each scale's start, then L).
 Unshaped by design: f_D, the depth map's latent (B,Cv,h,w), named as in the formulas (D is no dimension); z_si (the
 rollout's pick shapes it); f_hat_BCvhw = 0 before scale 0; section 5's eye and mat; qkv_bias (3C,); ticks
-(phi_count,); pos_start (1,1,C), an official key. Formulas use the paper's letters: x_si the VQ-VAE's tokens,
-z_si the model's, t_si dynamic targets, i a coarser scale. Official keys keep VAR's letters (H heads, S scales).
+(phi_count,). Official keys keep VAR's names, unshaped (pos_start, q_bias, attn_bias_for_masking...) or in its
+letters (H heads, S scales). Formulas use the paper's letters: x_si the VQ-VAE's tokens, z_si the model's, t_si
+dynamic targets, i a coarser scale.
 Same word, other thing: the objective "var" (a string) is not the module `var`; z_channels (VAR's name for Cv) has
 nothing to do with z, the model's tokens; "scale" is a token map si, but AdaLN's scale1/scale2 are multipliers and
 attention's `scale` is its factor on q k^T; "level" is a VQ-VAE resolution (down.{i}), or a mask level (section 3).
@@ -112,7 +113,7 @@ class Config:
     num_classes: int = 1000        # class_emb has num_classes + 1 rows; the last is the null class we use
     norm_eps: float = 1e-6
 
-    def __post_init__(self):  # [repo] tuples for a Config read back from a checkpoint's JSON; clear errors
+    def __post_init__(self):  # [repo] section 6
         check_config(self)
 
     @property
@@ -366,7 +367,7 @@ class SelfAttention(nn.Module):
             if "k" in cache:
                 k_BAMc, v_BAMc = torch.cat((cache["k"], k_BANc), 2), torch.cat((cache["v"], v_BANc), 2)
             cache["k"], cache["v"] = k_BAMc, v_BAMc
-        mask_11NM = None if bias_11NM is None else bias_11NM.to(q_BANc.dtype)
+        mask_11NM = None if bias_11NM is None else bias_11NM.to(q_BANc.dtype)  # under autocast q may be half
         o_BANc = F.scaled_dot_product_attention(q_BANc, k_BAMc, v_BAMc, attn_mask=mask_11NM, scale=self.scale)
         return self.proj(o_BANc.transpose(1, 2).reshape(B, N, C))
 
@@ -484,7 +485,7 @@ class VAR(nn.Module):
         cond_BC = self.cond(x_BNC.shape[0])
         for i, block in enumerate(self.blocks):
             x_BNC = block(x_BNC, cond_BC, bias_11NM, None if caches is None else caches[i])
-        return self.head(self.head_nm(x_BNC, cond_BC)).float()
+        return self.head(self.head_nm(x_BNC, cond_BC)).float()  # float32 logits for the loss and argmax under autocast
 
 
 # ----------------------------------------------------------------------------------------------
@@ -548,8 +549,8 @@ def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tens
 
 class DepthART(nn.Module):
     """A VQ-VAE and a VAR transformer that predicts depth tokens after the image prefix. While the transformer
-    trains, the VQ-VAE stays fixed: the optimizer holds only var's parameters, and no gradient reaches the VQ-VAE
-    anyway (walk_targets and predict run under no_grad; parallel_logits reads only var)."""
+    trains, the VQ-VAE stays fixed: the caller's optimizer holds only var's parameters (see loss), and no gradient
+    reaches the VQ-VAE anyway (walk_targets and predict run under no_grad; parallel_logits reads only var)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -570,8 +571,7 @@ class DepthART(nn.Module):
         # whose weights expect it. Depth inputs differ on purpose: scale si's sum stops at si - 1 (its own tokens are
         # the ones predicted) and is area-resized, as VAR's. Prefix map si reuses depth scale si's lvl_embed and
         # pos_1LC (VAR-d16 has no modality embedding). What tells them apart is their content (an image's sum through
-        # scale si, a depth sum through si - 1) and the mask: the prefix is mask level 0, so it sees no depth map (only
-        # itself and the constant start token), while depth scale si sees the whole prefix and depth scales <= si.
+        # scale si, a depth sum through si - 1) and the mask (VAR.__init__): the prefix sees no depth map.
         _, f_hats = self.vae.quantize(self.vae.encode(normalize_image(image_B3HW)))
         resample = self.vae.quantize.resample
         return torch.cat([resample(f_hat_BCvhw, pn, "bicubic").flatten(2).transpose(1, 2)
@@ -663,7 +663,8 @@ class DepthART(nn.Module):
         return depth_from_decoder(self.vae.decode(f_hat_BCvhw))
 
     def decode_scales(self, f_hats: list) -> torch.Tensor:
-        """[repo] Visualisation (paper Fig. 7): J partial sums f_hat -> the depth after each, (B, J, H, W)."""
+        """predict(all_scales) and visualisation (paper Fig. 7): J partial sums f_hat -> the depth after each,
+        (B, J, H, W)."""
         J, B = len(f_hats), f_hats[0].shape[0]
         return self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1)[:, :, 0]
 
@@ -754,8 +755,8 @@ def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
 
 
 def init_from_scratch(var: VAR, adaln=0.5, adaln_gamma=1e-5, head=0.02):
-    """VAR's initialization, for training from scratch: small residual branches (gamma ~ 1e-5), so that a deep
-    stack starts as the identity."""
+    """VAR's initialization (and its default factors), for training from scratch: small residual branches (gamma
+    ~ 1e-5), so that a deep stack starts as the identity."""
     std = math.sqrt(1 / var.cfg.width / 3)
     for m in var.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
