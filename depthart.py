@@ -1,12 +1,12 @@
 """DepthART in one file: monocular depth as autoregressive refinement on a VAR transformer.
 
-Why this model trains the way it does. DepthART (Gabdullin et al., arXiv 2409.15010) predicts a depth map the way
-VAR (Tian et al., arXiv 2404.02905) generates an image: as token maps from coarse (1x1) to fine (16x16), each a
-*residual* on the sum of the coarser ones, here after an image prefix: the RGB image's VQ-VAE latents, one map per
-scale (its quantized partial sums, continuous vectors rather than token indices). VAR trains by teacher
-forcing: at scale si the transformer is shown the *true* coarser maps. At inference it is shown its *own*, whose
-mistakes it never saw in training, so errors compound from scale to scale (exposure bias). DepthART trains on what
-inference sees. One training step, in three parts:
+Why this model trains the way it does. DepthART ("Monocular Depth Estimation as Autoregressive Refinement Task",
+Gabdullin et al., arXiv 2409.15010) predicts a depth map the way VAR (Tian et al., arXiv 2404.02905) generates an
+image: as token maps from coarse (1x1) to fine (16x16), each a *residual* on the sum of the coarser ones, here after
+an image prefix: the RGB image's VQ-VAE latents, one map per scale (its quantized partial sums, continuous vectors
+rather than token indices). VAR trains by teacher forcing: at scale si the transformer is shown the *true* coarser
+maps. At inference it is shown its *own*, whose mistakes it never saw in training, so errors compound from scale to
+scale (exposure bias). DepthART trains on what inference sees. One training step, in three parts:
   1. The walk: without gradients, the model rolls out its own token maps z_0..z_{K-2} (indices), as inference does
      (no target depends on the last scale's pick, so the walk stops before it).
   2. Dynamic targets: the target at each scale is recomputed from the true depth, the tokens the VQ-VAE's quantizer
@@ -496,8 +496,9 @@ def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
-    """Depth -> the VQ-VAE's 3-channel input: 2 d / quantile(d, 0.98) - 1, clipped to [-1, 1]: one per-image
-    scale (no offset, no log), as the paper. `valid` only picks the pixels of the quantile: invalid ones still
+    """Depth -> the VQ-VAE's 3-channel input (replicated, so that VAR's RGB VQ-VAE serves unchanged): 2 d /
+    quantile(d, 0.98) - 1, clipped to [-1, 1]: one per-image scale (no offset, no log), as the paper; the 98th
+    percentile, not the maximum, so that a few far pixels do not set it. `valid` only picks the pixels of the quantile: invalid ones still
     enter the VQ-VAE, and their tokens are scored like any other (fill them with plausible depth)."""
     B = depth_B1HW.shape[0]
     depth_BP = depth_B1HW.reshape(B, -1).float()
