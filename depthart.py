@@ -50,11 +50,11 @@ Read top to bottom: 1. Config; 2. the residual VQ-VAE; 3. the VAR transformer; 4
 as matrix products; 6. [repo] extension points, the release's differences, checks, initialization. "Section n" is
 this file's; the papers' are "paper Sec./Eq./Fig.". Imports only torch and the standard library.
 
-Training in three stages [repo]. A repair target is learnable only when the walk it repairs has structure. The paper
+Where training starts. A repair target is learnable only when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE, frozen: that transformer already
-walks coherent residual maps. From random weights the walk is noise, and so are its targets. So this repository's
-small CPU models train 1. the VQ-VAE; then, with it frozen, 2. the transformer by teacher forcing (loss(..., "var"));
-3. the transformer by DepthART (loss(..., "depthart")) from stage 2's weights.
+walks coherent residual maps. From random weights the walk is noise, and so are its targets. So [repo] this
+repository's small CPU models train in three stages: 1. the VQ-VAE; then, with it frozen, 2. the transformer by
+teacher forcing (loss(..., "var")); 3. the transformer by DepthART (loss(..., "depthart")) from stage 2's weights.
 Not in this file: those models' presets, variants, stage-1 loss and checkpoints (zoo.py); training, export (tools).
 
 Shape legend (names carry shapes; one letter, one meaning; Cv and Cf are one symbol each):
@@ -67,7 +67,7 @@ Prefixes: "x: activations or a network's input", "f: VQ-VAE latents", "image: pi
 latents", "idx: token indices", "code: code vectors", "gt: ground-truth depth"; other prefixes are plain words (rest,
 eta, dist, q/k/v/o, mask, bias, cond, valid, depth, logits...; a digit in a word, as in gamma1 or q98, is no size).
 Lists over scales are plain plurals, coarse to fine: one entry per scale (z, targets, f_hats, idxs, logits), but
-inputs has K-1 (they feed scales 1..K-1), so has the training walk's z, and bounds K+1 (each scale's start, then L).
+inputs has K-1 (they feed scales 1..K-1), so have the training walk's z and f_hats, and bounds K+1 (starts, then L).
 Unshaped by design: f_D, the depth map's latent (B,Cv,h,w), named as in the formulas (D is no dimension); z_si (the
 rollout's pick shapes it); f_hat_BCvhw = 0 before scale 0; section 5's eye and mat; qkv_bias (3C,); ticks
 (phi_count,). Official keys keep VAR's names, unshaped (pos_start, q_bias, attn_bias_for_masking...) or in its
@@ -318,7 +318,8 @@ class ResidualQuantizer(nn.Module):
 
     def next_inputs(self, f_hats: list) -> list:
         """Transformer inputs of scales 1..K-1: the cumulative f_hat after scale si-1, area-downsampled to si's
-        side (area: the mean of what each coarse position covers, as VAR)."""
+        side (area: the mean of what each coarse position covers, as VAR). A last sum, after scale K-1, feeds
+        nothing: the training walk's K-1 f_hats suffice."""
         return [self.resample(f_hat_BCvhw, pn, "area") for f_hat_BCvhw, pn in zip(f_hats, self.patch_nums[1:])]
 
 
@@ -525,10 +526,9 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
     """DepthART's objective (paper Eq. 4-5). The model walked z_0..z_{K-2}, its own greedy token indices; the target
     at scale si is the nearest code, per position, to the area-resized residual that walk left,
         t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i))),
-    and the inputs come from the walk -> (targets: idx_Bl per scale, the walk's f_hats, one per map of z; a map
-    z_{K-1}, if given, only adds the last f_hat). It is the quantizer's loop with z in place of its nearest codes (if
-    z is its decomposition, these are VAR's targets). Its caller walk_targets
-    runs it under no_grad: targets are constants of a step although they move with the weights from step to step."""
+    and the inputs come from the walk -> (targets: K maps idx_Bl; f_hats: len(z) partial sums). It is the quantizer's
+    loop with z in place of its nearest codes (if z is its decomposition, these are VAR's targets). Its caller
+    walk_targets runs it under no_grad: targets are constants of a step, though they move with the weights."""
     with torch.autocast(f_D.device.type, enabled=False):  # as the quantizer: half precision can move the argmin
         rest_BCvhw = f_D.detach().to(quant.embedding.weight.dtype)
         f_hat_BCvhw, targets, f_hats = torch.zeros_like(rest_BCvhw), [], []
@@ -724,8 +724,9 @@ class Resampler(nn.Module):
 #   codebook row); the paper does not say how it picks, and predict is greedy.
 #   attends plainly (its cos_attn False): softmax(q k^T / sqrt(c) / tau), tau 4, on raw q and k; its weights,
 #   fine-tuned without scale_mul_1H11, expect it.
-#   trains (rec_loss True) on scales 0..K-2 only; for the last its code computes 10 x MSE(f_hat, f_D) of a
-#   Gumbel-softmax completion, which no loss reads (as published, that training path does not run).
+#   trains (rec_loss True) with the cross-entropy of scales 0..K-2 only. Its code also computes 10 x MSE(f_hat, f_D)
+#   of a Gumbel-softmax completion of the last scale but never adds it to the loss (and as published, that path
+#   does not even run).
 def check_config(cfg: Config):
     """Config.__post_init__: tuples for a Config read back from a checkpoint's JSON; one clear error for a bad one."""
     cfg.patch_nums, cfg.vae_ch_mult = tuple(cfg.patch_nums), tuple(cfg.vae_ch_mult)
@@ -756,8 +757,8 @@ def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
 
 
 def init_from_scratch(var: VAR, adaln=0.5, adaln_gamma=1e-5, head=0.02):
-    """VAR's initialization (and its default factors), for training from scratch: small residual branches (gamma
-    ~ 1e-5), so that a deep stack starts as the identity."""
+    """VAR's initialization (and its default factors), for training from scratch: the gamma rows of ada_lin are
+    scaled by 1e-5, so every residual branch starts near 0 and a deep stack as the identity."""
     std = math.sqrt(1 / var.cfg.width / 3)
     for m in var.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
