@@ -78,8 +78,7 @@ nothing to do with z, the model's tokens; "scale" is a token map si, but AdaLN's
 attention's `scale` is its factor on q k^T; "level" is a VQ-VAE resolution (down.{i}), or a mask level (section 3).
 
 Tags mark what a learner may skip: "official key" (VAR's checkpoints load strictly), [release] the authors' weights,
-[export] ONNX/TensorRT, [speed], [repo] this repository's CPU models, variants and tools (extension points:
-section 6, which also lists the release's differences).
+[export] ONNX/TensorRT, [speed], [repo] this repository's CPU models, variants and tools (section 6).
 """
 from __future__ import annotations
 
@@ -499,8 +498,9 @@ def normalize_image(image_B3HW: torch.Tensor) -> torch.Tensor:
 def normalize_depth(depth_B1HW: torch.Tensor, valid_B1HW: torch.Tensor | None = None) -> torch.Tensor:
     """Depth -> the VQ-VAE's 3-channel input (replicated, so that VAR's RGB VQ-VAE serves unchanged): 2 d /
     quantile(d, 0.98) - 1, clipped to [-1, 1]: one per-image scale (no offset, no log), as the paper; the 98th
-    percentile, not the maximum, so that a few far pixels do not set it. `valid` only picks the pixels of the quantile: invalid ones still
-    enter the VQ-VAE, and their tokens are scored like any other (fill them with plausible depth)."""
+    percentile, not the maximum, so that a few far pixels do not set it. `valid` only picks the pixels of the
+    quantile: invalid ones still enter the VQ-VAE, and their tokens are scored like any other (fill them with
+    plausible depth, e.g. the nearest valid pixel's)."""
     B = depth_B1HW.shape[0]
     depth_BP = depth_B1HW.reshape(B, -1).float()
     if valid_B1HW is not None:
