@@ -19,7 +19,7 @@ none. So its cached calls run without gradients, and backward goes through step 
 same forward as teacher forcing's), not through K sequential calls and their growing KV caches.
 The paper does not say how the walk picks its tokens. The authors' released training code takes the argmax, and so
 does this file, because that is the walk predict runs: training repairs exactly the past that inference produces,
-and no sampling noise enters the targets. (The release's evaluation samples instead: section 6.)
+and no sampling noise enters the targets. (The release evaluates by sampling, so there the walks differ: section 6.)
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: token map i's codes looked up, bicubic-upsampled to the full latent, then
@@ -454,10 +454,10 @@ class VAR(nn.Module):
         self.register_buffer("lvl_1L", levels_of(cfg.patch_nums)[None])  # VAR's scale index per token
         # official key, never read: VAR's mask over one modality (prefix_bias_11NN, over both, replaces it)
         self.register_buffer("attn_bias_for_masking", block_causal_bias(self.lvl_1L[0]))
-        # Mask levels (not the scale embedding): the image tokens and the depth start token form mask level 0 and
-        # all see each other. The mask exists so that no position sees the depth it predicts, and nothing at level 0
-        # carries depth: the image is given whole, the start token is the constant condition. Depth scale si is
-        # mask level si. Sequence: [image L tokens | depth start | depth scales 1..K-1].
+        # Mask levels (not the scale embedding): level 0 is the image prefix and the depth start token, which see
+        # each other freely because none carries depth (the image is given whole, the start token is the constant
+        # condition). Depth scale si is mask level si: it sees its own inputs (sums through si - 1) and everything
+        # coarser, never the tokens it predicts. Sequence: [image L tokens | depth start | depth scales 1..K-1].
         levels_N = torch.cat((torch.zeros(L + 1, dtype=torch.long), self.lvl_1L[0, 1:]))
         self.register_buffer("prefix_bias_11NN", block_causal_bias(levels_N), persistent=False)
         init_from_scratch(self)  # [repo] VAR's initialization (section 6); checkpoints overwrite it
@@ -599,28 +599,27 @@ class DepthART(nn.Module):
         x_BNC = self.sequence(img_BLCv, f_BNCv, 0, len(self.cfg.patch_nums))
         return self.var(x_BNC, self.var.prefix_bias_11NN)[:, self.L:]
 
-    def rollout_steps(self, img_BLCv: torch.Tensor, pick=greedy):
-        """Generation, one scale per transformer call (VAR's next-scale loop), yielding scale by scale (z_si, f_hat,
-        logits_BlV): the tokens, the cumulative latent and the logits, so that a caller may stop after any scale
-        ([repo] anytime depth). The first call runs the image prefix and the depth start token together, unmasked, as
-        mask level 0 allows. Each later call feeds only the new scale, whose keys and values join the KV cache;
-        everything a call may attend to is then cached, so no call needs a mask."""
+    def rollout(self, img_BLCv: torch.Tensor, pick=greedy, num_scales: int | None = None):
+        """Generation, one scale per transformer call (VAR's next-scale loop), of the first num_scales scales (None:
+        all K; the training walk stops at K-1) -> (z, f_hats, logits), lists coarse to fine: the token maps, the
+        cumulative latents, the logits_BlV. The first call runs the image prefix and the depth start token together,
+        unmasked, as mask level 0 allows. Each later call feeds only the new scale, whose keys and values join the KV
+        cache; everything a call may attend to is then cached, so no call needs a mask."""
         caches, quant = [dict() for _ in self.var.blocks], self.vae.quantize
         x_BNC = self.sequence(img_BLCv, None, 0, 1)
+        z, f_hats, logits = [], [], []
         f_hat_BCvhw = 0  # not a tensor: the sum takes eta's shape, dtype and device from scale 0
-        for si, pn in enumerate(self.cfg.patch_nums):
+        for si, pn in enumerate(self.cfg.patch_nums[:num_scales]):
             if si:  # the sum so far at this scale's side, as next_inputs: training sees the same
                 f_BlCv = quant.resample(f_hat_BCvhw, pn, "area").flatten(2).transpose(1, 2)
                 x_BNC = self.sequence(img_BLCv, f_BlCv, si, si + 1)
             logits_BlV = self.var(x_BNC, caches=caches)[:, -pn * pn:]
-            # pick returns code vectors too: a sampler's may be no codebook row (section 6)
+            # code vectors too: a sampler may return vectors that are no codebook row (the release's mean of 5 draws)
             z_si, code_BlCv = pick(logits_BlV, quant.embedding.weight)
             f_hat_BCvhw = f_hat_BCvhw + quant.eta(code_BlCv, si)
-            yield z_si, f_hat_BCvhw, logits_BlV
-
-    def rollout(self, img_BLCv: torch.Tensor, pick=greedy):
-        """All K scales of rollout_steps -> (z, f_hats, logits), each a list coarse to fine."""
-        z, f_hats, logits = map(list, zip(*self.rollout_steps(img_BLCv, pick)))
+            z.append(z_si)
+            f_hats.append(f_hat_BCvhw)
+            logits.append(logits_BlV)
         return z, f_hats, logits
 
     @torch.no_grad()
@@ -636,8 +635,7 @@ class DepthART(nn.Module):
         # every step walks afresh with the current weights, scales 0..K-2 (no target depends on the last pick); only
         # the walk's tokens are kept, and dynamic_targets re-sums them in the codebook's precision, so targets and
         # inputs share one arithmetic
-        steps = self.rollout_steps(img_BLCv)
-        z = [next(steps)[0] for _ in self.cfg.patch_nums[1:]]
+        z = self.rollout(img_BLCv, num_scales=len(self.cfg.patch_nums) - 1)[0]
         return (img_BLCv,) + dynamic_targets(self.vae.quantize, f_D, z)
 
     def logits_and_targets(self, image_B3HW, gt_B1HW, objective: str = "depthart", valid_B1HW=None):
@@ -682,7 +680,7 @@ class DepthART(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Every path resizes with these (F.interpolate's values up to ~1e-6), so training, inference and the exported graphs
 # share one arithmetic that exports: the legacy ONNX exporter rejects uneven area resizes (16 -> 13), and a MatMul
-# avoids TensorRT's cubic Resize.
+# computes alike in every backend, where TensorRT's cubic Resize need not match PyTorch's.
 def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
@@ -714,10 +712,8 @@ class Resampler(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # 6. [repo] Not the method: extension points, the release's differences, checks, VAR's initialization
 # ----------------------------------------------------------------------------------------------
-# Extension points, for zoo.py's variants (zoo.build(cfg)); the paper's model uses none. Config.variant names a
-# subclass's extra fields (DepthART itself refuses them); another target than depth overrides encode_depth, decode
-# and decode_scales; `sequence` may add to the depth inputs (zoo's image shortcut for small models trained from
-# scratch); normalize_qk and a rollout's `pick` take the release's attention and sampler.
+# Extension points (Config.variant, encode_depth, decode, decode_scales, sequence, normalize_qk, a rollout's pick)
+# serve zoo.py's variants, which its docstring lists; the paper's model uses none.
 # Differences from the authors' release (github bulatko/DepthART; zoo.py reproduces each). The paper's objective,
 # and `loss`, is the cross-entropy of all K scales' depth tokens, and nothing else. The release:
 #   evaluates by sampling: per token, the mean code of 5 draws from the top-900 logits cut to top-p 0.9 (no
@@ -752,8 +748,8 @@ def check_depth(depth_B1HW: torch.Tensor, q98_B: torch.Tensor):
         raise ValueError("depth contains NaN or inf: fill invalid pixels and pass a `valid` mask instead")
     bad_B = ~(torch.isfinite(q98_B) & (q98_B > 0))
     if bad_B.any():
-        raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are all zero, negative or have no "
-                         "valid pixel: nothing to normalize")
+        raise ValueError(f"depth maps {bad_B.nonzero().flatten().tolist()} are (mostly) zero or negative, or have "
+                         "no valid pixel: nothing to normalize")
 
 
 def init_from_scratch(var: VAR, adaln=0.5, adaln_gamma=1e-5, head=0.02):

@@ -106,7 +106,7 @@ class Unrolled(nn.Module):
 
     def forward(self, image_B3HW):
         m = self.model
-        z, f_hats, _ = Z.anytime_rollout(m, m.encode_image(image_B3HW), self.max_scale)
+        z, f_hats, _ = m.rollout(m.encode_image(image_B3HW), num_scales=self.max_scale)
         if self.all_scales:
             scales = m.decode_scales(f_hats)
             return Z.last_scale(scales), scales, torch.cat(z, 1)
@@ -796,7 +796,7 @@ def references(model: D.DepthART, batch: int, all_scales: bool, rounds: int | No
     for r in range(rounds):
         images = pool[r * batch:(r + 1) * batch]
         with torch.no_grad():  # one rollout gives the tokens and what model.predict decodes from it
-            z, f_hats, _ = Z.anytime_rollout(model, model.encode_image(images), max_scale)
+            z, f_hats, _ = model.rollout(model.encode_image(images), num_scales=max_scale)
             out["images"].append(images.numpy())
             out["tokens"].append([zk.numpy() for zk in z])
             out["depth"].append(model.decode(f_hats[-1]).numpy())  # = Z.anytime_predict(model, images, max_scale)

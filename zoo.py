@@ -17,12 +17,16 @@ checkpoints in and out, the official weights' key names, and the DepthART releas
      training loss
   4. Anytime depth: the rollout stopped after its first k scales, and the partial sum decoded
 
+The variants use depthart.py's extension points (the paper's model uses none): Config.variant names a subclass's
+extra fields (depthart.DepthART refuses them); another target than depth overrides encode_depth, decode and
+decode_scales (TargetART); `sequence` may add to the depth inputs (the image shortcut of the CPU presets);
+normalize_qk and a rollout's `pick` take the release's attention and sampler (PlainAttention, release_sampler).
+
 depthart.py never imports this file; every tool does. (Not "models.py": VAR's official code is a package `models`.)
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import sys
@@ -535,16 +539,10 @@ def release_loss(model: D.DepthART, image_B3HW, gt_BTHW, objective: str = "depth
 # ----------------------------------------------------------------------------------------------
 # 4. Anytime depth (--max-scale k): every partial sum decodes to a depth map (the paper's Fig. 7)
 # ----------------------------------------------------------------------------------------------
-def anytime_rollout(model: D.DepthART, img_BLCv: torch.Tensor, max_scale: int | None = None, pick=D.greedy):
-    """model.rollout stopped after its first max_scale scales (None: all K) -> (z, f_hats, logits) of those."""
-    z, f_hats, logits = map(list, zip(*itertools.islice(model.rollout_steps(img_BLCv, pick), max_scale)))
-    return z, f_hats, logits
-
-
 @torch.no_grad()
 def anytime_predict(model: D.DepthART, image_B3HW: torch.Tensor, max_scale: int | None = None,
                     all_scales: bool = False, pick=D.greedy) -> torch.Tensor:
     """model.predict from the partial sum after the first max_scale scales k (None: all K), decoded; all_scales:
     after each of the k scales, (B, k, H, W) for depth."""
-    f_hats = anytime_rollout(model, model.encode_image(image_B3HW), max_scale, pick)[1]
+    f_hats = model.rollout(model.encode_image(image_B3HW), pick, max_scale)[1]
     return model.decode_scales(f_hats) if all_scales else model.decode(f_hats[-1])

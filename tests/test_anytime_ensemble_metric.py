@@ -44,11 +44,11 @@ def test_max_scale_decodes_the_partial_sum_after_k_scales(tiny):
     model, _ = tiny
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     every = model.predict(x, all_scales=True)
-    z, f_hats, logits = Z.anytime_rollout(model, model.encode_image(x), 3)
+    z, f_hats, logits = model.rollout(model.encode_image(x), num_scales=3)
     assert len(z) == len(f_hats) == len(logits) == 3
     full = model.rollout(model.encode_image(x))
     assert all(torch.equal(a, b) for got, ref in zip((z, f_hats, logits), full) for a, b in zip(got, ref[:3]))
-    assert all(torch.equal(a, b) for got, ref in zip(Z.anytime_rollout(model, model.encode_image(x)), full)
+    assert all(torch.equal(a, b) for got, ref in zip(model.rollout(model.encode_image(x), num_scales=None), full)
                for a, b in zip(got, ref, strict=True))
     assert torch.equal(Z.anytime_predict(model, x, 3), every[:, 2:3])
     assert torch.equal(Z.anytime_predict(model, x, 6), every[:, 5:])
