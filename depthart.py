@@ -23,7 +23,7 @@ and no sampling noise enters the targets. (The release evaluates by sampling, so
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: token map i's codes looked up, bicubic-upsampled to the full latent, then
-the Phi assigned to scale i):
+the Phi assigned to scale i; in code every resize is resample(f, side, mode), F.interpolate's, section 5):
   var:       inputs and targets from the VQ-VAE's own walk, x_si = Q(S_si(f_D - sum_{i<si} eta_i(x_i)))
   depthart:  inputs from the model's greedy walk z_si; targets t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i)))
 At scale 0 nothing has been walked, so t_0 = x_0; when the model walks exactly the VQ-VAE's path (z = x), all
@@ -52,22 +52,20 @@ this file's; the papers' are "paper Sec./Eq./Fig.". Imports only torch and the s
 
 Where training starts. A repair target is learnable only when the walk it repairs has structure. The paper
 fine-tunes ImageNet-pretrained VAR-d16 with DepthART directly, over VAR's VQ-VAE, frozen: that transformer already
-walks coherent residual maps. From random weights the walk is noise, and so are its targets. So [repo] this
-repository's small CPU models train in three stages: 1. the VQ-VAE; then, with it frozen, 2. the transformer by
-teacher forcing (loss(..., "var")); 3. the transformer by DepthART (loss(..., "depthart")) from stage 2's weights.
-Not in this file: those models' presets, variants, stage-1 loss and checkpoints (zoo.py); training, export (tools).
+walks coherent residual maps. From random weights the walk is noise, and so are its targets (the repository's CPU
+models therefore train in stages, section 6).
 
 Shape legend (names carry shapes; one letter, one meaning; Cv and Cf are one symbol each):
   B batch    C transformer width (1024)    Cv VQ-VAE latent channels (32)    Cf a VQ-VAE conv layer's channels
   V vocabulary    H, W image size    h, w a VQ-VAE map's size (H, W at conv_in, halved per level to 16; pn at si)
   K scales (10)   A heads (16)   L tokens of one modality (680)   l tokens of one scale (pn*pn)   M keys so far
   N tokens of a transformer call or other sequence   c channels per head (C/A)   P positions flattened together
-  J partial sums decoded at once   si a scale's index, 0-based; pn its side, patch_nums[si]   x_B3HW: 3 is a size
+  J partial sums decoded at once   si a scale's index, 0-based; pn its side, patch_nums[si]   digits are sizes
 Prefixes: "x: activations or a network's input", "f: VQ-VAE latents", "image: pixels", "img: the image prefix's
 latents", "idx: token indices", "code: code vectors", "gt: ground-truth depth"; other prefixes are plain words (rest,
 eta, dist, q/k/v/o, mask, bias, cond, valid, depth, logits...; a digit in a word, as in gamma1 or q98, is no size).
 Lists over scales are plain plurals, coarse to fine: one entry per scale (z, targets, f_hats, idxs, logits), but
-inputs has K-1 (they feed scales 1..K-1), so have the training walk's z and f_hats, and bounds K+1 (starts, then L).
+inputs has K-1 (they feed scales 1..K-1), as do the training walk's z and f_hats; bounds has K+1 (starts, then L).
 Unshaped by design: f_D, the depth map's latent (B,Cv,h,w), named as in the formulas (D is no dimension); z_si (the
 rollout's pick shapes it); f_hat_BCvhw = 0 before scale 0; section 5's eye and mat; qkv_bias (3C,); ticks
 (phi_count,). Official keys keep VAR's names, unshaped (pos_start, q_bias, attn_bias_for_masking...) or in its
@@ -244,7 +242,7 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x_BCfhw)))
 
 
-# 2b. The residual quantizer (VAR's Algorithms 1-2): the method reads from here on -----------------------------
+# 2b. The residual quantizer (VAR's Algorithm 1): the method reads from here on ---------------------------------
 class Phi(nn.Conv2d):
     """eta's learnable part: Phi(f) = (1 - r) f + r conv3x3(f), removing upsampling artefacts."""
 
@@ -542,8 +540,9 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). Any function
-    of this signature may replace it, e.g. a sampler ([release] extension point, section 6)."""
+    """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). For predict,
+    any function of this signature may replace it, e.g. a sampler ([release] extension point, section 6); the
+    training walk is always greedy, since dynamic_targets re-sums its tokens by index."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
@@ -601,10 +600,10 @@ class DepthART(nn.Module):
 
     def rollout(self, img_BLCv: torch.Tensor, pick=greedy, num_scales: int | None = None):
         """Generation, one scale per transformer call (VAR's next-scale loop), of the first num_scales scales (None:
-        all K; the training walk stops at K-1) -> (z, f_hats, logits), lists coarse to fine: the token maps, the
-        cumulative latents, the logits_BlV. The first call runs the image prefix and the depth start token together,
-        unmasked, as mask level 0 allows. Each later call feeds only the new scale, whose keys and values join the KV
-        cache; everything a call may attend to is then cached, so no call needs a mask."""
+        all K; the training walk runs K-1, scales 0..K-2) -> (z, f_hats, logits), lists coarse to fine: the token
+        maps, the cumulative latents, the logits_BlV. The first call runs the image prefix and the depth start token
+        together, unmasked, as mask level 0 allows. Each later call feeds only the new scale, whose keys and values
+        join the KV cache; everything a call may attend to is then cached, so no call needs a mask."""
         caches, quant = [dict() for _ in self.var.blocks], self.vae.quantize
         x_BNC = self.sequence(img_BLCv, None, 0, 1)
         z, f_hats, logits = [], [], []
@@ -642,7 +641,7 @@ class DepthART(nn.Module):
         """Depth logits of one block-causal forward over the walk, with gradients, and their targets -> (logits_BLV,
         idx_BL): for var the VQ-VAE's walk scored; for depthart the logits the walk saw, up to rounding: the walk's
         per-scale cached calls sum in another order than one masked forward, and under autocast the walk's f_hats
-        are half-precision sums, where dynamic_targets re-sums its tokens in float32."""
+        are half-precision sums, where dynamic_targets re-sums its tokens in the codebook's float32."""
         img_BLCv, targets, f_hats = self.walk_targets(image_B3HW, gt_B1HW, objective, valid_B1HW)
         return self.parallel_logits(img_BLCv, self.vae.quantize.next_inputs(f_hats)), torch.cat(targets, 1)
 
@@ -658,12 +657,12 @@ class DepthART(nn.Module):
         return loss, {"loss": loss.detach(), "token_acc": token_acc}
 
     def decode(self, f_hat_BCvhw: torch.Tensor) -> torch.Tensor:
-        """One partial sum f_hat -> the relative depth it decodes to, (B, 1, H, W) in [0, 1]."""
+        """One partial sum f_hat -> its relative depth, (B, 1, H, W) in [0, 1] ([repo] extension point)."""
         return depth_from_decoder(self.vae.decode(f_hat_BCvhw))
 
     def decode_scales(self, f_hats: list) -> torch.Tensor:
         """predict(all_scales) and visualisation (paper Fig. 7): J partial sums f_hat -> the depth after each,
-        (B, J, H, W)."""
+        (B, J, H, W) ([repo] extension point)."""
         J, B = len(f_hats), f_hats[0].shape[0]
         return self.decode(torch.cat(f_hats, 0)).unflatten(0, (J, B)).transpose(0, 1)[:, :, 0]
 
@@ -712,6 +711,10 @@ class Resampler(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # 6. [repo] Not the method: extension points, the release's differences, checks, VAR's initialization
 # ----------------------------------------------------------------------------------------------
+# This repository's small CPU models start from random weights, so they train in three stages: 1. the VQ-VAE; then,
+# with it frozen, 2. the transformer by teacher forcing (loss(..., "var")); 3. by DepthART (loss(..., "depthart"))
+# from stage 2's weights. Their presets, variants, stage-1 loss and checkpoints are zoo.py's; training and export
+# are the tools'.
 # Extension points (Config.variant, encode_depth, decode, decode_scales, sequence, normalize_qk, a rollout's pick)
 # serve zoo.py's variants, which its docstring lists; the paper's model uses none.
 # Differences from the authors' release (github bulatko/DepthART; zoo.py reproduces each). The paper's objective,
