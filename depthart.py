@@ -23,7 +23,7 @@ and no sampling noise enters the targets. (The release evaluates by sampling, so
 
 The objectives in one line each (f_D: continuous VQ-VAE feature of the depth map, Q: nearest code,
 S_si: area resize to scale si, eta_i: token map i's codes looked up, bicubic-upsampled to the full latent, then
-the Phi assigned to scale i; in code every resize is resample(f, side, mode), F.interpolate's, section 5):
+the Phi assigned to scale i; in code the method's resizes are resample(f, side, mode), F.interpolate's, section 5):
   var:       inputs and targets from the VQ-VAE's own walk, x_si = Q(S_si(f_D - sum_{i<si} eta_i(x_i)))
   depthart:  inputs from the model's greedy walk z_si; targets t_si = Q(S_si(f_D - sum_{i<si} eta_i(z_i)))
 At scale 0 nothing has been walked, so t_0 = x_0; when the model walks exactly the VQ-VAE's path (z = x), all
@@ -541,8 +541,8 @@ def dynamic_targets(quant: ResidualQuantizer, f_D: torch.Tensor, z: list) -> tup
 
 def greedy(logits_BlV: torch.Tensor, code_VCv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rollout's choice at one scale: the most likely token -> (idx_Bl, its code vectors code_BlCv). For predict,
-    any function of this signature may replace it, e.g. a sampler ([release] extension point, section 6); the
-    training walk is always greedy, since dynamic_targets re-sums its tokens by index."""
+    any function of this signature may replace it, e.g. a sampler ([release] extension point, section 6). The
+    training walk stays greedy (predict's walk, see the top), and dynamic_targets re-sums its picks by index."""
     idx_Bl = logits_BlV.argmax(-1)
     return idx_Bl, code_VCv[idx_Bl]
 
@@ -677,9 +677,9 @@ class DepthART(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # 5. [export] The resizes (S_si, eta's upsampling, the prefix's maps) as constant matrix products
 # ----------------------------------------------------------------------------------------------
-# Every path resizes with these (F.interpolate's values up to ~1e-6), so training, inference and the exported graphs
-# share one arithmetic that exports: the legacy ONNX exporter rejects uneven area resizes (16 -> 13), and a MatMul
-# computes alike in every backend, where TensorRT's cubic Resize need not match PyTorch's.
+# Every resize of the method uses these (F.interpolate's values up to ~1e-6), so training, inference and the
+# exported graphs share one arithmetic that exports: the legacy ONNX exporter rejects uneven area resizes (16 -> 13),
+# and a MatMul computes alike in every backend, where TensorRT's cubic Resize need not match PyTorch's.
 def resize_matrix(src: int, dst: int, mode: str) -> torch.Tensor:
     """The (dst, src) matrix mat with F.interpolate(x, (dst, dst), mode) == mat @ x @ mat.T: PyTorch's bicubic
     (a = -0.75, align_corners False, clamped borders) and area resizes are separable and linear, so resizing
