@@ -1,4 +1,5 @@
-"""Tests of infer_trt.py end to end on a tiny checkpoint written here: images of every mode, bad files."""
+"""Tests of infer_trt.py end to end on a small random checkpoint written here (conftest.mini_config): images of
+every mode, bad files."""
 import dataclasses
 import json
 import math
@@ -18,6 +19,7 @@ import data
 import export as E
 import infer_trt as I
 import zoo as Z
+from conftest import mini_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def checkpoint(tmp_path_factory):
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    model = E.lively(Z.build(Z.preset("tiny")))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    model = E.lively(Z.build(mini_config()))  # what is checked here does not depend on the model's size
+    path = tmp_path_factory.mktemp("ckpt") / "mini.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
               metadata={"config": json.dumps(dataclasses.asdict(model.cfg))})
     return path
@@ -130,10 +132,11 @@ def ort_backend(checkpoint, first_run):
 
 def test_torch_and_onnxruntime_backends_agree(checkpoint, ort_backend):
     torch_backend = I.load_backend(checkpoint, "torch")
-    assert torch_backend.image_size == ort_backend.image_size == 64 and ort_backend.batch == 2
-    images = E.sample_images(3, 64).numpy()  # 3 images through a batch-2 graph: padded last chunk
+    S = mini_config().image_size
+    assert torch_backend.image_size == ort_backend.image_size == S and ort_backend.batch == 2
+    images = E.sample_images(3, S).numpy()  # 3 images through a batch-2 graph: padded last chunk
     a, b = torch_backend.predict(images), ort_backend.predict(images)
-    assert a.shape == b.shape == (3, 1, 64, 64)
+    assert a.shape == b.shape == (3, 1, S, S)
     assert np.abs(a - b).max() <= 1e-4
 
 
@@ -141,8 +144,9 @@ def test_load_backend_reads_an_onnx_graph_directly(first_run):
     _, _, cache = first_run
     graph = next(cache.rglob("*.onnx"))
     backend = I.load_backend(graph, "ort")
-    assert backend.image_size == 64
-    assert backend.predict(E.sample_images(1, 64).numpy()).shape == (1, 1, 64, 64)
+    S = mini_config().image_size
+    assert backend.image_size == S
+    assert backend.predict(E.sample_images(1, S).numpy()).shape == (1, 1, S, S)
 
 
 def test_missing_default_checkpoint_says_what_to_pass(tmp_path, capsys, monkeypatch):
@@ -229,7 +233,7 @@ def test_a_stage1_checkpoint_is_refused_in_one_line(checkpoint, folder, tmp_path
     from safetensors.torch import load_file, save_file
     stage1 = tmp_path / "vqvae.safetensors"
     save_file(load_file(str(checkpoint)), str(stage1),
-              metadata={"config": json.dumps(dataclasses.asdict(Z.preset("tiny"))), "meta": json.dumps({"stage": "vqvae"})})
+              metadata={"config": json.dumps(dataclasses.asdict(mini_config())), "meta": json.dumps({"stage": "vqvae"})})
     with pytest.raises(ValueError, match="stage-1"):
         I.load(stage1, backend="torch")
     code, text = run_main([str(folder[0] / "grey.png"), "--checkpoint", str(stage1), "--out", str(tmp_path / "o")],
