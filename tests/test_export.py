@@ -41,20 +41,37 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def graphs(tiny, tmp_path_factory):
-    """Each batch's (report, path) of export(), made once when a test first asks for it."""
+    """Each batch's (report, path) of export(), made once when a test first asks for it, in a folder of its own.
+    Batch 2 (depth_scales and tokens outputs) keeps the weights inside the graph and the model as it was; batch 1
+    is written the command line's way (keep_model=False: write, free the model's weights, then check the written
+    files) with the weights streamed to NAME.onnx.data, from a copy of tiny (graphs.models[1]), which it leaves
+    on the meta device."""
     made = {}
 
     def get(batch):
         if batch not in made:
             path = tmp_path_factory.mktemp("onnx") / f"tiny_b{batch}.onnx"
-            made[batch] = E.export(tiny, path, batch=batch, all_scales=batch == 2, tokens=batch == 2, check=True), path
+            if batch == 1:
+                get.models[1] = copy.deepcopy(tiny)
+                made[1] = E.export(get.models[1], path, external_data=True, check=True, keep_model=False), path
+            else:
+                made[batch] = E.export(tiny, path, batch=batch, all_scales=batch == 2, tokens=batch == 2, check=True), path
         return made[batch]
+    get.models = {}
     return get
+
+
+@pytest.fixture(scope="module")
+def traced(tiny):
+    """trace_apart(tiny) at batch 1, tidied as export() tidies it -> (graph with weight stubs, tensors)."""
+    graph, tensors = E.trace_apart(tiny, 1)
+    return E.tidy(graph, tensors), tensors
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2-all-scales"])
 def exported(request, graphs):
-    """(batch, report, graph): batch 1 plain, batch 2 with depth_scales and tokens outputs."""
+    """(batch, report, graph): batch 1 plain (its weights read back from NAME.onnx.data), batch 2 with depth_scales
+    and tokens outputs."""
     report, path = graphs(request.param)
     return request.param, report, onnx.load(str(path))
 
@@ -399,11 +416,10 @@ def test_a_normals_checkpoint_exports_with_parity(normals_export):
     np.testing.assert_allclose(normals, model.predict(images).numpy(), atol=1e-3)
 
 
-def test_the_trace_keeps_weights_apart_as_views_of_the_model(tiny):
+def test_the_trace_keeps_weights_apart_as_views_of_the_model(tiny, traced):
     """trace_apart holds no weight bytes in the graph and no copy of a weight beside the model: every tensor it
     keeps shares its storage with a parameter or buffer of the model (a transposed weight is a transposed view)."""
-    graph, tensors = E.trace_apart(tiny, 1)
-    graph = E.tidy(graph, tensors)
+    graph, tensors = traced
     stubs = [i for i in graph.graph.initializer if E.is_stub(i)]
     assert {i.name for i in stubs} == set(tensors) and len(graph.SerializeToString()) < E.parameter_bytes(tiny) / 10
     storages = {t.untyped_storage().data_ptr() for t in list(tiny.parameters()) + list(tiny.buffers())}
@@ -415,22 +431,24 @@ def test_the_trace_keeps_weights_apart_as_views_of_the_model(tiny):
     assert sum(E._tensor_nbytes(i) for i in stubs) == sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def test_weights_streamed_to_external_data_give_the_same_graph(tiny, graphs, tmp_path):
-    """The lean path: weights written one at a time into NAME.onnx.data from the model's tensors, the check run
-    with the weights read from that file; the written graph computes what the in-memory graph does, bit for bit.
-    Written the command line's way (keep_model=False: write, free the model's weights, then check the written
-    files), which leaves the model on the meta device; tests/test_release.py exports with the model kept."""
-    out, model = tmp_path / "tiny_ext.onnx", copy.deepcopy(tiny)
-    report = E.export(model, out, external_data=True, check=True, log=lambda s: None, keep_model=False)
+def test_weights_streamed_to_external_data_give_the_same_graph(tiny, graphs, traced):
+    """The lean path (the batch-1 graph of `graphs`): weights written one at a time into NAME.onnx.data from the
+    model's tensors, the check run with the weights read from that file; the written graph computes what the
+    in-memory graph does, bit for bit. Written the command line's way (keep_model=False: write, free the model's
+    weights, then check the written files), which leaves the model on the meta device; test_export's batch-2
+    graph and tests/test_release.py export with the model kept."""
+    report, out = graphs(1)
+    model = graphs.models[1]
     assert report["external_data"] and report["fp32_check"]["token_agreement_per_scale"] == [1.0] * 6
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_ext.onnx", "tiny_ext.onnx.data"]  # nothing staged left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny_b1.onnx", "tiny_b1.onnx.data"]  # nothing staged left
     assert all(p.is_meta for p in model.parameters()) and not any(p.is_meta for p in tiny.parameters())
     assert report["outputs"] == ["depth"] and [o.name for o in onnx.load(str(out), load_external_data=False).graph.output] == ["depth"]
     inits = onnx.load(str(out), load_external_data=False).graph.initializer
     external = [i for i in inits if E.is_stub(i)]
     assert external and all(len(i.raw_data) < 1024 for i in inits if not E.is_stub(i))
     images = E.sample_images(2, 64)[:1].numpy()
-    in_memory = graphs(1)[1]  # the same model exported with its weights inside the graph
+    graph, tensors = traced  # the same model traced and tidied, with its weights put inside the graph in memory
+    in_memory = E.keep_outputs(E.fill_weights(copy.deepcopy(graph), tensors), report["outputs"])
     np.testing.assert_array_equal(E.ort_session(out, lean=True).run(None, {"image": images})[0],
                                   E.ort_session(in_memory).run(None, {"image": images})[0])
 
