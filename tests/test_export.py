@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 import depthart as D
 import export as E
 import zoo as Z
+from conftest import mini_config
 
 # Every operator the TensorRT 10 ONNX parser supports (marked "Y"), from onnx/onnx-tensorrt docs/operators.md
 # at its "ONNX-TensorRT 10.1 GA release" commit (96e7811), which states that TensorRT 10 parses opsets 9 to 20.
@@ -66,6 +67,15 @@ def traced(tiny):
     """trace_apart(tiny) at batch 1, tidied as export() tidies it -> (graph with weight stubs, tensors)."""
     graph, tensors = E.trace_apart(tiny, 1)
     return E.tidy(graph, tensors), tensors
+
+
+@pytest.fixture(scope="module")
+def mini_checkpoint(tmp_path_factory):
+    """A checkpoint of a random model smaller than tiny (conftest.mini_config: three scales, one block)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mini") / "mini.safetensors"
+    Z.save_checkpoint(path, E.lively(Z.build(mini_config())), {"stage": "transformer"})
+    return path
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2-all-scales"])
@@ -256,7 +266,7 @@ def test_engine_flag_without_tensorrt_writes_onnx_and_fails_in_one_line(tmp_path
         raise E.EngineUnavailable("TensorRT is not installed")
     monkeypatch.setattr(E, "import_tensorrt", missing)  # also where TensorRT happens to be installed
     out = tmp_path / "tiny.onnx"
-    code = E.main(["--preset", "tiny", "--out", str(out), "--engine", "--no-check"])
+    code = E.main(["--preset", "tiny", "--out", str(out), "--engine", "--no-check", "--max-scale", "1"])  # a small graph
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "TensorRT" in ln]
     assert code != 0
     assert len(lines) == 1 and "no engine built" in lines[0] and str(out) in lines[0]
@@ -375,15 +385,15 @@ class FlipOneToken:
         return out
 
 
-def test_token_flips_say_what_they_mean_and_which_flag_accepts_them(tmp_path, capsys, monkeypatch):
+def test_token_flips_say_what_they_mean_and_which_flag_accepts_them(mini_checkpoint, tmp_path, capsys, monkeypatch):
     real = E.ort_session
     monkeypatch.setattr(E, "ort_session", lambda m, threads=None, **kw: FlipOneToken(real(m, threads, **kw)))
-    out = tmp_path / "x.onnx"
-    assert E.main(["--preset", "tiny", "--out", str(out), "--max-scale", "3"]) == 2  # 3 scales: a smaller graph
+    out, ckpt = tmp_path / "x.onnx", str(mini_checkpoint)  # three scales, one block: a small graph
+    assert E.main(["--checkpoint", ckpt, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "near-tied logits" in err[0] and "--allow-token-flips" in err[0] and not out.exists()
     assert not list(tmp_path.iterdir())  # the refused graph left nothing behind, not even its staging folder
-    assert E.main(["--preset", "tiny", "--out", str(out), "--max-scale", "3", "--allow-token-flips"]) == 0
+    assert E.main(["--checkpoint", ckpt, "--out", str(out), "--allow-token-flips"]) == 0
     agreement = json.loads(out.with_suffix(".json").read_text())["fp32_check"]["token_agreement_per_scale"]
     assert out.is_file() and agreement[-1] < 1.0 and agreement[0] == 1.0
 
@@ -456,20 +466,18 @@ def test_weights_streamed_to_external_data_give_the_same_graph(tiny, graphs, tra
 def test_shape_inference_without_weights_gives_the_same_graph(monkeypatch):
     """The exporter's whole-graph shape inference runs without the weights' values (at d16 they cost it 4.5 GB);
     no shape here comes from a weight's values, so the graph is the same byte for byte, and the pass is restored.
-    A model smaller than tiny (one block, three scales) holds every kind of node and traces in half the time."""
+    A model smaller than tiny (conftest.mini_config) holds every kind of node and traces in half the time."""
     torch.manual_seed(0)
-    tiny = E.lively(D.DepthART(Z.Config(image_size=32, patch_nums=(1, 2, 4), vocab_size=64, vae_ch=16,
-                                        vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=1, width=32, heads=2,
-                                        num_classes=0)))
+    mini = E.lively(D.DepthART(mini_config()))
     jit_pass, weights_seen = torch._C._jit_pass_onnx_graph_shape_type_inference, []
 
     def spy(graph, params, opset):
         weights_seen.append(len(params))
         return jit_pass(graph, params, opset)
     monkeypatch.setattr(torch._C, "_jit_pass_onnx_graph_shape_type_inference", spy)
-    lean_graph, lean_tensors = E.trace_apart(tiny, 1)
+    lean_graph, lean_tensors = E.trace_apart(mini, 1)
     assert torch._C._jit_pass_onnx_graph_shape_type_inference is spy and weights_seen and not any(weights_seen)
     monkeypatch.setattr(E, "shape_inference_without_weights", contextlib.nullcontext)  # the exporter's own way
-    graph, tensors = E.trace_apart(tiny, 1)
+    graph, tensors = E.trace_apart(mini, 1)
     assert max(weights_seen) > 0 and lean_graph.SerializeToString() == graph.SerializeToString()
     assert lean_tensors.keys() == tensors.keys() and all(torch.equal(lean_tensors[k], tensors[k]) for k in tensors)
