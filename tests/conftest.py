@@ -1,9 +1,8 @@
-"""Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed), a tiny normals
-model exported once, command lines run side by side, and a folder of generated photographs (photo textures)."""
-import os
+"""Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed), a model smaller than
+the tiny preset, a tiny normals model exported once, command lines started before their tests need them, and a
+folder of generated photographs (photo textures)."""
 import subprocess
 import types
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -168,12 +167,30 @@ def normals_export(tmp_path_factory):
     return model, checkpoint, graph, E.main(["--checkpoint", str(checkpoint), "--out", str(graph), "--all-scales"])
 
 
-def run_side_by_side(commands) -> list:
-    """subprocess.run(argv, **kwargs) for each (argv, kwargs), two at a time (more where there are more cores):
-    a command-line test's interpreter spends its seconds importing torch on one core, so ten of them one after
-    another leave the other core idle. Returns the CompletedProcess of each, in order."""
-    with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1))) as pool:
-        return list(pool.map(lambda c: subprocess.run(c[0], **c[1]), commands))
+class Started:
+    """A command line started before its test needs it: subprocess.Popen(argv, **kwargs), its output captured as
+    text. A fresh interpreter spends its first seconds importing torch on one core; started as a module begins,
+    it does so beside the module's single-threaded tests on the other core, and its test reads result()."""
+
+    def __init__(self, argv, **kwargs):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+    def result(self, timeout=120) -> subprocess.CompletedProcess:
+        """Wait for the command -> subprocess.CompletedProcess (returncode, stdout, stderr), as subprocess.run."""
+        out, err = self.proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
+
+    def stop(self):
+        """End the command if its test did not wait for it (deselected, or failed before)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+def selected(request, name: str) -> bool:
+    """Whether the test function `name` of the requesting module runs in this session (-k, node ids, -m)."""
+    return any(getattr(item, "module", None) is request.module and getattr(item, "originalname", None) == name
+               for item in request.session.items)
 
 
 def photo_folder(path, n=3):
