@@ -5,7 +5,6 @@ import json
 import math
 import os
 import struct
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -19,7 +18,7 @@ import data
 import export as E
 import infer_trt as I
 import zoo as Z
-from conftest import mini_config
+from conftest import Started, mini_config, selected
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,10 +249,23 @@ def test_unusable_out_is_one_line_before_any_work(checkpoint, folder, tmp_path, 
     assert code == 2 and len(text.strip().splitlines()) == 1 and text.startswith("--out: ") and str(out) in text
 
 
-def test_cli_runs_from_another_directory_and_errors_are_one_line(tmp_path):
+@pytest.fixture(scope="module", autouse=True)
+def out_is_a_file(request, tmp_path_factory):
+    """infer_trt.py's command line in a fresh interpreter, from another folder holding a file `a-file` given as
+    --out, started as this module begins (where its test is selected): it imports torch on one core while the
+    tests here run on the other; test_cli_runs_from_another_directory_and_errors_are_one_line reads the result."""
+    if not selected(request, "test_cli_runs_from_another_directory_and_errors_are_one_line"):
+        yield None
+        return
+    tmp_path = tmp_path_factory.mktemp("out_is_a_file")
     (tmp_path / "a-file").write_text("x")
-    res = subprocess.run([sys.executable, str(ROOT / "infer_trt.py"), "nothing.png", "--out", "a-file"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    run = Started([sys.executable, str(ROOT / "infer_trt.py"), "nothing.png", "--out", "a-file"], cwd=tmp_path)
+    yield run
+    run.stop()
+
+
+def test_cli_runs_from_another_directory_and_errors_are_one_line(out_is_a_file):
+    res = out_is_a_file.result()
     assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr
     assert res.stdout.strip().splitlines()[-1] == "--out: a-file exists and is a file, not a folder"
 
