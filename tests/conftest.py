@@ -141,12 +141,13 @@ def fake_tensorrt(monkeypatch):
 
 
 def mini_config(**changes):
-    """A model smaller than the tiny preset (32x32 images, three scales, one block, 64 codes) that still holds
-    every kind of node the exporter meets: tiny's export, check and run in well under half the time, for tests
-    whose assertions do not depend on the model's size."""
+    """A model smaller than the tiny preset (32x32 images, three scales, one block, 64 codes; the image shortcut
+    of the CPU presets) that still holds every kind of node the exporter meets: tiny's export, check and run in
+    well under half the time, for tests whose assertions do not depend on the model's size."""
     import zoo as Z
-    return Z.Config(image_size=32, patch_nums=(1, 2, 4), vocab_size=64, vae_ch=16, vae_ch_mult=(1, 2, 4, 4),
-                    vae_res_blocks=1, depth=1, width=32, heads=2, num_classes=0, **changes)
+    return Z.Config(**{**dict(image_size=32, patch_nums=(1, 2, 4), vocab_size=64, vae_ch=16, vae_ch_mult=(1, 2, 4, 4),
+                              vae_res_blocks=1, depth=1, width=32, heads=2, num_classes=0, image_shortcut=True),
+                       **changes})
 
 
 @pytest.fixture(scope="session")
