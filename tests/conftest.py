@@ -152,16 +152,14 @@ def mini_config(**changes):
 
 @pytest.fixture(scope="session")
 def normals_export(tmp_path_factory):
-    """A tiny random normals model (lively, seed 0), its checkpoint and `export.py --checkpoint ... --all-scales`
-    of it, once per session -> (model, checkpoint, graph, export.main's exit code). test_export checks the export;
-    test_infer runs the same graph through the command line rather than exporting it a second time."""
+    """A small random normals model (mini_config, lively, seed 0), its checkpoint and `export.py --checkpoint ...
+    --all-scales` of it, once per session -> (model, checkpoint, graph, export.main's exit code). test_export checks
+    the export; test_infer runs the same graph through the command line rather than exporting it a second time."""
     import torch
     import export as E
     import zoo as Z
-    cfg = Z.preset("tiny")
-    cfg.target = "normals"
     torch.manual_seed(0)
-    model = E.lively(Z.build(cfg))
+    model = E.lively(Z.build(mini_config(target="normals")))
     folder = tmp_path_factory.mktemp("normals")
     checkpoint, graph = folder / "normals.safetensors", folder / "normals.onnx"
     Z.save_checkpoint(checkpoint, model, {"stage": "transformer", "target": "normals"})

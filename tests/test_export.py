@@ -408,7 +408,7 @@ def test_unwritable_out_is_one_line_before_the_export(tmp_path, capsys, out):
 
 
 def test_a_normals_checkpoint_exports_with_parity(normals_export):
-    """A tiny model with target normals: the graph outputs unit normals (and their per-scale maps) named
+    """A small model (conftest.mini_config) with target normals: the graph outputs unit normals (and their per-scale maps) named
     after the target, token-exact and within 1e-3 of PyTorch (renormalizing a random decoder's short vectors
     magnifies float rounding; see export.verify). The export (tests/conftest.py) is
     `export.py --checkpoint normals.safetensors --all-scales`, run once for this test and test_infer's."""
@@ -419,9 +419,10 @@ def test_a_normals_checkpoint_exports_with_parity(normals_export):
     assert min(report["fp32_check"]["token_agreement_per_scale"]) == 1.0
     assert report["fp32_check"]["depth_max_abs_err"] <= 1e-3 and report["fp32_check"]["depth_mean_abs_err"] < 1e-5
     sess = E.ort_session(out)
-    images = E.sample_images(1, 64)
+    S, K = model.cfg.image_size, len(model.cfg.patch_nums)
+    images = E.sample_images(1, S)
     normals, scales = sess.run(None, {"image": images.numpy()})
-    assert normals.shape == (1, 3, 64, 64) and scales.shape == (1, 6, 3, 64, 64)
+    assert normals.shape == (1, 3, S, S) and scales.shape == (1, K, 3, S, S)
     np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(normals, model.predict(images).numpy(), atol=1e-3)
 
