@@ -1,9 +1,8 @@
-"""Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed), a tiny normals
-model exported once, command lines run side by side, and a folder of generated photographs (photo textures)."""
-import os
+"""Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed), a model smaller than
+the tiny preset, a tiny normals model exported once, command lines started before their tests need them, and a
+folder of generated photographs (photo textures)."""
 import subprocess
 import types
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -141,30 +140,56 @@ def fake_tensorrt(monkeypatch):
     return install
 
 
+def mini_config(**changes):
+    """A model smaller than the tiny preset (32x32 images, three scales, one block, 64 codes; the image shortcut
+    of the CPU presets) that still holds every kind of node the exporter meets: tiny's export, check and run in
+    well under half the time, for tests whose assertions do not depend on the model's size."""
+    import zoo as Z
+    return Z.Config(**{**dict(image_size=32, patch_nums=(1, 2, 4), vocab_size=64, vae_ch=16, vae_ch_mult=(1, 2, 4, 4),
+                              vae_res_blocks=1, depth=1, width=32, heads=2, num_classes=0, image_shortcut=True),
+                       **changes})
+
+
 @pytest.fixture(scope="session")
 def normals_export(tmp_path_factory):
-    """A tiny random normals model (lively, seed 0), its checkpoint and `export.py --checkpoint ... --all-scales`
-    of it, once per session -> (model, checkpoint, graph, export.main's exit code). test_export checks the export;
-    test_infer runs the same graph through the command line rather than exporting it a second time."""
+    """A small random normals model (mini_config, lively, seed 0), its checkpoint and `export.py --checkpoint ...
+    --all-scales` of it, once per session -> (model, checkpoint, graph, export.main's exit code). test_export checks
+    the export; test_infer runs the same graph through the command line rather than exporting it a second time."""
     import torch
     import export as E
     import zoo as Z
-    cfg = Z.preset("tiny")
-    cfg.target = "normals"
     torch.manual_seed(0)
-    model = E.lively(Z.build(cfg))
+    model = E.lively(Z.build(mini_config(target="normals")))
     folder = tmp_path_factory.mktemp("normals")
     checkpoint, graph = folder / "normals.safetensors", folder / "normals.onnx"
     Z.save_checkpoint(checkpoint, model, {"stage": "transformer", "target": "normals"})
     return model, checkpoint, graph, E.main(["--checkpoint", str(checkpoint), "--out", str(graph), "--all-scales"])
 
 
-def run_side_by_side(commands) -> list:
-    """subprocess.run(argv, **kwargs) for each (argv, kwargs), two at a time (more where there are more cores):
-    a command-line test's interpreter spends its seconds importing torch on one core, so ten of them one after
-    another leave the other core idle. Returns the CompletedProcess of each, in order."""
-    with ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 1))) as pool:
-        return list(pool.map(lambda c: subprocess.run(c[0], **c[1]), commands))
+class Started:
+    """A command line started before its test needs it: subprocess.Popen(argv, **kwargs), its output captured as
+    text. A fresh interpreter spends its first seconds importing torch on one core; started as a module begins,
+    it does so beside the module's single-threaded tests on the other core, and its test reads result()."""
+
+    def __init__(self, argv, **kwargs):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+    def result(self, timeout=120) -> subprocess.CompletedProcess:
+        """Wait for the command -> subprocess.CompletedProcess (returncode, stdout, stderr), as subprocess.run."""
+        out, err = self.proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
+
+    def stop(self):
+        """End the command if its test did not wait for it (deselected, or failed before)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+def selected(request, name: str) -> bool:
+    """Whether the test function `name` of the requesting module runs in this session (-k, node ids, -m)."""
+    return any(getattr(item, "module", None) is request.module and getattr(item, "originalname", None) == name
+               for item in request.session.items)
 
 
 def photo_folder(path, n=3):

@@ -2,7 +2,6 @@
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate as ev  # noqa: E402
 import metrics as M  # noqa: E402
+from conftest import Started, selected  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Metrics, worked by hand.
@@ -462,12 +462,27 @@ def test_cli_const_on_tum_writes_json_and_csv(tmp_path, capsys):
     assert rows["n_images"] == "3" and float(rows["abs_rel"]) == pytest.approx(result["metrics"]["abs_rel"], abs=1e-6)
 
 
-def test_cli_subprocess_ramp_on_ibims(tmp_path):
+@pytest.fixture(scope="module", autouse=True)
+def ramp_on_ibims(request, tmp_path_factory):
+    """evaluate.py's command line in a fresh interpreter, from another folder, on an iBims-1 layout missing one
+    image, started as this module begins (where its test is selected): it imports torch on one core while the
+    tests here run on the other, and test_cli_subprocess_ramp_on_ibims reads the result. -> (Started, folder)"""
+    if not selected(request, "test_cli_subprocess_ramp_on_ibims"):
+        yield None
+        return
+    tmp_path = tmp_path_factory.mktemp("ramp_on_ibims")
     make_ibims(tmp_path / "ibims")
     (tmp_path / "ibims" / "rgb" / "office_02.png").unlink()
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", "ramp", "--dataset", "ibims1",
-                           "--data-root", str(tmp_path / "ibims"), "--input-size", "32", "--out", str(tmp_path / "r"),
-                           "--no-progress"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    run = Started([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint", "ramp", "--dataset", "ibims1",
+                   "--data-root", str(tmp_path / "ibims"), "--input-size", "32", "--out", str(tmp_path / "r"),
+                   "--no-progress"], cwd=tmp_path)
+    yield run, tmp_path
+    run.stop()
+
+
+def test_cli_subprocess_ramp_on_ibims(ramp_on_ibims):
+    run, tmp_path = ramp_on_ibims
+    proc = run.result()
     assert proc.returncode == 0, proc.stderr
     assert "pe-fla" in proc.stdout and "missing file: 1" in proc.stdout
     saved = json.loads((tmp_path / "r.json").read_text())

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 import depthart as D
 import export as E
 import zoo as Z
+from conftest import mini_config
 
 # Every operator the TensorRT 10 ONNX parser supports (marked "Y"), from onnx/onnx-tensorrt docs/operators.md
 # at its "ONNX-TensorRT 10.1 GA release" commit (96e7811), which states that TensorRT 10 parses opsets 9 to 20.
@@ -41,20 +42,46 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def graphs(tiny, tmp_path_factory):
-    """Each batch's (report, path) of export(), made once when a test first asks for it."""
+    """Each batch's (report, path) of export(), made once when a test first asks for it, in a folder of its own.
+    Batch 2 (depth_scales and tokens outputs) keeps the weights inside the graph and the model as it was; batch 1
+    is written the command line's way (keep_model=False: write, free the model's weights, then check the written
+    files) with the weights streamed to NAME.onnx.data, from a copy of tiny (graphs.models[1]), which it leaves
+    on the meta device."""
     made = {}
 
     def get(batch):
         if batch not in made:
             path = tmp_path_factory.mktemp("onnx") / f"tiny_b{batch}.onnx"
-            made[batch] = E.export(tiny, path, batch=batch, all_scales=batch == 2, tokens=batch == 2, check=True), path
+            if batch == 1:
+                get.models[1] = copy.deepcopy(tiny)
+                made[1] = E.export(get.models[1], path, external_data=True, check=True, keep_model=False), path
+            else:
+                made[batch] = E.export(tiny, path, batch=batch, all_scales=batch == 2, tokens=batch == 2, check=True), path
         return made[batch]
+    get.models = {}
     return get
+
+
+@pytest.fixture(scope="module")
+def traced(tiny):
+    """trace_apart(tiny) at batch 1, tidied as export() tidies it -> (graph with weight stubs, tensors)."""
+    graph, tensors = E.trace_apart(tiny, 1)
+    return E.tidy(graph, tensors), tensors
+
+
+@pytest.fixture(scope="module")
+def mini_checkpoint(tmp_path_factory):
+    """A checkpoint of a random model smaller than tiny (conftest.mini_config: three scales, one block)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mini") / "mini.safetensors"
+    Z.save_checkpoint(path, E.lively(Z.build(mini_config())), {"stage": "transformer"})
+    return path
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2-all-scales"])
 def exported(request, graphs):
-    """(batch, report, graph): batch 1 plain, batch 2 with depth_scales and tokens outputs."""
+    """(batch, report, graph): batch 1 plain (its weights read back from NAME.onnx.data), batch 2 with depth_scales
+    and tokens outputs."""
     report, path = graphs(request.param)
     return request.param, report, onnx.load(str(path))
 
@@ -239,7 +266,7 @@ def test_engine_flag_without_tensorrt_writes_onnx_and_fails_in_one_line(tmp_path
         raise E.EngineUnavailable("TensorRT is not installed")
     monkeypatch.setattr(E, "import_tensorrt", missing)  # also where TensorRT happens to be installed
     out = tmp_path / "tiny.onnx"
-    code = E.main(["--preset", "tiny", "--out", str(out), "--engine", "--no-check"])
+    code = E.main(["--preset", "tiny", "--out", str(out), "--engine", "--no-check", "--max-scale", "1"])  # a small graph
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "TensorRT" in ln]
     assert code != 0
     assert len(lines) == 1 and "no engine built" in lines[0] and str(out) in lines[0]
@@ -358,15 +385,15 @@ class FlipOneToken:
         return out
 
 
-def test_token_flips_say_what_they_mean_and_which_flag_accepts_them(tmp_path, capsys, monkeypatch):
+def test_token_flips_say_what_they_mean_and_which_flag_accepts_them(mini_checkpoint, tmp_path, capsys, monkeypatch):
     real = E.ort_session
     monkeypatch.setattr(E, "ort_session", lambda m, threads=None, **kw: FlipOneToken(real(m, threads, **kw)))
-    out = tmp_path / "x.onnx"
-    assert E.main(["--preset", "tiny", "--out", str(out), "--max-scale", "3"]) == 2  # 3 scales: a smaller graph
+    out, ckpt = tmp_path / "x.onnx", str(mini_checkpoint)  # three scales, one block: a small graph
+    assert E.main(["--checkpoint", ckpt, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "near-tied logits" in err[0] and "--allow-token-flips" in err[0] and not out.exists()
     assert not list(tmp_path.iterdir())  # the refused graph left nothing behind, not even its staging folder
-    assert E.main(["--preset", "tiny", "--out", str(out), "--max-scale", "3", "--allow-token-flips"]) == 0
+    assert E.main(["--checkpoint", ckpt, "--out", str(out), "--allow-token-flips"]) == 0
     agreement = json.loads(out.with_suffix(".json").read_text())["fp32_check"]["token_agreement_per_scale"]
     assert out.is_file() and agreement[-1] < 1.0 and agreement[0] == 1.0
 
@@ -381,7 +408,7 @@ def test_unwritable_out_is_one_line_before_the_export(tmp_path, capsys, out):
 
 
 def test_a_normals_checkpoint_exports_with_parity(normals_export):
-    """A tiny model with target normals: the graph outputs unit normals (and their per-scale maps) named
+    """A small model (conftest.mini_config) with target normals: the graph outputs unit normals (and their per-scale maps) named
     after the target, token-exact and within 1e-3 of PyTorch (renormalizing a random decoder's short vectors
     magnifies float rounding; see export.verify). The export (tests/conftest.py) is
     `export.py --checkpoint normals.safetensors --all-scales`, run once for this test and test_infer's."""
@@ -392,18 +419,18 @@ def test_a_normals_checkpoint_exports_with_parity(normals_export):
     assert min(report["fp32_check"]["token_agreement_per_scale"]) == 1.0
     assert report["fp32_check"]["depth_max_abs_err"] <= 1e-3 and report["fp32_check"]["depth_mean_abs_err"] < 1e-5
     sess = E.ort_session(out)
-    images = E.sample_images(1, 64)
+    S, K = model.cfg.image_size, len(model.cfg.patch_nums)
+    images = E.sample_images(1, S)
     normals, scales = sess.run(None, {"image": images.numpy()})
-    assert normals.shape == (1, 3, 64, 64) and scales.shape == (1, 6, 3, 64, 64)
+    assert normals.shape == (1, 3, S, S) and scales.shape == (1, K, 3, S, S)
     np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(normals, model.predict(images).numpy(), atol=1e-3)
 
 
-def test_the_trace_keeps_weights_apart_as_views_of_the_model(tiny):
+def test_the_trace_keeps_weights_apart_as_views_of_the_model(tiny, traced):
     """trace_apart holds no weight bytes in the graph and no copy of a weight beside the model: every tensor it
     keeps shares its storage with a parameter or buffer of the model (a transposed weight is a transposed view)."""
-    graph, tensors = E.trace_apart(tiny, 1)
-    graph = E.tidy(graph, tensors)
+    graph, tensors = traced
     stubs = [i for i in graph.graph.initializer if E.is_stub(i)]
     assert {i.name for i in stubs} == set(tensors) and len(graph.SerializeToString()) < E.parameter_bytes(tiny) / 10
     storages = {t.untyped_storage().data_ptr() for t in list(tiny.parameters()) + list(tiny.buffers())}
@@ -415,22 +442,24 @@ def test_the_trace_keeps_weights_apart_as_views_of_the_model(tiny):
     assert sum(E._tensor_nbytes(i) for i in stubs) == sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def test_weights_streamed_to_external_data_give_the_same_graph(tiny, graphs, tmp_path):
-    """The lean path: weights written one at a time into NAME.onnx.data from the model's tensors, the check run
-    with the weights read from that file; the written graph computes what the in-memory graph does, bit for bit.
-    Written the command line's way (keep_model=False: write, free the model's weights, then check the written
-    files), which leaves the model on the meta device; tests/test_release.py exports with the model kept."""
-    out, model = tmp_path / "tiny_ext.onnx", copy.deepcopy(tiny)
-    report = E.export(model, out, external_data=True, check=True, log=lambda s: None, keep_model=False)
+def test_weights_streamed_to_external_data_give_the_same_graph(tiny, graphs, traced):
+    """The lean path (the batch-1 graph of `graphs`): weights written one at a time into NAME.onnx.data from the
+    model's tensors, the check run with the weights read from that file; the written graph computes what the
+    in-memory graph does, bit for bit. Written the command line's way (keep_model=False: write, free the model's
+    weights, then check the written files), which leaves the model on the meta device; test_export's batch-2
+    graph and tests/test_release.py export with the model kept."""
+    report, out = graphs(1)
+    model = graphs.models[1]
     assert report["external_data"] and report["fp32_check"]["token_agreement_per_scale"] == [1.0] * 6
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_ext.onnx", "tiny_ext.onnx.data"]  # nothing staged left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny_b1.onnx", "tiny_b1.onnx.data"]  # nothing staged left
     assert all(p.is_meta for p in model.parameters()) and not any(p.is_meta for p in tiny.parameters())
     assert report["outputs"] == ["depth"] and [o.name for o in onnx.load(str(out), load_external_data=False).graph.output] == ["depth"]
     inits = onnx.load(str(out), load_external_data=False).graph.initializer
     external = [i for i in inits if E.is_stub(i)]
     assert external and all(len(i.raw_data) < 1024 for i in inits if not E.is_stub(i))
     images = E.sample_images(2, 64)[:1].numpy()
-    in_memory = graphs(1)[1]  # the same model exported with its weights inside the graph
+    graph, tensors = traced  # the same model traced and tidied, with its weights put inside the graph in memory
+    in_memory = E.keep_outputs(E.fill_weights(copy.deepcopy(graph), tensors), report["outputs"])
     np.testing.assert_array_equal(E.ort_session(out, lean=True).run(None, {"image": images})[0],
                                   E.ort_session(in_memory).run(None, {"image": images})[0])
 
@@ -438,20 +467,19 @@ def test_weights_streamed_to_external_data_give_the_same_graph(tiny, graphs, tmp
 def test_shape_inference_without_weights_gives_the_same_graph(monkeypatch):
     """The exporter's whole-graph shape inference runs without the weights' values (at d16 they cost it 4.5 GB);
     no shape here comes from a weight's values, so the graph is the same byte for byte, and the pass is restored.
-    A model smaller than tiny (one block, three scales) holds every kind of node and traces in half the time."""
+    A model smaller than tiny (conftest.mini_config, depthart.py's own) holds every kind of node and traces in half
+    the time."""
     torch.manual_seed(0)
-    tiny = E.lively(D.DepthART(Z.Config(image_size=32, patch_nums=(1, 2, 4), vocab_size=64, vae_ch=16,
-                                        vae_ch_mult=(1, 2, 4, 4), vae_res_blocks=1, depth=1, width=32, heads=2,
-                                        num_classes=0)))
+    mini = E.lively(D.DepthART(mini_config(image_shortcut=False)))
     jit_pass, weights_seen = torch._C._jit_pass_onnx_graph_shape_type_inference, []
 
     def spy(graph, params, opset):
         weights_seen.append(len(params))
         return jit_pass(graph, params, opset)
     monkeypatch.setattr(torch._C, "_jit_pass_onnx_graph_shape_type_inference", spy)
-    lean_graph, lean_tensors = E.trace_apart(tiny, 1)
+    lean_graph, lean_tensors = E.trace_apart(mini, 1)
     assert torch._C._jit_pass_onnx_graph_shape_type_inference is spy and weights_seen and not any(weights_seen)
     monkeypatch.setattr(E, "shape_inference_without_weights", contextlib.nullcontext)  # the exporter's own way
-    graph, tensors = E.trace_apart(tiny, 1)
+    graph, tensors = E.trace_apart(mini, 1)
     assert max(weights_seen) > 0 and lean_graph.SerializeToString() == graph.SerializeToString()
     assert lean_tensors.keys() == tensors.keys() and all(torch.equal(lean_tensors[k], tensors[k]) for k in tensors)

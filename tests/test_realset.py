@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import realset as R  # noqa: E402
+from conftest import Started, selected  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
 
@@ -103,9 +104,23 @@ def test_repo_reads_a_pinned_file_from_a_clone_and_names_a_missing_one(tmp_path)
         R.Repo(tmp_path / "missing", "someone/x", pinned)
 
 
-def test_cli_without_sources_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "realset.py"), "--out", str(tmp_path / "o"),
-                           "--sources", str(tmp_path / "none")], capture_output=True, text=True, cwd="/")
+@pytest.fixture(scope="module", autouse=True)
+def without_sources(request, tmp_path_factory):
+    """realset.py's command line in a fresh interpreter, from another folder, with a sources folder that does not
+    exist, started as this module begins (where its test is selected): it imports its modules on one core while
+    the tests here run on the other; test_cli_without_sources_is_one_line reads the result."""
+    if not selected(request, "test_cli_without_sources_is_one_line"):
+        yield None
+        return
+    tmp_path = tmp_path_factory.mktemp("without_sources")
+    run = Started([sys.executable, str(ROOT / "realset.py"), "--out", str(tmp_path / "o"),
+                   "--sources", str(tmp_path / "none")], cwd="/")
+    yield run
+    run.stop()
+
+
+def test_cli_without_sources_is_one_line(without_sources):
+    proc = without_sources.result()
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "no such folder" in lines[0], proc.stderr
 

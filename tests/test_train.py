@@ -3,11 +3,11 @@ HyperSim trains from its official layout, and bad arguments end in one clear lin
 import functools
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +18,7 @@ import torch
 
 import zoo as Z
 import train
+from conftest import Started, selected
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--data", "synthetic", "--preset", "tiny", "--batch-size", "2", "--train-scenes", "8",
@@ -42,6 +43,33 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def started(request, tmp_path_factory):
+    """What this module runs in fresh interpreters, started as it begins where their tests are selected: the fork
+    server of child() (below) and train.py's command lines (-> {name: (Started, its folder)}). Each spends seconds
+    importing torch on one core, beside the in-process runs here (--threads 1) on the other; the tests that need
+    them come later in the file and wait for what is left."""
+    if selected(request, "test_sigterm_saves_and_exits_cleanly") or \
+            selected(request, "test_two_gloo_ranks_end_with_equal_weights"):
+        fork_server_context()
+        multiprocessing.forkserver.ensure_running()
+    runs = {}
+    if selected(request, "test_a_bad_argument_from_another_directory_is_one_line_and_exit_2"):
+        folder = tmp_path_factory.mktemp("bad_argument")
+        (folder / "FILE").write_text("x")
+        runs["bad_argument"] = Started([sys.executable, str(ROOT / "train.py"), "--out", "FILE"], cwd=folder), folder
+    if selected(request, "test_the_avx2_emulation_takes_the_paths_of_a_cpu_without_native_bf16"):
+        folder = tmp_path_factory.mktemp("avx2")
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "docs" / "emulate_avx2"), ATEN_CPU_CAPABILITY="avx2",
+                   ONEDNN_MAX_CPU_ISA="AVX2")
+        code = ("import torch, train; print(torch.backends.cpu.get_cpu_capability(), train.native_bf16(torch.device('cpu')));"
+                "train.main(['--stage', 'vqvae', '--amp', 'bf16', '--steps', '1', '--out', %r])" % str(folder / "run"))
+        runs["avx2"] = Started([sys.executable, "-c", code], cwd=ROOT, env=env), folder
+    yield runs
+    for run_, _ in runs.values():
+        run_.stop()
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +195,18 @@ def train_main(argv, env=None, log=None) -> int:
     return train.main(argv)
 
 
+def fork_server_context():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["train"])
+    return ctx
+
+
 def child(argv, env=None, log=None):
     """train_main in a child process -> the started multiprocessing.Process. Children come from a fork server: one
     process that imported train.py (and torch) once, single-threaded, so each child starts in a moment where a
     fresh interpreter would spend seconds of a 2-core machine importing torch, and no lock of this process's
-    threads is inherited, as it would be by a fork of this process."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["train"])
-    proc = ctx.Process(target=_exit_with, args=(argv, env, log))
+    threads is inherited, as it would be by a fork of this process. The server starts with the module (started)."""
+    proc = fork_server_context().Process(target=_exit_with, args=(argv, env, log))
     proc.start()
     return proc
 
@@ -292,10 +324,9 @@ def test_bad_arguments_are_one_clear_line(args, message, tmp_path, monkeypatch, 
     assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0], lines
 
 
-def test_a_bad_argument_from_another_directory_is_one_line_and_exit_2(tmp_path):
-    (tmp_path / "FILE").write_text("x")
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--out", "FILE"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+def test_a_bad_argument_from_another_directory_is_one_line_and_exit_2(started):
+    # `python train.py --out FILE` from a folder of its own holding a file FILE, started with the module
+    res = started["bad_argument"][0].result()
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and lines == [lines[0]] and lines[0].startswith("train.py: error: ") \
         and "exists and is a file" in lines[0], res.stderr
@@ -346,18 +377,16 @@ def test_amp_uses_bf16_only_where_the_cpu_has_it(monkeypatch, native):
             train.use_bf16_autocast(args("--amp", "bf16"), cpu)
 
 
-def test_the_avx2_emulation_takes_the_paths_of_a_cpu_without_native_bf16(tmp_path):
+def test_the_avx2_emulation_takes_the_paths_of_a_cpu_without_native_bf16(started):
     """docs/emulate_avx2 (README, Tests): in a process started with it, torch dispatches AVX2 kernels, the BF16
-    queries answer False, and train.py refuses --amp bf16 in one line, as on an AVX2-only CPU."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "docs" / "emulate_avx2"), ATEN_CPU_CAPABILITY="avx2",
-               ONEDNN_MAX_CPU_ISA="AVX2")
-    code = ("import torch, train; print(torch.backends.cpu.get_cpu_capability(), train.native_bf16(torch.device('cpu')));"
-            "train.main(['--stage', 'vqvae', '--amp', 'bf16', '--steps', '1', '--out', %r])" % str(tmp_path / "run"))
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    queries answer False, and train.py refuses --amp bf16 in one line, as on an AVX2-only CPU. (The process is
+    started with the module: see `started`.)"""
+    proc, folder = started["avx2"]
+    res = proc.result()
     assert res.stdout.split() == ["AVX2", "False"] and res.returncode == 2, res.stdout + res.stderr
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "no native BF16 (AVX2)" in err[0] and "--force-bf16" in err[0], res.stderr
-    assert not list((tmp_path / "run").iterdir())  # refused before any work: no log, no checkpoint
+    assert not list((folder / "run").iterdir())  # refused before any work: no log, no checkpoint
 
 
 def load_checkpoint(path):
