@@ -1,5 +1,5 @@
 """Shared test helpers: a fake TensorRT module for the engine-building paths (no GPU needed), a model smaller than
-the tiny preset, a tiny normals model exported once, command lines started before their tests need them, and a
+the tiny preset, a small normals model exported once, command lines started before their tests need them, and a
 folder of generated photographs (photo textures)."""
 import subprocess
 import types
@@ -142,8 +142,8 @@ def fake_tensorrt(monkeypatch):
 
 def mini_config(**changes):
     """A model smaller than the tiny preset (32x32 images, three scales, one block, 64 codes; the image shortcut
-    of the CPU presets) that still holds every kind of node the exporter meets: tiny's export, check and run in
-    well under half the time, for tests whose assertions do not depend on the model's size."""
+    of the CPU presets) that still holds every kind of node the exporter meets, and exports, checks and runs in
+    well under half of tiny's time: for tests whose assertions do not depend on the model's size."""
     import zoo as Z
     return Z.Config(**{**dict(image_size=32, patch_nums=(1, 2, 4), vocab_size=64, vae_ch=16, vae_ch_mult=(1, 2, 4, 4),
                               vae_res_blocks=1, depth=1, width=32, heads=2, num_classes=0, image_shortcut=True),
@@ -169,7 +169,8 @@ def normals_export(tmp_path_factory):
 class Started:
     """A command line started before its test needs it: subprocess.Popen(argv, **kwargs), its output captured as
     text. A fresh interpreter spends its first seconds importing torch on one core; started as a module begins,
-    it does so beside the module's single-threaded tests on the other core, and its test reads result()."""
+    it does so beside the module's first tests, which leave the other core (nearly) idle, and its test reads
+    result() later."""
 
     def __init__(self, argv, **kwargs):
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
