@@ -1,5 +1,6 @@
 """train.py on the CPU: both stages run and checkpoint, resume is exact, signals save, DDP ranks agree,
-HyperSim trains from its official layout, and bad arguments end in one clear line."""
+HyperSim trains from its official layout, and bad arguments end in one clear line; and docs/gpu_check.sh (train.py
+through torchrun, then benchmark.py) at tiny size on the CPU."""
 import functools
 import json
 import multiprocessing
@@ -8,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,9 +50,9 @@ def free_port():
 @pytest.fixture(scope="module", autouse=True)
 def started(request, tmp_path_factory):
     """What this module runs in fresh interpreters, started as it begins where their tests are selected: the fork
-    server of child() (below) and train.py's command lines (-> {name: (Started, its folder)}). Each spends seconds
-    importing torch on one core, beside the in-process runs here (--threads 1) on the other; the tests that need
-    them come later in the file and wait for what is left."""
+    server of child() (below), train.py's command lines and docs/gpu_check.sh (-> {name: (Started, its folder)}).
+    Each spends seconds importing torch on one core, beside the in-process runs here (--threads 1) on the other;
+    the tests that need them come later in the file and wait for what is left."""
     if selected(request, "test_sigterm_saves_and_exits_cleanly") or \
             selected(request, "test_two_gloo_ranks_end_with_equal_weights"):
         fork_server_context()
@@ -67,6 +69,11 @@ def started(request, tmp_path_factory):
         code = ("import torch, train; print(torch.backends.cpu.get_cpu_capability(), train.native_bf16(torch.device('cpu')));"
                 "train.main(['--stage', 'vqvae', '--amp', 'bf16', '--steps', '1', '--out', %r])" % str(folder / "run"))
         runs["avx2"] = Started([sys.executable, "-c", code], cwd=ROOT, env=env), folder
+    if selected(request, "test_gpu_check_runs_at_tiny_size_on_the_cpu_and_writes_one_json"):
+        folder = tmp_path_factory.mktemp("gpu_check") / "check"
+        runs["gpu_check"] = Started(["bash", str(ROOT / "docs" / "gpu_check.sh"), "--device", "cpu", "--preset", "tiny",
+                                     "--steps", "2", "--batch-size", "2", "--quick", "--out", str(folder)],
+                                    env={**os.environ, "PYTHON": sys.executable}), folder
     yield runs
     for run_, _ in runs.values():
         run_.stop()
@@ -430,3 +437,23 @@ def test_textures_are_recorded_and_a_changed_folder_stops_resume(tmp_path, capsy
         run_bare(tmp_path / "r", "--resume")
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "now holds another set" in err[0], err
+
+
+# --- docs/gpu_check.sh at tiny size on the CPU (Gloo process group): the script itself is known to work ----------
+def test_gpu_check_runs_at_tiny_size_on_the_cpu_and_writes_one_json(started):
+    # bash docs/gpu_check.sh --device cpu --preset tiny --steps 2 --batch-size 2 --quick --out OUT: train.py through
+    # torchrun, then benchmark.py, four fresh interpreters; started with the module (see `started`)
+    proc, out = started["gpu_check"]
+    proc = proc.result(timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["device"] == "cpu" and report["train"]["steps"] == 2 and report["train"]["finite"]
+    parity = report["benchmark"]["token_agreement_vs_cpu"]["eager FP32 cpu"]
+    assert parity == [1.0] * 6  # the CPU against itself: the parity code compares like with like
+    assert "torch eager FP32 (cpu)" in report["benchmark"]["seconds_per_image"]
+
+
+def test_gpu_check_refuses_a_bad_device_in_one_line(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "docs" / "gpu_check.sh"), "--device", "tpu", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "cpu or cuda" in proc.stderr
