@@ -71,6 +71,7 @@ import glob
 import hashlib
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -316,7 +317,25 @@ def cached_graph(checkpoint, batch: int = 1, all_scales: bool = False, precision
     model = Z.load(checkpoint)
     E.export(model, path, batch=batch, all_scales=all_scales, fp16=precision == "fp16", int8=precision == "int8",
              check=True, exact=False, log=lambda s: log("  " + s), max_scale=max_scale, keep_model=False)
+    prune_stale_graphs(path, log)
     return path
+
+
+def prune_stale_graphs(path: Path, log=print) -> list[Path]:
+    """Remove the graphs that earlier code exported for the same checkpoint and options (same name but for the
+    opset and code digest), with their external data: an upgrade would otherwise leave each behind for good (the
+    release's FP32 graph is 1.6 GB). Engines are keyed by graph content and left alone. -> the files removed."""
+    prefix = path.name[:path.name.rindex("-opset")]  # depthart-{options}
+    stale = re.compile(re.escape(prefix) + r"-opset\d+-[0-9a-f]{10}\.onnx")
+    removed = []
+    for old in sorted(path.parent.glob(prefix + "-opset*.onnx")):
+        if old.name != path.name and stale.fullmatch(old.name):
+            for f in E.graph_files(old):
+                f.unlink(missing_ok=True)
+                removed.append(f)
+    if removed:
+        log(f"removed {len(removed)} file(s) of graphs that earlier code exported for this checkpoint")
+    return removed
 
 
 def load_backend(path=DEFAULT_CHECKPOINT, backend: str = "auto", batch: int = 1, all_scales: bool = False,

@@ -70,6 +70,10 @@ def first_run(checkpoint, folder, tmp_path_factory):
     d, good, bad = folder
     out = tmp_path_factory.mktemp("out")
     cache = tmp_path_factory.mktemp("cache")
+    # what "earlier code" exported for the same options (the CLI's default on a CPU: INT8), to be replaced
+    stale = cache / E.file_sha256(checkpoint)[:16] / "depthart-b2-scales-int8-opset17-0123456789.onnx"
+    stale.parent.mkdir()
+    stale.write_bytes(b"old graph")
     args = [str(d), str(d / "missing.jpg"), "--checkpoint", str(checkpoint), "--out", str(out),
             "--cache-dir", str(cache), "--backend", "ort", "--npy", "--ply", "--scales", "--batch", "2"]
     return args, out, cache
@@ -81,10 +85,11 @@ def run_main(args, capsys):
 
 
 def test_good_images_written_bad_ones_one_line_each_exit_1(first_run, folder, capsys):
-    args, out, _ = first_run
+    args, out, cache = first_run
     d, good, bad = folder
     code, text = run_main(args, capsys)
     assert code == 1
+    assert [p.name for p in cache.rglob("*.onnx*")] == [f"depthart-b2-scales-int8-opset{E.OPSET}-{I._code_digest()}.onnx"]
     lines = text.splitlines()
     for name in bad + ["missing.jpg"]:
         assert sum(name in ln for ln in lines) == 1, f"want one line for {name}:\n{text}"
@@ -109,6 +114,24 @@ def test_nothing_readable_is_said_before_any_backend_loads(tmp_path, capsys):
     assert code == 1 and len(lines) == 3 and "backend" not in text
     assert "missing.jpg: no such file" in lines[0] and "holds no image files" in lines[1]
     assert lines[2] == "nothing to run: 2 input(s) named, none readable"
+
+
+def test_a_new_export_removes_what_earlier_code_exported_for_the_same_options_only(tmp_path):
+    d = tmp_path / "0123456789abcdef"
+    d.mkdir()
+    names = ["depthart-b1-opset17-aaaaaaaaaa.onnx", "depthart-b1-opset17-aaaaaaaaaa.onnx.data",  # stale, with data
+             "depthart-b1-opset18-bbbbbbbbbb.onnx",  # stale: another opset
+             "depthart-b1-opset17-cccccccccc.onnx",  # the new one
+             "depthart-b1-scales-opset17-aaaaaaaaaa.onnx", "depthart-b1-int8-opset17-aaaaaaaaaa.onnx",
+             "depthart-b2-opset17-aaaaaaaaaa.onnx", "depthart-b1-k3-opset17-aaaaaaaaaa.onnx",  # other options
+             "depthart-b1-opset17-notours.onnx", "notes.txt", "abc123.engine"]  # not the cache's graph names
+    for n in names:
+        (d / n).write_bytes(b"x")
+    lines = []
+    removed = I.prune_stale_graphs(d / names[3], log=lines.append)
+    assert sorted(p.name for p in removed) == sorted(names[:3])
+    assert sorted(os.listdir(d)) == sorted(names[3:]) and len(lines) == 1 and "3 file(s)" in lines[0]
+    assert I.prune_stale_graphs(d / names[3], log=lines.append) == [] and len(lines) == 1  # nothing more, silent
 
 
 def test_rerun_without_overwrite_skips_and_keeps_files(first_run, capsys):
