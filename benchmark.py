@@ -6,6 +6,7 @@
     python benchmark.py --checkpoint weights/depthart_tiny.safetensors
     python benchmark.py --anchors --threads 2   # DepthART d16 against Depth Anything V2, Marigold, Depth Pro
                                                 # (pip install -r requirements-anchors.txt; ~15-30 min on 2 cores)
+    python benchmark.py --anchors --skip anchors --anchors-ort --var-repo VAR   # DepthART d16 against VAR-d16 only
 
 One run, one set of weights, the same images, one image per call, medians per image:
   torch eager     model.predict: the cached greedy rollout (one transformer call per scale, KV cache)
@@ -33,6 +34,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -122,6 +124,7 @@ def graph_for(args, model, checkpoint_path) -> Path:
         print(f"exporting the {args.preset} graph to {path} (once, in a child process)", flush=True)
         subprocess.run([sys.executable, __file__, "--preset", args.preset, "--seed", str(args.seed),
                         "--export-only", str(path)], check=True)
+        I.prune_stale_graphs(path)
     return path
 
 
@@ -142,8 +145,10 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="time on this device instead: eager FP32, BF16 autocast, torch.compile (CUDA graphs), ONNX "
                         "Runtime's CUDA/TensorRT providers, a TensorRT engine, with token parity against the CPU")
-    p.add_argument("--skip", nargs="*", default=[], choices=["uncached", "bf16", "ort", "trt", "compile", "depth_pro"],
-                   help="paths not to run (depth_pro: --anchors without Depth Pro, ~20 TFLOP a call)")
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["uncached", "bf16", "ort", "trt", "compile", "depth_pro", "anchors"],
+                   help="paths not to run (depth_pro: --anchors without Depth Pro, ~20 TFLOP a call; anchors: --anchors "
+                        "with DepthART's rows and VAR-d16's only, no extra packages)")
     p.add_argument("--force-bf16", action="store_true", help="time BF16 autocast even where the CPU emulates it")
     p.add_argument("--precisions", action="store_true",
                    help="only the graph precision table: FP32, all-FP16, FP16 with FP32 islands and INT8 graphs in ONNX "
@@ -501,12 +506,18 @@ def depth_pro(tiny: bool = False):
 
 def depthart_int8_graph(graph: Path) -> Path:
     """The INT8 graph (export.to_int8, as export.py --int8 writes it) of an FP32 graph, cached beside it."""
-    path = graph.with_name(graph.stem + "-int8.onnx")
+    path = graph.with_name(graph.name.replace("-opset", "-int8-opset", 1) if "-opset" in graph.name
+                           else graph.stem + "-int8.onnx")  # a cached graph's name: infer_trt.cached_graph's scheme
     if not path.exists():
         import onnx
         int8 = E.to_int8(onnx.load(str(graph)))
         big = E.initializer_bytes(int8) > E.EXTERNAL_DATA_BYTES
-        onnx.save_model(int8, str(path), save_as_external_data=big, location=path.name + ".data")
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".int8-") as tmp:  # an interrupted save leaves no graph
+            staged = Path(tmp) / path.name
+            onnx.save_model(int8, str(staged), save_as_external_data=big, location=path.name + ".data")
+            for f in reversed(E.graph_files(staged)):  # the data first: the graph file appears last, complete
+                os.replace(f, path.parent / f.name)
+        I.prune_stale_graphs(path)
     return path
 
 
@@ -596,6 +607,9 @@ def anchor_groups(args, tiny: bool) -> list:
     its FLOPs: None to count them, or the part whose count it shares)}, each timed; rows: [(row, input, {part:
     times it runs per image})]: a row is a sum of timed parts."""
     groups = [lambda: depthart_group(args)]
+    if "anchors" in args.skip:
+        print("Depth Anything V2, Marigold, Depth Pro: left out (--skip anchors)")
+        return groups
     groups += [lambda size=size: depth_anything_group(size, tiny) for size in "SBL"]
     groups.append(lambda: marigold_group(tiny))
     import transformers
@@ -664,6 +678,13 @@ def anchors_table(args, tiny: bool) -> list:
         print(table_row(r))
     if any(r["composed"] for r in out):
         print("(*) the sum of parts timed separately (medians): VAE encode + N x UNet step + VAE decode")
+    var = next((r for r in out if r["model"].startswith("VAR-d16")), None)
+    if var:  # timed in the same interleaved rounds as DepthART's rows, so the ratio survives a busy machine
+        for r in out:
+            if r["model"].startswith("DepthART"):
+                r["of_var_d16"] = r["seconds"] / var["seconds"]
+        print("against VAR-d16's own generation: " + ", ".join(
+            f"{r['model'].split(', ', 1)[1]} {r['of_var_d16']:.2f}x" for r in out if "of_var_d16" in r))
     return out
 
 
@@ -675,11 +696,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     results = {"threads": torch.get_num_threads()}
     if args.anchors and not args.export_only:
-        results.update(cpu=cpu_name(), torch=torch.__version__, onnxruntime=ort.__version__,
-                       transformers=version("transformers"), diffusers=version("diffusers"))
-        print(f"{results['cpu']}, {results['threads']} threads; torch {torch.__version__}, onnxruntime "
-              f"{ort.__version__}, transformers {results['transformers']}, diffusers {results['diffusers']}; random "
-              f"weights; one image per call, medians of timed runs after a warm-up run that counts the FLOPs", flush=True)
+        results.update(cpu=cpu_name(), capability=torch.backends.cpu.get_cpu_capability(),
+                       native_bf16=native_bf16(torch.device("cpu")), torch=torch.__version__, onnxruntime=ort.__version__)
+        if "anchors" not in args.skip:
+            results.update(transformers=version("transformers"), diffusers=version("diffusers"))
+        print(f"{results['cpu']} (torch kernels: {results['capability']}, native BF16: {results['native_bf16']}), "
+              f"{results['threads']} threads; " + ", ".join(f"{k} {results[k]}" for k in
+                                                             ("torch", "onnxruntime", "transformers", "diffusers") if k in results)
+              + "; random weights; one image per call, medians of timed runs after a warm-up run that counts the FLOPs",
+              flush=True)
         results["anchors"] = anchors_table(args, tiny=args.anchors_tiny)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1, default=float))

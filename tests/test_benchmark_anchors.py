@@ -1,15 +1,16 @@
-"""benchmark.py --anchors at toy size: the table's rows, and FLOP figures that add up (never a speed)."""
+"""benchmark.py --anchors at toy size: the table's rows, and FLOP figures that add up (never a speed); and
+--skip anchors, DepthART against VAR-d16 alone, which needs no extra package."""
+import importlib.util
 import json
 
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
-pytest.importorskip("transformers", reason="the anchors need requirements-anchors.txt (transformers)")
-pytest.importorskip("diffusers", reason="the anchors need requirements-anchors.txt (diffusers)")
+import benchmark
 
-import onnx  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
-
-import benchmark  # noqa: E402
+needs_anchors = pytest.mark.skipif(not (importlib.util.find_spec("transformers") and importlib.util.find_spec("diffusers")),
+                                   reason="the anchors need requirements-anchors.txt (transformers, diffusers)")
 
 
 def stand_in_graph(path):
@@ -24,6 +25,30 @@ def stand_in_graph(path):
     return str(path)
 
 
+def test_skip_anchors_times_depthart_against_var_in_the_same_rounds(tmp_path, capsys, monkeypatch):
+    graph = stand_in_graph(tmp_path / "g.onnx")
+    generated = []  # VAR's own code is not here: a stand-in generation that counts its calls (and a matmul)
+    monkeypatch.setattr(benchmark, "official_var_d16",
+                        lambda repo: lambda: generated.append(benchmark.torch.ones(64, 64) @ benchmark.torch.ones(64, 64)))
+    out = tmp_path / "var.json"
+    assert benchmark.main(["--anchors-tiny", "--skip", "anchors", "--reps", "2", "--graph", graph, "--int8-graph", graph,
+                           "--var-repo", "VAR", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["anchors"]
+    assert [r["model"].split(",")[0] for r in rows] == ["DepthART tiny", "VAR-d16", "DepthART tiny", "DepthART tiny"]
+    assert len(generated) == 3  # the counted warm-up run and two timed rounds
+    assert rows[1]["gflop"] == pytest.approx(2 * 64 ** 3 / 1e9)
+    var_s = rows[1]["seconds"]
+    for r in rows[:1] + rows[2:]:
+        assert r["of_var_d16"] == pytest.approx(r["seconds"] / var_s)
+    assert "of_var_d16" not in rows[1] and "transformers" not in result
+    assert result["capability"] == benchmark.torch.backends.cpu.get_cpu_capability()
+    printed = capsys.readouterr().out
+    assert "left out (--skip anchors)" in printed and "Marigold" not in printed.split("left out")[1]
+    assert f"against VAR-d16's own generation: PyTorch FP32 eager (KV cache) {rows[0]['of_var_d16']:.2f}x" in printed
+
+
+@needs_anchors
 def test_anchor_table_rows_and_flops(tmp_path, capsys):
     graph = stand_in_graph(tmp_path / "g.onnx")
     out = tmp_path / "anchors.json"
