@@ -116,6 +116,39 @@ def test_no_loop_if_or_scatter_and_every_op_parses_in_tensorrt(exported):
     assert all(n.domain in ("", "ai.onnx") for n in graph.graph.node)
     assert ops <= TENSORRT10_ONNX_OPS, f"not in TensorRT 10's list: {ops - TENSORRT10_ONNX_OPS}"
     assert {"ArgMax", "ArgMin", "LayerNormalization", "Conv", "Softmax"} <= ops  # the whole pipeline is in there
+    assert "Pad" not in ops  # the VQ-VAE's downsampling pads are the convolutions' own (fold_pads_into_convs)
+
+
+def test_a_zero_pad_before_a_conv_becomes_its_padding_and_the_output_stays():
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 7, 7])
+    w = onnx.numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "w")
+    const = lambda name, v: helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(  # noqa: E731
+        np.array(v, np.float32 if name.startswith("v") else np.int64), name))
+    conv = lambda i, o, **kw: helper.make_node("Conv", [i, "w"], [o], kernel_shape=[3, 3], **kw)  # noqa: E731
+    nodes = [const("right_bottom", [0, 0, 0, 0, 0, 0, 1, 1]), const("channels", [0, 1, 0, 0, 0, 0, 0, 0]),
+             const("v_one", 1.0),
+             helper.make_node("Pad", ["x", "right_bottom"], ["p1"]), conv("p1", "folded", strides=[2, 2], pads=[1, 0, 0, 1]),
+             helper.make_node("Pad", ["x", "right_bottom", "v_one"], ["p2"]), conv("p2", "ones"),  # fills with 1
+             helper.make_node("Pad", ["x", "right_bottom"], ["p3"]), conv("p3", "shared"),  # two readers
+             helper.make_node("Relu", ["p3"], ["shared_relu"])]
+    outs = ["folded", "ones", "shared", "shared_relu"]
+    graph = helper.make_graph(nodes, "pads", [x], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+                              initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    feed = {"x": rng.standard_normal((1, 2, 7, 7)).astype(np.float32)}
+    before = E.ort_session(model).run(None, feed)
+    folded = E.prune(E.fold_pads_into_convs(copy.deepcopy(model)))
+    ops = [(n.op_type, list(n.input)) for n in folded.graph.node if n.op_type in ("Pad", "Conv")]
+    assert ("Conv", ["x", "w"]) in ops and [op for op, _ in ops].count("Pad") == 2  # the fill-1 and the shared Pad stay
+    conv_folded = next(n for n in folded.graph.node if n.output[0] == "folded")
+    assert next(a.ints for a in conv_folded.attribute if a.name == "pads") == [1, 0, 1, 2]  # begin h, w; end h, w
+    after = E.ort_session(folded).run(None, feed)
+    for b, a in zip(before, after):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    channel_pad = copy.deepcopy(model)  # padding the channel axis is not a convolution's padding (never run)
+    channel_pad.graph.node[3].input[1] = "channels"
+    assert [n.op_type for n in E.prune(E.fold_pads_into_convs(channel_pad)).graph.node].count("Pad") == 3
 
 
 def test_every_value_has_a_static_shape(exported):
