@@ -167,6 +167,8 @@ def parse_args(argv=None):
     p.add_argument("--var-repo", default=os.environ.get("VAR_REPO"),
                    help="--anchors: a checkout of github.com/FoundationVision/VAR (default $VAR_REPO): time its d16 "
                         "class-conditional generation beside DepthART's d16, in the same interleaved rounds")
+    p.add_argument("--ort-ops", metavar="GRAPH",
+                   help="only ONNX Runtime's profile of one run of this .onnx graph: seconds per operator type")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--export-only", help=argparse.SUPPRESS)  # used by graph_for's child process
     args = p.parse_args(argv)
@@ -521,6 +523,47 @@ def depthart_int8_graph(graph: Path) -> Path:
     return path
 
 
+def ort_matmul_rate(threads: int | None, n: int = 2048, reps: int = 7) -> float:
+    """FLOP/s of ONNX Runtime's own n x n FP32 product (median of reps after 2 warm-up runs): its kernels (MLAS,
+    chosen by cpuid) are not torch's (MKL, oneDNN), and can be faster, which is why an ONNX Runtime row can read
+    above 1 against torch's rate."""
+    import onnx
+    from onnx import TensorProto, helper
+    spec = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", spec[:2], spec[2:])
+    sess = E.ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), threads)
+    feed = {k: np.random.default_rng(0).random((n, n), np.float32) for k in "ab"}
+    times = []
+    for _ in range(reps + 2):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times[2:])
+
+
+def ort_op_times(graph: str, size: int, threads: int | None) -> dict:
+    """--ort-ops: ONNX Runtime's own profile of one run of a graph (after a warm-up run) -> {op type: seconds},
+    largest first: where a graph's time goes, e.g. how much of it is matrix products (Gemm, MatMul, Conv)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory() as tmp:
+        so.enable_profiling, so.profile_file_prefix = True, str(Path(tmp) / "profile")
+        sess = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+        feed = {"image": E.sample_images(1, size).numpy()}
+        sess.run(None, feed)  # warm-up: its kernels' times are left out below
+        sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    last_run = [e["ts"] for e in events if e.get("name") == "model_run"][-1]
+    seconds = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= last_run:
+            op = e["args"]["op_name"]
+            seconds[op] = seconds.get(op, 0.0) + e["dur"] / 1e6
+    return dict(sorted(seconds.items(), key=lambda kv: -kv[1]))
+
+
 def official_var_d16(var_repo: str):
     """VAR-d16 as its own code builds it (models.build_vae_var's arguments, without its global patching of
     reset_parameters), random weights -> generate(): one 256x256 image the way VAR's demo samples it (class 207,
@@ -695,16 +738,34 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {"threads": torch.get_num_threads()}
+    if args.ort_ops:
+        if not Path(args.ort_ops).is_file():
+            print(f"benchmark.py: error: --ort-ops {args.ort_ops}: no such file", file=sys.stderr)
+            return 2
+        import onnx
+        image = onnx.load(args.ort_ops, load_external_data=False).graph.input[0]  # the graph's file, not its weights
+        size = image.type.tensor_type.shape.dim[-1].dim_value
+        results["ort_op_seconds"] = times = ort_op_times(args.ort_ops, size, args.threads)
+        total, products = sum(times.values()), sum(v for k, v in times.items() if k in ("Gemm", "MatMul", "FusedMatMul",
+                                                                                       "Conv", "FusedConv"))
+        print(f"{Path(args.ort_ops).name}, {size}x{size}, {results['threads']} threads: {total:.2f} s in kernels, "
+              f"{products / total:.0%} of it in matrix products (Gemm, MatMul, FusedMatMul, Conv, FusedConv)")
+        for op, sec in times.items():
+            print(f"  {op:24s} {sec:7.3f} s  {sec / total:4.0%}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+        return 0
     if args.anchors and not args.export_only:
         results.update(cpu=cpu_name(), capability=torch.backends.cpu.get_cpu_capability(),
                        native_bf16=native_bf16(torch.device("cpu")), torch=torch.__version__, onnxruntime=ort.__version__)
         if "anchors" not in args.skip:
             results.update(transformers=version("transformers"), diffusers=version("diffusers"))
+        results["ort_matmul_fp32_gflops"] = ort_matmul_rate(args.threads, n=512 if args.anchors_tiny else 2048) / 1e9
         print(f"{results['cpu']} (torch kernels: {results['capability']}, native BF16: {results['native_bf16']}), "
               f"{results['threads']} threads; " + ", ".join(f"{k} {results[k]}" for k in
                                                              ("torch", "onnxruntime", "transformers", "diffusers") if k in results)
-              + "; random weights; one image per call, medians of timed runs after a warm-up run that counts the FLOPs",
-              flush=True)
+              + "; random weights; one image per call, medians of timed runs after a warm-up run that counts the FLOPs; "
+              f"ONNX Runtime's own FP32 matmul: {results['ort_matmul_fp32_gflops']:.0f} GFLOP/s", flush=True)
         results["anchors"] = anchors_table(args, tiny=args.anchors_tiny)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1, default=float))

@@ -41,11 +41,22 @@ def test_skip_anchors_times_depthart_against_var_in_the_same_rounds(tmp_path, ca
     var_s = rows[1]["seconds"]
     for r in rows[:1] + rows[2:]:
         assert r["of_var_d16"] == pytest.approx(r["seconds"] / var_s)
-    assert "of_var_d16" not in rows[1] and "transformers" not in result
+    assert "of_var_d16" not in rows[1] and "transformers" not in result and result["ort_matmul_fp32_gflops"] > 0
     assert result["capability"] == benchmark.torch.backends.cpu.get_cpu_capability()
     printed = capsys.readouterr().out
     assert "left out (--skip anchors)" in printed and "Marigold" not in printed.split("left out")[1]
     assert f"against VAR-d16's own generation: PyTorch FP32 eager (KV cache) {rows[0]['of_var_d16']:.2f}x" in printed
+
+
+def test_ort_ops_profiles_a_graph_by_operator_type(tmp_path, capsys):
+    graph = stand_in_graph(tmp_path / "g.onnx")
+    out = tmp_path / "ops.json"
+    assert benchmark.main(["--ort-ops", graph, "--threads", "1", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["ort_op_seconds"]) == ["ReduceMean"]  # the stand-in's one node
+    printed = capsys.readouterr().out
+    assert "g.onnx, 64x64, 1 threads" in printed and "0% of it in matrix products" in printed
+    assert benchmark.main(["--ort-ops", str(tmp_path / "missing.onnx")]) == 2
+    assert capsys.readouterr().err.strip() == f"benchmark.py: error: --ort-ops {tmp_path / 'missing.onnx'}: no such file"
 
 
 @needs_anchors
