@@ -743,8 +743,17 @@ def main(argv=None) -> int:
             print(f"benchmark.py: error: --ort-ops {args.ort_ops}: no such file", file=sys.stderr)
             return 2
         import onnx
-        image = onnx.load(args.ort_ops, load_external_data=False).graph.input[0]  # the graph's file, not its weights
-        size = image.type.tensor_type.shape.dim[-1].dim_value
+        try:
+            inputs = onnx.load(args.ort_ops, load_external_data=False).graph.input  # the graph's file, not its weights
+        except Exception as e:  # protobuf's DecodeError and kin: not an ONNX file
+            print(f"benchmark.py: error: --ort-ops {args.ort_ops}: not an ONNX graph ({type(e).__name__})", file=sys.stderr)
+            return 2
+        dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if len(inputs) == 1 else []
+        if len(dims) != 4 or not all(dims) or inputs[0].name != "image":
+            print(f"benchmark.py: error: --ort-ops {args.ort_ops}: not a DepthART graph (one static input 'image', "
+                  "B x 3 x S x S)", file=sys.stderr)
+            return 2
+        size = dims[-1]
         results["ort_op_seconds"] = times = ort_op_times(args.ort_ops, size, args.threads)
         total, products = sum(times.values()), sum(v for k, v in times.items() if k in ("Gemm", "MatMul", "FusedMatMul",
                                                                                        "Conv", "FusedConv"))

@@ -57,6 +57,16 @@ def test_ort_ops_profiles_a_graph_by_operator_type(tmp_path, capsys):
     assert "g.onnx, 64x64, 1 threads" in printed and "0% of it in matrix products" in printed
     assert benchmark.main(["--ort-ops", str(tmp_path / "missing.onnx")]) == 2
     assert capsys.readouterr().err.strip() == f"benchmark.py: error: --ort-ops {tmp_path / 'missing.onnx'}: no such file"
+    (tmp_path / "text.onnx").write_text("<html>not a graph</html>")
+    assert benchmark.main(["--ort-ops", str(tmp_path / "text.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "text.onnx: not an ONNX graph" in err[0], err
+    other = onnx.load(graph)
+    other.graph.input[0].name = other.graph.node[0].input[0] = "pixels"
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    assert benchmark.main(["--ort-ops", str(tmp_path / "other.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other.onnx: not a DepthART graph" in err[0], err
 
 
 @needs_anchors
