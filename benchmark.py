@@ -527,7 +527,6 @@ def ort_matmul_rate(threads: int | None, n: int = 2048, reps: int = 7) -> float:
     """FLOP/s of ONNX Runtime's own n x n FP32 product (median of reps after 2 warm-up runs): its kernels (MLAS,
     chosen by cpuid) are not torch's (MKL, oneDNN), and can be faster, which is why an ONNX Runtime row can read
     above 1 against torch's rate."""
-    import onnx
     from onnx import TensorProto, helper
     spec = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", spec[:2], spec[2:])
