@@ -394,7 +394,8 @@ def fold_pads_into_convs(model):
     zero_pads = {}  # Pad output -> (its input, the spatial begin and end pads)
     for node in model.graph.node:
         mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
-        if node.op_type != "Pad" or node.domain or mode != b"constant" or node.input[1] not in consts:
+        if node.op_type != "Pad" or node.domain or mode != b"constant" or len(node.input) < 2 \
+                or node.input[1] not in consts:  # (before opset 11 the pads were an attribute: left alone)
             continue
         value = node.input[2] if len(node.input) > 2 else ""
         if (value and (value not in consts or np.any(consts[value] != 0))) or (len(node.input) > 3 and node.input[3]):
