@@ -513,12 +513,7 @@ def depthart_int8_graph(graph: Path) -> Path:
     if not path.exists():
         import onnx
         int8 = E.to_int8(onnx.load(str(graph)))
-        big = E.initializer_bytes(int8) > E.EXTERNAL_DATA_BYTES
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".int8-") as tmp:  # an interrupted save leaves no graph
-            staged = Path(tmp) / path.name
-            onnx.save_model(int8, str(staged), save_as_external_data=big, location=path.name + ".data")
-            for f in reversed(E.graph_files(staged)):  # the data first: the graph file appears last, complete
-                os.replace(f, path.parent / f.name)
+        E.save_graph(int8, path, external=E.initializer_bytes(int8) > E.EXTERNAL_DATA_BYTES)  # atomic, data first
         I.prune_stale_graphs(path)
     return path
 
@@ -532,24 +527,17 @@ def ort_matmul_rate(threads: int | None, n: int = 2048, reps: int = 7) -> float:
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", spec[:2], spec[2:])
     sess = E.ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), threads)
     feed = {k: np.random.default_rng(0).random((n, n), np.float32) for k in "ab"}
-    times = []
-    for _ in range(reps + 2):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times[2:])
+    return 2 * n ** 3 / time_interleaved({"matmul": (lambda i: sess.run(None, feed), reps, 2)})["matmul"]
+
+
+PRODUCT_OPS = ("Gemm", "MatMul", "FusedMatMul", "Conv", "FusedConv")  # ONNX Runtime's matrix-product kernels
 
 
 def ort_op_times(graph: str, size: int, threads: int | None) -> dict:
     """--ort-ops: ONNX Runtime's own profile of one run of a graph (after a warm-up run) -> {op type: seconds},
     largest first: where a graph's time goes, e.g. how much of it is matrix products (Gemm, MatMul, Conv)."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory() as tmp:
-        so.enable_profiling, so.profile_file_prefix = True, str(Path(tmp) / "profile")
-        sess = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+        sess = E.ort_session(graph, threads, profile=str(Path(tmp) / "profile"))
         feed = {"image": E.sample_images(1, size).numpy()}
         sess.run(None, feed)  # warm-up: its kernels' times are left out below
         sess.run(None, feed)
@@ -737,32 +725,42 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {"threads": torch.get_num_threads()}
+    code = measure(args, results)
+    if code == 0 and args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+    return code
+
+
+def ort_ops_table(args, results: dict) -> int:
+    """--ort-ops: print ONNX Runtime's seconds per operator type for a DepthART graph, or a one-line error (2)."""
+    if not Path(args.ort_ops).is_file():
+        print(f"benchmark.py: error: --ort-ops {args.ort_ops}: no such file", file=sys.stderr)
+        return 2
+    import onnx
+    try:
+        inputs = onnx.load(args.ort_ops, load_external_data=False).graph.input  # the graph's file, not its weights
+    except Exception as e:  # protobuf's DecodeError and kin: not an ONNX file
+        print(f"benchmark.py: error: --ort-ops {args.ort_ops}: not an ONNX graph ({type(e).__name__})", file=sys.stderr)
+        return 2
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if len(inputs) == 1 else []
+    if len(dims) != 4 or not all(dims) or inputs[0].name != "image":
+        print(f"benchmark.py: error: --ort-ops {args.ort_ops}: not a DepthART graph (one static input 'image', "
+              "B x 3 x S x S)", file=sys.stderr)
+        return 2
+    size = dims[-1]
+    results["ort_op_seconds"] = times = ort_op_times(args.ort_ops, size, args.threads)
+    total, products = sum(times.values()), sum(times.get(op, 0.0) for op in PRODUCT_OPS)
+    print(f"{Path(args.ort_ops).name}, {size}x{size}, {results['threads']} threads: {total:.2f} s in kernels, "
+          f"{products / total:.0%} of it in matrix products ({', '.join(PRODUCT_OPS)})")
+    for op, sec in times.items():
+        print(f"  {op:24s} {sec:7.3f} s  {sec / total:4.0%}")
+    return 0
+
+
+def measure(args, results: dict) -> int:
+    """The run that the arguments ask for, its figures added to results -> exit status."""
     if args.ort_ops:
-        if not Path(args.ort_ops).is_file():
-            print(f"benchmark.py: error: --ort-ops {args.ort_ops}: no such file", file=sys.stderr)
-            return 2
-        import onnx
-        try:
-            inputs = onnx.load(args.ort_ops, load_external_data=False).graph.input  # the graph's file, not its weights
-        except Exception as e:  # protobuf's DecodeError and kin: not an ONNX file
-            print(f"benchmark.py: error: --ort-ops {args.ort_ops}: not an ONNX graph ({type(e).__name__})", file=sys.stderr)
-            return 2
-        dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if len(inputs) == 1 else []
-        if len(dims) != 4 or not all(dims) or inputs[0].name != "image":
-            print(f"benchmark.py: error: --ort-ops {args.ort_ops}: not a DepthART graph (one static input 'image', "
-                  "B x 3 x S x S)", file=sys.stderr)
-            return 2
-        size = dims[-1]
-        results["ort_op_seconds"] = times = ort_op_times(args.ort_ops, size, args.threads)
-        total, products = sum(times.values()), sum(v for k, v in times.items() if k in ("Gemm", "MatMul", "FusedMatMul",
-                                                                                       "Conv", "FusedConv"))
-        print(f"{Path(args.ort_ops).name}, {size}x{size}, {results['threads']} threads: {total:.2f} s in kernels, "
-              f"{products / total:.0%} of it in matrix products (Gemm, MatMul, FusedMatMul, Conv, FusedConv)")
-        for op, sec in times.items():
-            print(f"  {op:24s} {sec:7.3f} s  {sec / total:4.0%}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
-        return 0
+        return ort_ops_table(args, results)
     if args.anchors and not args.export_only:
         results.update(cpu=cpu_name(), capability=torch.backends.cpu.get_cpu_capability(),
                        native_bf16=native_bf16(torch.device("cpu")), torch=torch.__version__, onnxruntime=ort.__version__)
@@ -775,8 +773,6 @@ def main(argv=None) -> int:
               + "; random weights; one image per call, medians of timed runs after a warm-up run that counts the FLOPs; "
               f"ONNX Runtime's own FP32 matmul: {results['ort_matmul_fp32_gflops']:.0f} GFLOP/s", flush=True)
         results["anchors"] = anchors_table(args, tiny=args.anchors_tiny)
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
         return 0
     t0 = time.perf_counter()
     model, name = build_model(args)
@@ -789,8 +785,6 @@ def main(argv=None) -> int:
     reps = args.reps or (3 if heavy else 20)
     if args.precisions:
         results["precisions"] = precision_table(model, args.world, args.threads, reps)
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
         return 0
     images = E.sample_images(args.images, cfg.image_size)
     if args.device:
@@ -798,8 +792,6 @@ def main(argv=None) -> int:
             print("benchmark.py: error: --device cuda: no CUDA GPU is visible to torch", file=sys.stderr)
             return 2
         device_benchmark(args, model, images, reps, results)
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
         return 0
     print(f"{name}: {cfg.image_size}x{cfg.image_size}, {len(cfg.patch_nums)} scales, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, built in {results['model_seconds']:.1f} s; "
@@ -826,8 +818,6 @@ def main(argv=None) -> int:
               f"the run: the machine was busy, absolute figures are unreliable (ratios less so: paths were interleaved)")
     results["seconds_per_image"] = timings
     report(cfg, timings, flops, rate32, rate16)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
     return 0
 
 

@@ -794,14 +794,18 @@ def graph_files(path) -> list[Path]:
     return [path] + [p for p in [path.with_name(path.name + ".data")] if p.exists()]
 
 
-def ort_session(model_or_path, threads: int | None = None, lean: bool = False, spin: bool = True):
+def ort_session(model_or_path, threads: int | None = None, lean: bool = False, spin: bool = True,
+                profile: str | None = None):
     """An ONNX Runtime CPU session. lean (export's check): no memory arena and no pre-packed copies of the
     MatMul weights, so a graph whose weights are external data costs little more than its mapped file.
-    spin=False: its threads sleep between runs instead of spinning, for timings interleaved with PyTorch's."""
+    spin=False: its threads sleep between runs instead of spinning, for timings interleaved with PyTorch's.
+    profile: ONNX Runtime's profiler on, its JSON written under this prefix (session.end_profiling())."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if profile:
+        so.enable_profiling, so.profile_file_prefix = True, profile
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if lean:
